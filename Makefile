@@ -1,0 +1,25 @@
+# Set-up is part of every target: a fresh clone needs nothing but python3 (>= 3.11) and pip.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: bench test lint clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned, so pip takes the CPU build on disk rather than resolving a CUDA one.
+	$(PY) -m pip install --quiet "torch==2.13.0"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+bench: $(VENV)/.installed  ## the main job: the benchmark suite on what ships
+	$(PY) -m pytest benchmarks $(ARGS)
+
+test: $(VENV)/.installed  ## unit and property tests
+	$(PY) -m pytest tests $(ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check sae_bench tests benchmarks conftest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .benchmarks .hypothesis

@@ -1,0 +1,14 @@
+"""Options and settings shared by the benchmark suite and the tests."""
+
+import os
+
+from hypothesis import settings
+
+# `dev` for quick local runs; `ci` (more examples, derandomized) is what .ci/run selects.
+settings.register_profile("dev", max_examples=50, deadline=None)
+settings.register_profile("ci", settings.get_profile("ci"), max_examples=150, deadline=None, derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu", help="torch device the models and SAEs run on (default: cpu)")

@@ -1,0 +1,69 @@
+"""Token batches: one materialised (n_sequences, pos) tensor and its position mask, cut into batches.
+
+The same tensors feed every model of a case, so paired metrics compare identical tokens (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from sae_lens.util import get_special_token_ids
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """One batch: tokens and position mask, both (batch, pos), and the index of its first sequence."""
+
+    tokens: Tensor
+    position_mask: Tensor
+    offset: int
+
+
+class TokenBatches:
+    """Iterate (tokens, position_mask) in batches of `batch_size` sequences, in order."""
+
+    def __init__(self, tokens: Tensor, position_mask: Tensor | None, batch_size: int) -> None:
+        if tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                f"tokens must be an integer tensor of shape (n_sequences, pos), got {tuple(tokens.shape)} "
+                f"{tokens.dtype}"
+            )
+        if tokens.shape[0] == 0 or tokens.shape[1] < 2:
+            raise ValueError(
+                f"tokens must hold at least one sequence of at least 2 positions, got {tuple(tokens.shape)}"
+            )
+        if position_mask is None:
+            position_mask = torch.ones_like(tokens, dtype=torch.bool)
+        if position_mask.shape != tokens.shape:
+            raise ValueError(
+                f"position_mask has shape {tuple(position_mask.shape)} but tokens have {tuple(tokens.shape)}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.tokens = tokens.long()
+        self.position_mask = position_mask.bool()
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-self.tokens.shape[0] // self.batch_size)
+
+    def __iter__(self) -> Iterator[TokenBatch]:
+        for start in range(0, self.tokens.shape[0], self.batch_size):
+            stop = start + self.batch_size
+            yield TokenBatch(self.tokens[start:stop], self.position_mask[start:stop], start)
+
+
+def special_token_ids(model: HookedTransformer, given: tuple[int, ...] | None) -> Tensor:
+    """The special-token ids to exclude: `given`, or every special id of the model's tokenizer (as SAELens)."""
+    if given is not None:
+        return torch.tensor(given, dtype=torch.long)
+    if model.tokenizer is None:
+        raise ValueError(
+            "exclude_special_tokens needs the special-token ids: the model has no tokenizer, so pass "
+            "`special_token_ids`"
+        )
+    return torch.tensor(sorted(get_special_token_ids(model.tokenizer)), dtype=torch.long)

@@ -1,0 +1,404 @@
+"""Every tensor-only metric of DESIGN §4, defined once: a pure function on whole tensors and a streaming
+float64 accumulator that gives the same value whatever the batching.
+
+Shapes: N tokens, d model dims, F SAE features, V vocabulary. All reductions run in float64. A metric that is
+undefined on its input (zero variance, no tokens, clean loss not below the ablated loss) raises
+`UndefinedMetric` with the reason: no function here returns NaN as a value. The one exception is
+`pearson_per_feature`, whose per-feature tensor holds NaN for constant columns; `summarise_defined` is how every
+summary drops them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+DENSITY_EPSILON = 1e-10
+"""Added before log10 in log density and in the dead-feature activation error (Kutsyk), so dead maps to -10."""
+
+CE_RECOVERED_MIN_GAP = 1e-4
+"""Smallest ce_zero - ce_clean (nats) for which CE loss recovered is defined (Kissane's guard)."""
+
+
+class UndefinedMetric(ValueError):
+    """A metric has no value on this input; the message says why."""
+
+
+def _f64(t: Tensor) -> Tensor:
+    return t.detach().to(torch.float64)
+
+
+def _check_tokens(name: str, *tensors: Tensor) -> None:
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) != 1:
+        raise ValueError(f"{name}: inputs must have the same shape, got {sorted(shapes)}")
+    if tensors[0].ndim != 2:
+        raise ValueError(f"{name}: expected (tokens, dims) tensors, got shape {tuple(tensors[0].shape)}")
+    if tensors[0].shape[0] == 0:
+        raise UndefinedMetric(f"{name}: no tokens to evaluate")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure reference functions (the public contract)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def l0(feature_acts: Tensor) -> float:
+    """Mean over tokens of the number of features with activation > 0. feature_acts: (N, F)."""
+    _check_tokens("l0", feature_acts)
+    return float((feature_acts > 0).sum(dim=-1, dtype=torch.float64).mean())
+
+
+def mse(x: Tensor, x_hat: Tensor) -> float:
+    """Mean over tokens of the per-token summed squared error ‖x − x̂‖² (not per element). x, x_hat: (N, d)."""
+    _check_tokens("mse", x, x_hat)
+    return float((_f64(x) - _f64(x_hat)).pow(2).sum(dim=-1).mean())
+
+
+def _explained_variance_from_sums(sum_squared_error: float, total_sum_of_squares: float, name: str) -> float:
+    if total_sum_of_squares <= 0.0:
+        raise UndefinedMetric(f"{name}: the activations have zero variance over the evaluated tokens")
+    return 1.0 - sum_squared_error / total_sum_of_squares
+
+
+def explained_variance(x: Tensor, x_hat: Tensor) -> float:
+    """Centred, pooled: 1 − Σ_t‖x_t − x̂_t‖² / Σ_t‖x_t − x̄‖², x̄ the per-dimension mean over all tokens."""
+    _check_tokens("explained_variance", x, x_hat)
+    x64 = _f64(x)
+    sse = float((x64 - _f64(x_hat)).pow(2).sum())
+    sst = float((x64 - x64.mean(dim=0)).pow(2).sum())
+    return _explained_variance_from_sums(sse, sst, "explained_variance")
+
+
+def explained_variance_per_token(x: Tensor, x_hat: Tensor) -> float:
+    """One batch: mean over tokens of 1 − ‖x_t − x̂_t‖² / ‖x_t − x̄‖², x̄ the batch mean (Kissane / SAELens legacy)."""
+    _check_tokens("explained_variance_per_token", x, x_hat)
+    x64 = _f64(x)
+    per_token_error = (x64 - _f64(x_hat)).pow(2).sum(dim=-1)
+    distance_to_mean = (x64 - x64.mean(dim=0)).pow(2).sum(dim=-1)
+    at_mean = int((distance_to_mean == 0).sum())
+    if at_mean:
+        raise UndefinedMetric(
+            f"explained_variance_per_token: {at_mean} of {len(x64)} tokens sit exactly at the batch mean "
+            "(a one-token batch always does); use explained_variance or larger batches"
+        )
+    return float((1.0 - per_token_error / distance_to_mean).mean())
+
+
+def ce_loss_recovered(ce_clean: float, ce_spliced: float, ce_zero: float) -> float:
+    """(ce_zero − ce_spliced) / (ce_zero − ce_clean): 1 when splicing costs nothing, 0 when it is as bad as zeros.
+
+    Raises UndefinedMetric (a ValueError) when the clean loss is not at least CE_RECOVERED_MIN_GAP below the
+    zero-ablation loss: the ratio then measures nothing (DESIGN §8).
+    """
+    for name, value in (("ce_clean", ce_clean), ("ce_spliced", ce_spliced), ("ce_zero", ce_zero)):
+        if not math.isfinite(value):
+            raise UndefinedMetric(f"ce_loss_recovered: {name} is {value}")
+    gap = ce_zero - ce_clean
+    if gap < CE_RECOVERED_MIN_GAP:
+        raise UndefinedMetric(
+            f"ce_loss_recovered: the clean loss ({ce_clean:.6g}) is not below the zero-ablation loss "
+            f"({ce_zero:.6g}) by at least {CE_RECOVERED_MIN_GAP}; the ratio is meaningless here"
+        )
+    return (ce_zero - ce_spliced) / gap
+
+
+def next_token_nll(log_probs: Tensor, targets: Tensor) -> Tensor:
+    """NLL of each target under its row's distribution. log_probs: (n, V), targets: (n,) → (n,)."""
+    return -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def kl_from_log_probs(log_p: Tensor, log_q: Tensor, p: Tensor | None = None) -> Tensor:
+    """KL(p ‖ q) per row from log-probabilities (p = exp(log_p), passed in when already computed). (..., V) → (...)."""
+    return ((log_p.exp() if p is None else p) * (log_p - log_q)).sum(dim=-1)
+
+
+def kl_per_position(logits_clean: Tensor, logits_other: Tensor, *, dtype: torch.dtype = torch.float64) -> Tensor:
+    """KL(p_clean ‖ p_other) at each position, computed in `dtype`. logits: (..., V) → (...)."""
+    if logits_clean.shape != logits_other.shape:
+        raise ValueError(
+            f"kl_divergence: logits shapes differ, {tuple(logits_clean.shape)} vs {tuple(logits_other.shape)}"
+        )
+    log_p = torch.log_softmax(logits_clean.detach().to(dtype), dim=-1)
+    return kl_from_log_probs(log_p, torch.log_softmax(logits_other.detach().to(dtype), dim=-1))
+
+
+def kl_divergence(logits_clean: Tensor, logits_other: Tensor) -> float:
+    """Mean over positions of KL(p_clean ‖ p_other). logits: (N, V)."""
+    _check_tokens("kl_divergence", logits_clean, logits_other)
+    return float(kl_per_position(logits_clean, logits_other).mean())
+
+
+def kl_score(kl_spliced: float, kl_zero: float) -> float:
+    """(kl_zero − kl_spliced) / kl_zero: the share of the zero-ablation KL that splicing avoids."""
+    if not kl_zero > 0:
+        raise UndefinedMetric(f"kl_score: the zero-ablation KL is {kl_zero}; zeroing the hook changed nothing")
+    return (kl_zero - kl_spliced) / kl_zero
+
+
+def feature_density(feature_acts: Tensor) -> Tensor:
+    """Per feature: fraction of tokens where it is > 0. (N, F) → (F,) float64. Dead ⇔ density == 0."""
+    _check_tokens("feature_density", feature_acts)
+    return (feature_acts > 0).sum(dim=0, dtype=torch.float64) / feature_acts.shape[0]
+
+
+def log_density(density: Tensor) -> Tensor:
+    """log10(density + 1e-10): a dead feature maps to −10 (Kutsyk's convention)."""
+    return torch.log10(_f64(density) + DENSITY_EPSILON)
+
+
+def log_feature_density(feature_acts: Tensor) -> Tensor:
+    """log10(feature_density + 1e-10). (N, F) → (F,)."""
+    return log_density(feature_density(feature_acts))
+
+
+def pearson_per_feature(a: Tensor, b: Tensor) -> Tensor:
+    """Per column Pearson correlation of a[:, i] with b[:, i]. (N, F) → (F,) float64; NaN where a column is constant."""
+    _check_tokens("pearson_per_feature", a, b)
+    a64, b64 = _f64(a), _f64(b)
+    a_c, b_c = a64 - a64.mean(dim=0), b64 - b64.mean(dim=0)
+    return _pearson_from_moments((a_c * b_c).sum(0), a_c.pow(2).sum(0), b_c.pow(2).sum(0))
+
+
+def _pearson_from_moments(co_moment: Tensor, m2_a: Tensor, m2_b: Tensor) -> Tensor:
+    defined = (m2_a > 0) & (m2_b > 0)
+    denominator = torch.sqrt(torch.where(defined, m2_a * m2_b, torch.ones_like(m2_a)))
+    r = (co_moment / denominator).clamp(-1.0, 1.0)
+    return torch.where(defined, r, torch.full_like(r, torch.nan))
+
+
+def _log_activation_gap(a: Tensor, b: Tensor) -> Tensor:
+    if bool((a < 0).any()) or bool((b < 0).any()):
+        raise ValueError("dead_activation_error: feature activations must be >= 0 (a ReLU-family SAE)")
+    return (torch.log10(_f64(a) + DENSITY_EPSILON) - torch.log10(_f64(b) + DENSITY_EPSILON)).abs()
+
+
+def dead_activation_error(a: Tensor, b: Tensor) -> Tensor:
+    """Per feature: mean over tokens of |log10(a + 1e-10) − log10(b + 1e-10)|. (N, F) → (F,) float64."""
+    _check_tokens("dead_activation_error", a, b)
+    return _log_activation_gap(a, b).mean(dim=0)
+
+
+def logit_similarity(W_dec: Tensor, W_U_base: Tensor, W_U_ft: Tensor, *, chunk_size: int = 1024) -> Tensor:
+    """Per feature: Pearson over the vocabulary of W_dec[i] @ W_U_base and W_dec[i] @ W_U_ft. → (F,) float64.
+
+    W_dec: (F, d), W_U_*: (d, V). Chunked over features so memory is O(chunk_size × V).
+    """
+    if W_U_base.shape != W_U_ft.shape:
+        raise ValueError(
+            f"logit_similarity: unembeddings differ in shape, {tuple(W_U_base.shape)} vs {tuple(W_U_ft.shape)} "
+            "(the two models must share d_model and the vocabulary)"
+        )
+    if W_dec.shape[-1] != W_U_base.shape[0]:
+        raise ValueError(f"logit_similarity: W_dec has d={W_dec.shape[-1]} but W_U has d_model={W_U_base.shape[0]}")
+    u_base, u_ft = _f64(W_U_base), _f64(W_U_ft)
+    chunks = []
+    for start in range(0, W_dec.shape[0], chunk_size):
+        w = _f64(W_dec[start : start + chunk_size])
+        # Rows are features, so Pearson over the vocabulary is pearson_per_feature on the transposes.
+        chunks.append(pearson_per_feature((w @ u_base).T, (w @ u_ft).T))  # (chunk,)
+    return torch.cat(chunks)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean / median / count of a per-feature tensor over its defined (non-NaN) entries."""
+
+    mean: float | None
+    median: float | None
+    n_defined: int
+    n_undefined: int
+
+
+def summarise_defined(values: Tensor, selection: Tensor | None = None) -> Summary:
+    """Summarise values[selection], dropping NaN (undefined) entries and counting them; None when nothing is left."""
+    chosen = values if selection is None else values[selection]
+    defined = chosen[~torch.isnan(chosen)]
+    n_undefined = int(chosen.numel() - defined.numel())
+    if defined.numel() == 0:
+        return Summary(None, None, 0, n_undefined)
+    return Summary(float(defined.mean()), float(defined.median()), int(defined.numel()), n_undefined)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streaming accumulators: update() batch by batch, compute() equals the pure function on the concatenation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReconstructionStats:
+    """Streams l0, mse and pooled explained_variance over (tokens, d) batches.
+
+    The centred sum of squares is merged batch by batch (Chan et al.'s pairwise update) rather than taken as
+    Σ‖x‖² − n‖x̄‖², which cancels catastrophically on residual streams with a large mean direction.
+    """
+
+    n_tokens: int = 0
+    sum_l0: float = 0.0
+    sum_squared_error: float = 0.0
+    mean_x: Tensor | None = None
+    centred_sum_of_squares: float = 0.0
+
+    def update(self, x: Tensor, x_hat: Tensor, feature_acts: Tensor) -> None:
+        n = x.shape[0]
+        if n == 0:
+            return
+        x64 = _f64(x)
+        self.sum_l0 += float((feature_acts > 0).sum(dtype=torch.float64))
+        self.sum_squared_error += float((x64 - _f64(x_hat)).pow(2).sum())
+        batch_mean = x64.mean(dim=0)
+        batch_m2 = float((x64 - batch_mean).pow(2).sum())
+        if self.mean_x is None:
+            self.mean_x, self.centred_sum_of_squares = batch_mean, batch_m2
+        else:
+            total = self.n_tokens + n
+            delta = batch_mean - self.mean_x
+            self.centred_sum_of_squares += batch_m2 + float(delta.pow(2).sum()) * self.n_tokens * n / total
+            self.mean_x = self.mean_x + delta * (n / total)
+        self.n_tokens += n
+
+    def _require_tokens(self, name: str) -> None:
+        if self.n_tokens == 0:
+            raise UndefinedMetric(f"{name}: no tokens to evaluate")
+
+    def l0(self) -> float:
+        self._require_tokens("l0")
+        return self.sum_l0 / self.n_tokens
+
+    def mse(self) -> float:
+        self._require_tokens("mse")
+        return self.sum_squared_error / self.n_tokens
+
+    def explained_variance(self) -> float:
+        self._require_tokens("explained_variance")
+        return _explained_variance_from_sums(self.sum_squared_error, self.centred_sum_of_squares, "explained_variance")
+
+
+@dataclass
+class BatchMean:
+    """Mean over batches of a per-batch value (the Kissane reductions); empty batches are not counted."""
+
+    values: list[float] = field(default_factory=list)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    def compute(self, name: str) -> float:
+        if not self.values:
+            raise UndefinedMetric(f"{name}: no batch had tokens to evaluate")
+        return math.fsum(self.values) / len(self.values)
+
+
+@dataclass
+class TokenMean:
+    """Token-weighted mean of a per-token quantity (CE, KL), plus its per-batch means for batch-mean reductions."""
+
+    total: float = 0.0
+    count: int = 0
+    batch_means: list[float] = field(default_factory=list)
+
+    def update(self, per_token: Tensor) -> None:
+        if per_token.numel() == 0:
+            return
+        batch_total = float(_f64(per_token).sum())
+        self.total += batch_total
+        self.count += per_token.numel()
+        self.batch_means.append(batch_total / per_token.numel())
+
+    def compute(self, name: str) -> float:
+        if self.count == 0:
+            raise UndefinedMetric(f"{name}: no positions to evaluate")
+        return self.total / self.count
+
+
+def ce_loss_recovered_batch_mean(clean: TokenMean, spliced: TokenMean, zero: TokenMean) -> float:
+    """Mean over batches of the per-batch CE loss recovered (Kissane's Pile table); every batch must be defined."""
+    if not clean.batch_means:
+        raise UndefinedMetric("ce_loss_recovered_batch_mean: no positions to evaluate")
+    per_batch = zip(clean.batch_means, spliced.batch_means, zero.batch_means, strict=True)
+    ratios = [ce_loss_recovered(c, s, z) for c, s, z in per_batch]
+    return math.fsum(ratios) / len(ratios)
+
+
+@dataclass
+class FeatureDensityStats:
+    """Streams per-feature firing counts; density() equals feature_density on the concatenation."""
+
+    d_sae: int
+    n_tokens: int = 0
+    fire_counts: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fire_counts = torch.zeros(self.d_sae, dtype=torch.float64)
+
+    def update(self, feature_acts: Tensor) -> None:
+        self.fire_counts += (feature_acts > 0).sum(dim=0, dtype=torch.float64).cpu()
+        self.n_tokens += feature_acts.shape[0]
+
+    def density(self) -> Tensor:
+        if self.n_tokens == 0:
+            raise UndefinedMetric("feature_density: no tokens to evaluate")
+        return self.fire_counts / self.n_tokens
+
+
+@dataclass
+class PearsonStats:
+    """Streams per-feature Pearson correlation of paired (N, F) batches in O(F) memory (Chan's pairwise merge)."""
+
+    d_sae: int
+    n_tokens: int = 0
+    mean_a: Tensor = field(init=False)
+    mean_b: Tensor = field(init=False)
+    m2_a: Tensor = field(init=False)
+    m2_b: Tensor = field(init=False)
+    co_moment: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        zeros = lambda: torch.zeros(self.d_sae, dtype=torch.float64)  # noqa: E731
+        self.mean_a, self.mean_b, self.m2_a, self.m2_b, self.co_moment = (zeros() for _ in range(5))
+
+    def update(self, a: Tensor, b: Tensor) -> None:
+        n = a.shape[0]
+        if n == 0:
+            return
+        a64, b64 = _f64(a).cpu(), _f64(b).cpu()
+        batch_mean_a, batch_mean_b = a64.mean(0), b64.mean(0)
+        a_c, b_c = a64 - batch_mean_a, b64 - batch_mean_b
+        total = self.n_tokens + n
+        weight = self.n_tokens * n / total
+        delta_a, delta_b = batch_mean_a - self.mean_a, batch_mean_b - self.mean_b
+        self.m2_a += a_c.pow(2).sum(0) + delta_a.pow(2) * weight
+        self.m2_b += b_c.pow(2).sum(0) + delta_b.pow(2) * weight
+        self.co_moment += (a_c * b_c).sum(0) + delta_a * delta_b * weight
+        self.mean_a += delta_a * (n / total)
+        self.mean_b += delta_b * (n / total)
+        self.n_tokens = total
+
+    def compute(self) -> Tensor:
+        if self.n_tokens == 0:
+            raise UndefinedMetric("pearson_per_feature: no tokens to evaluate")
+        return _pearson_from_moments(self.co_moment, self.m2_a, self.m2_b)
+
+
+@dataclass
+class DeadActivationErrorStats:
+    """Streams dead_activation_error for every feature in O(F) memory."""
+
+    d_sae: int
+    n_tokens: int = 0
+    total_gap: Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.total_gap = torch.zeros(self.d_sae, dtype=torch.float64)
+
+    def update(self, a: Tensor, b: Tensor) -> None:
+        self.total_gap += _log_activation_gap(a, b).sum(dim=0).cpu()
+        self.n_tokens += a.shape[0]
+
+    def compute(self) -> Tensor:
+        if self.n_tokens == 0:
+            raise UndefinedMetric("dead_activation_error: no tokens to evaluate")
+        return self.total_gap / self.n_tokens

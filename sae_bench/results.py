@@ -1,0 +1,159 @@
+"""TransferReport: what one evaluation measured, as plain numbers (None with a reason where undefined).
+
+`finalize_transfer_report` turns the streamed statistics into the report; the metric arithmetic itself lives in
+metrics.py. Every metric field carries its definition in `metadata["doc"]` (`sae-bench metrics` prints them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+from torch import Tensor
+
+from sae_bench import metrics
+from sae_bench.outliers import OutlierBreakdown
+
+if TYPE_CHECKING:
+    from sae_bench.evaluate import EvalConfig, _Accumulators
+    from sae_bench.splicing import HookSite
+
+
+def _metric(doc: str) -> Any:
+    return field(metadata={"doc": doc, "metric": True})
+
+
+@dataclass(frozen=True)
+class TransferReport:
+    """One SAE spliced into one model over one token set."""
+
+    hook: str
+    n_sequences: int
+    n_tokens_reconstructed: int = _metric("positions encoded, spliced and counted in l0 / mse / EV / density")
+    n_predictions: int = _metric("next-token predictions counted in the CE and KL means")
+    l0: float | None = _metric("mean over reconstructed tokens of #{features > 0}")
+    mse: float | None = _metric("mean over reconstructed tokens of ‖x − x̂‖² in the SAE's input space")
+    explained_variance: float | None = _metric("1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², x̄ the mean over all tokens")
+    explained_variance_per_token: float | None = _metric(
+        "mean over batches of mean over tokens of 1 − ‖x − x̂‖² / ‖x − x̄_batch‖² (Kissane / SAELens legacy)"
+    )
+    ce_clean: float | None = _metric("token-weighted mean NLL of the clean model")
+    ce_spliced: float | None = _metric("token-weighted mean NLL with the SAE reconstruction spliced in")
+    ce_zero_ablation: float | None = _metric("token-weighted mean NLL with the hook zeroed under the position mask")
+    ce_delta: float | None = _metric("ce_spliced − ce_clean")
+    ce_loss_recovered: float | None = _metric("(ce_zero − ce_spliced) / (ce_zero − ce_clean) of the pooled means")
+    ce_loss_recovered_batch_mean: float | None = _metric("mean over batches of per-batch CE loss recovered")
+    kl_spliced: float | None = _metric("mean over counted predictions of KL(p_clean ‖ p_spliced)")
+    kl_zero: float | None = _metric("mean over counted predictions of KL(p_clean ‖ p_zero_ablated)")
+    kl_score: float | None = _metric("(kl_zero − kl_spliced) / kl_zero")
+    dead_fraction: float | None = _metric("fraction of features that never fire on the reconstructed tokens")
+    outliers: OutlierBreakdown = field(default=OutlierBreakdown(0, 0, 0, 0, 0, 0))
+    feature_density: Tensor | None = field(default=None, repr=False)
+    """Per feature: fraction of reconstructed tokens where it fires, (d_sae,) float64."""
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Every setting that shaped the numbers (scaling factor and its source, outlier policy, masks, batch size)."""
+    undefined: dict[str, str] = field(default_factory=dict)
+    """metric → why it has no value."""
+
+    @classmethod
+    def metric_docs(cls) -> dict[str, str]:
+        """Metric name → its definition, in report order."""
+        return {f.name: f.metadata["doc"] for f in fields(cls) if f.metadata.get("metric")}
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat dict of scalars (metrics, outlier breakdown, settings) for pandas, expectations and JSON."""
+        row: dict[str, Any] = {"hook": self.hook, "n_sequences": self.n_sequences}
+        row.update({name: getattr(self, name) for name in self.metric_docs()})
+        row.update(self.outliers.to_row())
+        row.update({f"setting_{k}": v for k, v in self.settings.items()})
+        return row
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([self.to_row()])
+
+
+def defined_or_none(name: str, compute: Callable[[], float], undefined: dict[str, str]) -> float | None:
+    """compute(), or None with the reason recorded in `undefined` when the metric is undefined."""
+    try:
+        return compute()
+    except metrics.UndefinedMetric as err:
+        undefined[name] = str(err)
+        return None
+
+
+def finalize_transfer_report(
+    acc: _Accumulators, *, site: HookSite, config: EvalConfig, n_sequences: int, d_sae: int
+) -> TransferReport:
+    """Turn the streamed statistics of one evaluation into its report."""
+    undefined: dict[str, str] = {}
+
+    def value(name: str, compute: Callable[[], float]) -> float | None:
+        return defined_or_none(name, compute, undefined)
+
+    def derived(name: str, compute: Callable[..., float], **inputs: float | None) -> float | None:
+        missing = [k for k, v in inputs.items() if v is None]
+        if missing:
+            undefined[name] = f"needs {', '.join(missing)}, which is undefined"
+            return None
+        return value(name, lambda: compute(**inputs))
+
+    rec = acc.reconstruction
+    ce_clean = value("ce_clean", lambda: acc.ce["clean"].compute("ce_clean"))
+    ce_spliced = value("ce_spliced", lambda: acc.ce["spliced"].compute("ce_spliced"))
+    ce_zero = value("ce_zero_ablation", lambda: acc.ce["zero"].compute("ce_zero_ablation"))
+    kl_spliced = value("kl_spliced", lambda: acc.kl["spliced"].compute("kl_spliced"))
+    kl_zero = value("kl_zero", lambda: acc.kl["zero"].compute("kl_zero"))
+    if acc.ev_per_token_undefined:
+        undefined["explained_variance_per_token"] = acc.ev_per_token_undefined[0]
+        ev_per_token = None
+    else:
+        ev_per_token = value(
+            "explained_variance_per_token", lambda: acc.ev_per_token.compute("explained_variance_per_token")
+        )
+    density = value("feature_density", acc.density.density)
+    return TransferReport(
+        hook=site.name,
+        n_sequences=n_sequences,
+        n_tokens_reconstructed=rec.n_tokens,
+        n_predictions=acc.ce["clean"].count,
+        l0=value("l0", rec.l0),
+        mse=value("mse", rec.mse),
+        explained_variance=value("explained_variance", rec.explained_variance),
+        explained_variance_per_token=ev_per_token,
+        ce_clean=ce_clean,
+        ce_spliced=ce_spliced,
+        ce_zero_ablation=ce_zero,
+        ce_delta=derived("ce_delta", lambda clean, spliced: spliced - clean, clean=ce_clean, spliced=ce_spliced),
+        ce_loss_recovered=derived(
+            "ce_loss_recovered", metrics.ce_loss_recovered, ce_clean=ce_clean, ce_spliced=ce_spliced, ce_zero=ce_zero
+        ),
+        ce_loss_recovered_batch_mean=value(
+            "ce_loss_recovered_batch_mean",
+            lambda: metrics.ce_loss_recovered_batch_mean(acc.ce["clean"], acc.ce["spliced"], acc.ce["zero"]),
+        ),
+        kl_spliced=kl_spliced,
+        kl_zero=kl_zero,
+        kl_score=derived("kl_score", metrics.kl_score, kl_spliced=kl_spliced, kl_zero=kl_zero),
+        dead_fraction=None if density is None else float((density == 0).double().mean()),
+        outliers=acc.outliers.compute(),
+        feature_density=density,
+        settings=_settings(config, d_sae),
+        undefined=undefined,
+    )
+
+
+def _settings(config: EvalConfig, d_sae: int) -> dict[str, Any]:
+    policy = config.outliers
+    return {
+        "d_sae": d_sae,
+        "batch_size": config.batch_size,
+        "scaling_factor": config.scaling_factor,
+        "scaling_factor_source": config.scaling_factor_source,
+        "outlier_threshold": None if policy is None else policy.threshold,
+        "outlier_norm": None if policy is None else policy.norm,
+        "outliers_count_in_ce": None if policy is None else policy.count_in_ce,
+        "exclude_special_tokens": config.exclude_special_tokens,
+        "dtype": None if config.dtype is None else str(config.dtype).removeprefix("torch."),
+    }

@@ -1,0 +1,109 @@
+"""Splicing an SAE into a TransformerLens model at a residual hook, under a position mask.
+
+The model is cut at the hook: `run_to_hook` runs the blocks before it once, `continue_from_hook` runs the rest
+from any residual (clean, spliced or zero-ablated), so the shared prefix is never recomputed (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+from sae_lens import SAE
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+_RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
+
+
+@dataclass(frozen=True)
+class HookSite:
+    """A residual-stream hook and where it cuts the model."""
+
+    name: str
+    layer: int
+    kind: Literal["pre", "post"]
+
+    @property
+    def blocks_before(self) -> int:
+        """Blocks that run before the hook: L for blocks.L.hook_resid_pre, L + 1 for blocks.L.hook_resid_post."""
+        return self.layer if self.kind == "pre" else self.layer + 1
+
+
+def supported_hooks(model: HookedTransformer) -> list[str]:
+    """Every hook name `resolve_hook` accepts on this model."""
+    return [f"blocks.{i}.hook_resid_{kind}" for i in range(model.cfg.n_layers) for kind in ("pre", "post")]
+
+
+def resolve_hook(model: HookedTransformer, hook_name: str) -> HookSite:
+    """Parse and check a hook name; an unknown or unsupported one raises with the valid names and close matches."""
+    valid = supported_hooks(model)
+    match = _RESID_HOOK.match(hook_name)
+    if match is None or hook_name not in valid:
+        close = difflib.get_close_matches(hook_name, valid, n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        kind = "is not a residual-stream hook" if hook_name in model.hook_dict else "does not exist"
+        raise ValueError(
+            f"hook {hook_name!r} {kind} on this {model.cfg.n_layers}-layer model.{hint} Valid hooks: "
+            f"blocks.0.hook_resid_pre … blocks.{model.cfg.n_layers - 1}.hook_resid_post "
+            f"(blocks.<layer>.hook_resid_pre or blocks.<layer>.hook_resid_post)."
+        )
+    return HookSite(hook_name, int(match.group(1)), match.group(2))  # type: ignore[arg-type]
+
+
+def check_sae_fits(model: HookedTransformer, sae: SAE, site: HookSite) -> None:
+    """Raise if the SAE's input width is not the model's residual width."""
+    d_in, d_model = sae.cfg.d_in, model.cfg.d_model
+    if d_in != d_model:
+        raise ValueError(
+            f"the SAE reads d_in={d_in} activations but {site.name} has d_model={d_model}: this SAE was not "
+            "trained on a model of this width"
+        )
+
+
+def run_to_hook(model: HookedTransformer, tokens: Tensor, site: HookSite) -> Tensor:
+    """Residual stream at the hook. tokens: (batch, pos) → (batch, pos, d_model)."""
+    return model(tokens, stop_at_layer=site.blocks_before)
+
+
+def continue_from_hook(model: HookedTransformer, residual: Tensor, site: HookSite) -> Tensor:
+    """Logits from a residual at the hook onwards. residual: (batch, pos, d_model) → (batch, pos, d_vocab)."""
+    return model(residual, start_at_layer=site.blocks_before, return_type="logits")
+
+
+class SaePass(NamedTuple):
+    """One SAE pass over a set of tokens, in the SAE's input space."""
+
+    sae_in: Tensor
+    """x·scale (or x), (tokens, d_model), in the SAE's dtype and device."""
+    feature_acts: Tensor
+    """(tokens, d_sae)."""
+    x_hat: Tensor
+    """Reconstruction of sae_in, (tokens, d_model)."""
+
+
+def encode_decode(sae: SAE, x: Tensor, scale: float | None) -> SaePass:
+    """Run the SAE on x (tokens, d_model), multiplied by `scale` first when one is given."""
+    sae_in = x.to(device=sae.device, dtype=sae.dtype)
+    if scale is not None:
+        sae_in = sae_in * scale
+    feature_acts = sae.encode(sae_in)
+    return SaePass(sae_in, feature_acts, sae.decode(feature_acts))
+
+
+def spliced_residual(x: Tensor, positions: Tensor, x_hat_scaled: Tensor, scale: float | None) -> Tensor:
+    """x with the positions under `positions` replaced by the SAE reconstruction, back in the model's units.
+
+    x: (batch, pos, d_model); positions: (batch, pos) bool; x_hat_scaled: (positions.sum(), d_model).
+    """
+    x_hat = x_hat_scaled if scale is None else x_hat_scaled / scale
+    spliced = x.clone()
+    spliced[positions] = x_hat.to(device=x.device, dtype=x.dtype)
+    return spliced
+
+
+def zero_ablated_residual(x: Tensor, positions: Tensor) -> Tensor:
+    """x with zeros at the positions under `positions`. x: (batch, pos, d_model); positions: (batch, pos)."""
+    return x.masked_fill(positions.unsqueeze(-1), 0.0)

@@ -1,0 +1,183 @@
+"""Which SAE features survive fine-tuning: a paired pass of one SAE over the same tokens in a base and a
+fine-tuned model (Kutsyk et al.).
+
+Per batch both models run to the hook once; the SAE encodes both residuals; densities, per-feature Pearson
+correlations, dead-feature activation errors and residual similarity all stream in O(d_sae + pos) memory, for
+**every** feature. Bands are chosen at the end from the two density vectors (DESIGN §4):
+- regular: log10 density in [−5, −1] in both models;
+- exclusively dead: density 0 in one model only (dead in both is neither).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from sae_lens import SAE
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from sae_bench import metrics
+from sae_bench.data import TokenBatches, special_token_ids
+from sae_bench.drift import ResidualSimilarity, ResidualSimilarityStats
+from sae_bench.evaluate import check_finite
+from sae_bench.splicing import check_sae_fits, encode_decode, resolve_hook, run_to_hook
+
+REGULAR_LOG_DENSITY = (-5.0, -1.0)
+"""Inclusive log10-density range of a "regular" feature in both models (Kutsyk)."""
+
+
+@dataclass(frozen=True)
+class PairedConfig:
+    """How one SAE is compared across a base and a fine-tuned model."""
+
+    hook: str
+    batch_size: int = 8
+    base_scaling_factor: float | None = None
+    """Multiplies base-model activations before the SAE (None: raw)."""
+    finetuned_scaling_factor: float | None = None
+    """Multiplies fine-tuned-model activations before the SAE (None: raw)."""
+    exclude_special_tokens: bool = False
+    special_token_ids: tuple[int, ...] | None = None
+    logit_chunk_size: int = 1024
+    """Features per chunk in the logit-weight similarity (memory O(chunk × d_vocab))."""
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"PairedConfig: `batch_size` must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class UniversalityReport:
+    """Per-feature statistics (all (d_sae,) float64) and their band summaries."""
+
+    n_tokens: int
+    density_base: Tensor
+    density_finetuned: Tensor
+    activation_similarity: Tensor
+    """Pearson over tokens of f_i(base) vs f_i(fine-tuned); NaN where a side is constant."""
+    logit_similarity: Tensor
+    dead_activation_error: Tensor
+    regular: Tensor
+    """Bool mask: regular in both models."""
+    dead_in_base_only: Tensor
+    dead_in_finetuned_only: Tensor
+    residual: ResidualSimilarity
+
+    def summary(self) -> dict[str, float | int | None]:
+        """Band means (NaN-free: undefined features are counted, not averaged), dead fractions, density fit."""
+        row: dict[str, float | int | None] = {
+            "n_tokens": self.n_tokens,
+            "n_regular": int(self.regular.sum()),
+            "n_dead_in_base_only": int(self.dead_in_base_only.sum()),
+            "n_dead_in_finetuned_only": int(self.dead_in_finetuned_only.sum()),
+            "dead_fraction_base": float((self.density_base == 0).double().mean()),
+            "dead_fraction_finetuned": float((self.density_finetuned == 0).double().mean()),
+            "mean_log_density_base": float(metrics.log_density(self.density_base).mean()),
+            "mean_log_density_finetuned": float(metrics.log_density(self.density_finetuned).mean()),
+            "residual_cosine": self.residual.mean_cosine,
+            "residual_distance": self.residual.mean_distance,
+        }
+        log_b, log_f = metrics.log_density(self.density_base), metrics.log_density(self.density_finetuned)
+        # Pearson across features of the two log densities (Kutsyk's linregress R): one column of length d_sae.
+        fit = metrics.summarise_defined(metrics.pearson_per_feature(log_b[:, None], log_f[:, None]))
+        row["log_density_correlation"] = fit.mean
+        bands = {
+            "regular": self.regular,
+            "dead_in_base_only": self.dead_in_base_only,
+            "dead_in_finetuned_only": self.dead_in_finetuned_only,
+        }
+        for band, selection in bands.items():
+            for name, values in (
+                ("activation_similarity", self.activation_similarity),
+                ("logit_similarity", self.logit_similarity),
+                ("dead_activation_error", self.dead_activation_error),
+            ):
+                if name == "dead_activation_error" and band == "regular":
+                    continue
+                summary = metrics.summarise_defined(values, selection)
+                row[f"{name}_{band}_mean"] = summary.mean
+                row[f"{name}_{band}_n_undefined"] = summary.n_undefined
+        return row
+
+
+def check_same_vocabulary(base: HookedTransformer, finetuned: HookedTransformer) -> None:
+    """Raise when the two models cannot read the same token ids."""
+    if base.cfg.d_vocab != finetuned.cfg.d_vocab:
+        raise ValueError(
+            f"the models have different vocabularies (d_vocab {base.cfg.d_vocab} vs {finetuned.cfg.d_vocab}): "
+            "the same token ids mean different text; trim or map the fine-tune's vocabulary first"
+        )
+    if base.tokenizer is not None and finetuned.tokenizer is not None:
+        vocab_b, vocab_f = base.tokenizer.get_vocab(), finetuned.tokenizer.get_vocab()
+        differ = sum(1 for tok, i in vocab_b.items() if vocab_f.get(tok) != i)
+        if differ:
+            raise ValueError(
+                f"the tokenizers disagree on {differ} of {len(vocab_b)} vocabulary entries: the same token ids "
+                "mean different text in the two models"
+            )
+
+
+@torch.inference_mode()
+def evaluate_universality(
+    base: HookedTransformer,
+    finetuned: HookedTransformer,
+    sae: SAE,
+    tokens: Tensor,
+    config: PairedConfig,
+    *,
+    position_mask: Tensor | None = None,
+) -> UniversalityReport:
+    """One paired pass of `sae` over `tokens` (n_sequences, pos) in both models; see the module docstring."""
+    check_same_vocabulary(base, finetuned)
+    site = resolve_hook(base, config.hook)
+    resolve_hook(finetuned, config.hook)
+    check_sae_fits(base, sae, site)
+    check_sae_fits(finetuned, sae, site)
+    d_sae = sae.cfg.d_sae
+    density_b, density_f = metrics.FeatureDensityStats(d_sae), metrics.FeatureDensityStats(d_sae)
+    pearson, dead_error = metrics.PearsonStats(d_sae), metrics.DeadActivationErrorStats(d_sae)
+    residual = ResidualSimilarityStats(tokens.shape[1])
+    special = special_token_ids(base, config.special_token_ids) if config.exclude_special_tokens else None
+    for batch in tqdm(
+        TokenBatches(tokens, position_mask, config.batch_size),
+        desc="paired pass",
+        disable=not config.progress,
+        leave=False,
+    ):
+        considered = batch.position_mask
+        if special is not None:
+            considered = considered & ~torch.isin(batch.tokens, special)
+        x_b = run_to_hook(base, batch.tokens.to(base.cfg.device), site)
+        x_f = run_to_hook(finetuned, batch.tokens.to(finetuned.cfg.device), site)
+        check_finite(x_b, f"base activations at {site.name}", batch.offset)
+        check_finite(x_f, f"fine-tuned activations at {site.name}", batch.offset)
+        residual.update(x_b, x_f.to(x_b.device), considered.to(x_b.device))
+        f_b = encode_decode(sae, x_b[considered.to(x_b.device)], config.base_scaling_factor).feature_acts
+        f_f = encode_decode(sae, x_f[considered.to(x_f.device)], config.finetuned_scaling_factor).feature_acts
+        density_b.update(f_b)
+        density_f.update(f_f)
+        pearson.update(f_b, f_f)
+        dead_error.update(f_b, f_f)
+    d_b, d_f = density_b.density(), density_f.density()
+    log_b, log_f = metrics.log_density(d_b), metrics.log_density(d_f)
+    low, high = REGULAR_LOG_DENSITY
+    return UniversalityReport(
+        n_tokens=density_b.n_tokens,
+        density_base=d_b,
+        density_finetuned=d_f,
+        activation_similarity=pearson.compute(),
+        logit_similarity=metrics.logit_similarity(
+            sae.W_dec.detach(),
+            base.W_U.detach(),
+            finetuned.W_U.detach().to(base.W_U.device),
+            chunk_size=config.logit_chunk_size,
+        ),
+        dead_activation_error=dead_error.compute(),
+        regular=(log_b >= low) & (log_b <= high) & (log_f >= low) & (log_f <= high),
+        dead_in_base_only=(d_b == 0) & (d_f > 0),
+        dead_in_finetuned_only=(d_f == 0) & (d_b > 0),
+        residual=residual.compute(),
+    )

@@ -1,0 +1,192 @@
+"""The one-pass engine: identities on hand-built SAEs, masks, outliers, structure (counted), and bad input."""
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sae_bench.evaluate import EvalConfig, estimate_scaling_factor, evaluate_transfer
+from sae_bench.outliers import OutlierPolicy
+from tests.conftest import D_MODEL, D_VOCAB, N_LAYERS, identity_sae, standard_sae, tiny_model, zero_sae
+
+HOOKS = [f"blocks.{layer}.hook_resid_{kind}" for layer in range(N_LAYERS) for kind in ("pre", "post")]
+
+
+def run(model, sae, tokens, hook="blocks.2.hook_resid_pre", position_mask=None, **config):
+    config.setdefault("batch_size", 4)
+    return evaluate_transfer(
+        model, sae, tokens, EvalConfig(hook=hook, progress=False, **config), position_mask=position_mask
+    )
+
+
+@pytest.mark.parametrize("hook", HOOKS)
+def test_identity_sae_recovers_everything(model, tokens, hook):
+    report = run(model, identity_sae(D_MODEL), tokens, hook=hook)
+    assert report.explained_variance == 1.0
+    assert report.mse == 0.0
+    assert report.ce_spliced == report.ce_clean
+    assert report.ce_loss_recovered == 1.0
+    assert report.kl_spliced == 0.0
+    assert report.kl_score == 1.0
+    assert report.undefined == {}
+
+
+@pytest.mark.parametrize("hook", [h for h in HOOKS if h.endswith("pre")])
+def test_zero_sae_at_resid_pre_is_zero_ablation(model, tokens, hook):
+    report = run(model, zero_sae(D_MODEL), tokens, hook=hook)
+    assert report.ce_spliced == report.ce_zero_ablation
+    assert report.ce_loss_recovered == 0.0
+    assert report.kl_spliced == report.kl_zero
+
+
+def test_zero_ablation_of_a_bias_free_rmsnorm_model_is_uniform(model, tokens):
+    report = run(model, identity_sae(D_MODEL), tokens)
+    assert report.ce_zero_ablation == pytest.approx(math.log(D_VOCAB), abs=1e-6)
+
+
+def test_reports_count_tokens_and_predictions(model, tokens, random_sae):
+    report = run(model, random_sae, tokens)
+    n_seq, pos = tokens.shape
+    assert report.n_tokens_reconstructed == n_seq * pos
+    assert report.n_predictions == n_seq * (pos - 1)
+    assert report.feature_density.shape == (random_sae.cfg.d_sae,)
+    assert set(report.to_row()) >= set(report.metric_docs())
+
+
+@settings(max_examples=15, deadline=None)
+@given(batch_size=st.integers(1, 10), stack=st.booleans())
+def test_results_do_not_depend_on_batching(model, tokens, random_sae, batch_size, stack):
+    reference = run(model, random_sae, tokens, batch_size=10)
+    report = run(model, random_sae, tokens, batch_size=batch_size, stack_continuations=stack)
+    for name in (
+        "l0",
+        "mse",
+        "explained_variance",
+        "ce_clean",
+        "ce_spliced",
+        "ce_zero_ablation",
+        "ce_loss_recovered",
+        "kl_spliced",
+        "kl_zero",
+    ):
+        assert getattr(report, name) == pytest.approx(getattr(reference, name), rel=1e-5), name
+
+
+def test_position_mask_limits_every_metric(model, tokens, random_sae):
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    mask[:, 8:] = True
+    report = run(model, random_sae, tokens, position_mask=mask)
+    assert report.n_tokens_reconstructed == int(mask.sum())
+    assert report.n_predictions == int(mask[:, :-1].sum())
+    identity = run(model, identity_sae(D_MODEL), tokens, position_mask=mask)
+    assert identity.ce_loss_recovered == 1.0
+
+
+def test_outlier_positions_stay_clean_and_leave_the_reconstruction_metrics(model, tokens):
+    x_norm_cut = 3.5  # raw norms of this model's resid_pre sit around 2–6
+    policy = OutlierPolicy(threshold=x_norm_cut, norm="raw", count_in_ce=True)
+    report = run(model, zero_sae(D_MODEL), tokens, outliers=policy)
+    unfiltered = run(model, zero_sae(D_MODEL), tokens)
+    assert 0 < report.outliers.n_outliers < tokens.numel()
+    assert report.n_tokens_reconstructed == tokens.numel() - report.outliers.n_outliers
+    assert report.ce_spliced < unfiltered.ce_spliced  # outliers kept their clean activation
+    dropped = run(model, zero_sae(D_MODEL), tokens, outliers=OutlierPolicy(x_norm_cut, "raw", count_in_ce=False))
+    assert dropped.n_predictions < report.n_predictions
+
+
+def test_outlier_breakdown_accounts_for_every_outlier(model, tokens):
+    report = run(model, zero_sae(D_MODEL), tokens, outliers=OutlierPolicy(threshold=3.5, norm="raw"))
+    breakdown = report.outliers
+    assert breakdown.n_positions == tokens.numel()
+    parts = breakdown.n_bos + breakdown.n_early_position + breakdown.n_newline + breakdown.n_other
+    assert parts == breakdown.n_outliers > 0
+    assert sum(breakdown.shares().values()) == pytest.approx(1.0)
+    assert report.to_row()["outlier_fraction"] == breakdown.n_outliers / tokens.numel()
+
+
+def test_scaled_outlier_threshold_and_scaling_factor(model, tokens):
+    factor = estimate_scaling_factor(model, tokens, "blocks.2.hook_resid_pre")
+    x = model(tokens, stop_at_layer=2)
+    assert (x * factor).norm(dim=-1).mean().item() == pytest.approx(math.sqrt(D_MODEL), rel=1e-5)
+    report = run(
+        model,
+        identity_sae(D_MODEL),
+        tokens,
+        scaling_factor=factor,
+        scaling_factor_source="evaluated model",
+        outliers=OutlierPolicy(threshold=1.5 * math.sqrt(D_MODEL)),
+    )
+    assert report.settings["scaling_factor_source"] == "evaluated model"
+    assert report.explained_variance == pytest.approx(1.0, abs=1e-12)
+    assert report.mse == pytest.approx(0.0, abs=1e-10)
+
+
+def test_special_tokens_are_excluded_and_kept_clean(model, tokens):
+    special = (int(tokens[0, 0]), int(tokens[0, 5]))
+    report = run(model, zero_sae(D_MODEL), tokens, exclude_special_tokens=True, special_token_ids=special)
+    n_special = int(torch.isin(tokens, torch.tensor(special)).sum())
+    assert report.n_tokens_reconstructed == tokens.numel() - n_special
+
+
+def test_engine_structure_is_one_prefix_pass_and_three_continuations(tokens, random_sae):
+    """Counted, not timed: rows through each block per evaluation."""
+    layer = 2
+    for stack in (True, False):
+        model = tiny_model()
+        rows = [0] * N_LAYERS
+
+        def count(act, hook, rows=rows):
+            rows[int(hook.name.split(".")[1])] += act.shape[0]
+
+        for i in range(N_LAYERS):
+            model.add_hook(f"blocks.{i}.hook_resid_post", count)
+        run(model, random_sae, tokens, hook=f"blocks.{layer}.hook_resid_pre", stack_continuations=stack)
+        n_seq = tokens.shape[0]
+        assert rows == [n_seq] * layer + [3 * n_seq] * (N_LAYERS - layer), stack
+
+
+def test_unknown_hook_lists_the_valid_ones(model, tokens, random_sae):
+    with pytest.raises(ValueError, match=r"blocks\.9\.hook_resid_pre.*does not exist.*Valid hooks") as err:
+        run(model, random_sae, tokens, hook="blocks.9.hook_resid_pre")
+    assert "blocks.3.hook_resid_post" in str(err.value)
+    with pytest.raises(ValueError, match="Did you mean 'blocks.1.hook_resid_pre'"):
+        run(model, random_sae, tokens, hook="blocks.1.hook_resid_pr")
+    with pytest.raises(ValueError, match="is not a residual-stream hook"):
+        run(model, random_sae, tokens, hook="blocks.1.hook_mlp_out")
+
+
+def test_sae_width_mismatch_names_both_widths(model, tokens):
+    with pytest.raises(ValueError, match=r"d_in=24.*d_model=16"):
+        run(model, standard_sae(24, 8), tokens)
+
+
+def test_empty_token_set_after_filtering_is_an_error(model, tokens, random_sae):
+    with pytest.raises(ValueError, match="no positions left"):
+        run(model, random_sae, tokens, position_mask=torch.zeros_like(tokens, dtype=torch.bool))
+    with pytest.raises(ValueError, match="no positions left.*outlier"):
+        run(model, random_sae, tokens, outliers=OutlierPolicy(threshold=1e-6, norm="raw"))
+
+
+def test_nan_activations_name_their_positions(tokens, random_sae):
+    model = tiny_model()
+    with torch.no_grad():
+        model.W_E[int(tokens[3, 4])] = math.nan
+    with pytest.raises(ValueError, match=r"NaN/Inf activations, first \(sequence, position\): \[\(\d+, \d+\)"):
+        run(model, random_sae, tokens)
+
+
+def test_bad_config_is_rejected_early():
+    with pytest.raises(ValueError, match="needs `scaling_factor`"):
+        EvalConfig(hook="blocks.0.hook_resid_pre", outliers=OutlierPolicy(threshold=50))
+    with pytest.raises(ValueError, match="batch_size"):
+        EvalConfig(hook="blocks.0.hook_resid_pre", batch_size=0)
+    with pytest.raises(ValueError, match="shape"):
+        evaluate_transfer(
+            tiny_model(),
+            identity_sae(D_MODEL),
+            torch.zeros(3, 5, dtype=torch.long),
+            EvalConfig(hook="blocks.0.hook_resid_pre"),
+            position_mask=torch.ones(3, 4, dtype=torch.bool),
+        )
