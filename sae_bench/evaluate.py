@@ -14,7 +14,6 @@ Position sets, per batch (all (batch, pos) booleans):
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -83,9 +82,10 @@ def prepare(model: HookedTransformer, sae: SAE, config: EvalConfig) -> HookSite:
     """Check the hook and widths, and move model and SAE to the configured device and dtype."""
     site = resolve_hook(model, config.hook)
     check_sae_fits(model, sae, site)
-    if config.device is not None or config.dtype is not None:
-        model.to(device=config.device or model.cfg.device, dtype=config.dtype)  # type: ignore[call-arg]
-        sae.to(device=config.device or sae.device, dtype=config.dtype)
+    for target in (config.device, config.dtype):
+        if target is not None:
+            model.to(target, print_details=False)  # HookedTransformer.to takes one device or dtype at a time
+            sae.to(target)
     return site
 
 
@@ -165,7 +165,6 @@ def evaluate_transfer(
     config: EvalConfig,
     *,
     position_mask: Tensor | None = None,
-    on_batch: Callable[[int], None] | None = None,
 ) -> TransferReport:
     """Splice `sae` into `model` at `config.hook` over `tokens` (n_sequences, pos) and measure everything.
 
@@ -198,8 +197,6 @@ def evaluate_transfer(
         if config.outliers is not None and not config.outliers.count_in_ce:
             counted = counted & ~outlier[:, :-1]
         acc.add_predictions(_continuations(model, site, residuals, config.stack_continuations), toks, counted)
-        if on_batch is not None:
-            on_batch(batch.offset)
     if acc.reconstruction.n_tokens == 0:
         raise ValueError(_nothing_left_message(batches, acc))
     return finalize_transfer_report(acc, site=site, config=config, n_sequences=tokens.shape[0], d_sae=sae.cfg.d_sae)

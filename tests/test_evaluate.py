@@ -74,6 +74,16 @@ def test_results_do_not_depend_on_batching(model, tokens, random_sae, batch_size
         assert getattr(report, name) == pytest.approx(getattr(reference, name), rel=1e-5), name
 
 
+def test_dtype_option_runs_model_and_sae_in_that_dtype(tokens, random_sae):
+    reference = run(tiny_model(), random_sae, tokens)
+    sae64 = standard_sae(D_MODEL, 48, seed=3)
+    report = run(tiny_model(), sae64, tokens, dtype=torch.float64)
+    assert sae64.W_dec.dtype == torch.float64
+    assert report.settings["dtype"] == "float64"
+    for name in ("l0", "explained_variance", "ce_spliced", "kl_spliced"):
+        assert getattr(report, name) == pytest.approx(getattr(reference, name), rel=1e-4), name
+
+
 def test_position_mask_limits_every_metric(model, tokens, random_sae):
     mask = torch.zeros_like(tokens, dtype=torch.bool)
     mask[:, 8:] = True
