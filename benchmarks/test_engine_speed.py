@@ -8,11 +8,12 @@ floor is 1 + 2·(L − l)/L full passes against 4 − (L − l)/L. Read the rati
 import pytest
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
-from sae_lens.evals import get_recons_loss, get_sparsity_and_variance_metrics
+from sae_lens.evals import get_recons_loss
 from sae_lens.training.activation_scaler import ActivationScaler
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from sae_bench.evaluate import EvalConfig, evaluate_transfer
+from tests.saelens_reference import saelens_sparsity_and_variance
 
 N_LAYERS, LAYER = 6, 3
 HOOK = f"blocks.{LAYER}.hook_resid_pre"
@@ -43,14 +44,6 @@ def setup(device):
     return model, sae, tokens
 
 
-class _Tokens:
-    def __init__(self, tokens):
-        self.tokens = tokens
-
-    def get_batch_tokens(self, _):
-        return self.tokens
-
-
 def run_engine(model, sae, tokens):
     report = evaluate_transfer(model, sae, tokens, EvalConfig(hook=HOOK, batch_size=8, progress=False))
     if torch.cuda.is_available():
@@ -64,19 +57,7 @@ def run_saelens(model, sae, tokens):
         ce.append(
             get_recons_loss(sae, model, scaler, batch.to(model.cfg.device), compute_kl=True, compute_ce_loss=True)
         )
-    sparsity, _ = get_sparsity_and_variance_metrics(
-        sae,
-        model,
-        _Tokens(tokens.to(model.cfg.device)),
-        scaler,
-        n_batches=1,
-        compute_l2_norms=False,
-        compute_sparsity_metrics=True,
-        compute_variance_metrics=True,
-        compute_featurewise_density_statistics=False,
-        eval_batch_size_prompts=tokens.shape[0],
-        model_kwargs={},
-    )
+    sparsity, _ = saelens_sparsity_and_variance(model, sae, tokens)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return ce, sparsity

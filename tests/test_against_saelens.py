@@ -3,24 +3,14 @@ where the two definitions differ."""
 
 import pytest
 import torch
-from sae_lens.evals import ExplainedVarianceCalculator, _kl, get_recons_loss, get_sparsity_and_variance_metrics
+from sae_lens.evals import ExplainedVarianceCalculator, _kl, get_recons_loss
 from sae_lens.training.activation_scaler import ActivationScaler
 
 from sae_bench import metrics
 from sae_bench.evaluate import EvalConfig, evaluate_transfer
+from tests.saelens_reference import saelens_sparsity_and_variance
 
 HOOK = "blocks.2.hook_resid_pre"
-
-
-class FixedTokens:
-    """The one method of SAELens's ActivationsStore its eval functions call, serving our tokens."""
-
-    def __init__(self, tokens: torch.Tensor) -> None:
-        self.tokens = tokens
-
-    def get_batch_tokens(self, batch_size: int) -> torch.Tensor:
-        assert batch_size == self.tokens.shape[0]
-        return self.tokens
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +33,7 @@ def test_ce_losses_match_get_recons_loss(model, sae, tokens, ours):
 
 
 def test_l0_ev_and_mse_match_get_sparsity_and_variance_metrics(model, sae, tokens, ours):
-    theirs, feature_metrics = get_sparsity_and_variance_metrics(
-        sae,
-        model,
-        FixedTokens(tokens),
-        ActivationScaler(),
-        n_batches=1,
-        compute_l2_norms=False,
-        compute_sparsity_metrics=True,
-        compute_variance_metrics=True,
-        compute_featurewise_density_statistics=True,
-        eval_batch_size_prompts=tokens.shape[0],
-        model_kwargs={},
-    )
+    theirs, feature_metrics = saelens_sparsity_and_variance(model, sae, tokens, densities=True)
     assert ours.l0 == pytest.approx(theirs["l0"], abs=1e-5)
     assert ours.explained_variance_per_token == pytest.approx(theirs["explained_variance_legacy"], abs=1e-5)
     # sae-lens 6.54 fixed the two definitions DESIGN §4 warned about: its EV is now centred and pooled, and its
