@@ -8,6 +8,7 @@ Gemma 300) or on raw norms ‖x_t‖ (Kutsyk: Mistral 200). The two kinds of thr
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
@@ -145,8 +146,16 @@ class OutlierBreakdownStats:
         )
 
 
+_NEWLINE_IDS: weakref.WeakKeyDictionary[object, Tensor] = weakref.WeakKeyDictionary()
+
+
 def newline_token_ids(tokenizer: object) -> Tensor:
-    """Ids of every vocabulary entry whose decoded text contains a newline (byte-level BPE, sentencepiece alike)."""
-    vocab_size = len(tokenizer)  # type: ignore[arg-type]
-    texts = tokenizer.batch_decode([[i] for i in range(vocab_size)])  # type: ignore[attr-defined]
-    return torch.tensor([i for i, text in enumerate(texts) if "\n" in text], dtype=torch.long)
+    """Ids of every vocabulary entry whose decoded text contains a newline (byte-level BPE, sentencepiece alike).
+
+    Decoding the whole vocabulary takes seconds for a 256k vocabulary, so the result is kept per tokenizer object.
+    """
+    if tokenizer not in _NEWLINE_IDS:
+        vocab_size = len(tokenizer)  # type: ignore[arg-type]
+        texts = tokenizer.batch_decode([[i] for i in range(vocab_size)])  # type: ignore[attr-defined]
+        _NEWLINE_IDS[tokenizer] = torch.tensor([i for i, t in enumerate(texts) if "\n" in t], dtype=torch.long)
+    return _NEWLINE_IDS[tokenizer]

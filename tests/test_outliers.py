@@ -73,3 +73,26 @@ def test_breakdown_counts_each_outlier_once_in_priority_order(outlier, tokens):
     assert (b.n_bos, b.n_early_position, b.n_newline, b.n_other) == tuple(expected.values())
     assert b.n_outliers == int(outlier.sum()) and b.n_positions == 42
     assert b.fraction == pytest.approx(outlier.sum() / 42)
+
+
+class _ByteTokenizer:
+    """A stand-in tokenizer: id i decodes to chr(i)."""
+
+    def __init__(self) -> None:
+        self.decoded = 0
+
+    def __len__(self) -> int:
+        return 128
+
+    def batch_decode(self, ids):
+        self.decoded += 1
+        return [chr(row[0]) for row in ids]
+
+
+def test_newline_ids_are_found_once_per_tokenizer():
+    from sae_bench.outliers import newline_token_ids
+
+    tokenizer = _ByteTokenizer()
+    assert newline_token_ids(tokenizer).tolist() == [10]
+    assert newline_token_ids(tokenizer).tolist() == [10]
+    assert tokenizer.decoded == 1
