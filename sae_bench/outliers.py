@@ -38,6 +38,11 @@ class OutlierPolicy:
             raise ValueError(f"OutlierPolicy: `norm` must be 'scaled' or 'raw', got {self.norm!r}")
 
 
+def _norms64(x: Tensor) -> Tensor:
+    """Per-token L2 norms in float64, without materialising a float64 copy of x. (..., d) → (...)."""
+    return torch.linalg.vector_norm(x.detach(), dim=-1, dtype=torch.float64)
+
+
 def scaling_factor(mean_norm: float, d_model: int) -> float:
     """√d_model / mean_norm: the factor that gives activations a mean norm of √d_model."""
     if not (mean_norm > 0 and math.isfinite(mean_norm)):
@@ -54,7 +59,7 @@ class MeanNormStats:
 
     def update(self, x: Tensor) -> None:
         """x: (tokens, d_model)."""
-        self.total += float(x.detach().to(torch.float64).norm(dim=-1).sum())
+        self.total += float(_norms64(x).sum())
         self.count += x.shape[0]
 
     def scaling_factor(self, d_model: int) -> float:
@@ -65,7 +70,7 @@ class MeanNormStats:
 
 def outlier_mask(x: Tensor, policy: OutlierPolicy, scale: float | None) -> Tensor:
     """True where a position is an outlier under `policy`. x: (..., d_model) → (...) bool."""
-    norms = x.detach().to(torch.float64).norm(dim=-1)
+    norms = _norms64(x)
     if policy.norm == "scaled":
         if scale is None:
             raise ValueError(
