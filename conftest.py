@@ -11,4 +11,24 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
 def pytest_addoption(parser):
-    parser.addoption("--device", default="cpu", help="torch device the models and SAEs run on (default: cpu)")
+    group = parser.getgroup("sae_bench")
+    group.addoption("--device", default="cpu", help="torch device the models and SAEs run on (default: cpu)")
+    group.addoption(
+        "--update-expectations",
+        action="store_true",
+        help="rewrite the measured values of the selected cases' expectation files (tolerances are kept) and "
+        "print the diff",
+    )
+    group.addoption(
+        "--sae", dest="sae_override", metavar="SPEC", help="run every selected case with this SAE instead of its own"
+    )
+    group.addoption(
+        "--case-id",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="run only this case (repeatable); ids contain '@', which -k does not accept",
+    )
+    group.addoption(
+        "--verdict-table", metavar="FILE", help="write every checked metric's verdict to FILE (.md or .csv)"
+    )

@@ -1,7 +1,28 @@
-"""Benchmark fixtures: built once per session, never timed."""
+"""Benchmark fixtures and the expectation plugin: heavy objects built once per session, never timed."""
 
+from __future__ import annotations
+
+import fcntl
+import warnings
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
 import pytest
 import torch
+
+from sae_bench import expectations
+from sae_bench.cases import Case, Registry, load_registry
+from sae_bench.execution import CaseExecutor
+
+CASES_DIR = Path(__file__).parent / "cases"
+EXPECTATIONS_DIR = Path(__file__).parents[1] / "expectations"
+SPREAD_SUBSETS = 8
+
+
+class ImprovedMetric(UserWarning):
+    """A metric moved beyond its tolerance in the good direction: the expectation file wants updating."""
 
 
 @pytest.fixture(scope="session")
@@ -16,9 +37,158 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     from importlib.metadata import version
 
     import sae_lens
-    import transformer_lens  # noqa: F401
 
     machine_info["torch"] = torch.__version__
     machine_info["sae_lens"] = sae_lens.__version__
     machine_info["transformer_lens"] = version("transformer-lens")
     machine_info["cuda_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+def registry_for(config) -> Registry:
+    registry = load_registry(CASES_DIR)
+    override = config.getoption("sae_override", None)
+    return registry.with_sae(override) if override else registry
+
+
+def missing_for(case: Case, device: str) -> str | None:
+    """Why this case cannot run here (None: it can)."""
+    from sae_bench.hub import missing
+
+    if case.gpu and not device.startswith("cuda"):
+        return f"{case.id} needs a CUDA GPU (run with --device cuda on a machine that has one)"
+    for spec in (case.sae, case.model, case.base_model):
+        reason = None if spec is None else missing(spec)
+        if reason:
+            return f"{case.id}: {reason}"
+    reason = missing(case.dataset, dataset=True)
+    return f"{case.id}: {reason}" if reason else None
+
+
+@contextmanager
+def _locked(path: Path):
+    """An exclusive lock beside `path`, so pytest-xdist workers updating one file take turns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    path.with_suffix(".lock").unlink(missing_ok=True)
+
+
+def measured_provenance(case: Case, executor: CaseExecutor) -> dict:
+    from importlib.metadata import version
+
+    tokens = executor.tokens(case)
+    n_positions = tokens.tokens.numel() if tokens.position_mask is None else int(tokens.position_mask.sum())
+    return {
+        "kind": "measured",
+        "command": f"pytest benchmarks --case-id '{case.id}' --update-expectations",
+        "rows": int(tokens.tokens.shape[0]),
+        "positions": n_positions,
+        "seed": "none needed: fixed shipped rows, greedy rollouts, deterministic on CPU",
+        "versions": {p: version(p) for p in ("sae-transfer-bench", "torch", "sae-lens", "transformer-lens")},
+        "date": date.today().isoformat(),
+    }
+
+
+class Suite:
+    """Checks one (case, metric group) against its expectation file; collects every verdict of the session."""
+
+    def __init__(self, config):
+        self.config = config
+        self.registry = registry_for(config)
+        self.device = config.getoption("--device")
+        self.executor = CaseExecutor(device=self.device)
+        self.update = config.getoption("--update-expectations")
+        self.verdicts: list[pd.DataFrame] = []
+
+    def check(self, case_id: str, group: str) -> None:
+        case = self.registry.get(case_id)
+        reason = missing_for(case, self.device)
+        if reason:
+            pytest.skip(reason)
+        measured = self.executor.measure(case)
+        names = case.metrics(group)
+        path = case.expectation_path(EXPECTATIONS_DIR)
+        if self.update or not path.exists():
+            self._write(case, path, measured, names, created=not path.exists())
+        expected = expectations.read_expectations(path)
+        table = expectations.compare(expected, measured, names)
+        if table.empty:
+            pytest.fail(f"{path} holds no {group} metrics ({', '.join(names)}); add them with --update-expectations")
+        self.verdicts.append(table.assign(case=case.id, group=group, sae=case.sae))
+        text = expectations.verdict_markdown(table)
+        if (table.verdict == "regression").any():
+            pytest.fail(f"{case.id} [{group}] regressed against {path}:\n\n{text}\n", pytrace=False)
+        if (table.verdict == "improved").any():
+            warnings.warn(
+                ImprovedMetric(f"{case.id} [{group}] improved beyond tolerance; update {path}:\n{text}"), stacklevel=2
+            )
+
+    def _write(self, case: Case, path: Path, measured: dict, names, *, created: bool) -> None:
+        with _locked(path):
+            existing = expectations.read_expectations(path) if path.exists() else None
+            missing = [n for n in names if existing is None or n not in existing.metrics]
+            spread = {}
+            if missing:
+                subsets = self.executor.measure(case, subsets=SPREAD_SUBSETS)
+                for name in missing:
+                    values = [s.get(name) for s in subsets]
+                    spread[name] = expectations.spread_tolerance(values, value=measured.get(name))
+            new, diff = expectations.updated(
+                existing,
+                case.id,
+                measured,
+                names,
+                measured_provenance(case, self.executor),
+                spread,
+                spread_basis=f"3 standard errors from {SPREAD_SUBSETS} disjoint row subsets of this case's tokens",
+            )
+            path.write_text(new.to_json())
+        if not diff.empty:
+            print(f"\n{path}:\n{diff.to_markdown(index=False, missingval='undefined')}")
+        if created:
+            pytest.fail(f"wrote a new expectation file {path}; review it and commit it", pytrace=False)
+
+    def write_table(self, target: str) -> None:
+        table = pd.concat(self.verdicts, ignore_index=True) if self.verdicts else pd.DataFrame()
+        columns = ["case", "group", "metric", "expected", "got", "threshold", "direction", "verdict", "sae"]
+        table = table.reindex(columns=columns)
+        if target.endswith(".csv"):
+            table.to_csv(target, index=False)
+        else:
+            Path(target).write_text(expectations.verdict_markdown(table) + "\n")
+
+
+@pytest.fixture(scope="session")
+def suite(request) -> Suite:
+    return request.config._sae_bench_suite
+
+
+def pytest_collection_modifyitems(config, items):
+    wanted = set(config.getoption("case_id"))
+    if not wanted:
+        return
+    known = {case.id for case in config._sae_bench_suite.registry}
+    unknown = wanted - known
+    if unknown:
+        import difflib
+
+        hints = {w: difflib.get_close_matches(w, known, n=2) for w in unknown}
+        raise pytest.UsageError(f"--case-id: no such case: {hints} (close matches shown)")
+    kept = [item for item in items if getattr(item, "callspec", None) and item.callspec.params.get("case_id") in wanted]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
+
+
+def pytest_configure(config):
+    config._sae_bench_suite = Suite(config)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    suite = getattr(session.config, "_sae_bench_suite", None)
+    target = session.config.getoption("verdict_table", None)
+    if suite is not None and target:
+        suite.write_table(target)

@@ -73,6 +73,16 @@ def explained_variance(x: Tensor, x_hat: Tensor) -> float:
     return _explained_variance_from_sums(sse, sst, "explained_variance")
 
 
+def explained_variance_flattened(x: Tensor, x_hat: Tensor) -> float:
+    """R² over every scalar: 1 − Σ(x − x̂)² / Σ(x − m)², m one scalar mean of all elements (Kutsyk's torcheval
+    `R2Score` on flattened activations; with a large mean direction it reads higher than `explained_variance`)."""
+    _check_tokens("explained_variance_flattened", x, x_hat)
+    x64 = _f64(x)
+    sse = float((x64 - _f64(x_hat)).pow(2).sum())
+    sst = float((x64 - x64.mean()).pow(2).sum())
+    return _explained_variance_from_sums(sse, sst, "explained_variance_flattened")
+
+
 def explained_variance_per_token(x: Tensor, x_hat: Tensor) -> float:
     """One batch: mean over tokens of 1 − ‖x_t − x̂_t‖² / ‖x_t − x̄‖², x̄ the batch mean (Kissane / SAELens legacy)."""
     _check_tokens("explained_variance_per_token", x, x_hat)
@@ -241,6 +251,8 @@ class ReconstructionStats:
     sum_squared_error: float = 0.0
     mean_x: Tensor | None = None
     centred_sum_of_squares: float = 0.0
+    scalar_mean: float = 0.0
+    scalar_sum_of_squares: float = 0.0
 
     def update(self, x: Tensor, x_hat: Tensor, feature_acts: Tensor) -> None:
         n = x.shape[0]
@@ -251,13 +263,19 @@ class ReconstructionStats:
         self.sum_squared_error += float((x64 - _f64(x_hat)).pow(2).sum())
         batch_mean = x64.mean(dim=0)
         batch_m2 = float((x64 - batch_mean).pow(2).sum())
+        scalar_mean = float(x64.mean())
+        scalar_m2 = float((x64 - scalar_mean).pow(2).sum())
         if self.mean_x is None:
             self.mean_x, self.centred_sum_of_squares = batch_mean, batch_m2
+            self.scalar_mean, self.scalar_sum_of_squares = scalar_mean, scalar_m2
         else:
             total = self.n_tokens + n
             delta = batch_mean - self.mean_x
             self.centred_sum_of_squares += batch_m2 + float(delta.pow(2).sum()) * self.n_tokens * n / total
             self.mean_x = self.mean_x + delta * (n / total)
+            scalar_delta = scalar_mean - self.scalar_mean  # the same merge over scalars: d elements per token
+            self.scalar_sum_of_squares += scalar_m2 + scalar_delta**2 * x.shape[1] * self.n_tokens * n / total
+            self.scalar_mean += scalar_delta * n / total
         self.n_tokens += n
 
     def _require_tokens(self, name: str) -> None:
@@ -275,6 +293,12 @@ class ReconstructionStats:
     def explained_variance(self) -> float:
         self._require_tokens("explained_variance")
         return _explained_variance_from_sums(self.sum_squared_error, self.centred_sum_of_squares, "explained_variance")
+
+    def explained_variance_flattened(self) -> float:
+        self._require_tokens("explained_variance_flattened")
+        return _explained_variance_from_sums(
+            self.sum_squared_error, self.scalar_sum_of_squares, "explained_variance_flattened"
+        )
 
 
 @dataclass

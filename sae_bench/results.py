@@ -36,6 +36,9 @@ class TransferReport:
     l0: float | None = _metric("mean over reconstructed tokens of #{features > 0}")
     mse: float | None = _metric("mean over reconstructed tokens of ‖x − x̂‖² in the SAE's input space")
     explained_variance: float | None = _metric("1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², x̄ the mean over all tokens")
+    explained_variance_flattened: float | None = _metric(
+        "1 − Σ(x − x̂)² / Σ(x − m)² over every scalar, m one mean of all elements (Kutsyk's R²)"
+    )
     explained_variance_per_token: float | None = _metric(
         "mean over batches of mean over tokens of 1 − ‖x − x̂‖² / ‖x − x̄_batch‖² (Kissane / SAELens legacy)"
     )
@@ -121,6 +124,7 @@ def finalize_transfer_report(
         l0=value("l0", rec.l0),
         mse=value("mse", rec.mse),
         explained_variance=value("explained_variance", rec.explained_variance),
+        explained_variance_flattened=value("explained_variance_flattened", rec.explained_variance_flattened),
         explained_variance_per_token=ev_per_token,
         ce_clean=ce_clean,
         ce_spliced=ce_spliced,

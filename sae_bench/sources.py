@@ -127,3 +127,130 @@ def load_hf_directory(
         state_dict, fold_ln=True, center_writing_weights=False, center_unembed=True, fold_value_biases=True
     )
     return model.to(device, print_details=False).eval()
+
+
+# -- loading by spec ---------------------------------------------------------------------------------------------
+
+ZOO_PREFIX = "zoo:"
+
+
+def _zoo_name(spec: str, kind: str, known: list[str]) -> str:
+    import difflib
+
+    name = spec.removeprefix(ZOO_PREFIX)
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"; did you mean {', '.join(ZOO_PREFIX + c for c in close)}?" if close else ""
+        raise ValueError(f"no zoo {kind} {spec!r}{hint} (`sae-bench zoo list` shows every name)")
+    return name
+
+
+def load_zoo_tokenizer():
+    """The zoo tokenizer, hash-checked."""
+    from sae_bench.zoo.artifacts import verified_directory
+    from sae_bench.zoo.tokenizer import load_tokenizer
+
+    return load_tokenizer(verified_directory("tokenizer"))
+
+
+def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> HookedTransformer:
+    """A TransformerLens model by spec: `zoo:FAMILY/NAME`, a local HF `save_pretrained` directory, or a hub spec
+    (`hf:ORG/NAME[?as=BASE&vocab=N]`, see `sae_bench.hub`)."""
+    if spec.startswith(ZOO_PREFIX):
+        from sae_bench.zoo.artifacts import verified_directory
+        from sae_bench.zoo.recipes import model_names
+
+        name = _zoo_name(spec, "model", model_names())
+        directory = verified_directory(f"models/{name}")
+        return load_hf_directory(directory, dtype=dtype, device=device, tokenizer=load_zoo_tokenizer())
+    if Path(spec).is_dir():
+        from transformers import AutoTokenizer
+
+        return load_hf_directory(spec, dtype=dtype, device=device, tokenizer=AutoTokenizer.from_pretrained(spec))
+    from sae_bench.hub import load_hub_model
+
+    return load_hub_model(spec, device=device, dtype=dtype)
+
+
+def load_sae(spec: str, *, device: str = "cpu", dtype: str = "float32"):
+    """A `sae_lens.SAE` by spec: `zoo:FAMILY/NAME`, a local SAELens directory (cfg.json + weights), or a hub spec
+    (`saelens:RELEASE/ID`, `hf:ORG/REPO/FOLDER`, `wandb:ENTITY/PROJECT/NAME:VERSION`)."""
+    from sae_lens import SAE
+
+    if spec.startswith(ZOO_PREFIX):
+        from sae_bench.zoo.artifacts import verified_directory
+        from sae_bench.zoo.recipes import sae_names
+
+        directory = verified_directory(f"saes/{_zoo_name(spec, 'SAE', sae_names())}")
+        return SAE.load_from_disk(directory, device=device, dtype=dtype)
+    if Path(spec).is_dir():
+        if not (Path(spec) / "cfg.json").is_file():
+            raise FileNotFoundError(f"{spec} holds no cfg.json: not a SAELens SAE directory")
+        return SAE.load_from_disk(spec, device=device, dtype=dtype)
+    from sae_bench.hub import load_hub_sae
+
+    return load_hub_sae(spec, device=device, dtype=dtype)
+
+
+def load_zoo_data(name: str) -> dict[str, torch.Tensor]:
+    """A shipped zoo token set, hash-checked, as int64 tensors: `heldout` or `instructions-heldout`."""
+    from safetensors.torch import load_file
+
+    from sae_bench.zoo.artifacts import verified_directory
+
+    known = ("heldout", "instructions-heldout")
+    if name not in known:
+        raise ValueError(f"no zoo token set {name!r}; known: {', '.join(known)}")
+    directory = verified_directory("data")
+    return {key: value.long() for key, value in load_file(directory / f"{name}.safetensors").items()}
+
+
+def load_dataset_rows(dataset: str, n_rows: int, context: int, model: HookedTransformer) -> torch.Tensor:
+    """`n_rows` token rows of `context` tokens: the zoo's held-out rows, or a streamed hub dataset."""
+    if dataset == "zoo:heldout":
+        rows = load_zoo_data("heldout")["input_ids"]
+        if context > rows.shape[1]:
+            raise ValueError(f"zoo:heldout rows hold {rows.shape[1]} tokens; the case asks for context {context}")
+        if n_rows > rows.shape[0]:
+            raise ValueError(f"zoo:heldout holds {rows.shape[0]} rows; the case asks for {n_rows}")
+        return rows[:n_rows, :context]
+    from sae_bench.hub import load_hub_rows
+
+    return load_hub_rows(dataset, n_rows, context, model.tokenizer)
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token that ends the assistant's turn: the zoo's <|end|>, else the tokenizer's EOS."""
+    from sae_bench.zoo.tokenizer import END_OF_TURN
+
+    if END_OF_TURN in tokenizer.get_vocab():
+        return tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    return tokenizer.eos_token_id
+
+
+def load_chat_prompts(dataset: str, tokenizer):
+    """Chat prompts with the user's span: the zoo's held-out instructions, or Kissane's alpaca sample."""
+    from sae_bench.chat import stored_prompt, template_prompt
+
+    if dataset == "zoo:instructions-heldout":
+        from sae_bench.zoo.tokenizer import END_OF_TURN, USER
+
+        data = load_zoo_data("instructions-heldout")
+        user, end = tokenizer.convert_tokens_to_ids(USER), tokenizer.convert_tokens_to_ids(END_OF_TURN)
+        return [
+            stored_prompt(row[:length].tolist(), user, end)
+            for row, length in zip(data["input_ids"], data["prompt_length"].tolist(), strict=True)
+        ]
+    from sae_bench.hub import load_alpaca_instructions
+
+    return [template_prompt(tokenizer, instruction) for instruction in load_alpaca_instructions(dataset)]
+
+
+def source_fingerprint(spec: str) -> str:
+    """What identifies a source's weights: the manifest sha256 of a zoo model's weights, else the spec itself."""
+    if spec.startswith(ZOO_PREFIX):
+        from sae_bench.zoo.artifacts import read_manifest
+
+        name = spec.removeprefix(ZOO_PREFIX)
+        return f"{spec}@{read_manifest()['files'][f'models/{name}/model.safetensors']}"
+    return spec

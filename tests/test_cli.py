@@ -23,3 +23,24 @@ def test_unknown_command_is_a_usage_error():
     with pytest.raises(SystemExit) as exit_info:
         main(["frobnicate"])
     assert exit_info.value.code == 2
+
+
+def test_zoo_list_names_every_model_and_sae_as_a_loadable_spec(capsys):
+    from sae_bench.zoo.recipes import model_names, sae_names
+
+    assert main(["zoo", "list"]) == 0
+    listed = capsys.readouterr().out.split()
+    assert listed == [f"zoo:{name}" for name in model_names() + sae_names()]
+    assert "zoo:tiny-mistral/dose-400" in listed and "zoo:tiny-qwen2/base-sae-ft" in listed
+
+
+def test_published_expectations_are_what_is_committed(tmp_path):
+    """The hub expectation files are exactly what `sae-bench expectations published` writes from references/."""
+    from pathlib import Path
+
+    assert main(["expectations", "published", "--root", str(tmp_path)]) == 0
+    committed = Path(__file__).parents[1] / "expectations"
+    written = sorted(tmp_path.rglob("*.json"))
+    assert written
+    for path in written:
+        assert path.read_text() == (committed / path.relative_to(tmp_path)).read_text(), path

@@ -49,6 +49,16 @@ def test_explained_variance_matches_centred_pooled_reference(pair):
     assert close(metrics.explained_variance(x, x_hat), expected)
 
 
+@given(activation_pairs(min_tokens=1))
+def test_explained_variance_flattened_matches_r2_over_all_scalars(pair):
+    x, x_hat = pair
+    flat, flat_hat = np64(x).ravel(), np64(x_hat).ravel()
+    sst = float(((flat - flat.mean()) ** 2).sum())
+    assume(sst > 1e-6 * max(1.0, float((flat**2).sum())))
+    expected = 1 - float(((flat - flat_hat) ** 2).sum()) / sst
+    assert close(metrics.explained_variance_flattened(x, x_hat), expected)
+
+
 @given(activation_pairs(min_tokens=2))
 def test_explained_variance_per_token_matches_loop(pair):
     x, x_hat = pair
@@ -207,6 +217,9 @@ def test_reconstruction_stats_equal_pure_functions_for_any_split(data):
     assert close(stats.l0(), metrics.l0(codes))
     assert close(stats.mse(), metrics.mse(x, x_hat))
     assert close(stats.explained_variance(), metrics.explained_variance(x, x_hat))
+    flat = np64(x).ravel()
+    if float(((flat - flat.mean()) ** 2).sum()) > 1e-6 * max(1.0, float((flat**2).sum())):
+        assert close(stats.explained_variance_flattened(), metrics.explained_variance_flattened(x, x_hat))
 
 
 @given(st.data())

@@ -1,0 +1,348 @@
+"""The case registry: what a benchmark case is, and how case files (`benchmarks/cases/*.toml`) are read and checked.
+
+A case file describes one family: its SAEs and models as source specs, defaults, and cases (single `[[case]]`
+entries or `[[grid]]` entries that expand to every SAE × model). Case ids read
+`FAMILY/SAE@MODEL[/MASK][/VARIANT]`, or `FAMILY/SAE@BASE-vs-MODEL[/…]` for paired cases, so `pytest -k` selects
+naturally. Any malformed entry raises `CaseFileError` naming the file, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import re
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+METRIC_GROUPS: dict[str, tuple[str, ...]] = {
+    "reconstruction": (
+        "l0",
+        "mse",
+        "explained_variance",
+        "explained_variance_per_token",
+        "explained_variance_flattened",
+    ),
+    "ce": (
+        "ce_clean",
+        "ce_spliced",
+        "ce_zero_ablation",
+        "ce_delta",
+        "ce_loss_recovered",
+        "ce_loss_recovered_batch_mean",
+    ),
+    "kl": ("kl_spliced", "kl_zero", "kl_score"),
+    "density": ("dead_fraction",),
+    "outliers": (
+        "outlier_fraction",
+        "outlier_share_bos",
+        "outlier_share_early_position",
+        "outlier_share_newline",
+        "outlier_share_other",
+    ),
+    "universality": (
+        "dead_fraction_base",
+        "dead_fraction_finetuned",
+        "log_density_correlation",
+        "activation_similarity_regular_mean",
+        "logit_similarity_regular_mean",
+        "dead_activation_error_dead_in_base_only_mean",
+        "dead_activation_error_dead_in_finetuned_only_mean",
+    ),
+    "residual": ("residual_cosine", "residual_distance"),
+}
+"""Metrics checked per test item: one item per (case, group), so a failure names what regressed."""
+
+TRANSFER_GROUPS = ("reconstruction", "ce", "kl", "density", "outliers")
+PAIRED_GROUPS = ("universality", "residual")
+MASKS = ("all", "rollout", "user-prompt")
+NORMS = ("scaled", "raw", "mean-norm")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
+
+
+class CaseFileError(ValueError):
+    """A case file that cannot be used; the message names the file, the field and the fix."""
+
+    def __init__(self, path: Path | str, where: str, problem: str, fix: str):
+        super().__init__(f"{path}: {where}: {problem}. Fix: {fix}")
+
+
+@dataclass(frozen=True)
+class OutlierSetting:
+    """Which positions count as outliers: norm above `threshold`, on scaled or raw norms, or as a multiple of the
+    evaluated model's mean norm at the hook (`mean-norm`); outliers stay un-spliced, and are scored in CE/KL when
+    `count_in_ce`."""
+
+    threshold: float
+    norm: str = "scaled"
+    count_in_ce: bool = True
+
+
+@dataclass(frozen=True)
+class Case:
+    """One (SAE, model) benchmark case and every setting its numbers depend on."""
+
+    id: str
+    family: str
+    file: str
+    sae_name: str
+    sae: str  # source spec
+    model_name: str
+    model: str  # source spec
+    hook: str
+    dataset: str
+    tokens: int
+    context: int
+    groups: tuple[str, ...]
+    base_model_name: str | None = None
+    base_model: str | None = None  # paired cases: the model the SAE is compared across
+    mask: str = "all"
+    variant: str = ""
+    outliers: OutlierSetting | None = None
+    scaling_factor: float | None = None
+    scaling_factor_source: str = "none"
+    exclude_special_tokens: bool = False
+    batch_size: int = 8
+    gpu: bool = False
+    slow: bool = False
+    description: str = ""
+    conventions: Mapping[str, Any] = field(default_factory=dict)  # how the published numbers were computed
+
+    @property
+    def tier(self) -> str:
+        specs = [self.sae, self.model] + ([self.base_model] if self.base_model else [])
+        return "zoo" if all(s.startswith("zoo:") for s in specs) else "hub"
+
+    @property
+    def paired(self) -> bool:
+        return self.base_model is not None
+
+    def expectation_path(self, root: Path) -> Path:
+        return expectation_path(root, self.id)
+
+    def metrics(self, group: str) -> tuple[str, ...]:
+        return METRIC_GROUPS[group]
+
+
+def expectation_path(root: Path, case_id: str) -> Path:
+    """expectations/FAMILY/REST.json, the id's later slashes written as dots."""
+    family, rest = case_id.split("/", 1)
+    return root / family / f"{rest.replace('/', '.')}.json"
+
+
+def case_id(family: str, sae: str, model: str, base: str | None, mask: str, variant: str) -> str:
+    target = f"{base}-vs-{model}" if base else model
+    parts = [f"{family}/{sae}@{target}"] + ([mask] if mask != "all" else []) + ([variant] if variant else [])
+    return "/".join(parts)
+
+
+_CASE_KEYS = {f.name for f in fields(Case)} - {"id", "family", "file", "sae_name", "model_name", "base_model_name"}
+_ENTRY_KEYS = (_CASE_KEYS - {"sae", "model", "base_model"}) | {"sae", "model", "base", "saes", "models"}
+
+
+class _Reader:
+    """Turns one parsed case file into cases, checking every field on the way."""
+
+    def __init__(self, path: Path, data: dict[str, Any]):
+        self.path, self.data = path, data
+        self.family = self._string(data, "family", "the top level")
+        self.saes = self._table("saes")
+        self.models = self._table("models")
+        self.defaults = data.get("defaults", {})
+        unknown = set(data) - {"family", "description", "saes", "models", "defaults", "case", "grid"}
+        if unknown:
+            raise CaseFileError(
+                path,
+                "top level",
+                f"unknown keys {sorted(unknown)}",
+                "use family, description, saes, models, defaults, case and grid",
+            )
+
+    def _string(self, table: Mapping[str, Any], key: str, where: str) -> str:
+        value = table.get(key)
+        if not isinstance(value, str) or not value:
+            raise CaseFileError(
+                self.path, f"{where}.{key}", f"expected a non-empty string, got {value!r}", f'set {key} = "…"'
+            )
+        return value
+
+    def _table(self, key: str) -> dict[str, str]:
+        table = self.data.get(key)
+        if not isinstance(table, dict) or not table:
+            raise CaseFileError(self.path, key, "missing or empty", f'add a [{key}] table of name = "source spec"')
+        for name, spec in table.items():
+            if not _NAME.match(name) or not isinstance(spec, str):
+                raise CaseFileError(
+                    self.path,
+                    f"{key}.{name}",
+                    "names are lowercase words and specs strings",
+                    f'write {key}.{name.lower()} = "zoo:…" (or hf:, saelens:, wandb:)',
+                )
+        return table
+
+    def _lookup(self, kind: str, name: Any, where: str) -> str:
+        table = self.saes if kind == "sae" else self.models
+        if name not in table:
+            close = difflib.get_close_matches(str(name), table, n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(table)}"
+            raise CaseFileError(self.path, f"{where}.{kind}", f"{name!r} is not in [{kind}s]", hint)
+        return table[name]
+
+    def entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        for index, entry in enumerate(self.data.get("case", [])):
+            yield f"case[{index}]", entry
+        for index, grid in enumerate(self.data.get("grid", [])):
+            where = f"grid[{index}]"
+            for key in ("saes", "models"):
+                if not isinstance(grid.get(key), list) or not grid[key]:
+                    raise CaseFileError(self.path, f"{where}.{key}", "expected a non-empty list", f'{key} = ["…", "…"]')
+            variants = grid.get("variants", [{}])
+            for sae, model, variant in itertools.product(grid["saes"], grid["models"], variants):
+                rest = {k: v for k, v in grid.items() if k not in ("saes", "models", "variants")}
+                yield where, rest | {"sae": sae, "model": model} | variant
+
+    def case(self, where: str, entry: dict[str, Any]) -> Case:
+        merged = dict(self.defaults) | entry
+        unknown = set(merged) - _ENTRY_KEYS
+        if unknown:
+            close = {k: difflib.get_close_matches(k, _ENTRY_KEYS, n=1) for k in unknown}
+            hints = ", ".join(f"{k} → {c[0]}" for k, c in close.items() if c) or f"allowed: {sorted(_ENTRY_KEYS)}"
+            raise CaseFileError(self.path, where, f"unknown fields {sorted(unknown)}", hints)
+        for key in ("hook", "dataset", "tokens", "context", "groups"):
+            if key not in merged:
+                raise CaseFileError(self.path, f"{where}.{key}", "missing", f"set {key} in the entry or in [defaults]")
+        sae_name, model_name = merged.pop("sae"), merged.pop("model")
+        base_name = merged.pop("base", None)
+        settings: dict[str, Any] = {
+            "sae": self._lookup("sae", sae_name, where),
+            "model": self._lookup("model", model_name, where),
+            "base_model": None if base_name is None else self._lookup("model", base_name, where),
+        }
+        for key, value in merged.items():
+            settings[key] = self._field(where, key, value)
+        groups = settings["groups"]
+        allowed = PAIRED_GROUPS if base_name else TRANSFER_GROUPS
+        if not set(groups) <= set(allowed):
+            raise CaseFileError(
+                self.path,
+                f"{where}.groups",
+                f"{sorted(set(groups) - set(allowed))} do not apply to a {'paired' if base_name else 'transfer'} case",
+                f"choose from {list(allowed)}",
+            )
+        mask, variant = settings.get("mask", "all"), settings.get("variant", "")
+        return Case(
+            id=case_id(self.family, sae_name, model_name, base_name, mask, variant),
+            family=self.family,
+            file=str(self.path),
+            sae_name=sae_name,
+            model_name=model_name,
+            base_model_name=base_name,
+            **settings,
+        )
+
+    def _field(self, where: str, key: str, value: Any) -> Any:
+        def bad(problem: str, fix: str) -> CaseFileError:
+            return CaseFileError(self.path, f"{where}.{key}", problem, fix)
+
+        if key in ("tokens", "context", "batch_size"):
+            if not isinstance(value, int) or value < 1:
+                raise bad(f"expected a positive integer, got {value!r}", f"{key} = 8192")
+            return value
+        if key == "groups":
+            if not isinstance(value, list) or not value or not set(value) <= set(METRIC_GROUPS):
+                raise bad(f"expected metric groups from {list(METRIC_GROUPS)}, got {value!r}", 'groups = ["ce"]')
+            return tuple(value)
+        if key == "mask":
+            if value not in MASKS:
+                raise bad(f"unknown mask {value!r}", f"choose from {list(MASKS)}")
+            return value
+        if key == "outliers":
+            if value is False or value is None:
+                return None
+            if not isinstance(value, dict) or "threshold" not in value:
+                raise bad(
+                    "expected a table with threshold (and norm, count_in_ce)",
+                    'outliers = { threshold = 200, norm = "scaled" }',
+                )
+            if value.get("norm", "scaled") not in NORMS or set(value) - {"threshold", "norm", "count_in_ce"}:
+                raise bad(
+                    f"bad outlier table {value!r}", f"norm is one of {list(NORMS)}; keys threshold, norm, count_in_ce"
+                )
+            return OutlierSetting(**value)
+        if key == "scaling_factor":
+            if not (isinstance(value, int | float) and value > 0):
+                raise bad(f"expected a positive number, got {value!r}", "scaling_factor = 7.93")
+            return float(value)
+        if key in ("exclude_special_tokens", "gpu", "slow"):
+            if not isinstance(value, bool):
+                raise bad(f"expected true or false, got {value!r}", f"{key} = true")
+            return value
+        if key == "conventions":
+            if not isinstance(value, dict):
+                raise bad("expected a table", 'conventions = { ce_recovered = "mean of batch ratios" }')
+            return value
+        if not isinstance(value, str):
+            raise bad(f"expected a string, got {value!r}", f'{key} = "…"')
+        return value
+
+
+def read_case_file(path: Path) -> list[Case]:
+    """Every case of one TOML case file, validated."""
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise CaseFileError(path, "syntax", str(err), "fix the TOML syntax") from err
+    reader = _Reader(path, data)
+    cases = [reader.case(where, entry) for where, entry in reader.entries()]
+    if not cases:
+        raise CaseFileError(path, "top level", "no cases", "add [[case]] or [[grid]] entries")
+    outlier_check = [c for c in cases if c.outliers and c.outliers.norm == "scaled" and c.scaling_factor is None]
+    if outlier_check:
+        raise CaseFileError(
+            path,
+            outlier_check[0].id,
+            "a threshold on scaled norms needs scaling_factor",
+            'set scaling_factor, or outliers.norm = "raw" / "mean-norm"',
+        )
+    return cases
+
+
+@dataclass(frozen=True)
+class Registry:
+    """All cases by id, in file order."""
+
+    cases: dict[str, Case]
+
+    def __iter__(self) -> Iterator[Case]:
+        return iter(self.cases.values())
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def get(self, case_id: str) -> Case:
+        if case_id not in self.cases:
+            close = difflib.get_close_matches(case_id, self.cases, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise KeyError(f"no case {case_id!r}{hint}")
+        return self.cases[case_id]
+
+    def with_sae(self, spec: str) -> Registry:
+        """Every case with its SAE replaced by `spec` (a new release gated against the old one's expectations)."""
+        return Registry({cid: replace(case, sae=spec) for cid, case in self.cases.items()})
+
+
+def load_registry(directory: Path) -> Registry:
+    """Read every `*.toml` case file under `directory`; duplicate ids are an error naming both files."""
+    cases: dict[str, Case] = {}
+    for path in sorted(directory.glob("*.toml")):
+        for case in read_case_file(path):
+            if case.id in cases:
+                raise CaseFileError(
+                    path, case.id, f"the id is also defined in {cases[case.id].file}", "give one of them a variant"
+                )
+            cases[case.id] = case
+    if not cases:
+        raise FileNotFoundError(f"no case files (*.toml) in {directory}")
+    return Registry(cases)

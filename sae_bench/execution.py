@@ -1,0 +1,156 @@
+"""Run a case: load its SAE, model(s) and tokens once, evaluate, and return flat metric values.
+
+The walk is case → sources + data → evaluate → report row (DESIGN §3); `CaseExecutor` caches each stage so the
+metric groups of one case (separate pytest items) share one evaluation, and cases share models and token sets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sae_bench.cases import Case
+from sae_bench.chat import ChatRows, cached_rollouts, greedy_rollouts
+from sae_bench.evaluate import EvalConfig, estimate_scaling_factor, evaluate_transfer
+from sae_bench.outliers import OutlierPolicy
+from sae_bench.universality import PairedConfig, evaluate_universality
+
+ROLLOUT_TOKENS = 64  # Kissane: greedy, 64 new tokens
+
+
+@dataclass(frozen=True)
+class CaseTokens:
+    """The token rows of a case and which positions it evaluates."""
+
+    tokens: Tensor
+    position_mask: Tensor | None
+
+
+def split_rows(tokens: CaseTokens, k: int) -> list[CaseTokens]:
+    """k disjoint, equal, contiguous slices of the rows (the remainder is left out)."""
+    size = tokens.tokens.shape[0] // k
+    if size < 1:
+        raise ValueError(f"cannot split {tokens.tokens.shape[0]} rows into {k} subsets")
+    mask = tokens.position_mask
+    return [
+        CaseTokens(tokens.tokens[i * size : (i + 1) * size], None if mask is None else mask[i * size : (i + 1) * size])
+        for i in range(k)
+    ]
+
+
+class CaseExecutor:
+    """Evaluates cases, caching models, SAEs, token sets and results for the whole session."""
+
+    def __init__(self, *, device: str = "cpu", progress: bool = False):
+        self.device = device
+        self.progress = progress
+        self._models: dict[str, Any] = {}
+        self._saes: dict[str, Any] = {}
+        self._tokens: dict[tuple, CaseTokens] = {}
+        self._results: dict[tuple, dict[str, float | None]] = {}
+
+    # -- sources ------------------------------------------------------------------------------------------------
+    def model(self, spec: str):
+        if spec not in self._models:
+            from sae_bench.sources import load_model
+
+            self._models[spec] = load_model(spec, device=self.device)
+        return self._models[spec]
+
+    def sae(self, spec: str):
+        if spec not in self._saes:
+            from sae_bench.sources import load_sae
+
+            self._saes[spec] = load_sae(spec, device=self.device)
+        return self._saes[spec]
+
+    # -- tokens -------------------------------------------------------------------------------------------------
+    def tokens(self, case: Case) -> CaseTokens:
+        key = (case.dataset, case.tokens, case.context, case.mask, case.model if case.mask != "all" else None)
+        if key not in self._tokens:
+            self._tokens[key] = self._load_tokens(case)
+        return self._tokens[key]
+
+    def _load_tokens(self, case: Case) -> CaseTokens:
+        from sae_bench.sources import load_dataset_rows
+
+        n_rows = max(1, case.tokens // case.context)
+        if case.mask == "all":
+            return CaseTokens(load_dataset_rows(case.dataset, n_rows, case.context, self.model(case.model)), None)
+        rows = self.rollouts(case, n_rows)
+        return CaseTokens(rows.tokens, rows.mask(case.mask))
+
+    def rollouts(self, case: Case, n_rows: int) -> ChatRows:
+        """Greedy rollouts of the case's model on the dataset's held-out prompts, cached on disk."""
+        from sae_bench.sources import end_of_turn_id, load_chat_prompts, source_fingerprint
+
+        model = self.model(case.model)
+        prompts = load_chat_prompts(case.dataset, model.tokenizer)[:n_rows]
+        stop = end_of_turn_id(model.tokenizer)
+        digest = hashlib.sha256(repr(prompts).encode()).hexdigest()
+        key = f"{source_fingerprint(case.model)}|{digest}|{ROLLOUT_TOKENS}|{case.context}|torch {torch.__version__}"
+        return cached_rollouts(
+            key,
+            lambda: greedy_rollouts(
+                model,
+                prompts,
+                max_new_tokens=ROLLOUT_TOKENS,
+                stop_token=stop,
+                pad_token=model.tokenizer.pad_token_id,
+                context=case.context,
+            ),
+        )
+
+    # -- evaluation ---------------------------------------------------------------------------------------------
+    def outlier_policy(self, case: Case, tokens: CaseTokens) -> OutlierPolicy | None:
+        setting = case.outliers
+        if setting is None:
+            return None
+        if setting.norm != "mean-norm":
+            return OutlierPolicy(setting.threshold, norm=setting.norm, count_in_ce=setting.count_in_ce)
+        model = self.model(case.model)
+        factor = estimate_scaling_factor(model, tokens.tokens, case.hook, position_mask=tokens.position_mask)
+        mean_norm = model.cfg.d_model**0.5 / factor
+        return OutlierPolicy(setting.threshold * mean_norm, norm="raw", count_in_ce=setting.count_in_ce)
+
+    def measure(self, case: Case, subsets: int = 0) -> dict[str, float | None] | list[dict[str, float | None]]:
+        """The case's metric values (all groups at once); with `subsets=k`, the values on k disjoint row slices."""
+        key = (case.id, case.sae, subsets)
+        if key not in self._results:
+            tokens = self.tokens(case)
+            parts = split_rows(tokens, subsets) if subsets else [tokens]
+            policy = self.outlier_policy(case, tokens) if not case.paired else None
+            values = [self._evaluate(case, part, policy) for part in parts]
+            self._results[key] = values if subsets else values[0]
+        return self._results[key]
+
+    def _evaluate(self, case: Case, tokens: CaseTokens, policy: OutlierPolicy | None) -> dict[str, float | None]:
+        sae, model = self.sae(case.sae), self.model(case.model)
+        if case.paired:
+            config = PairedConfig(
+                hook=case.hook,
+                batch_size=case.batch_size,
+                base_scaling_factor=case.scaling_factor,
+                finetuned_scaling_factor=case.scaling_factor,
+                exclude_special_tokens=case.exclude_special_tokens,
+                progress=self.progress,
+            )
+            report = evaluate_universality(
+                self.model(case.base_model), model, sae, tokens.tokens, config, position_mask=tokens.position_mask
+            )
+            return dict(report.summary())
+        config = EvalConfig(
+            hook=case.hook,
+            batch_size=case.batch_size,
+            scaling_factor=case.scaling_factor,
+            scaling_factor_source=case.scaling_factor_source,
+            outliers=policy,
+            exclude_special_tokens=case.exclude_special_tokens,
+            progress=self.progress,
+        )
+        report = evaluate_transfer(model, sae, tokens.tokens, config, position_mask=tokens.position_mask)
+        return {k: v for k, v in report.to_row().items() if not k.startswith("setting_")}

@@ -1,0 +1,206 @@
+"""Expectation files (DESIGN §6): read, compare, update; the verdict table.
+
+One JSON file per case: `{"case", "provenance", "metrics": {name: {value, abs, rel, direction, basis[, provenance]}}}`.
+A metric regresses when it moves beyond max(abs, rel·|value|) in the bad `direction` (`higher` is better, `lower` is
+better, `both`: any move is a regression); a move beyond it the good way is "improved" (passes; update the file).
+`value: null` means the metric is expected to be undefined. Updating rewrites values, never tolerances.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+DIRECTIONS = ("higher", "lower", "both")
+DEFAULT_DIRECTION: dict[str, str] = {
+    "explained_variance": "higher",
+    "explained_variance_per_token": "higher",
+    "mse": "lower",
+    "ce_spliced": "lower",
+    "ce_delta": "lower",
+    "ce_loss_recovered": "higher",
+    "ce_loss_recovered_batch_mean": "higher",
+    "kl_spliced": "lower",
+    "kl_score": "higher",
+    "dead_fraction": "lower",
+    "activation_similarity_regular_mean": "higher",
+    "logit_similarity_regular_mean": "higher",
+    "log_density_correlation": "higher",
+}
+"""Which way is better, for metrics of SAE quality; everything else (clean CE, L0, outlier shares, residual
+similarity: properties of the model and the data) is `both`."""
+
+SPREAD_SIGMAS = 3.0
+FLOAT_FLOOR_REL = 1e-5
+"""Smallest relative tolerance: float32 forward passes on another BLAS differ by about this much."""
+
+
+class ExpectationError(ValueError):
+    """A malformed expectation file; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class MetricExpectation:
+    value: float | None
+    direction: str
+    abs: float = 0.0
+    rel: float = 0.0
+    basis: str = ""
+    """Where the tolerance comes from (a measured spread, or why a published value gets this much room)."""
+    provenance: Mapping[str, Any] | None = None
+    """Per-metric provenance, where it differs from the file's."""
+
+    @property
+    def threshold(self) -> float:
+        return max(self.abs, self.rel * abs(self.value)) if self.value is not None else 0.0
+
+    def verdict(self, got: float | None) -> str:
+        """ok, improved or regression."""
+        if self.value is None:
+            return "ok" if got is None else "improved"
+        if got is None or not math.isfinite(got):
+            return "regression"
+        delta = got - self.value
+        if abs(delta) <= self.threshold:
+            return "ok"
+        if self.direction == "both":
+            return "regression"
+        better = delta > 0 if self.direction == "higher" else delta < 0
+        return "improved" if better else "regression"
+
+
+@dataclass(frozen=True)
+class ExpectationFile:
+    case: str
+    provenance: Mapping[str, Any]
+    metrics: dict[str, MetricExpectation] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        metrics = {}
+        for name, expectation in sorted(self.metrics.items()):
+            entry = {k: v for k, v in asdict(expectation).items() if v not in (None, "", 0.0) or k == "value"}
+            metrics[name] = entry
+        document = {"case": self.case, "provenance": self.provenance, "metrics": metrics}
+        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def _number(path: Path, where: str, value: Any, *, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ExpectationError(f"{path}: {where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def read_expectations(path: Path) -> ExpectationFile:
+    """Parse and check one expectation file."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ExpectationError(f"{path}: not valid JSON ({err})") from err
+    for key in ("case", "provenance", "metrics"):
+        if key not in data:
+            raise ExpectationError(f"{path}: missing top-level field {key!r}")
+    metrics = {}
+    for name, entry in data["metrics"].items():
+        where = f"metrics.{name}"
+        if not isinstance(entry, dict) or "value" not in entry:
+            raise ExpectationError(f"{path}: {where}: expected a table with value, direction and abs or rel")
+        unknown = set(entry) - {"value", "direction", "abs", "rel", "basis", "provenance"}
+        if unknown:
+            raise ExpectationError(f"{path}: {where}: unknown fields {sorted(unknown)}")
+        direction = entry.get("direction", DEFAULT_DIRECTION.get(name, "both"))
+        if direction not in DIRECTIONS:
+            raise ExpectationError(f"{path}: {where}.direction: {direction!r} is not one of {list(DIRECTIONS)}")
+        tolerance = {k: _number(path, f"{where}.{k}", entry.get(k, 0.0)) for k in ("abs", "rel")}
+        if min(tolerance.values()) < 0:
+            raise ExpectationError(f"{path}: {where}: tolerances must be ≥ 0")
+        metrics[name] = MetricExpectation(
+            value=_number(path, f"{where}.value", entry["value"], allow_none=True),
+            direction=direction,
+            basis=entry.get("basis", ""),
+            provenance=entry.get("provenance"),
+            **tolerance,
+        )
+    return ExpectationFile(data["case"], data["provenance"], metrics)
+
+
+def compare(expected: ExpectationFile, measured: Mapping[str, float | None], names: Sequence[str]) -> pd.DataFrame:
+    """The verdict table for the metrics in `names` that the file holds."""
+    rows = []
+    for name in names:
+        if name not in expected.metrics:
+            continue
+        expectation = expected.metrics[name]
+        got = measured.get(name)
+        rows.append(
+            {
+                "metric": name,
+                "expected": expectation.value,
+                "got": got,
+                "threshold": expectation.threshold,
+                "direction": expectation.direction,
+                "verdict": expectation.verdict(got),
+            }
+        )
+    return pd.DataFrame(rows, columns=["metric", "expected", "got", "threshold", "direction", "verdict"])
+
+
+def spread_tolerance(subset_values: Sequence[float | None], *, value: float | None) -> float | None:
+    """3 standard errors of a value measured on all the tokens, from its values on k disjoint subsets of them.
+
+    The subsets' sample std estimates the spread at 1/k of the tokens, so the full sample's is std/√k. None when
+    the metric is undefined on some subset (no spread can be measured); never below the float32 floor.
+    """
+    if value is None or any(v is None for v in subset_values) or len(subset_values) < 2:
+        return None
+    spread = SPREAD_SIGMAS * statistics.stdev(subset_values) / math.sqrt(len(subset_values))
+    return max(spread, FLOAT_FLOOR_REL * abs(value), 1e-12)
+
+
+def updated(
+    existing: ExpectationFile | None,
+    case: str,
+    measured: Mapping[str, float | None],
+    names: Sequence[str],
+    provenance: Mapping[str, Any],
+    spread: Mapping[str, float | None] | None = None,
+    spread_basis: str = "",
+) -> tuple[ExpectationFile, pd.DataFrame]:
+    """New values for `names` (tolerances kept; new metrics take the measured spread) and the diff table."""
+    metrics = dict(existing.metrics) if existing else {}
+    diff = []
+    for name in names:
+        got = measured.get(name)
+        if name in metrics:
+            old = metrics[name]
+            if old.value != got:
+                diff.append({"metric": name, "old": old.value, "new": got})
+            metrics[name] = replace(old, value=got, provenance=None)
+            continue
+        tolerance = (spread or {}).get(name)
+        if got is not None and tolerance is None:
+            continue  # no measured spread, so no honest tolerance: leave the metric out rather than guess one
+        metrics[name] = MetricExpectation(
+            value=got,
+            direction=DEFAULT_DIRECTION.get(name, "both"),
+            abs=tolerance or 0.0,
+            basis=spread_basis if got is not None else "expected undefined",
+        )
+        diff.append({"metric": name, "old": None, "new": got})
+    base_provenance = existing.provenance if existing and existing.provenance.get("kind") == "published" else {}
+    return (
+        ExpectationFile(case, {**base_provenance, **provenance} if base_provenance else provenance, metrics),
+        pd.DataFrame(diff, columns=["metric", "old", "new"]),
+    )
+
+
+def verdict_markdown(table: pd.DataFrame) -> str:
+    return table.to_markdown(index=False, floatfmt=".6g", missingval="undefined")

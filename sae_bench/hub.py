@@ -1,0 +1,169 @@
+"""Hub sources (SAELens releases, HF repos, wandb artifacts, HF datasets) and why one cannot be reached.
+
+Spec forms:
+- model: `hf:ORG/NAME` (a TransformerLens model name), or `hf:ORG/NAME?as=BASE[&vocab=N]` for a fine-tune whose
+  weights are loaded into BASE's architecture (`from_pretrained(BASE, hf_model=...)`), its vocabulary cut to N rows;
+- SAE: `saelens:RELEASE/ID`, `hf:ORG/REPO/FOLDER`, `wandb:ENTITY/PROJECT/ARTIFACT:VERSION`;
+- dataset: `hf:ORG/NAME` (a text column, streamed), `alpaca:ORG/NAME` (instructions with an empty input).
+Nothing here is imported by the zoo path, and nothing touches the network until a case is actually run.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import torch
+
+
+@dataclass(frozen=True)
+class Spec:
+    scheme: str
+    body: str
+    params: dict[str, str]
+
+
+def parse_spec(spec: str) -> Spec:
+    scheme, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise ValueError(f"source spec {spec!r} has no scheme; write zoo:, hf:, saelens:, wandb: or alpaca:")
+    body, _, query = rest.partition("?")
+    return Spec(scheme, body, {k: v[-1] for k, v in parse_qs(query).items()})
+
+
+@functools.cache
+def _unreachable(host: str) -> str | None:
+    """None when a TCP connection to host:443 opens within 3 s, else why not (probed once per process)."""
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+        return None
+    except OSError as err:
+        return f"{host} is not reachable ({err.__class__.__name__}: {err})"
+
+
+def _hf_missing(repo: str, filename: str, repo_type: str = "model") -> str | None:
+    """None when `repo/filename` is in the HF cache or the hub can be reached; else the reason."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo, filename, repo_type=repo_type), str):
+        return None
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return f"HF_HUB_OFFLINE is set and {repo} is not in the HF cache"
+    reason = _unreachable("huggingface.co")
+    return None if reason is None else f"{repo} is not in the HF cache and {reason}"
+
+
+def _saelens_repo(body: str) -> tuple[str, str, str]:
+    """(release, sae id, HF repo) of `RELEASE/ID`, checked against SAELens's local registry."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    release, _, sae_id = body.partition("/")
+    directory = get_pretrained_saes_directory()
+    if release not in directory:
+        raise ValueError(f"saelens:{body}: release {release!r} is not in SAELens's registry")
+    if sae_id not in directory[release].saes_map:
+        raise ValueError(f"saelens:{body}: id {sae_id!r} is not in release {release!r}")
+    return release, sae_id, directory[release].repo_id
+
+
+def missing(spec: str, *, dataset: bool = False) -> str | None:
+    """Why `spec` cannot be loaded here, with what to do about it; None when it can (or should be tried)."""
+    if Path(spec).is_dir():
+        return None
+    parsed = parse_spec(spec)
+    if parsed.scheme == "zoo":
+        return None
+    if dataset and parsed.scheme in ("hf", "alpaca"):
+        reason = _hf_missing(parsed.body, "README.md", "dataset")
+        return None if reason is None else f"dataset {parsed.body}: {reason}"
+    if parsed.scheme == "hf":
+        repo = "/".join(parsed.body.split("/")[:2])
+        reason = _hf_missing(repo, "config.json") and _hf_missing(repo, "cfg.json")
+        return None if reason is None else f"{reason}; download it with `huggingface-cli download {repo}`"
+    if parsed.scheme == "saelens":
+        _, _, repo = _saelens_repo(parsed.body)
+        reason = _hf_missing(repo, "README.md") and _unreachable("huggingface.co")
+        return None if reason is None else f"SAELens release repo {repo}: {reason}"
+    if parsed.scheme == "wandb":
+        if not os.environ.get("WANDB_API_KEY") and not _netrc_has("api.wandb.ai"):
+            return f"wandb artifact {parsed.body} needs wandb credentials (set WANDB_API_KEY, or run `wandb login`)"
+        reason = _unreachable("api.wandb.ai")
+        return None if reason is None else f"wandb artifact {parsed.body}: {reason}"
+    raise ValueError(f"unknown source scheme {parsed.scheme!r} in {spec!r}")
+
+
+def _netrc_has(host: str) -> bool:
+    path = Path.home() / ".netrc"
+    return path.is_file() and host in path.read_text(errors="ignore")
+
+
+# -- loading ------------------------------------------------------------------------------------------------------
+
+
+def load_hub_model(spec: str, *, device: str, dtype: torch.dtype):
+    """A TransformerLens model from the hub, with TransformerLens's default processing."""
+    from transformer_lens import HookedTransformer
+
+    parsed = parse_spec(spec)
+    if parsed.scheme != "hf":
+        raise ValueError(f"model spec {spec!r}: hub models are hf:ORG/NAME[?as=BASE&vocab=N]")
+    if "as" not in parsed.params:
+        return HookedTransformer.from_pretrained(parsed.body, device=device, dtype=dtype)
+    from transformers import AutoModelForCausalLM
+
+    hf_model = AutoModelForCausalLM.from_pretrained(parsed.body, torch_dtype=dtype)
+    if "vocab" in parsed.params:
+        hf_model.resize_token_embeddings(int(parsed.params["vocab"]))
+    return HookedTransformer.from_pretrained(parsed.params["as"], hf_model=hf_model, device=device, dtype=dtype)
+
+
+def load_hub_sae(spec: str, *, device: str, dtype: str):
+    from sae_lens import SAE
+
+    parsed = parse_spec(spec)
+    if parsed.scheme == "saelens":
+        release, sae_id, _ = _saelens_repo(parsed.body)
+        return SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
+    if parsed.scheme == "hf":
+        parts = parsed.body.split("/")
+        return SAE.from_pretrained("/".join(parts[:2]), "/".join(parts[2:]), device=device, dtype=dtype)
+    if parsed.scheme == "wandb":
+        import wandb
+
+        directory = wandb.Api(timeout=30).artifact(parsed.body).download()
+        return SAE.load_from_disk(directory, device=device, dtype=dtype)
+    raise ValueError(
+        f"SAE spec {spec!r}: hub SAEs are saelens:RELEASE/ID, hf:ORG/REPO/FOLDER or wandb:ENTITY/PROJECT/NAME:V"
+    )
+
+
+def load_hub_rows(dataset: str, n_rows: int, context: int, tokenizer) -> torch.Tensor:
+    """`n_rows` rows of BOS + `context - 1` tokens of the dataset's text stream (documents joined by EOS);
+    `?bos=0` gives rows of `context` tokens with no BOS (Kutsyk's Mistral SAE was trained without one)."""
+    from datasets import load_dataset
+
+    parsed = parse_spec(dataset)
+    stream = load_dataset(parsed.body, split=parsed.params.get("split", "train"), streaming=True)
+    column = parsed.params.get("column", "text")
+    head = [tokenizer.bos_token_id] if parsed.params.get("bos", "1") != "0" else []
+    body, buffer, rows = context - len(head), [], []
+    for record in stream:
+        buffer.extend(tokenizer(record[column], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+        while len(buffer) >= body and len(rows) < n_rows:
+            rows.append(head + buffer[:body])
+            buffer = buffer[body:]
+        if len(rows) == n_rows:
+            break
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def load_alpaca_instructions(dataset: str, n: int = 100, seed: int = 42) -> list[str]:
+    """Kissane's instruction sample: shuffle(seed=42), the first 100 rows, those with an empty `input`."""
+    from datasets import load_dataset
+
+    rows = load_dataset(parse_spec(dataset).body, split="train").shuffle(seed=seed).select(range(n))
+    return [row["instruction"] for row in rows if row["input"].strip() == ""]

@@ -1,0 +1,70 @@
+"""Where the shipped zoo lives and how its files are checked: every file's sha256 is in `manifest.json`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+ZOO_ENV = "SAE_BENCH_ZOO"
+MANIFEST = "manifest.json"
+
+
+class ZooArtifactError(RuntimeError):
+    """A zoo file is missing, unlisted or not the file the manifest describes."""
+
+
+def zoo_root() -> Path:
+    """The zoo folder: `$SAE_BENCH_ZOO`, else `zoo/` at the root of the repository this package sits in."""
+    configured = os.environ.get(ZOO_ENV)
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "zoo"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(root: Path | None = None) -> dict[str, Any]:
+    root = zoo_root() if root is None else root
+    path = root / MANIFEST
+    if not path.is_file():
+        raise ZooArtifactError(
+            f"no zoo manifest at {path}: the zoo ships in the repository's zoo/ folder "
+            f"(set {ZOO_ENV} to point elsewhere, or rebuild it with `sae-bench zoo build`)"
+        )
+    return json.loads(path.read_text())
+
+
+def verified_directory(relative: str, root: Path | None = None) -> Path:
+    """The zoo directory `relative`, after checking each of its files against the manifest's sha256."""
+    root = zoo_root() if root is None else root
+    files = read_manifest(root)["files"]
+    listed = {name: digest for name, digest in files.items() if name.startswith(relative.rstrip("/") + "/")}
+    if not listed:
+        raise ZooArtifactError(f"the zoo manifest lists no files under {relative!r}")
+    for name, expected in sorted(listed.items()):
+        path = root / name
+        if not path.is_file():
+            raise ZooArtifactError(f"zoo file {name} is listed in the manifest but missing from {root}")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ZooArtifactError(
+                f"zoo file {name} does not match the manifest: sha256 {actual[:12]}…, expected {expected[:12]}…; "
+                "restore it with `git checkout -- zoo/` or rebuild it with `sae-bench zoo build`"
+            )
+    return root / relative
+
+
+def list_files(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root` except the manifest and the card, by path relative to `root`."""
+    return {
+        path.relative_to(root).as_posix(): sha256_file(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name not in (MANIFEST, "CARD.md")
+    }

@@ -1,0 +1,206 @@
+"""What the zoo holds and how each artifact is made: architectures, training schedules, SAE specs.
+
+The recipes say what each fine-tune *is* (mild chat tuning, a domain fine-tune, a heavy high-drift tune); they were
+chosen before measuring and are not tuned towards any transfer result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sae_bench.sae_training import SaeTrainingSpec
+from sae_bench.zoo.lm_training import TrainingSchedule
+
+CONTEXT = 128
+VOCAB_SIZE = 2048
+HOOK = "blocks.2.hook_resid_pre"  # the middle layer of four, as the seeds took a middle layer
+D_MODEL = 128
+
+
+@dataclass(frozen=True)
+class ModelRecipe:
+    """One training run; `outputs` maps optimiser step → the model name saved at that step."""
+
+    family: str
+    outputs: dict[int, str]
+    parent: str | None  # model this run starts from (None: fresh initialisation)
+    data: str  # "pretrain" | "instructions" | "domain"
+    schedule: TrainingSchedule
+    description: str
+
+
+@dataclass(frozen=True)
+class SaeRecipe:
+    """One SAE: trained from scratch on `model`, or (`finetune_of`) a base SAE fine-tuned with Kissane's recipe."""
+
+    family: str
+    name: str
+    model: str
+    spec: SaeTrainingSpec
+    description: str
+    finetune_of: str | None = None
+    finetune_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Family:
+    """An architecture and its base → fine-tune pairs."""
+
+    name: str
+    architecture: str  # "mistral" | "qwen2" | "gemma"
+    seed: int
+    models: tuple[ModelRecipe, ...]
+    saes: tuple[SaeRecipe, ...]
+    pairs: tuple[tuple[str, str], ...]  # (base, fine-tuned) model names
+    dose_series: tuple[str, ...] = field(default=())
+
+
+def hf_config(architecture: str):
+    """The HF config of a tiny model of `architecture` (4 layers, d_model 128, vocabulary 2048)."""
+    from transformers import GemmaConfig, MistralConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=D_MODEL,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        max_position_embeddings=2 * CONTEXT,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
+    if architecture == "mistral":
+        return MistralConfig(**common, num_key_value_heads=2, sliding_window=None, tie_word_embeddings=False)
+    if architecture == "qwen2":
+        return Qwen2Config(**common, num_key_value_heads=2, use_sliding_window=False, tie_word_embeddings=False)
+    if architecture == "gemma":
+        return GemmaConfig(**common, num_key_value_heads=1, head_dim=32, hidden_activation="gelu_pytorch_tanh")
+    raise ValueError(f"unknown zoo architecture {architecture!r}; known: mistral, qwen2, gemma")
+
+
+def _pretrain(family: str, seed: int) -> ModelRecipe:
+    return ModelRecipe(
+        family,
+        {800: "base"},
+        None,
+        "pretrain",
+        TrainingSchedule(steps=800, lr=2e-3, warmup_steps=50, seed=seed),
+        "pretrained from scratch on the prose and every other code file",
+    )
+
+
+def _base_sae_spec(seed: int) -> SaeTrainingSpec:
+    return SaeTrainingSpec(
+        hook=HOOK, d_sae=8 * D_MODEL, l1_coefficient=5.0, lr=1e-3, training_tokens=2_000_000, seed=seed
+    )
+
+
+def _sae(family: str, name: str, model: str, seed: int, description: str) -> SaeRecipe:
+    return SaeRecipe(family, name, model, _base_sae_spec(seed), description)
+
+
+def _finetuned_base_sae(family: str, chat: str, seed: int) -> SaeRecipe:
+    return SaeRecipe(
+        family,
+        "base-sae-ft",
+        chat,
+        _base_sae_spec(seed),
+        f"base SAE fine-tuned on {chat} activations (Kissane recipe, 10% of the base SAE's tokens)",
+        finetune_of="base-sae",
+        finetune_tokens=200_000,
+    )
+
+
+_MILD_CHAT = dict(lr=3e-4, warmup_steps=5, decay="constant", batch_size=16)
+
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family(
+            "tiny-mistral",
+            "mistral",
+            seed=1,
+            models=(
+                _pretrain("tiny-mistral", 1),
+                ModelRecipe(
+                    "tiny-mistral",
+                    {5: "dose-5", 20: "dose-20", 60: "instruct", 400: "dose-400"},
+                    "base",
+                    "instructions",
+                    TrainingSchedule(steps=400, seed=11, **_MILD_CHAT),
+                    "chat fine-tune at a constant mild rate; checkpoints at 5, 20, 60 (instruct) and 400 steps",
+                ),
+                ModelRecipe(
+                    "tiny-mistral",
+                    {300: "math"},
+                    "base",
+                    "domain",
+                    TrainingSchedule(steps=300, lr=5e-4, warmup_steps=10, seed=12),
+                    "domain fine-tune on held-back standard-library code (the MetaMath analogue)",
+                ),
+            ),
+            saes=(
+                _sae("tiny-mistral", "base-sae", "base", 101, "trained on base activations"),
+                _sae("tiny-mistral", "instruct-sae", "instruct", 102, "trained on instruct activations"),
+                _sae("tiny-mistral", "math-sae", "math", 103, "trained on math activations"),
+                _finetuned_base_sae("tiny-mistral", "instruct", 104),
+            ),
+            pairs=(("base", "instruct"), ("base", "math")),
+            dose_series=("base", "dose-5", "dose-20", "instruct", "dose-400"),
+        ),
+        Family(
+            "tiny-qwen2",
+            "qwen2",
+            seed=2,
+            models=(
+                _pretrain("tiny-qwen2", 2),
+                ModelRecipe(
+                    "tiny-qwen2",
+                    {60: "chat"},
+                    "base",
+                    "instructions",
+                    TrainingSchedule(steps=60, seed=21, **_MILD_CHAT),
+                    "chat fine-tune at a constant mild rate, 60 steps",
+                ),
+            ),
+            saes=(
+                _sae("tiny-qwen2", "base-sae", "base", 201, "trained on base activations"),
+                _sae("tiny-qwen2", "chat-sae", "chat", 202, "trained on chat activations"),
+                _finetuned_base_sae("tiny-qwen2", "chat", 203),
+            ),
+            pairs=(("base", "chat"),),
+        ),
+        Family(
+            "tiny-gemma",
+            "gemma",
+            seed=3,
+            models=(
+                _pretrain("tiny-gemma", 3),
+                ModelRecipe(
+                    "tiny-gemma",
+                    {600: "it"},
+                    "base",
+                    "instructions",
+                    TrainingSchedule(steps=600, lr=3e-3, warmup_steps=10, decay="constant", batch_size=32, seed=31),
+                    "heavy chat fine-tune: ten times the mild rate, ten times as long (high weight drift)",
+                ),
+            ),
+            saes=(
+                _sae("tiny-gemma", "base-sae", "base", 301, "trained on base activations"),
+                _sae("tiny-gemma", "it-sae", "it", 302, "trained on it activations"),
+            ),
+            pairs=(("base", "it"),),
+        ),
+    )
+}
+
+
+def model_names() -> list[str]:
+    """Every zoo model as `family/name`."""
+    return [f"{f.name}/{name}" for f in FAMILIES.values() for run in f.models for name in run.outputs.values()]
+
+
+def sae_names() -> list[str]:
+    """Every zoo SAE as `family/name`."""
+    return [f"{f.name}/{sae.name}" for f in FAMILIES.values() for sae in f.saes]

@@ -1,0 +1,120 @@
+"""Case files: the shipped registry is valid, ids read naturally, and malformed files fail with file, field, fix."""
+
+from pathlib import Path
+
+import pytest
+
+from sae_bench.cases import CaseFileError, load_registry, read_case_file
+
+CASES = Path(__file__).parents[1] / "benchmarks" / "cases"
+EXPECTATIONS = Path(__file__).parents[1] / "expectations"
+
+MINIMAL = """
+family = "toy"
+[saes]
+base-sae = "zoo:tiny-mistral/base-sae"
+[models]
+base = "zoo:tiny-mistral/base"
+chat = "zoo:tiny-mistral/instruct"
+[defaults]
+hook = "blocks.2.hook_resid_pre"
+dataset = "zoo:heldout"
+tokens = 1024
+context = 128
+groups = ["ce"]
+"""
+
+
+def _file(tmp_path, text: str) -> Path:
+    path = tmp_path / "toy.toml"
+    path.write_text(text)
+    return path
+
+
+def test_shipped_registry_has_every_family_and_an_expectation_for_every_hub_case():
+    registry = load_registry(CASES)
+    families = {case.family for case in registry}
+    assert {"tiny-mistral", "tiny-qwen2", "tiny-gemma", "mistral-7b", "qwen1.5-0.5b", "gemma-2b"} <= families
+    for case in registry:
+        if case.tier == "hub":
+            assert case.expectation_path(EXPECTATIONS).is_file(), case.id
+
+
+def test_ids_read_like_sae_at_model_with_mask_and_variant():
+    ids = {case.id for case in load_registry(CASES)}
+    assert "mistral-7b/base-sae@instruct" in ids
+    assert "tiny-mistral/base-sae@instruct/rollout" in ids
+    assert "tiny-mistral/base-sae@instruct/filtered" in ids
+    assert "tiny-mistral/base-sae@base-vs-instruct" in ids
+
+
+def test_grid_expands_every_sae_and_model(tmp_path):
+    path = _file(
+        tmp_path,
+        MINIMAL + '[[grid]]\nsaes = ["base-sae"]\nmodels = ["base", "chat"]\nvariants = [{}, { mask = "rollout" }]\n',
+    )
+    ids = [case.id for case in read_case_file(path)]
+    assert ids == ["toy/base-sae@base", "toy/base-sae@base/rollout", "toy/base-sae@chat", "toy/base-sae@chat/rollout"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "field", "fix"),
+    [
+        ('[[case]]\nsae = "base-sea"\nmodel = "base"\n', r"case\[0\]\.sae", "did you mean base-sae"),
+        ('[[case]]\nsae = "base-sae"\nmodel = "base"\ntokens = -3\n', r"case\[0\]\.tokens", "tokens = 8192"),
+        ('[[case]]\nsae = "base-sae"\nmodel = "base"\nmask = "prompt"\n', r"case\[0\]\.mask", "choose from"),
+        ('[[case]]\nsae = "base-sae"\nmodel = "base"\ngroup = ["ce"]\n', r"case\[0\]", "group → groups"),
+        ('[[case]]\nsae = "base-sae"\nmodel = "base"\ngroups = ["universality"]\n', r"case\[0\]\.groups", "choose"),
+        (
+            '[[case]]\nsae = "base-sae"\nmodel = "base"\noutliers = { threshold = 5 }\n',
+            "scaled norms",
+            "scaling_factor",
+        ),
+        ("", "top level", "add"),
+    ],
+)
+def test_malformed_case_file_names_file_field_and_fix(tmp_path, extra, field, fix):
+    path = _file(tmp_path, MINIMAL + extra)
+    with pytest.raises(CaseFileError, match=field) as err:
+        read_case_file(path)
+    assert str(path) in str(err.value) and fix in str(err.value)
+
+
+def test_toml_syntax_errors_are_case_file_errors(tmp_path):
+    with pytest.raises(CaseFileError, match="syntax"):
+        read_case_file(_file(tmp_path, "family = \n"))
+
+
+def test_duplicate_ids_across_files_are_rejected(tmp_path):
+    body = MINIMAL + '[[case]]\nsae = "base-sae"\nmodel = "base"\n'
+    (tmp_path / "a.toml").write_text(body)
+    (tmp_path / "b.toml").write_text(body)
+    with pytest.raises(CaseFileError, match="also defined in"):
+        load_registry(tmp_path)
+
+
+def test_unknown_case_id_suggests_close_ones():
+    with pytest.raises(KeyError, match="did you mean"):
+        load_registry(CASES).get("tiny-mistral/base-sae@instruc")
+
+
+def test_hub_case_offline_skips_with_its_reason(monkeypatch):
+    from benchmarks.conftest import missing_for
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    registry = load_registry(CASES)
+    reason = missing_for(registry.get("gemma-2b/res-jb-l6@base"), "cpu")
+    assert reason == "gemma-2b/res-jb-l6@base needs a CUDA GPU (run with --device cuda on a machine that has one)"
+    reason = missing_for(registry.get("qwen1.5-0.5b/base-sae@chat"), "cpu")
+    assert "wandb" in reason and "WANDB_API_KEY" in reason
+    assert missing_for(registry.get("tiny-qwen2/base-sae@chat"), "cpu") is None
+
+
+def test_uncached_hub_model_with_hub_offline_names_the_repo_and_the_fix(monkeypatch):
+    from sae_bench.hub import missing
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    reason = missing("hf:Qwen/Qwen1.5-0.5B-Chat")
+    assert "HF_HUB_OFFLINE is set and Qwen/Qwen1.5-0.5B-Chat is not in the HF cache" in reason
+    assert "huggingface-cli download Qwen/Qwen1.5-0.5B-Chat" in reason

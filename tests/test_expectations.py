@@ -1,0 +1,130 @@
+"""Expectation semantics: direction, abs/rel tolerance, improved vs regression, update keeps tolerances, errors."""
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sae_bench import expectations
+from sae_bench.expectations import ExpectationError, MetricExpectation, read_expectations
+
+
+def test_higher_is_better_direction():
+    e = MetricExpectation(value=0.9, direction="higher", abs=0.01)
+    assert [e.verdict(v) for v in (0.9, 0.895, 0.88, 0.92)] == ["ok", "ok", "regression", "improved"]
+
+
+def test_lower_is_better_direction():
+    e = MetricExpectation(value=2.0, direction="lower", rel=0.05)
+    assert [e.verdict(v) for v in (2.09, 2.11, 1.8)] == ["ok", "regression", "improved"]
+
+
+def test_both_directions_regress_on_any_move_beyond_tolerance():
+    e = MetricExpectation(value=10.0, direction="both", abs=0.5)
+    assert [e.verdict(v) for v in (10.4, 10.6, 9.4)] == ["ok", "regression", "regression"]
+
+
+def test_threshold_is_the_larger_of_abs_and_rel():
+    assert MetricExpectation(value=100.0, direction="both", abs=1.0, rel=0.05).threshold == 5.0
+    assert MetricExpectation(value=1.0, direction="both", abs=0.2, rel=0.05).threshold == 0.2
+
+
+def test_undefined_values():
+    defined = MetricExpectation(value=0.5, direction="higher", abs=0.1)
+    undefined = MetricExpectation(value=None, direction="higher")
+    assert defined.verdict(None) == "regression" and defined.verdict(float("nan")) == "regression"
+    assert undefined.verdict(None) == "ok" and undefined.verdict(0.3) == "improved"
+
+
+@given(st.floats(-1e6, 1e6), st.floats(0, 1e3), st.floats(-1e3, 1e3))
+def test_verdict_is_ok_exactly_within_the_threshold(value, tol, move):
+    e = MetricExpectation(value=value, direction="both", abs=tol)
+    assert (e.verdict(value + move) == "ok") == (abs((value + move) - value) <= tol)
+
+
+def _write(tmp_path, document) -> object:
+    path = tmp_path / "case.json"
+    path.write_text(json.dumps(document))
+    return path
+
+
+def test_update_rewrites_values_and_keeps_tolerances(tmp_path):
+    path = _write(
+        tmp_path,
+        {
+            "case": "f/s@m",
+            "provenance": {"kind": "measured"},
+            "metrics": {"l0": {"value": 10.0, "abs": 0.5, "direction": "both", "basis": "spread"}},
+        },
+    )
+    old = read_expectations(path)
+    new, diff = expectations.updated(old, "f/s@m", {"l0": 12.0}, ["l0"], {"kind": "measured", "date": "x"})
+    assert new.metrics["l0"].value == 12.0 and new.metrics["l0"].abs == 0.5 and new.metrics["l0"].basis == "spread"
+    assert diff.to_dict("records") == [{"metric": "l0", "old": 10.0, "new": 12.0}]
+    path.write_text(new.to_json())
+    assert read_expectations(path).metrics["l0"].value == 12.0
+
+
+def test_new_metrics_take_the_measured_spread_or_are_left_out(tmp_path):
+    new, _ = expectations.updated(None, "f/s@m", {"l0": 3.0, "mse": 1.0}, ["l0", "mse"], {}, {"l0": 0.2, "mse": None})
+    assert new.metrics["l0"].abs == 0.2 and "mse" not in new.metrics
+
+
+def test_spread_tolerance_is_three_standard_errors():
+    values = [1.0, 2.0, 3.0, 4.0]
+    sd = (sum((v - 2.5) ** 2 for v in values) / 3) ** 0.5
+    assert expectations.spread_tolerance(values, value=2.5) == pytest.approx(3 * sd / 2)
+    assert expectations.spread_tolerance([1.0, None], value=1.0) is None
+    assert expectations.spread_tolerance([5.0, 5.0, 5.0], value=5.0) == pytest.approx(5e-5)  # float floor
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"case": "c", "metrics": {}}, "missing top-level field 'provenance'"),
+        ({"case": "c", "provenance": {}, "metrics": {"l0": {"abs": 1}}}, r"metrics\.l0: expected a table with value"),
+        ({"case": "c", "provenance": {}, "metrics": {"l0": {"value": "x"}}}, r"metrics\.l0\.value: expected a finite"),
+        (
+            {"case": "c", "provenance": {}, "metrics": {"l0": {"value": 1, "direction": "up"}}},
+            r"metrics\.l0\.direction: 'up' is not one of",
+        ),
+        ({"case": "c", "provenance": {}, "metrics": {"l0": {"value": 1, "tol": 1}}}, r"unknown fields \['tol'\]"),
+        ({"case": "c", "provenance": {}, "metrics": {"l0": {"value": 1, "abs": -1}}}, "tolerances must be"),
+    ],
+)
+def test_malformed_files_name_the_file_and_field(tmp_path, document, message):
+    path = _write(tmp_path, document)
+    with pytest.raises(ExpectationError, match=message) as err:
+        read_expectations(path)
+    assert str(path) in str(err.value)
+
+
+def test_compare_builds_the_verdict_table(tmp_path):
+    path = _write(
+        tmp_path,
+        {
+            "case": "c",
+            "provenance": {},
+            "metrics": {
+                "ce_loss_recovered": {"value": 0.9, "abs": 0.01, "direction": "higher"},
+                "mse": {"value": 1.0, "rel": 0.1, "direction": "lower"},
+            },
+        },
+    )
+    table = expectations.compare(
+        read_expectations(path), {"ce_loss_recovered": 0.5, "mse": 0.5}, ["ce_loss_recovered", "mse", "l0"]
+    )
+    assert table.verdict.tolist() == ["regression", "improved"]
+    assert "| ce_loss_recovered |" in expectations.verdict_markdown(table)
+
+
+def test_every_shipped_expectation_file_parses():
+    from pathlib import Path
+
+    root = Path(__file__).parents[1] / "expectations"
+    files = sorted(root.rglob("*.json"))
+    assert files
+    for path in files:
+        expected = read_expectations(path)
+        assert expected.provenance.get("kind") in ("measured", "published"), path

@@ -1,0 +1,54 @@
+"""`sae-bench gate` on a zoo pair: an unchanged SAE passes, a broken one fails with a readable table, bad input is 2."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sae_bench.sources import load_sae
+
+CASES = "tiny-qwen2/base-sae@chat and not filtered and not rollout and not user-prompt"
+
+
+def gate(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sae_bench.cli", "gate", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def broken_sae(tmp_path_factory):
+    """The base SAE with its decoder rows shuffled: every feature writes another feature's direction."""
+    sae = load_sae("zoo:tiny-qwen2/base-sae")
+    with torch.no_grad():
+        sae.W_dec.copy_(sae.W_dec[torch.randperm(sae.W_dec.shape[0], generator=torch.Generator().manual_seed(0))])
+    path = tmp_path_factory.mktemp("broken-sae")
+    sae.save_model(path)
+    return path
+
+
+def test_unchanged_sae_passes_its_gate(tmp_path):
+    table = tmp_path / "verdicts.csv"
+    result = gate("--sae", "zoo:tiny-qwen2/base-sae", "--cases", CASES, "--table", str(table), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "regression" not in table.read_text()
+
+
+def test_broken_sae_fails_its_gate_with_a_verdict_table(tmp_path, broken_sae):
+    table, junit = tmp_path / "verdicts.md", tmp_path / "gate.xml"
+    result = gate(
+        "--sae", str(broken_sae), "--cases", CASES, "--table", str(table), "--junit", str(junit), cwd=tmp_path
+    )
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "| ce_loss_recovered |" in result.stdout and "regression" in result.stdout
+    assert "regression" in table.read_text() and "<testsuite" in junit.read_text()
+
+
+def test_bad_input_exits_2(tmp_path):
+    assert gate("--sae", "zoo:tiny-qwen2/base-saee", "--cases", CASES, cwd=tmp_path).returncode == 2
+    assert gate("--sae", "zoo:tiny-qwen2/base-sae", "--cases", "no-such-case", cwd=tmp_path).returncode == 2
+    offline = gate(
+        "--sae", "zoo:tiny-qwen2/base-sae", "--cases", "qwen1.5-0.5b/base-sae@chat and not rollout", cwd=tmp_path
+    )
+    assert offline.returncode == 2 and "skipped" in offline.stderr
