@@ -53,7 +53,9 @@ def _add_zoo_commands(commands) -> None:
         dest="zoo_command", required=True
     )
     build = zoo.add_parser("build", help="retrain the zoo (deterministic; about half an hour on 2 CPU cores)")
-    build.add_argument("--only", help="rebuild one family (tiny-mistral) or artifact (tiny-mistral/base-sae), or data")
+    build.add_argument(
+        "--only", help="rebuild one family (tiny-mistral), one artifact (tiny-mistral/base-sae), all saes, or data"
+    )
     build.add_argument("--root", type=Path, help="build into this folder instead of the shipped zoo/")
     build.set_defaults(run=_zoo_build)
     zoo.add_parser("list", help="every zoo model and SAE, as a source spec").set_defaults(run=_zoo_list)

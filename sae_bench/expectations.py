@@ -22,6 +22,7 @@ DIRECTIONS = ("higher", "lower", "both")
 DEFAULT_DIRECTION: dict[str, str] = {
     "explained_variance": "higher",
     "explained_variance_per_token": "higher",
+    "explained_variance_flattened": "higher",
     "mse": "lower",
     "ce_spliced": "lower",
     "ce_delta": "lower",
@@ -81,6 +82,11 @@ class ExpectationFile:
     case: str
     provenance: Mapping[str, Any]
     metrics: dict[str, MetricExpectation] = field(default_factory=dict)
+    unchecked: dict[str, str] = field(default_factory=dict)
+    """Metrics deliberately not checked, with why (e.g. no spread could be measured for a tolerance)."""
+
+    def covers(self, name: str) -> bool:
+        return name in self.metrics or name in self.unchecked
 
     def to_json(self) -> str:
         metrics = {}
@@ -88,6 +94,8 @@ class ExpectationFile:
             entry = {k: v for k, v in asdict(expectation).items() if v not in (None, "", 0.0) or k == "value"}
             metrics[name] = entry
         document = {"case": self.case, "provenance": self.provenance, "metrics": metrics}
+        if self.unchecked:
+            document["unchecked"] = dict(sorted(self.unchecked.items()))
         return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -108,6 +116,12 @@ def read_expectations(path: Path) -> ExpectationFile:
     for key in ("case", "provenance", "metrics"):
         if key not in data:
             raise ExpectationError(f"{path}: missing top-level field {key!r}")
+    unknown = set(data) - {"case", "provenance", "metrics", "unchecked"}
+    if unknown:
+        raise ExpectationError(f"{path}: unknown top-level fields {sorted(unknown)}")
+    unchecked = data.get("unchecked", {})
+    if not isinstance(unchecked, dict) or not all(isinstance(v, str) for v in unchecked.values()):
+        raise ExpectationError(f'{path}: unchecked: expected a table of metric = "reason"')
     metrics = {}
     for name, entry in data["metrics"].items():
         where = f"metrics.{name}"
@@ -129,7 +143,7 @@ def read_expectations(path: Path) -> ExpectationFile:
             provenance=entry.get("provenance"),
             **tolerance,
         )
-    return ExpectationFile(data["case"], data["provenance"], metrics)
+    return ExpectationFile(data["case"], data["provenance"], metrics, unchecked)
 
 
 def compare(expected: ExpectationFile, measured: Mapping[str, float | None], names: Sequence[str]) -> pd.DataFrame:
@@ -176,6 +190,7 @@ def updated(
 ) -> tuple[ExpectationFile, pd.DataFrame]:
     """New values for `names` (tolerances kept; new metrics take the measured spread) and the diff table."""
     metrics = dict(existing.metrics) if existing else {}
+    unchecked = dict(existing.unchecked) if existing else {}
     diff = []
     for name in names:
         got = measured.get(name)
@@ -185,9 +200,14 @@ def updated(
                 diff.append({"metric": name, "old": old.value, "new": got})
             metrics[name] = replace(old, value=got, provenance=None)
             continue
+        if name in unchecked:
+            continue
         tolerance = (spread or {}).get(name)
         if got is not None and tolerance is None:
-            continue  # no measured spread, so no honest tolerance: leave the metric out rather than guess one
+            # no measured spread, so no honest tolerance: record why the metric is not checked rather than guess one
+            unchecked[name] = "no spread: the metric is undefined on some of the row subsets"
+            diff.append({"metric": name, "old": None, "new": "unchecked"})
+            continue
         metrics[name] = MetricExpectation(
             value=got,
             direction=DEFAULT_DIRECTION.get(name, "both"),
@@ -197,7 +217,7 @@ def updated(
         diff.append({"metric": name, "old": None, "new": got})
     base_provenance = existing.provenance if existing and existing.provenance.get("kind") == "published" else {}
     return (
-        ExpectationFile(case, {**base_provenance, **provenance} if base_provenance else provenance, metrics),
+        ExpectationFile(case, {**base_provenance, **provenance} if base_provenance else provenance, metrics, unchecked),
         pd.DataFrame(diff, columns=["metric", "old", "new"]),
     )
 

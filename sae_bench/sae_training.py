@@ -123,11 +123,13 @@ def train_sae(
     init_sae=None,
     init_scaling_factor: float | None = None,
     output_path: str | Path | None = None,
+    model_name: str | None = None,
 ) -> TrainedSae:
     """Train `init_sae` (or a fresh SAE) on `model`'s activations at `spec.hook` over `rows` (n, context) tokens.
 
     `init_scaling_factor` is the factor folded into `init_sae` when it was trained; it is unfolded first, so the
-    SAE goes on training in the scaled space (mean norm √d) it was trained in.
+    SAE goes on training in the scaled space (mean norm √d) it was trained in. `model_name` is what the SAE's
+    metadata records as its model (default: the model's own name, which for a local directory is its path).
     """
     from datasets import Dataset
 
@@ -149,7 +151,7 @@ def train_sae(
     cfg = runner_config(
         spec,
         d_in=model.cfg.d_model,
-        model_name=model.cfg.model_name,
+        model_name=model_name or model.cfg.model_name,
         output_path=None if output_path is None else str(output_path),
     )
     dataset = Dataset.from_dict({"input_ids": rows.tolist()})
@@ -170,6 +172,8 @@ def finetune_sae(
     rows: torch.Tensor,
     base_spec: SaeTrainingSpec,
     training_tokens: int,
+    *,
+    model_name: str | None = None,
 ) -> TrainedSae:
     """Kissane et al.'s fine-tuned base SAE: `sae` trained further on `model` with `kissane_finetune(base_spec)`.
 
@@ -181,4 +185,4 @@ def finetune_sae(
     if not isinstance(sae, TrainingSAE):
         raise TypeError(f"finetune_sae needs a sae_lens.TrainingSAE (TrainingSAE.load_from_disk), got {type(sae)}")
     spec = kissane_finetune(base_spec, training_tokens)
-    return train_sae(model, rows, spec, init_sae=sae, init_scaling_factor=base_scaling_factor)
+    return train_sae(model, rows, spec, init_sae=sae, init_scaling_factor=base_scaling_factor, model_name=model_name)

@@ -41,7 +41,8 @@ def test_broken_sae_fails_its_gate_with_a_verdict_table(tmp_path, broken_sae):
         "--sae", str(broken_sae), "--cases", CASES, "--table", str(table), "--junit", str(junit), cwd=tmp_path
     )
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "| ce_loss_recovered |" in result.stdout and "regression" in result.stdout
+    failure = result.stdout.split("FAILURES", 1)[1]
+    assert "| metric" in failure and "ce_loss_recovered" in failure and "| regression" in failure
     assert "regression" in table.read_text() and "<testsuite" in junit.read_text()
 
 

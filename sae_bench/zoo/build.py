@@ -162,21 +162,29 @@ class ZooBuilder:
         from sae_bench.sources import load_hf_directory
 
         model = load_hf_directory(self.model_dir(family.name, recipe.model), tokenizer=self.tokenizer)
+        model_spec = f"zoo:{family.name}/{recipe.model}"
         rows = self.rows("pretrain")
         if recipe.finetune_of is None:
             spec_used = recipe.spec
-            trained = train_sae(model, rows, recipe.spec)
+            trained = train_sae(model, rows, recipe.spec, model_name=model_spec)
         else:
             base_name = f"{family.name}/{recipe.finetune_of}"
             base_dir = self.root / "saes" / family.name / recipe.finetune_of
             base = TrainingSAE.load_from_disk(base_dir, dtype="float32")
             base_factor = self.record["saes"].get(base_name) or _manifest_entry(self.root, "saes", base_name)
             trained = finetune_sae(
-                base, base_factor["scaling_factor"], model, rows, recipe.spec, recipe.finetune_tokens
+                base,
+                base_factor["scaling_factor"],
+                model,
+                rows,
+                recipe.spec,
+                recipe.finetune_tokens,
+                model_name=model_spec,
             )
             spec_used = kissane_finetune(recipe.spec, recipe.finetune_tokens)
         out = self.root / "saes" / family.name / recipe.name
         trained.sae.to(dtype=torch.float16).save_inference_model(out)
+        canonical_sae_config(out / "cfg.json", model_spec)
         self.record["saes"][f"{family.name}/{recipe.name}"] = {
             "model": f"{family.name}/{recipe.model}",
             "hook": recipe.spec.hook,
@@ -191,11 +199,12 @@ class ZooBuilder:
         }
 
     # -- manifest -----------------------------------------------------------------------------------------------
-    def write_manifest(self, started: float) -> None:
+    def write_manifest(self, started: float, only: str | None = None) -> None:
         path = self.root / artifacts.MANIFEST
         manifest = json.loads(path.read_text()) if path.is_file() else {"models": {}, "saes": {}}
         manifest["models"].update(self.record["models"])
         manifest["saes"].update(self.record["saes"])
+        manifest.pop("last_build_wall_s", None)
         manifest.update(
             {
                 "format": 1,
@@ -212,11 +221,19 @@ class ZooBuilder:
                 },
                 "families": {f.name: {"architecture": f.architecture, "pairs": f.pairs} for f in FAMILIES.values()},
                 "versions": _versions(),
-                "last_build_wall_s": round(time.perf_counter() - started, 1),
+                "last_build": {"only": only, "wall_s": round(time.perf_counter() - started, 1)},
                 "files": artifacts.list_files(self.root),
             }
         )
         path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def canonical_sae_config(path: Path, model_spec: str) -> None:
+    """Rewrite a saved SAE's cfg.json with sorted keys and the zoo spec as its model, so that the same training
+    gives the same bytes (SAELens's key order differs between fresh and resumed SAEs; its model name is a path)."""
+    config = json.loads(path.read_text())
+    config["metadata"]["model_name"] = model_spec
+    path.write_text(json.dumps(config, indent=1, sort_keys=True) + "\n")
 
 
 def _mean(values: list[float]) -> float:
@@ -235,6 +252,8 @@ def select(only: str | None) -> tuple[bool, list[tuple[Family, ModelRecipe]], li
         return True, runs, saes
     if only == "data":
         return True, [], []
+    if only == "saes":
+        return False, [], saes
     if only in FAMILIES:
         return False, [(f, r) for f, r in runs if f.name == only], [(f, s) for f, s in saes if f.name == only]
     family, _, name = only.partition("/")
@@ -273,4 +292,4 @@ def build(root: Path, only: str | None = None) -> None:
         builder.build_model_run(family, run)
     for family, recipe in saes:
         builder.build_sae(family, recipe)
-    builder.write_manifest(started)
+    builder.write_manifest(started, only)

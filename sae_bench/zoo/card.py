@@ -74,7 +74,10 @@ class ZooMeasurer:
 
 
 def _fmt(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False, floatfmt=".4g", missingval="undefined")
+    """Markdown; undefined values (None, which pandas turns into NaN in float columns) print as "undefined"."""
+    return (
+        frame.astype(object).where(frame.notna(), None).to_markdown(index=False, floatfmt=".4g", missingval="undefined")
+    )
 
 
 def family_section(measurer: ZooMeasurer, family: Family, manifest: dict) -> str:
@@ -175,6 +178,9 @@ def write_card(tokens: int = 32768, root: Path | None = None) -> Path:
     n_rows = min(len(heldout), max(1, tokens // CONTEXT))
     measurer = ZooMeasurer(heldout[:n_rows])
     sections = [family_section(measurer, family, manifest) for family in FAMILIES.values()]
+    runs = {(m["parent"], m["data"], m["run_wall_s"]) for m in manifest["models"].values()}
+    model_wall = sum(wall for *_, wall in runs)
+    sae_wall = sum(s["wall_s"] for s in manifest["saes"].values())
     header = [
         "# The sae_bench zoo",
         "",
@@ -183,6 +189,8 @@ def write_card(tokens: int = 32768, root: Path | None = None) -> Path:
         f"{n_rows} held-out rows × {CONTEXT} tokens (`zoo/data/heldout.safetensors`), all positions counted.",
         "Training settings, tokens seen, wall times and library versions are in `manifest.json`.",
         "",
+        f"Build time on {manifest['versions']['torch_threads']} CPU threads: models {model_wall / 60:.1f} min, SAEs "
+        f"{sae_wall / 60:.1f} min (the per-artifact wall times in the manifest). "
         "Built with: " + json.dumps(manifest["versions"]),
         f"Corpus sha256: `{manifest['corpus']['sha256']}`.",
         "",

@@ -92,7 +92,13 @@ def _pretrain(family: str, seed: int) -> ModelRecipe:
 
 def _base_sae_spec(seed: int) -> SaeTrainingSpec:
     return SaeTrainingSpec(
-        hook=HOOK, d_sae=8 * D_MODEL, l1_coefficient=5.0, lr=1e-3, training_tokens=2_000_000, seed=seed
+        hook=HOOK,
+        d_sae=8 * D_MODEL,
+        l1_coefficient=5.0,
+        lr=1e-3,
+        training_tokens=2_000_000,
+        batch_size_tokens=1024,  # ~2000 optimiser steps: at 4096 tokens a batch, 489 steps left the SAEs undertrained
+        seed=seed,
     )
 
 
