@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import warnings
 from contextlib import contextmanager
 from datetime import date
@@ -184,6 +185,9 @@ def pytest_collection_modifyitems(config, items):
 
 def pytest_configure(config):
     config._sae_bench_suite = Suite(config)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:  # share the cores between xdist workers instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 def pytest_sessionfinish(session, exitstatus):

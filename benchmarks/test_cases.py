@@ -11,7 +11,8 @@ REGISTRY = load_registry(Path(__file__).parent / "cases")
 
 def _items():
     for case in REGISTRY:
-        marks = [getattr(pytest.mark, case.tier)]
+        # one xdist group per family: its models load once per worker and all groups of a case share one evaluation
+        marks = [getattr(pytest.mark, case.tier), pytest.mark.xdist_group(case.family)]
         marks += [pytest.mark.gpu] if case.gpu else []
         marks += [pytest.mark.slow] if case.slow else []
         for group in case.groups:

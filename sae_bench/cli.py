@@ -52,7 +52,7 @@ def _add_zoo_commands(commands) -> None:
     zoo = commands.add_parser("zoo", help="the shipped zoo of small model pairs and their SAEs").add_subparsers(
         dest="zoo_command", required=True
     )
-    build = zoo.add_parser("build", help="retrain the zoo (deterministic; about half an hour on 2 CPU cores)")
+    build = zoo.add_parser("build", help="retrain the zoo (deterministic; about 25 minutes on 2 CPU cores)")
     build.add_argument(
         "--only", help="rebuild one family (tiny-mistral), one artifact (tiny-mistral/base-sae), all saes, or data"
     )

@@ -7,6 +7,13 @@ from sae_lens.training.sae_trainer import SAETrainer
 from sae_bench.sae_training import SaeTrainingSpec, finetune_sae, kissane_finetune, train_sae
 from tests.conftest import sample_tokens, tiny_model
 
+# SAELens notes, expected here: a 24-row dataset is reused many times over.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:All samples in the training dataset have been exhausted:UserWarning"),
+    pytest.mark.filterwarnings("ignore:The training dataset contains fewer samples:UserWarning"),
+    pytest.mark.filterwarnings("ignore:To copy construct from a tensor:UserWarning"),
+]
+
 BASE = SaeTrainingSpec(
     hook="blocks.2.hook_resid_pre",
     d_sae=32,
