@@ -93,26 +93,49 @@ def _with_delta(metrics: dict[str, MetricExpectation]) -> dict[str, MetricExpect
     return metrics
 
 
+def _kissane_rows(table: str) -> list[dict]:
+    return json.loads((REFERENCES / table).read_text())
+
+
+def _kissane_pile_file(table: str, row: dict, case: str, row_keys: tuple[str, ...], settings: str) -> ExpectationFile:
+    """A Pile-style row (L0, ce_rec, losses, EV, MSE) of one of Kissane's result files as an expectation file."""
+    metrics = {ours: _expectation(ours, row[theirs]) for theirs, ours in _PILE_FIELDS.items()}
+    provenance = {
+        "kind": "published",
+        "source": KISSANE,
+        "table": f"results/{table}",
+        "row": {key: row[key] for key in row_keys},
+        "settings": settings,
+    }
+    return ExpectationFile(case, provenance, _with_delta(metrics))
+
+
 def kissane_pile() -> list[ExpectationFile]:
-    files = []
-    for row in json.loads((REFERENCES / "sae_transfer_results_post.json").read_text()):
+    table, files = "sae_transfer_results_post.json", []
+    for row in _kissane_rows(table):
         family, model = _KISSANE_MODELS[row["model_name"]]
-        metrics = {ours: _expectation(ours, row[theirs]) for theirs, ours in _PILE_FIELDS.items()}
-        provenance = {
-            "kind": "published",
-            "source": KISSANE,
-            "table": "results/sae_transfer_results_post.json",
-            "row": {"model_name": row["model_name"], "sae": row["sae"]},
-            "settings": f"Pile; outliers above scaled norm {row['Outlier threshold']} un-spliced but scored; "
-            f"CE over {row['eval_tokens']} tokens, MSE/L0/EV over 10 shuffled batches of 4096 tokens",
-        }
-        files.append(ExpectationFile(f"{family}/{_KISSANE_SAES[row['sae']]}@{model}", provenance, _with_delta(metrics)))
+        settings = (
+            f"Pile; outliers above scaled norm {row['Outlier threshold']} un-spliced but scored; "
+            f"CE over {row['eval_tokens']} tokens, MSE/L0/EV over 10 shuffled batches of 4096 tokens"
+        )
+        case = f"{family}/{_KISSANE_SAES[row['sae']]}@{model}"
+        files.append(_kissane_pile_file(table, row, case, ("model_name", "sae"), settings))
+    return files
+
+
+def kissane_finetuned() -> list[ExpectationFile]:
+    table, files = "sae_finetuning_evals.json", []
+    for row in _kissane_rows(table):
+        family, model = _KISSANE_MODELS[row["model_name"]]
+        settings = "Pile; outliers not filtered (threshold 100000); CE over 98304 tokens"
+        case = f"{family}/base-sae-ft@{model}/unfiltered"
+        files.append(_kissane_pile_file(table, row, case, ("model_name", "artifact_path"), settings))
     return files
 
 
 def kissane_alpaca() -> list[ExpectationFile]:
     files = []
-    for row in json.loads((REFERENCES / "alpaca_sae_transfer_results.json").read_text()):
+    for row in _kissane_rows("alpaca_sae_transfer_results.json"):
         family, model = _KISSANE_MODELS[row["chat_model"]]
         mask = row["mask_type"].replace("_", "-")
         for side, label in (("base", "Base"), ("chat", "Chat")):
@@ -135,22 +158,6 @@ def kissane_alpaca() -> list[ExpectationFile]:
                 f"outliers above scaled norm {row['outlier_threshold']} un-spliced; CE recovered from token sums",
             }
             files.append(ExpectationFile(f"{family}/{sae}@{model}/{mask}", provenance, _with_delta(metrics)))
-    return files
-
-
-def kissane_finetuned() -> list[ExpectationFile]:
-    files = []
-    for row in json.loads((REFERENCES / "sae_finetuning_evals.json").read_text()):
-        family, model = _KISSANE_MODELS[row["model_name"]]
-        metrics = {ours: _expectation(ours, row[theirs]) for theirs, ours in _PILE_FIELDS.items()}
-        provenance = {
-            "kind": "published",
-            "source": KISSANE,
-            "table": "results/sae_finetuning_evals.json",
-            "row": {"model_name": row["model_name"], "artifact_path": row["artifact_path"]},
-            "settings": "Pile; outliers not filtered (threshold 100000); CE over 98304 tokens",
-        }
-        files.append(ExpectationFile(f"{family}/base-sae-ft@{model}/unfiltered", provenance, _with_delta(metrics)))
     return files
 
 
