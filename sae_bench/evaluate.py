@@ -30,8 +30,9 @@ from sae_bench.splicing import (
     HookSite,
     SaePass,
     check_sae_fits,
-    continue_from_hook,
     encode_decode,
+    final_residual_from_hook,
+    logits_of_final_rows,
     resolve_hook,
     run_to_hook,
     spliced_residual,
@@ -59,6 +60,8 @@ class EvalConfig:
     """Ids treated as special; None takes them from the model's tokenizer (SAELens's definition)."""
     stack_continuations: bool = True
     """Run the three continuations as one 3×batch call (faster) rather than three calls (less memory)."""
+    logit_rows_per_chunk: int | None = None
+    """Predictions scored at once; None: as many as fit 2^26 logits (256 MB in float32) per variant."""
     device: str | None = None
     """Where to run; None keeps the model's device. The model and SAE are moved there."""
     dtype: torch.dtype | None = None
@@ -69,6 +72,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"EvalConfig: `batch_size` must be >= 1, got {self.batch_size}")
+        if self.logit_rows_per_chunk is not None and self.logit_rows_per_chunk < 1:
+            raise ValueError(f"EvalConfig: `logit_rows_per_chunk` must be >= 1, got {self.logit_rows_per_chunk}")
         if self.scaling_factor is not None and not self.scaling_factor > 0:
             raise ValueError(f"EvalConfig: `scaling_factor` must be positive, got {self.scaling_factor}")
         if self.outliers is not None and self.outliers.norm == "scaled" and self.scaling_factor is None:
@@ -130,31 +135,44 @@ class _Accumulators:
         except metrics.UndefinedMetric as err:
             self.ev_per_token_undefined.append(str(err))
 
-    def add_predictions(self, logits: dict[str, Tensor], tokens: Tensor, counted: Tensor) -> None:
-        """logits: variant → (batch, pos, V); counted: (batch, pos − 1), which predictions to score.
-
-        One log-softmax per variant over the counted rows only, in float32 at least; sums go to float64.
-        """
+    def add_predictions(
+        self, model: HookedTransformer, finals: dict[str, Tensor], tokens: Tensor, counted: Tensor, chunk: int
+    ) -> None:
+        """finals: variant → (batch, pos, d_model) residual after the last block; counted: (batch, pos − 1), which
+        predictions to score. Only counted rows are unembedded, `chunk` rows at a time, one log-softmax per variant
+        and chunk in float32 at least; the per-token values of the whole batch then go to the float64 sums."""
         targets = tokens[:, 1:][counted]  # (n_counted,)
-        log_probs = {
-            variant: torch.log_softmax(t[:, :-1][counted].to(torch.promote_types(t.dtype, torch.float32)), dim=-1)
-            for variant, t in logits.items()
-        }  # variant → (n_counted, V)
-        for variant, lp in log_probs.items():
-            self.ce[variant].update(metrics.next_token_nll(lp, targets))
-        p_clean = log_probs["clean"].exp()
-        for variant in ("spliced", "zero"):
-            self.kl[variant].update(metrics.kl_from_log_probs(log_probs["clean"], log_probs[variant], p_clean))
+        rows = {variant: f[:, :-1][counted] for variant, f in finals.items()}  # variant → (n_counted, d_model)
+        nll: dict[str, list[Tensor]] = {variant: [] for variant in rows}
+        kl: dict[str, list[Tensor]] = {"spliced": [], "zero": []}
+        for start in range(0, targets.shape[0], chunk):
+            log_probs = {}
+            for variant, r in rows.items():
+                logits = logits_of_final_rows(model, r[start : start + chunk])
+                log_probs[variant] = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+                nll[variant].append(metrics.next_token_nll(log_probs[variant], targets[start : start + chunk]))
+            p_clean = log_probs["clean"].exp()
+            for variant in kl:
+                kl[variant].append(metrics.kl_from_log_probs(log_probs["clean"], log_probs[variant], p_clean))
+        for variant, values in nll.items():
+            if values:
+                self.ce[variant].update(torch.cat(values))
+        for variant, values in kl.items():
+            if values:
+                self.kl[variant].update(torch.cat(values))
 
 
-def _continuations(
+def _final_residuals(
     model: HookedTransformer, site: HookSite, residuals: dict[str, Tensor], stack: bool
 ) -> dict[str, Tensor]:
-    """Logits for each residual, from the hook onwards; one stacked call or one call each."""
+    """The residual after the last block for each residual at the hook; one stacked call or one call each."""
     if not stack:
-        return {k: continue_from_hook(model, r, site) for k, r in residuals.items()}
-    logits = continue_from_hook(model, torch.cat(list(residuals.values())), site)
-    return dict(zip(residuals, logits.chunk(len(residuals)), strict=True))
+        return {k: final_residual_from_hook(model, r, site) for k, r in residuals.items()}
+    finals = final_residual_from_hook(model, torch.cat(list(residuals.values())), site)
+    return dict(zip(residuals, finals.chunk(len(residuals)), strict=True))
+
+
+LOGITS_PER_CHUNK = 1 << 26
 
 
 @torch.inference_mode()
@@ -176,6 +194,7 @@ def evaluate_transfer(
     acc = _Accumulators(sae.cfg.d_sae, _outlier_breakdown_stats(model))
     device = config.device or model.cfg.device
     scale = config.scaling_factor
+    chunk = config.logit_rows_per_chunk or max(1, LOGITS_PER_CHUNK // model.cfg.d_vocab)
     for batch in tqdm(batches, desc=f"evaluate {site.name}", disable=not config.progress, leave=False):
         toks, pos_mask = batch.tokens.to(device), batch.position_mask.to(device)
         considered = pos_mask if special is None else pos_mask & ~torch.isin(toks, special.to(device))
@@ -196,7 +215,8 @@ def evaluate_transfer(
         counted = considered[:, :-1]
         if config.outliers is not None and not config.outliers.count_in_ce:
             counted = counted & ~outlier[:, :-1]
-        acc.add_predictions(_continuations(model, site, residuals, config.stack_continuations), toks, counted)
+        finals = _final_residuals(model, site, residuals, config.stack_continuations)
+        acc.add_predictions(model, finals, toks, counted, chunk)
     if acc.reconstruction.n_tokens == 0:
         raise ValueError(_nothing_left_message(batches, acc))
     return finalize_transfer_report(acc, site=site, config=config, n_sequences=tokens.shape[0], d_sae=sae.cfg.d_sae)

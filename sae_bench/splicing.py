@@ -1,7 +1,8 @@
 """Splicing an SAE into a TransformerLens model at a residual hook, under a position mask.
 
-The model is cut at the hook: `run_to_hook` runs the blocks before it once, `continue_from_hook` runs the rest
-from any residual (clean, spliced or zero-ablated), so the shared prefix is never recomputed (DESIGN §5).
+The model is cut at the hook: `run_to_hook` runs the blocks before it once, `final_residual_from_hook` runs the
+rest from any residual (clean, spliced or zero-ablated), so the shared prefix is never recomputed (DESIGN §5), and
+`logits_of_final_rows` unembeds only the predictions that are scored.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Literal, NamedTuple
 from sae_lens import SAE
 from torch import Tensor
 from transformer_lens import HookedTransformer
+from transformer_lens.utilities.activation_functions import apply_softcap
 
 _RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
 
@@ -68,9 +70,18 @@ def run_to_hook(model: HookedTransformer, tokens: Tensor, site: HookSite) -> Ten
     return model(tokens, stop_at_layer=site.blocks_before)
 
 
-def continue_from_hook(model: HookedTransformer, residual: Tensor, site: HookSite) -> Tensor:
-    """Logits from a residual at the hook onwards. residual: (batch, pos, d_model) → (batch, pos, d_vocab)."""
-    return model(residual, start_at_layer=site.blocks_before, return_type="logits")
+def final_residual_from_hook(model: HookedTransformer, residual: Tensor, site: HookSite) -> Tensor:
+    """The residual after the last block (before the final norm), from a residual at the hook. (batch, pos, d)."""
+    return model(residual, start_at_layer=site.blocks_before, stop_at_layer=model.cfg.n_layers)
+
+
+def logits_of_final_rows(model: HookedTransformer, rows: Tensor) -> Tensor:
+    """Logits of (n, d_model) final-residual rows: final norm, unembedding and soft cap, as the model's forward
+    applies them. Scoring only chosen rows, a chunk at a time, keeps memory at O(chunk × d_vocab)."""
+    residual = rows[None]  # (1, n, d_model): the shape TransformerLens's modules expect
+    if model.cfg.normalization_type is not None:
+        residual = model.ln_final(residual)
+    return apply_softcap(model.unembed(residual), model.cfg.output_logits_soft_cap)[0]
 
 
 class SaePass(NamedTuple):

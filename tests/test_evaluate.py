@@ -56,10 +56,12 @@ def test_reports_count_tokens_and_predictions(model, tokens, random_sae):
 
 
 @settings(max_examples=15, deadline=None)
-@given(batch_size=st.integers(1, 10), stack=st.booleans())
-def test_results_do_not_depend_on_batching(model, tokens, random_sae, batch_size, stack):
+@given(batch_size=st.integers(1, 10), stack=st.booleans(), chunk=st.one_of(st.none(), st.integers(1, 40)))
+def test_results_do_not_depend_on_batching(model, tokens, random_sae, batch_size, stack, chunk):
     reference = run(model, random_sae, tokens, batch_size=10)
-    report = run(model, random_sae, tokens, batch_size=batch_size, stack_continuations=stack)
+    report = run(
+        model, random_sae, tokens, batch_size=batch_size, stack_continuations=stack, logit_rows_per_chunk=chunk
+    )
     for name in (
         "l0",
         "mse",
@@ -72,6 +74,16 @@ def test_results_do_not_depend_on_batching(model, tokens, random_sae, batch_size
         "kl_zero",
     ):
         assert getattr(report, name) == pytest.approx(getattr(reference, name), rel=1e-5), name
+
+
+@settings(max_examples=10, deadline=None)
+@given(chunk=st.integers(1, 70))
+def test_scoring_in_chunks_keeps_per_batch_reductions(model, tokens, random_sae, chunk):
+    """Chunks split a batch's predictions, never its per-batch means (Kissane's batch-mean CE recovered)."""
+    reference = run(model, random_sae, tokens)
+    report = run(model, random_sae, tokens, logit_rows_per_chunk=chunk)
+    for name in ("ce_loss_recovered_batch_mean", "ce_clean", "kl_spliced"):
+        assert getattr(report, name) == pytest.approx(getattr(reference, name), rel=1e-6), name
 
 
 def test_dtype_option_runs_model_and_sae_in_that_dtype(tokens, random_sae):
@@ -200,3 +212,18 @@ def test_bad_config_is_rejected_early():
             EvalConfig(hook="blocks.0.hook_resid_pre"),
             position_mask=torch.ones(3, 4, dtype=torch.bool),
         )
+
+
+def test_only_counted_predictions_are_unembedded_a_chunk_at_a_time(model, tokens, random_sae):
+    """Logit memory is O(chunk × d_vocab): no call unembeds more than `chunk` rows, and masked rows never are."""
+    rows_seen: list[int] = []
+    handle = model.unembed.register_forward_hook(lambda _, inputs, __: rows_seen.append(inputs[0].shape[1]))
+    try:
+        mask = torch.zeros_like(tokens, dtype=torch.bool)
+        mask[:, 3:7] = True
+        run(model, random_sae, tokens, position_mask=mask, logit_rows_per_chunk=5)
+    finally:
+        handle.remove()
+    n_counted = tokens.shape[0] * 4  # positions 3..6 predict 4..7
+    assert max(rows_seen) <= 5
+    assert sum(rows_seen) == 3 * n_counted  # clean, spliced and zero-ablated, each row once
