@@ -52,6 +52,7 @@ class CaseExecutor:
         self._saes: dict[str, Any] = {}
         self._tokens: dict[tuple, CaseTokens] = {}
         self._results: dict[tuple, dict[str, float | None]] = {}
+        self._mean_norms: dict[tuple, float] = {}
 
     # -- sources ------------------------------------------------------------------------------------------------
     def model(self, spec: str):
@@ -70,17 +71,21 @@ class CaseExecutor:
 
     # -- tokens -------------------------------------------------------------------------------------------------
     def tokens(self, case: Case) -> CaseTokens:
-        key = (case.dataset, case.tokens, case.context, case.mask, case.model if case.mask != "all" else None)
+        """The case's rows: text read with the tokenizer of the base model (paired cases) or of the model, shared by
+        every case with the same text, budget and tokenizer; chat rows are the case model's own rollouts."""
+        reader = self.model(case.base_model or case.model)
+        tokenizer_id = getattr(reader.tokenizer, "name_or_path", None) or (case.base_model or case.model)
+        key = (case.dataset, case.tokens, case.context, case.mask, case.model if case.mask != "all" else tokenizer_id)
         if key not in self._tokens:
-            self._tokens[key] = self._load_tokens(case)
+            self._tokens[key] = self._load_tokens(case, reader)
         return self._tokens[key]
 
-    def _load_tokens(self, case: Case) -> CaseTokens:
+    def _load_tokens(self, case: Case, reader) -> CaseTokens:
         from sae_bench.sources import load_dataset_rows
 
         n_rows = max(1, case.tokens // case.context)
         if case.mask == "all":
-            return CaseTokens(load_dataset_rows(case.dataset, n_rows, case.context, self.model(case.model)), None)
+            return CaseTokens(load_dataset_rows(case.dataset, n_rows, case.context, reader), None)
         rows = self.rollouts(case, n_rows)
         return CaseTokens(rows.tokens, rows.mask(case.mask))
 
@@ -112,10 +117,12 @@ class CaseExecutor:
             return None
         if setting.norm != "mean-norm":
             return OutlierPolicy(setting.threshold, norm=setting.norm, count_in_ce=setting.count_in_ce)
-        model = self.model(case.model)
-        factor = estimate_scaling_factor(model, tokens.tokens, case.hook, position_mask=tokens.position_mask)
-        mean_norm = model.cfg.d_model**0.5 / factor
-        return OutlierPolicy(setting.threshold * mean_norm, norm="raw", count_in_ce=setting.count_in_ce)
+        key = (case.model, case.hook, case.dataset, case.tokens, case.context, case.mask)
+        if key not in self._mean_norms:  # one prefix pass per model and token set, shared by its filtered cases
+            model = self.model(case.model)
+            factor = estimate_scaling_factor(model, tokens.tokens, case.hook, position_mask=tokens.position_mask)
+            self._mean_norms[key] = model.cfg.d_model**0.5 / factor
+        return OutlierPolicy(setting.threshold * self._mean_norms[key], norm="raw", count_in_ce=setting.count_in_ce)
 
     def measure(self, case: Case, subsets: int = 0) -> dict[str, float | None] | list[dict[str, float | None]]:
         """The case's metric values (all groups at once); with `subsets=k`, the values on k disjoint row slices."""
