@@ -171,13 +171,11 @@ def pytest_collection_modifyitems(config, items):
     wanted = set(config.getoption("case_id"))
     if not wanted:
         return
-    known = {case.id for case in config._sae_bench_suite.registry}
-    unknown = wanted - known
-    if unknown:
-        import difflib
-
-        hints = {w: difflib.get_close_matches(w, known, n=2) for w in unknown}
-        raise pytest.UsageError(f"--case-id: no such case: {hints} (close matches shown)")
+    for case_id in sorted(wanted):
+        try:
+            config._sae_bench_suite.registry.get(case_id)
+        except KeyError as err:
+            raise pytest.UsageError(f"--case-id: {err.args[0]}") from None
     kept = [item for item in items if getattr(item, "callspec", None) and item.callspec.params.get("case_id") in wanted]
     config.hook.pytest_deselected(items=[item for item in items if item not in kept])
     items[:] = kept

@@ -111,8 +111,7 @@ class ZooBuilder:
 
         if run.parent is None:
             torch.manual_seed(family.seed)
-            model_class = AutoModelForCausalLM.from_config
-            return model_class(hf_config(family.architecture), dtype=torch.float32)
+            return AutoModelForCausalLM.from_config(hf_config(family.architecture), dtype=torch.float32)
         return AutoModelForCausalLM.from_pretrained(self.model_dir(family.name, run.parent), dtype=torch.float32)
 
     def build_model_run(self, family: Family, run: ModelRecipe) -> None:

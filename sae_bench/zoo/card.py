@@ -41,7 +41,8 @@ GRID_COLUMNS = {
 
 @dataclass
 class ZooMeasurer:
-    """Loads each zoo model and SAE once and evaluates SAE × model pairs on the held-out rows."""
+    """Loads each zoo model and SAE once and evaluates each SAE × model pair once on the held-out rows (the card's
+    tables overlap: the grid, the outlier table and the dose series read the same evaluations)."""
 
     tokens: torch.Tensor
 
@@ -49,6 +50,8 @@ class ZooMeasurer:
         self._models: dict[str, object] = {}
         self._saes: dict[str, object] = {}
         self._mean_norms: dict[str, float] = {}
+        self._reports: dict[tuple[str, str, bool], object] = {}
+        self._drifts: dict[str, float] = {}
 
     def model(self, name: str):
         if name not in self._models:
@@ -68,9 +71,20 @@ class ZooMeasurer:
         return OUTLIER_MEAN_NORMS * self._mean_norms[model]
 
     def evaluate(self, sae: str, model: str, *, filter_outliers: bool):
-        policy = OutlierPolicy(self.outlier_threshold(model), norm="raw") if filter_outliers else None
-        config = EvalConfig(hook=HOOK, batch_size=32, outliers=policy, progress=False)
-        return evaluate_transfer(self.model(model), self.sae(sae), self.tokens, config)
+        key = (sae, model, filter_outliers)
+        if key not in self._reports:
+            policy = OutlierPolicy(self.outlier_threshold(model), norm="raw") if filter_outliers else None
+            config = EvalConfig(hook=HOOK, batch_size=32, outliers=policy, progress=False)
+            self._reports[key] = evaluate_transfer(self.model(model), self.sae(sae), self.tokens, config)
+        return self._reports[key]
+
+    def drift(self, family: str, model: str) -> float:
+        """Overall relative weight drift of FAMILY/MODEL from FAMILY/base (0 for the base itself)."""
+        name = f"{family}/{model}"
+        if name not in self._drifts:
+            base = f"{family}/base"
+            self._drifts[name] = 0.0 if name == base else weight_drift(self.model(base), self.model(name)).overall
+        return self._drifts[name]
 
 
 def _fmt(frame: pd.DataFrame) -> str:
@@ -87,12 +101,10 @@ def family_section(measurer: ZooMeasurer, family: Family, manifest: dict) -> str
     grid_models = sorted({m for pair in family.pairs for m in pair}, key=models.index)
     lines = [f"## {name} ({family.architecture})", ""]
 
-    base = measurer.model(f"{name}/base")
     rows = []
     for model in models:
         entry = manifest["models"][f"{name}/{model}"]
         report = measurer.evaluate(f"{name}/{family.saes[0].name}", f"{name}/{model}", filter_outliers=False)
-        drift = weight_drift(base, measurer.model(f"{name}/{model}")).overall if model != "base" else 0.0
         rows.append(
             {
                 "model": model,
@@ -101,7 +113,7 @@ def family_section(measurer: ZooMeasurer, family: Family, manifest: dict) -> str
                 "steps": entry["step"],
                 "tokens seen": entry["tokens_seen"],
                 "clean CE (held-out)": report.ce_clean,
-                "weight drift vs base": drift,
+                "weight drift vs base": measurer.drift(name, model),
             }
         )
     lines += ["### Models", "", _fmt(pd.DataFrame(rows)), ""]
@@ -158,9 +170,7 @@ def family_section(measurer: ZooMeasurer, family: Family, manifest: dict) -> str
                 {
                     "model": model,
                     "fine-tune steps": 0 if model == "base" else entry["step"],
-                    "weight drift": 0.0
-                    if model == "base"
-                    else weight_drift(base, measurer.model(f"{name}/{model}")).overall,
+                    "weight drift": measurer.drift(name, model),
                     "CE rec. (base SAE)": report.ce_loss_recovered,
                     "EV (base SAE)": report.explained_variance,
                     "clean CE": report.ce_clean,
