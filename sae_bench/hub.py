@@ -5,6 +5,12 @@ Spec forms:
   weights are loaded into BASE's architecture (`from_pretrained(BASE, hf_model=...)`), its vocabulary cut to N rows;
 - SAE: `saelens:RELEASE/ID`, `hf:ORG/REPO/FOLDER`, `wandb:ENTITY/PROJECT/ARTIFACT:VERSION`;
 - dataset: `hf:ORG/NAME` (a text column, streamed), `alpaca:ORG/NAME` (instructions with an empty input).
+Local copies come first, so a machine that downloaded once needs no network or credentials again:
+- a wandb artifact in wandb's own download folder (`$WANDB_ARTIFACT_DIR`, default `./artifacts`, as written by
+  `wandb artifact get ENTITY/PROJECT/NAME:VERSION`);
+- a dataset under `$SAE_BENCH_DATASETS/ORG/NAME` (e.g. `huggingface-cli download --repo-type dataset ORG/NAME
+  --local-dir $SAE_BENCH_DATASETS/ORG/NAME`), read by the same `datasets.load_dataset` call;
+- HF models and SAELens releases from the HF cache (`HF_HUB_OFFLINE=1` to forbid any download).
 Nothing here is imported by the zoo path, and nothing touches the network until a case is actually run.
 """
 
@@ -57,42 +63,73 @@ def _hf_missing(repo: str, filename: str, repo_type: str = "model") -> str | Non
     return None if reason is None else f"{repo} is not in the HF cache and {reason}"
 
 
-def _saelens_repo(body: str) -> tuple[str, str, str]:
-    """(release, sae id, HF repo) of `RELEASE/ID`, checked against SAELens's local registry."""
+def saelens_release(body: str) -> tuple[str, str, str, str]:
+    """(release, sae id, HF repo, folder in the repo) of `RELEASE/ID`, checked against SAELens's registry."""
+    import difflib
+
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     release, _, sae_id = body.partition("/")
     directory = get_pretrained_saes_directory()
     if release not in directory:
-        raise ValueError(f"saelens:{body}: release {release!r} is not in SAELens's registry")
+        close = difflib.get_close_matches(release, directory, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"saelens:{body}: release {release!r} is not in SAELens's registry{hint}")
     if sae_id not in directory[release].saes_map:
-        raise ValueError(f"saelens:{body}: id {sae_id!r} is not in release {release!r}")
-    return release, sae_id, directory[release].repo_id
+        close = difflib.get_close_matches(sae_id, directory[release].saes_map, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"saelens:{body}: id {sae_id!r} is not in release {release!r}{hint}")
+    return release, sae_id, directory[release].repo_id, directory[release].saes_map[sae_id]
 
 
-def missing(spec: str, *, dataset: bool = False) -> str | None:
-    """Why `spec` cannot be loaded here, with what to do about it; None when it can (or should be tried)."""
+def wandb_artifact_dir(body: str) -> Path:
+    """Where `wandb artifact get ENTITY/PROJECT/NAME:VERSION` puts the artifact: `$WANDB_ARTIFACT_DIR/NAME:VERSION`
+    (wandb's default folder is `./artifacts`)."""
+    return Path(os.environ.get("WANDB_ARTIFACT_DIR", "artifacts")).absolute() / body.split("/")[-1]
+
+
+DATASETS_ENV = "SAE_BENCH_DATASETS"
+
+
+def local_dataset(repo: str) -> Path | None:
+    """`$SAE_BENCH_DATASETS/ORG/NAME` when that folder exists: a local copy of the dataset repo."""
+    root = os.environ.get(DATASETS_ENV)
+    directory = Path(root) / repo if root else None
+    return directory if directory is not None and directory.is_dir() else None
+
+
+def missing(spec: str, *, dataset: bool = False) -> list[str]:
+    """Everything `spec` lacks here, each with what to do about it; empty when it can be loaded (or tried)."""
     if Path(spec).is_dir():
-        return None
+        return []
     parsed = parse_spec(spec)
     if parsed.scheme == "zoo":
-        return None
+        return []
     if dataset and parsed.scheme in ("hf", "alpaca"):
+        if local_dataset(parsed.body) is not None:
+            return []
         reason = _hf_missing(parsed.body, "README.md", "dataset")
-        return None if reason is None else f"dataset {parsed.body}: {reason}"
+        fix = f"put a copy under ${DATASETS_ENV}/{parsed.body}"
+        return [] if reason is None else [f"dataset {parsed.body}: {reason}; {fix}"]
     if parsed.scheme == "hf":
-        repo = "/".join(parsed.body.split("/")[:2])
-        reason = _hf_missing(repo, "config.json") and _hf_missing(repo, "cfg.json")
-        return None if reason is None else f"{reason}; download it with `huggingface-cli download {repo}`"
+        repos = ["/".join(parsed.body.split("/")[:2])] + ([parsed.params["as"]] if "as" in parsed.params else [])
+        reasons = [(repo, _hf_missing(repo, "config.json") and _hf_missing(repo, "cfg.json")) for repo in repos]
+        return [f"{why}; download it with `huggingface-cli download {repo}`" for repo, why in reasons if why]
     if parsed.scheme == "saelens":
-        _, _, repo = _saelens_repo(parsed.body)
-        reason = _hf_missing(repo, "README.md") and _unreachable("huggingface.co")
-        return None if reason is None else f"SAELens release repo {repo}: {reason}"
+        _, _, repo, folder = saelens_release(parsed.body)
+        reason = _hf_missing(repo, f"{folder}/cfg.json")
+        return [] if reason is None else [f"SAELens release {parsed.body} ({repo}/{folder}): {reason}"]
     if parsed.scheme == "wandb":
+        local = wandb_artifact_dir(parsed.body)
+        if (local / "cfg.json").is_file():
+            return []
         if not os.environ.get("WANDB_API_KEY") and not _netrc_has("api.wandb.ai"):
-            return f"wandb artifact {parsed.body} needs wandb credentials (set WANDB_API_KEY, or run `wandb login`)"
+            return [
+                f"wandb artifact {parsed.body} is not in {local.parent} and needs wandb credentials to download "
+                "(set WANDB_API_KEY or run `wandb login`; or `wandb artifact get` it once)"
+            ]
         reason = _unreachable("api.wandb.ai")
-        return None if reason is None else f"wandb artifact {parsed.body}: {reason}"
+        return [] if reason is None else [f"wandb artifact {parsed.body} is not in {local.parent} and {reason}"]
     raise ValueError(f"unknown source scheme {parsed.scheme!r} in {spec!r}")
 
 
@@ -126,15 +163,17 @@ def load_hub_sae(spec: str, *, device: str, dtype: str):
 
     parsed = parse_spec(spec)
     if parsed.scheme == "saelens":
-        release, sae_id, _ = _saelens_repo(parsed.body)
+        release, sae_id, _, _ = saelens_release(parsed.body)
         return SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
     if parsed.scheme == "hf":
         parts = parsed.body.split("/")
         return SAE.from_pretrained("/".join(parts[:2]), "/".join(parts[2:]), device=device, dtype=dtype)
     if parsed.scheme == "wandb":
-        import wandb
+        directory = wandb_artifact_dir(parsed.body)
+        if not (directory / "cfg.json").is_file():
+            import wandb
 
-        directory = wandb.Api(timeout=30).artifact(parsed.body).download()
+            directory = wandb.Api(timeout=30).artifact(parsed.body).download(root=str(directory))
         return SAE.load_from_disk(directory, device=device, dtype=dtype)
     raise ValueError(
         f"SAE spec {spec!r}: hub SAEs are saelens:RELEASE/ID, hf:ORG/REPO/FOLDER or wandb:ENTITY/PROJECT/NAME:V"
@@ -147,7 +186,8 @@ def load_hub_rows(dataset: str, n_rows: int, context: int, tokenizer) -> torch.T
     from datasets import load_dataset
 
     parsed = parse_spec(dataset)
-    stream = load_dataset(parsed.body, split=parsed.params.get("split", "train"), streaming=True)
+    path = local_dataset(parsed.body) or parsed.body
+    stream = load_dataset(str(path), split=parsed.params.get("split", "train"), streaming=True)
     column = parsed.params.get("column", "text")
     head = [tokenizer.bos_token_id] if parsed.params.get("bos", "1") != "0" else []
     body, buffer, rows = context - len(head), [], []
@@ -165,5 +205,6 @@ def load_alpaca_instructions(dataset: str, n: int = 100, seed: int = 42) -> list
     """Kissane's instruction sample: shuffle(seed=42), the first 100 rows, those with an empty `input`."""
     from datasets import load_dataset
 
-    rows = load_dataset(parse_spec(dataset).body, split="train").shuffle(seed=seed).select(range(n))
+    repo = parse_spec(dataset).body
+    rows = load_dataset(str(local_dataset(repo) or repo), split="train").shuffle(seed=seed).select(range(n))
     return [row["instruction"] for row in rows if row["input"].strip() == ""]

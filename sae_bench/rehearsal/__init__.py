@@ -1,0 +1,162 @@
+"""The hub tier, rehearsed offline (DESIGN §9): every hub case through the real loaders, on miniature stand-ins.
+
+`activate()` builds the stand-ins once (`stand_ins.py`), points the libraries at them through their own settings
+(`HF_HUB_CACHE` with `HF_HUB_OFFLINE=1`, `WANDB_ARTIFACT_DIR`, `SAE_BENCH_DATASETS`) and keeps rollouts and the
+stand-ins out of the user's caches. Two things are substituted inside a library, at the narrowest point:
+- TransformerLens takes Gemma's config from a hard-coded full-size table, not from the hub config; for a repo the
+  rehearsal stands in for, `convert_hf_model_config` has the table's size fields replaced by the miniature's
+  config (everything else, the weight conversion and processing included, is TransformerLens's own);
+- the case's token budget, context and batch size are scaled down in memory (`scaled_case`), never in the files.
+A rehearsal proves plumbing and bookkeeping, never the published numbers: those need the real weights.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+BENCHMARK_CASES = Path(__file__).resolve().parents[2] / "benchmarks" / "cases"
+ROOT_ENV = "SAE_BENCH_REHEARSAL_ROOT"
+_LIBRARIES_READING_ENV = ("huggingface_hub", "transformers", "datasets", "wandb")
+
+
+@dataclass(frozen=True)
+class RehearsalScale:
+    """How far a rehearsal shrinks a hub case: rows, tokens per row, sequences per batch."""
+
+    rows: int = 4
+    context: int = 64
+    chat_context: int = 192
+    """Masked (chat) rows hold a prompt plus a 64-token rollout."""
+    batch_size: int = 2
+
+
+SCALE = RehearsalScale()
+
+
+def scaled_case(case, scale: RehearsalScale = SCALE):
+    """The hub case with its token budget, context and batch size scaled down; CPU is enough."""
+    if case.tier != "hub":
+        return case
+    context = min(case.context, scale.chat_context if case.mask != "all" else scale.context)
+    return replace(case, tokens=scale.rows * context, context=context, batch_size=scale.batch_size, gpu=False)
+
+
+def stand_in_root() -> Path:
+    """`$SAE_BENCH_REHEARSAL_ROOT`, else a folder of the suite's cache keyed by the stand-in recipe."""
+    if os.environ.get(ROOT_ENV):
+        return Path(os.environ[ROOT_ENV])
+    from sae_bench.chat import cache_dir
+
+    return cache_dir() / "rehearsal" / _recipe_digest()
+
+
+def _recipe_digest() -> str:
+    """Changes whenever the stand-in code or the case files change, so a stale build is never reused."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")) + sorted(BENCHMARK_CASES.glob("*.toml")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+_active: Path | None = None
+
+
+def activate(root: Path | None = None) -> Path:
+    """Build the stand-ins (once per recipe) and point every hub source at them; returns their root.
+
+    Must run before huggingface_hub, transformers, datasets or wandb are imported: they read these settings once.
+    """
+    global _active
+    root = (root or stand_in_root()).absolute()
+    if _active is not None:
+        if _active != root:
+            raise RuntimeError(f"a rehearsal is already active on {_active}; cannot switch to {root}")
+        return root
+    loaded = [name for name in _LIBRARIES_READING_ENV if name in sys.modules]
+    settings = environment(root)
+    if loaded and any(os.environ.get(k) != v for k, v in settings.items()):
+        raise RuntimeError(
+            f"the rehearsal must be set up before {', '.join(loaded)} is imported (they read HF_HUB_CACHE and "
+            "HF_HUB_OFFLINE once): pass --rehearse on the pytest command line, or call "
+            "sae_bench.rehearsal.activate() first"
+        )
+    os.environ.update(settings)
+    for name in ("HF_TOKEN", "WANDB_API_KEY"):
+        os.environ.pop(name, None)  # a rehearsal must never reach a hub, even with credentials at hand
+    _build_once(root)
+    substitute_gemma_config()
+    _active = root
+    return root
+
+
+def environment(root: Path) -> dict[str, str]:
+    """The settings that send every hub source to the stand-ins under `root`."""
+    return {
+        "HF_HUB_CACHE": str(root / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+        "WANDB_MODE": "offline",
+        "WANDB_ARTIFACT_DIR": str(root / "artifacts"),
+        "SAE_BENCH_DATASETS": str(root / "datasets"),
+        "SAE_BENCH_CACHE": str(root / "cache"),
+    }
+
+
+def _build_once(root: Path) -> None:
+    """Build under an exclusive lock, so pytest-xdist workers wait for one build and then share it."""
+    from sae_bench.cases import load_registry
+    from sae_bench.rehearsal.stand_ins import build_stand_ins, needs_of
+
+    root.mkdir(parents=True, exist_ok=True)
+    done = root / "built.json"
+    with open(root / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            needs = needs_of(load_registry(BENCHMARK_CASES))
+            build_stand_ins(root, needs)
+            summary = {"repos": sorted(needs.repos), "saes": sorted(needs.saes), "datasets": sorted(needs.datasets)}
+            done.write_text(json.dumps(summary, indent=2))
+
+
+def substitute_gemma_config() -> None:
+    """Make TransformerLens size a rehearsed Gemma repo from the miniature's HF config instead of its full-size
+    table (the only hub config TransformerLens does not read from the hub for the seed models)."""
+    import transformer_lens.loading_from_pretrained as loading
+
+    if getattr(loading.convert_hf_model_config, "_rehearsal", False):
+        return
+    original = loading.convert_hf_model_config
+
+    def convert_hf_model_config(model_name: str, **kwargs):
+        cfg = original(model_name, **kwargs)
+        if cfg.get("original_architecture") != "GemmaForCausalLM":
+            return cfg
+        from transformers import AutoConfig
+
+        from sae_bench.rehearsal.miniatures import MINIATURES
+
+        official = loading.get_official_model_name(model_name)
+        if official not in MINIATURES:
+            return cfg
+        hf = AutoConfig.from_pretrained(official)
+        return cfg | {
+            "d_model": hf.hidden_size,
+            "d_head": hf.head_dim,
+            "n_heads": hf.num_attention_heads,
+            "n_key_value_heads": hf.num_key_value_heads,
+            "d_mlp": hf.intermediate_size,
+            "n_layers": hf.num_hidden_layers,
+            "d_vocab": hf.vocab_size,
+            "rotary_dim": hf.head_dim,
+        }
+
+    convert_hf_model_config._rehearsal = True  # type: ignore[attr-defined]
+    loading.convert_hf_model_config = convert_hf_model_config

@@ -1,0 +1,219 @@
+"""Miniature stand-ins for the hub models: the real HF architecture class and config fields, scaled down.
+
+Each miniature keeps what the suite's code depends on: the architecture class, the layer count (so every hook a
+case names exists), grouped-query / multi-query attention, QKV biases, tied embeddings, the vocabulary size where
+a case spec names it (MetaMath's `vocab=32000` cut), and each family's tokenizer conventions: special tokens at
+their real ids where they are low (Mistral's `<unk> <s> </s>`, Gemma's `<pad> <eos> <bos> <unk>` and turn markers
+at 106/107), Qwen1.5's missing BOS, and the real chat templates. Widths are 64, weights random (seeded): a
+rehearsal proves plumbing, never the published numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+D_MODEL = 64
+"""Residual width of every miniature (so one miniature SAE width fits every hook)."""
+N_HEADS, D_HEAD, D_MLP = 4, 16, 128
+TOKENIZER_VOCAB = 640
+"""Trained BPE entries per miniature tokenizer (the model's vocabulary may be larger, as Mistral's is)."""
+
+MISTRAL_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token + ' ' }}{% endif %}{% endfor %}"
+)
+"""Mistral-7B-Instruct-v0.1's template (user/assistant turns; no system role)."""
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+"""Qwen1.5-Chat's template, default system prompt included."""
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+"""Gemma-IT's template."""
+
+GEMMA_SPECIAL_TOKENS = (
+    ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<2mass>", "[@BOS@]"]
+    + [f"<unused{i}>" for i in range(99)]
+    + ["<start_of_turn>", "<end_of_turn>"]
+)
+"""Gemma's first 108 ids, in the real order: <bos> is 2, <start_of_turn> 106, <end_of_turn> 107."""
+
+
+@dataclass(frozen=True)
+class TokenizerKind:
+    """How a family tokenizes: the pre-tokenizer, its special tokens and which of them play which role."""
+
+    family: str
+    chat_template: str | None
+    eos: str
+    bos: str | None
+
+
+@dataclass(frozen=True)
+class Miniature:
+    """One hub repo's stand-in: its HF config fields (scaled down) and its tokenizer kind."""
+
+    repo: str
+    architecture: str
+    n_layers: int
+    vocab_size: int
+    tokenizer: TokenizerKind
+    extra: tuple[tuple[str, object], ...] = ()
+    """Other config fields of the real repo (kv heads, biases, tied embeddings, rope base, eps)."""
+
+    def hf_config(self):
+        from transformers import AutoConfig
+
+        model_type = {"MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2", "GemmaForCausalLM": "gemma"}
+        fields = {
+            "architectures": [self.architecture],
+            "hidden_size": D_MODEL,
+            "num_attention_heads": N_HEADS,
+            "head_dim": D_HEAD,
+            "intermediate_size": D_MLP,
+            "num_hidden_layers": self.n_layers,
+            "vocab_size": self.vocab_size,
+            "initializer_range": 0.02,
+        } | dict(self.extra)
+        return AutoConfig.for_model(model_type[self.architecture], **fields)
+
+
+_MISTRAL_TOKENS = TokenizerKind("llama", None, eos="</s>", bos="<s>")
+_MISTRAL_CHAT_TOKENS = TokenizerKind("llama", MISTRAL_CHAT_TEMPLATE, eos="</s>", bos="<s>")
+_QWEN_TOKENS = TokenizerKind("qwen", QWEN_CHAT_TEMPLATE, eos="<|endoftext|>", bos=None)
+_QWEN_CHAT_TOKENS = TokenizerKind("qwen", QWEN_CHAT_TEMPLATE, eos="<|im_end|>", bos=None)
+_GEMMA_TOKENS = TokenizerKind("gemma", None, eos="<eos>", bos="<bos>")
+_GEMMA_IT_TOKENS = TokenizerKind("gemma", GEMMA_CHAT_TEMPLATE, eos="<eos>", bos="<bos>")
+
+_MISTRAL = (
+    ("num_key_value_heads", 2),  # grouped-query attention, as Mistral-7B's 32 / 8
+    ("max_position_embeddings", 32768),
+    ("sliding_window", 4096),
+    ("rope_theta", 10000.0),
+    ("rms_norm_eps", 1e-5),
+    ("tie_word_embeddings", False),
+    ("bos_token_id", 1),
+    ("eos_token_id", 2),
+)
+_QWEN = (
+    ("num_key_value_heads", N_HEADS),
+    ("max_position_embeddings", 32768),
+    ("rope_theta", 1000000.0),
+    ("rms_norm_eps", 1e-6),
+    ("tie_word_embeddings", True),
+    ("use_sliding_window", False),
+)
+_GEMMA = (
+    ("num_key_value_heads", 1),  # multi-query attention, as Gemma-2B
+    ("max_position_embeddings", 8192),
+    ("rope_theta", 10000.0),
+    ("rms_norm_eps", 1e-6),
+    ("hidden_act", "gelu_pytorch_tanh"),
+    ("hidden_activation", "gelu_pytorch_tanh"),
+    ("tie_word_embeddings", True),
+    ("pad_token_id", 0),
+    ("eos_token_id", 1),
+    ("bos_token_id", 2),
+)
+_GEMMA_VOCAB = len(GEMMA_SPECIAL_TOKENS) + TOKENIZER_VOCAB
+
+MINIATURES: dict[str, Miniature] = {
+    m.repo: m
+    for m in (
+        Miniature("mistralai/Mistral-7B-v0.1", "MistralForCausalLM", 32, 32000, _MISTRAL_TOKENS, _MISTRAL),
+        Miniature("mistralai/Mistral-7B-Instruct-v0.1", "MistralForCausalLM", 32, 32000, _MISTRAL_CHAT_TOKENS, _MISTRAL),
+        # MetaMath added a [PAD] token: 32001 rows, which the case cuts back to 32000 (`vocab=32000`)
+        Miniature("meta-math/MetaMath-Mistral-7B", "MistralForCausalLM", 32, 32001, _MISTRAL_TOKENS, _MISTRAL),
+        Miniature("Qwen/Qwen1.5-0.5B", "Qwen2ForCausalLM", 24, TOKENIZER_VOCAB + 3, _QWEN_TOKENS, _QWEN),
+        Miniature("Qwen/Qwen1.5-0.5B-Chat", "Qwen2ForCausalLM", 24, TOKENIZER_VOCAB + 3, _QWEN_CHAT_TOKENS, _QWEN),
+        Miniature("google/gemma-2b", "GemmaForCausalLM", 18, _GEMMA_VOCAB, _GEMMA_TOKENS, _GEMMA),
+        Miniature("google/gemma-2b-it", "GemmaForCausalLM", 18, _GEMMA_VOCAB, _GEMMA_IT_TOKENS, _GEMMA),
+        Miniature(
+            "shahdishank/gemma-2b-it-finetune-python-codes",
+            "GemmaForCausalLM",
+            18,
+            _GEMMA_VOCAB,
+            _GEMMA_IT_TOKENS,
+            _GEMMA,
+        ),
+    )
+}
+"""Every hub repo a case names, by repo id. A case naming another repo makes the rehearsal fail with that name."""
+
+
+def miniature(repo: str) -> Miniature:
+    if repo not in MINIATURES:
+        raise KeyError(
+            f"no rehearsal miniature for the hub repo {repo!r}: add one to sae_bench/rehearsal/miniatures.py "
+            f"(known: {', '.join(sorted(MINIATURES))})"
+        )
+    return MINIATURES[repo]
+
+
+def training_texts() -> Iterator[str]:
+    """Text every CPython carries (pydoc's topic help), sorted, for the miniature tokenizers and datasets."""
+    from pydoc_data.topics import topics
+
+    for name in sorted(topics):
+        yield topics[name]
+
+
+def build_tokenizer(kind: TokenizerKind):
+    """A `PreTrainedTokenizerFast` of the family's kind, trained deterministically on `training_texts()`."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if kind.family == "qwen":  # byte-level BPE; the special tokens follow the merges, as in Qwen's 151643+
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=TOKENIZER_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        )
+        tokenizer.train_from_iterator(training_texts(), trainer=trainer)
+        tokenizer.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+        special = {"eos_token": kind.eos, "pad_token": "<|endoftext|>", "bos_token": None}
+    else:  # SentencePiece-style BPE: spaces as "▁", byte fallback, special tokens at the real low ids
+        specials = ["<unk>", "<s>", "</s>"] if kind.family == "llama" else GEMMA_SPECIAL_TOKENS
+        tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+        if kind.family == "llama":
+            tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+            tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        else:
+            tokenizer.normalizer = normalizers.Replace(" ", "▁")
+            tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback()])
+        trainer = trainers.BpeTrainer(
+            vocab_size=len(specials) + TOKENIZER_VOCAB, special_tokens=list(specials), show_progress=False
+        )
+        tokenizer.train_from_iterator(training_texts(), trainer=trainer)
+        bos_id = tokenizer.token_to_id(kind.bos)
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{kind.bos} $A", pair=f"{kind.bos} $A {kind.bos} $B", special_tokens=[(kind.bos, bos_id)]
+        )
+        special = {"eos_token": kind.eos, "bos_token": kind.bos, "unk_token": "<unk>"}
+        special |= {"pad_token": "<pad>"} if kind.family == "gemma" else {}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, chat_template=kind.chat_template, model_max_length=1 << 20, **special
+    )
+
+
+def save_miniature(spec: Miniature, directory: Path, *, seed: int) -> None:
+    """Save the miniature's weights (random, seeded), config and tokenizer as `save_pretrained` writes them."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(spec.hf_config(), dtype=torch.float32)
+    model.save_pretrained(directory)
+    build_tokenizer(spec.tokenizer).save_pretrained(directory)

@@ -1,0 +1,265 @@
+"""Build every stand-in the hub cases need, in the places and formats the real sources use.
+
+- an HF hub cache (`<root>/hub`, the layout `huggingface_hub` writes: `models--ORG--NAME/refs/main` and
+  `snapshots/<commit>/…`) holding each miniature model under its real repo id, and each SAELens release's files
+  (`<folder>/cfg.json`, `sae_weights.safetensors`, `sparsity.safetensors`) under the release's repo;
+- wandb artifact directories as `wandb artifact get` writes them (`<root>/artifacts/NAME:VERSION`), in the
+  SAELens-3.x format Kissane et al.'s SAEs were saved in (old config keys, the leftover all-ones `scaling_factor`);
+- local dataset copies (`<root>/datasets/ORG/NAME`) in each dataset's own layout and columns.
+
+What is built follows from the hub cases themselves, so a new hub case needs only a miniature for a new repo.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sae_bench.rehearsal.miniatures import D_MODEL, miniature, save_miniature, training_texts
+
+D_SAE = 256
+"""Width of every miniature SAE."""
+
+
+@dataclass
+class Needs:
+    """The hub sources a set of cases names: model repos, SAEs (spec → hook) and datasets."""
+
+    repos: set[str] = field(default_factory=set)
+    saes: dict[str, str] = field(default_factory=dict)
+    datasets: set[str] = field(default_factory=set)
+
+
+def needs_of(cases: Iterable) -> Needs:
+    """What the hub cases among `cases` load from the hub."""
+    from sae_bench.hub import parse_spec
+
+    needs = Needs()
+    for case in cases:
+        if case.tier != "hub":
+            continue
+        for spec in (case.model, case.base_model):
+            if spec is not None and spec.startswith("hf:"):
+                parsed = parse_spec(spec)
+                needs.repos.add(parsed.body)
+                needs.repos.update([parsed.params["as"]] if "as" in parsed.params else [])
+        if not case.sae.startswith("zoo:"):
+            needs.saes.setdefault(case.sae, case.hook)
+        needs.datasets.add(parse_spec(case.dataset).body)
+    return needs
+
+
+def _seed(name: str) -> int:
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+
+
+def snapshot_dir(hub_cache: Path, repo: str, repo_type: str = "model") -> Path:
+    """The snapshot folder of `repo` in an HF hub cache, created with a `refs/main` pointing at it."""
+    folder = hub_cache / f"{repo_type}s--{repo.replace('/', '--')}"
+    commit = hashlib.sha1(f"sae-bench rehearsal {repo}".encode()).hexdigest()
+    (folder / "refs").mkdir(parents=True, exist_ok=True)
+    (folder / "refs" / "main").write_text(commit)
+    snapshot = folder / "snapshots" / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    return snapshot
+
+
+# -- SAEs --------------------------------------------------------------------------------------------------------
+
+
+def miniature_sae_tensors(name: str) -> dict[str, torch.Tensor]:
+    """Seeded weights of a ReLU SAE with d_in = D_MODEL: unit decoder rows, the encoder their transpose, a negative
+    encoder bias so that a fraction of features fires."""
+    generator = torch.Generator().manual_seed(_seed(name))
+    W_dec = torch.randn(D_SAE, D_MODEL, generator=generator)
+    W_dec = W_dec / W_dec.norm(dim=-1, keepdim=True)
+    return {
+        "W_enc": W_dec.T.contiguous(),
+        "W_dec": W_dec,
+        "b_enc": torch.full((D_SAE,), -0.5),
+        "b_dec": torch.zeros(D_MODEL),
+    }
+
+
+def _layer(hook: str) -> int:
+    return int(hook.split(".")[1])
+
+
+def write_sae(directory: Path, name: str, config: dict, *, leftover_scaling_factor: bool) -> None:
+    """cfg.json, sae_weights.safetensors (with SAELens 3.x's all-ones `scaling_factor` if asked) and
+    sparsity.safetensors (log10 feature density, as SAELens saved it)."""
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = miniature_sae_tensors(name)
+    if leftover_scaling_factor:
+        tensors["scaling_factor"] = torch.ones(D_SAE)
+    save_file(tensors, directory / "sae_weights.safetensors")
+    save_file({"sparsity": torch.full((D_SAE,), -3.0)}, directory / "sparsity.safetensors")
+    (directory / "cfg.json").write_text(json.dumps(config, indent=2))
+
+
+def kissane_config(hook: str, model_name: str) -> dict:
+    """A SAELens-3.12 `cfg.json` as its training runner saved it (old key names, training fields included)."""
+    return {
+        "model_name": model_name,
+        "model_class_name": "HookedTransformer",
+        "hook_name": hook,
+        "hook_eval": "NOT_IN_USE",
+        "hook_layer": _layer(hook),
+        "hook_head_index": None,
+        "dataset_path": "monology/pile-uncopyrighted",
+        "dataset_trust_remote_code": True,
+        "streaming": True,
+        "is_dataset_tokenized": False,
+        "context_size": 2048,
+        "use_cached_activations": False,
+        "d_in": D_MODEL,
+        "d_sae": D_SAE,
+        "b_dec_init_method": "zeros",
+        "expansion_factor": D_SAE // D_MODEL,
+        "activation_fn": "relu",
+        "activation_fn_kwargs": {},
+        "normalize_sae_decoder": False,
+        "noise_scale": 0.0,
+        "from_pretrained_path": None,
+        "apply_b_dec_to_input": False,
+        "decoder_orthogonal_init": False,
+        "decoder_heuristic_init": True,
+        "init_encoder_as_decoder_transpose": True,
+        "n_batches_in_buffer": 64,
+        "training_tokens": 300000000,
+        "finetuning_tokens": 0,
+        "store_batch_size_prompts": 16,
+        "train_batch_size_tokens": 4096,
+        "normalize_activations": "expected_average_only_in",
+        "device": "cuda",
+        "act_store_device": "cuda",
+        "seed": 42,
+        "dtype": "float32",
+        "prepend_bos": True,
+        "l1_coefficient": 5,
+        "lp_norm": 1,
+        "lr": 5e-05,
+        "finetuning_method": None,
+        "sae_lens_version": "3.12.1",
+        "sae_lens_training_version": "3.12.1",
+        "tokens_per_buffer": 536870912,
+    }
+
+
+def release_config(release_model: str, hook: str, prepend_bos: bool) -> dict:
+    """A `cfg.json` of the SAELens releases of 2024 (`hook_point` keys, a `torch.` dtype string)."""
+    return {
+        "model_name": release_model,
+        "hook_point": hook,
+        "hook_point_layer": _layer(hook),
+        "hook_point_head_index": None,
+        "dataset_path": "stand-in",
+        "is_dataset_tokenized": False,
+        "context_size": 1024,
+        "d_in": D_MODEL,
+        "d_sae": D_SAE,
+        "expansion_factor": D_SAE // D_MODEL,
+        "b_dec_init_method": "geometric_median",
+        "lr": 0.0004,
+        "l1_coefficient": 8e-05,
+        "lp_norm": 1,
+        "train_batch_size": 4096,
+        "prepend_bos": prepend_bos,
+        "apply_b_dec_to_input": True,
+        "device": "cuda",
+        "seed": 42,
+        "dtype": "torch.float32",
+    }
+
+
+def write_wandb_sae(artifacts: Path, body: str, hook: str) -> Path:
+    """`wandb artifact get ENTITY/PROJECT/NAME:VERSION`'s folder: `artifacts/NAME:VERSION`."""
+    name = body.split("/")[-1]
+    model_name = name.removeprefix("sae_").split("_blocks")[0]
+    directory = artifacts / name
+    write_sae(directory, body, kissane_config(hook, model_name), leftover_scaling_factor=True)
+    return directory
+
+
+def write_release_sae(hub_cache: Path, body: str) -> Path:
+    """A SAELens release's files under its HF repo, at the folder SAELens's registry names."""
+    from sae_bench.hub import saelens_release
+
+    release, sae_id, repo, folder = saelens_release(body)
+    model = miniature_release_model(release)
+    directory = snapshot_dir(hub_cache, repo) / folder
+    write_sae(directory, body, release_config(model, sae_id, prepend_bos=True), leftover_scaling_factor=False)
+    (directory.parent / "README.md").write_text(f"Rehearsal stand-in for {repo}.\n")
+    return directory
+
+
+def miniature_release_model(release: str) -> str:
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    return get_pretrained_saes_directory()[release].model
+
+
+# -- datasets ----------------------------------------------------------------------------------------------------
+
+
+def _documents() -> list[str]:
+    return [text for text in training_texts() if len(text) > 200]
+
+
+def write_dataset(root: Path, repo: str) -> Path:
+    """A local copy of `repo` in its own layout: Pile-style JSON lines, alpaca rows or FineWeb parquet."""
+    import pandas as pd
+
+    directory = root / repo
+    directory.mkdir(parents=True, exist_ok=True)
+    documents = _documents()
+    if repo == "tatsu-lab/alpaca":
+        rows = []
+        for i, text in enumerate(documents[:120]):
+            instruction = " ".join(text.split()[:12]) + "?"
+            context = "" if i % 2 == 0 else " ".join(text.split()[12:30])
+            output = " ".join(text.split()[30:60])
+            rows.append({"instruction": instruction, "input": context, "output": output, "text": instruction})
+        (directory / "data").mkdir(exist_ok=True)
+        pd.DataFrame(rows).to_parquet(directory / "data" / "train-00000-of-00001.parquet", index=False)
+    elif repo == "HuggingFaceFW/fineweb":
+        (directory / "data" / "CC-MAIN-2024-10").mkdir(parents=True, exist_ok=True)
+        frame = pd.DataFrame({"text": documents, "id": [f"<urn:uuid:{i}>" for i in range(len(documents))]})
+        frame.to_parquet(directory / "data" / "CC-MAIN-2024-10" / "000_00000.parquet", index=False)
+    else:  # the Pile's layout: train/NN.jsonl with `text` and `meta`
+        (directory / "train").mkdir(exist_ok=True)
+        with open(directory / "train" / "00.jsonl", "w") as handle:
+            for text in documents:
+                handle.write(json.dumps({"text": text, "meta": {"pile_set_name": "stand-in"}}) + "\n")
+    return directory
+
+
+# -- all of it ---------------------------------------------------------------------------------------------------
+
+
+def build_stand_ins(root: Path, needs: Needs) -> None:
+    """Write every stand-in of `needs` under `root` (hub/, artifacts/, datasets/); replaces what was there."""
+    from sae_bench.hub import parse_spec
+
+    for sub in ("hub", "artifacts", "datasets"):
+        shutil.rmtree(root / sub, ignore_errors=True)
+    for repo in sorted(needs.repos):
+        save_miniature(miniature(repo), snapshot_dir(root / "hub", repo), seed=_seed(repo))
+    for spec, hook in sorted(needs.saes.items()):
+        parsed = parse_spec(spec)
+        if parsed.scheme == "wandb":
+            write_wandb_sae(root / "artifacts", parsed.body, hook)
+        elif parsed.scheme == "saelens":
+            write_release_sae(root / "hub", parsed.body)
+        else:
+            raise KeyError(f"the rehearsal has no stand-in for SAE source {spec!r} (wandb: and saelens: only)")
+    for repo in sorted(needs.datasets):
+        write_dataset(root / "datasets", repo)
