@@ -20,6 +20,17 @@ def pytest_addoption(parser):
         "print the diff",
     )
     group.addoption(
+        "--replace-published",
+        action="store_true",
+        help="with --update-expectations: replace published values too (each keeps the value and source it "
+        "replaced); without it a measured run never overwrites a paper's number",
+    )
+    group.addoption(
+        "--expectations-dir",
+        metavar="DIR",
+        help="read (and, when asked, write) expectation files here instead of the suite's expectations/",
+    )
+    group.addoption(
         "--sae", dest="sae_override", metavar="SPEC", help="run every selected case with this SAE instead of its own"
     )
     group.addoption(

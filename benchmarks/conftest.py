@@ -52,17 +52,18 @@ def registry_for(config) -> Registry:
 
 
 def missing_for(case: Case, device: str) -> str | None:
-    """Why this case cannot run here (None: it can)."""
+    """Everything this case lacks here, at once (None: it can run)."""
     from sae_bench.hub import missing
 
-    if case.gpu and not device.startswith("cuda"):
-        return f"{case.id} needs a CUDA GPU (run with --device cuda on a machine that has one)"
-    for spec in (case.sae, case.model, case.base_model):
-        reason = None if spec is None else missing(spec)
-        if reason:
-            return f"{case.id}: {reason}"
-    reason = missing(case.dataset, dataset=True)
-    return f"{case.id}: {reason}" if reason else None
+    reasons = ["a CUDA GPU (run with --device cuda on a machine that has one)"] if case.gpu and not device.startswith(
+        "cuda"
+    ) else []
+    for spec in dict.fromkeys(s for s in (case.sae, case.model, case.base_model) if s is not None):
+        reasons += missing(spec)
+    reasons += missing(case.dataset, dataset=True)
+    if not reasons:
+        return None
+    return f"{case.id} needs " + "; ".join(f"({i}) {reason}" for i, reason in enumerate(reasons, 1))
 
 
 @contextmanager
@@ -103,19 +104,46 @@ class Suite:
         self.device = config.getoption("--device")
         self.executor = CaseExecutor(device=self.device)
         self.update = config.getoption("--update-expectations")
+        self.replace_published = config.getoption("--replace-published")
+        self.rehearse = config.getoption("--rehearse", False)
+        self.expectations_dir = Path(config.getoption("--expectations-dir") or EXPECTATIONS_DIR)
         self.verdicts: list[pd.DataFrame] = []
+        if self.rehearse and self.update:
+            raise pytest.UsageError("--rehearse never writes expectations: drop --update-expectations")
+        if self.replace_published and not self.update:
+            raise pytest.UsageError("--replace-published goes with --update-expectations")
 
     def check(self, case_id: str, group: str) -> None:
         case = self.registry.get(case_id)
+        rehearsed = self.rehearse and case.tier == "hub"
+        if rehearsed:
+            from sae_bench.rehearsal import scaled_case
+
+            case = scaled_case(case)
         reason = missing_for(case, self.device)
         if reason:
+            if rehearsed:  # a rehearsal that skips proves nothing
+                pytest.fail(f"rehearsal: a stand-in is missing: {reason}", pytrace=False)
             pytest.skip(reason)
         measured = self.executor.measure(case)
         names = case.metrics(group)
-        path = case.expectation_path(EXPECTATIONS_DIR)
+        path = case.expectation_path(self.expectations_dir)
         with _locked(path):
             existing = expectations.read_expectations(path) if path.exists() else None
             uncovered = [n for n in names if existing is None or not existing.covers(n)]
+            published = existing is not None and expectations.is_published(existing)
+            if (published or rehearsed) and uncovered:
+                pytest.fail(
+                    f"{path} lists neither a value nor an unchecked reason for {uncovered}; a published file must "
+                    "cover every metric of its case's groups (`sae-bench expectations published` writes them)",
+                    pytrace=False,
+                )
+            if self.update and published and not self.replace_published:
+                pytest.fail(
+                    f"{path} holds published values; a measured run never overwrites them. Add "
+                    "--replace-published to replace them anyway (the old values and their source stay in the file)",
+                    pytrace=False,
+                )
             if self.update or uncovered:
                 self._write(case, path, existing, measured, names)
         if uncovered and not self.update:
@@ -124,6 +152,8 @@ class Suite:
         table = expectations.compare(expected, measured, names)
         self.verdicts.append(table.assign(case=case.id, group=group, sae=case.sae))
         text = expectations.verdict_markdown(table)
+        if rehearsed:  # miniatures are not the real models: report the verdicts, fail only on plumbing
+            return
         if (table.verdict == "regression").any():
             pytest.fail(f"{case.id} [{group}] regressed against {path}:\n\n{text}\n", pytrace=False)
         if (table.verdict == "improved").any():
@@ -147,7 +177,9 @@ class Suite:
             measured_provenance(case, self.executor),
             spread,
             spread_basis=f"3 standard errors from {SPREAD_SUBSETS} disjoint row subsets of this case's tokens",
+            replace_published=self.replace_published,
         )
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(new.to_json())
         if not diff.empty:
             print(f"\n{path}:\n{diff.to_markdown(index=False, missingval='undefined')}")
@@ -188,8 +220,50 @@ def pytest_configure(config):
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+def expectations_digest(directory: Path) -> str:
+    """One sha256 over every file under `directory` (names and bytes), to prove a run wrote nothing there."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.suffix != ".lock"):
+        digest.update(str(path.relative_to(directory)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def pytest_sessionstart(session):
+    suite = getattr(session.config, "_sae_bench_suite", None)
+    if suite is not None and suite.rehearse:
+        suite.digest_before = expectations_digest(suite.expectations_dir)
+
+
+def rehearsal_problems(suite: Suite) -> list[str]:
+    """What a rehearsal must never do: write to expectations/, or load a model more than once."""
+    problems = []
+    if expectations_digest(suite.expectations_dir) != suite.digest_before:
+        problems.append(f"{suite.expectations_dir} changed during the rehearsal")
+    problems += [f"{spec} was loaded {n} times" for spec, n in suite.executor.model_loads.items() if n > 1]
+    return problems
+
+
 def pytest_sessionfinish(session, exitstatus):
     suite = getattr(session.config, "_sae_bench_suite", None)
     target = session.config.getoption("verdict_table", None)
     if suite is not None and target:
         suite.write_table(target)
+    if suite is not None and suite.rehearse:
+        suite.problems = rehearsal_problems(suite)
+        if suite.problems:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    suite = getattr(config, "_sae_bench_suite", None)
+    if suite is None or not suite.rehearse:
+        return
+    terminalreporter.section("hub rehearsal (miniature stand-ins: verdicts show the plumbing, not real numbers)")
+    if suite.verdicts:
+        table = pd.concat(suite.verdicts, ignore_index=True)
+        counts = table.groupby("case").verdict.value_counts().unstack(fill_value=0)
+        terminalreporter.write_line(counts.to_markdown())
+    for problem in getattr(suite, "problems", []):
+        terminalreporter.write_line(f"REHEARSAL FAILED: {problem}", red=True)

@@ -55,6 +55,8 @@ METRIC_GROUPS: dict[str, tuple[str, ...]] = {
 }
 """Metrics checked per test item: one item per (case, group), so a failure names what regressed."""
 
+SHIPPED_CASES = Path(__file__).resolve().parents[1] / "benchmarks" / "cases"
+"""The suite's own case files."""
 TRANSFER_GROUPS = ("reconstruction", "ce", "kl", "density", "outliers")
 PAIRED_GROUPS = ("universality", "residual")
 MASKS = ("all", "rollout", "user-prompt")

@@ -7,6 +7,7 @@ metric groups of one case (separate pytest items) share one evaluation, and case
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,8 @@ class CaseExecutor:
         self._tokens: dict[tuple, CaseTokens] = {}
         self._results: dict[tuple, dict[str, float | None]] = {}
         self._mean_norms: dict[tuple, float] = {}
+        self.model_loads: Counter[str] = Counter()
+        """How often each model spec was loaded (once, while the executor lives)."""
 
     # -- sources ------------------------------------------------------------------------------------------------
     def model(self, spec: str):
@@ -60,6 +63,7 @@ class CaseExecutor:
             from sae_bench.sources import load_model
 
             self._models[spec] = load_model(spec, device=self.device)
+            self.model_loads[spec] += 1
         return self._models[spec]
 
     def sae(self, spec: str):

@@ -167,6 +167,11 @@ def compare(expected: ExpectationFile, measured: Mapping[str, float | None], nam
     return pd.DataFrame(rows, columns=["metric", "expected", "got", "threshold", "direction", "verdict"])
 
 
+def is_published(expected: ExpectationFile) -> bool:
+    """True when the file's values come from a paper (DESIGN §6: a measured run never overwrites them)."""
+    return expected.provenance.get("kind") == "published"
+
+
 def spread_tolerance(subset_values: Sequence[float | None], *, value: float | None) -> float | None:
     """3 standard errors of a value measured on all the tokens, from its values on k disjoint subsets of them.
 
@@ -187,8 +192,17 @@ def updated(
     provenance: Mapping[str, Any],
     spread: Mapping[str, float | None] | None = None,
     spread_basis: str = "",
+    *,
+    replace_published: bool = False,
 ) -> tuple[ExpectationFile, pd.DataFrame]:
-    """New values for `names` (tolerances kept; new metrics take the measured spread) and the diff table."""
+    """New values for `names` (tolerances kept; new metrics take the measured spread) and the diff table.
+
+    A published value is replaced only with `replace_published`; the metric then carries the measured provenance
+    and, under `replaces`, the value and source it replaced.
+    """
+    published = existing is not None and is_published(existing)
+    if published and not replace_published:
+        raise ExpectationError(f"{existing.case}: the file holds published values; a measured run never replaces them")
     metrics = dict(existing.metrics) if existing else {}
     unchecked = dict(existing.unchecked) if existing else {}
     diff = []
@@ -198,7 +212,11 @@ def updated(
             old = metrics[name]
             if old.value != got:
                 diff.append({"metric": name, "old": old.value, "new": got})
-            metrics[name] = replace(old, value=got, provenance=None)
+            source = None
+            if published:
+                replaced = {"value": old.value, "provenance": dict(old.provenance or existing.provenance)}
+                source = {**provenance, "replaces": replaced}
+            metrics[name] = replace(old, value=got, provenance=source)
             continue
         if name in unchecked:
             continue
@@ -215,9 +233,9 @@ def updated(
             basis=spread_basis if got is not None else "expected undefined",
         )
         diff.append({"metric": name, "old": None, "new": got})
-    base_provenance = existing.provenance if existing and existing.provenance.get("kind") == "published" else {}
     return (
-        ExpectationFile(case, {**base_provenance, **provenance} if base_provenance else provenance, metrics, unchecked),
+        # a published file keeps its source; each replaced metric says what replaced it
+        ExpectationFile(case, existing.provenance if published else provenance, metrics, unchecked),
         pd.DataFrame(diff, columns=["metric", "old", "new"]),
     )
 

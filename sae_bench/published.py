@@ -9,8 +9,10 @@ per-token ratios → `explained_variance_per_token`; Kutsyk's R² is over flatte
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+from sae_bench.cases import SHIPPED_CASES, Case, load_registry
 from sae_bench.expectations import DEFAULT_DIRECTION, ExpectationFile, MetricExpectation
 
 REFERENCES = Path(__file__).resolve().parents[1] / "references" / "kissane-sae-transfer"
@@ -225,6 +227,17 @@ def kutsyk() -> list[ExpectationFile]:
     return files
 
 
+def with_unchecked(expected: ExpectationFile, case: Case) -> ExpectationFile:
+    """The file with every metric of the case's groups that the paper does not give listed as unchecked, so a
+    first real run compares every published value and writes nothing (DESIGN §6)."""
+    paper = expected.provenance["source"].split(",")[0]
+    names = [name for group in case.groups for name in case.metrics(group) if name not in expected.metrics]
+    unchecked = {name: f"not published by {paper}" for name in names} | dict(expected.unchecked)
+    return replace(expected, unchecked=unchecked)
+
+
 def published_expectations() -> list[ExpectationFile]:
-    """Every hub expectation file derived from the published results."""
-    return kissane_pile() + kissane_alpaca() + kissane_finetuned() + kutsyk()
+    """Every hub expectation file derived from the published results, covering every metric of its case."""
+    registry = load_registry(SHIPPED_CASES)
+    files = kissane_pile() + kissane_alpaca() + kissane_finetuned() + kutsyk()
+    return [with_unchecked(expected, registry.get(expected.case)) for expected in files]

@@ -20,7 +20,8 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-BENCHMARK_CASES = Path(__file__).resolve().parents[2] / "benchmarks" / "cases"
+from sae_bench.cases import SHIPPED_CASES
+
 ROOT_ENV = "SAE_BENCH_REHEARSAL_ROOT"
 _LIBRARIES_READING_ENV = ("huggingface_hub", "transformers", "datasets", "wandb")
 
@@ -59,7 +60,7 @@ def stand_in_root() -> Path:
 def _recipe_digest() -> str:
     """Changes whenever the stand-in code or the case files change, so a stale build is never reused."""
     digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")) + sorted(BENCHMARK_CASES.glob("*.toml")):
+    for path in sorted(Path(__file__).parent.glob("*.py")) + sorted(SHIPPED_CASES.glob("*.toml")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -120,7 +121,7 @@ def _build_once(root: Path) -> None:
     with open(root / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.is_file():
-            needs = needs_of(load_registry(BENCHMARK_CASES))
+            needs = needs_of(load_registry(SHIPPED_CASES))
             build_stand_ins(root, needs)
             summary = {"repos": sorted(needs.repos), "saes": sorted(needs.saes), "datasets": sorted(needs.datasets)}
             done.write_text(json.dumps(summary, indent=2))

@@ -221,9 +221,10 @@ def write_dataset(root: Path, repo: str) -> Path:
     directory = root / repo
     directory.mkdir(parents=True, exist_ok=True)
     documents = _documents()
-    if repo == "tatsu-lab/alpaca":
+    if repo == "tatsu-lab/alpaca":  # 160 rows, every other one with an empty `input` (Kissane keeps those)
+        paragraphs = [p for text in documents for p in text.split("\n\n") if len(p.split()) >= 60]
         rows = []
-        for i, text in enumerate(documents[:120]):
+        for i, text in enumerate(paragraphs[:160]):
             instruction = " ".join(text.split()[:12]) + "?"
             context = "" if i % 2 == 0 else " ".join(text.split()[12:30])
             output = " ".join(text.split()[30:60])
