@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bench test lint clean
+.PHONY: bench test rehearse lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ bench: $(VENV)/.installed  ## the main job: the benchmark suite on what ships
 
 test: $(VENV)/.installed  ## unit and property tests
 	$(PY) -m pytest tests $(ARGS)
+
+rehearse: $(VENV)/.installed  ## every hub case end to end, offline, on miniature stand-ins (README: the hub tier, rehearsed)
+	$(PY) -m pytest benchmarks -m hub --rehearse --benchmark-disable $(ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check sae_bench tests benchmarks conftest.py

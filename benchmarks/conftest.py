@@ -55,9 +55,11 @@ def missing_for(case: Case, device: str) -> str | None:
     """Everything this case lacks here, at once (None: it can run)."""
     from sae_bench.hub import missing
 
-    reasons = ["a CUDA GPU (run with --device cuda on a machine that has one)"] if case.gpu and not device.startswith(
-        "cuda"
-    ) else []
+    reasons = (
+        ["a CUDA GPU (run with --device cuda on a machine that has one)"]
+        if case.gpu and not device.startswith("cuda")
+        else []
+    )
     for spec in dict.fromkeys(s for s in (case.sae, case.model, case.base_model) if s is not None):
         reasons += missing(spec)
     reasons += missing(case.dataset, dataset=True)

@@ -11,18 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-CACHE_ENV = "SAE_BENCH_CACHE"
-
-
-def cache_dir() -> Path:
-    """`$SAE_BENCH_CACHE`, else ~/.cache/sae_bench."""
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "sae_bench"))
+from sae_bench.cache import cache_dir
 
 
 @dataclass(frozen=True)

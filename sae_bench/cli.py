@@ -7,10 +7,10 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from sae_bench.results import TransferReport
-
 
 def _print_metrics(_: argparse.Namespace) -> int:
+    from sae_bench.results import TransferReport
+
     docs = TransferReport.metric_docs()
     width = max(map(len, docs))
     for name, doc in docs.items():
@@ -77,9 +77,13 @@ def _write_published(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
+    if args.rehearse:  # before anything imports huggingface_hub, which reads its settings once
+        from sae_bench.rehearsal import activate
+
+        activate(extra_saes=[args.sae])
     from sae_bench.gate import run_gate
 
-    return run_gate(args.sae, args.cases, junit=args.junit, table=args.table)
+    return run_gate(args.sae, args.cases, junit=args.junit, table=args.table, rehearse=args.rehearse)
 
 
 def _add_gate_command(commands) -> None:
@@ -92,6 +96,12 @@ def _add_gate_command(commands) -> None:
     gate.add_argument("--cases", required=True, help="pytest -k expression selecting the cases whose SAE it replaces")
     gate.add_argument("--junit", metavar="FILE", help="write JUnit XML here")
     gate.add_argument("--table", metavar="FILE", help="write the verdict table here (.md or .csv)")
+    gate.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="dry-run offline on the hub stand-ins: exit 0 when every selected case ran end to end with the SAE "
+        "(verdicts go to --table but, on miniatures, do not set the exit code)",
+    )
     gate.set_defaults(run=_gate)
 
 

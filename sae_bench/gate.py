@@ -2,7 +2,8 @@
 
 Exit 0 when every selected case ran and nothing regressed, 1 on a regression (or a case that errored), 2 on bad
 usage or input: an SAE that cannot be loaded, an expression that selects no case, or cases that were all skipped
-(a gate never passes without running).
+(a gate never passes without running). With `rehearse`, the selected hub cases run on the offline stand-ins
+(`sae_bench.rehearsal`): exit 0 means each ran end to end with the SAE; its verdicts are reported, not judged.
 """
 
 from __future__ import annotations
@@ -53,7 +54,13 @@ class _Outcomes:
 
 
 def run_gate(
-    sae: str, cases: str, *, junit: str | None = None, table: str | None = None, benchmarks: Path = BENCHMARKS
+    sae: str,
+    cases: str,
+    *,
+    junit: str | None = None,
+    table: str | None = None,
+    rehearse: bool = False,
+    benchmarks: Path = BENCHMARKS,
 ) -> int:
     import pytest
 
@@ -72,6 +79,7 @@ def run_gate(
     args = [str(benchmarks / "test_cases.py"), "--sae", sae, "-p", "no:cacheprovider", "-q"]
     args += ["--junitxml", junit] if junit else []
     args += ["--verdict-table", table] if table else []
+    args += ["--rehearse", "-m", "hub"] if rehearse else []
     outcomes = _Outcomes()
     code = pytest.main(args, plugins=[selection, outcomes])
     if code == pytest.ExitCode.NO_TESTS_COLLECTED:

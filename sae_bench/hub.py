@@ -108,9 +108,11 @@ def missing(spec: str, *, dataset: bool = False) -> list[str]:
     if dataset and parsed.scheme in ("hf", "alpaca"):
         if local_dataset(parsed.body) is not None:
             return []
-        reason = _hf_missing(parsed.body, "README.md", "dataset")
+        # `datasets` does not read the HF hub cache offline: only a local copy or the hub itself will do
+        offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
+        reason = "HF_HUB_OFFLINE is set" if offline else _unreachable("huggingface.co")
         fix = f"put a copy under ${DATASETS_ENV}/{parsed.body}"
-        return [] if reason is None else [f"dataset {parsed.body}: {reason}; {fix}"]
+        return [] if reason is None else [f"dataset {parsed.body}: {reason} and there is no local copy; {fix}"]
     if parsed.scheme == "hf":
         repos = ["/".join(parsed.body.split("/")[:2])] + ([parsed.params["as"]] if "as" in parsed.params else [])
         reasons = [(repo, _hf_missing(repo, "config.json") and _hf_missing(repo, "cfg.json")) for repo in repos]

@@ -247,10 +247,18 @@ def load_chat_prompts(dataset: str, tokenizer):
 
 
 def source_fingerprint(spec: str) -> str:
-    """What identifies a source's weights: the manifest sha256 of a zoo model's weights, else the spec itself."""
+    """What identifies a source's weights: the manifest sha256 of a zoo model's weights, the HF cache snapshot
+    (commit) of a hub model's repo, else the spec itself."""
     if spec.startswith(ZOO_PREFIX):
         from sae_bench.zoo.artifacts import read_manifest
 
         name = spec.removeprefix(ZOO_PREFIX)
         return f"{spec}@{read_manifest()['files'][f'models/{name}/model.safetensors']}"
+    if spec.startswith("hf:"):
+        from huggingface_hub import try_to_load_from_cache
+
+        from sae_bench.hub import parse_spec
+
+        cached = try_to_load_from_cache(parse_spec(spec).body, "config.json")
+        return f"{spec}@{Path(cached).parent.name}" if isinstance(cached, str) else spec
     return spec

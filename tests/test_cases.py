@@ -98,23 +98,43 @@ def test_unknown_case_id_suggests_close_ones():
         load_registry(CASES).get("tiny-mistral/base-sae@instruc")
 
 
-def test_hub_case_offline_skips_with_its_reason(monkeypatch):
+def test_hub_case_offline_skip_names_everything_it_lacks_at_once(monkeypatch, tmp_path):
     from benchmarks.conftest import missing_for
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache, whatever this machine holds
+    monkeypatch.setenv("WANDB_ARTIFACT_DIR", str(tmp_path / "artifacts"))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("SAE_BENCH_DATASETS", raising=False)
+    monkeypatch.setattr("pathlib.Path.home", lambda: tmp_path)  # no ~/.netrc
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
     registry = load_registry(CASES)
-    reason = missing_for(registry.get("gemma-2b/res-jb-l6@base"), "cpu")
-    assert reason == "gemma-2b/res-jb-l6@base needs a CUDA GPU (run with --device cuda on a machine that has one)"
+    reason = missing_for(registry.get("gemma-2b/res-jb-l6@python-codes"), "cpu")
+    assert reason.startswith("gemma-2b/res-jb-l6@python-codes needs (1) a CUDA GPU")
+    for lacking in (
+        "jbloom/Gemma-2b-Residual-Stream-SAEs",
+        "shahdishank/gemma-2b-it-finetune-python-codes",
+        "google/gemma-2b",
+        "dataset HuggingFaceFW/fineweb",
+        "$SAE_BENCH_DATASETS/HuggingFaceFW/fineweb",
+    ):
+        assert lacking in reason
     reason = missing_for(registry.get("qwen1.5-0.5b/base-sae@chat"), "cpu")
-    assert "wandb" in reason and "WANDB_API_KEY" in reason
+    assert "(1) wandb artifact" in reason and "WANDB_API_KEY" in reason
+    assert "(2) HF_HUB_OFFLINE is set and Qwen/Qwen1.5-0.5B-Chat" in reason
+    assert "(3) dataset monology/pile-uncopyrighted: HF_HUB_OFFLINE is set" in reason
     assert missing_for(registry.get("tiny-qwen2/base-sae@chat"), "cpu") is None
 
 
-def test_uncached_hub_model_with_hub_offline_names_the_repo_and_the_fix(monkeypatch):
+def test_uncached_hub_model_with_hub_offline_names_the_repo_and_the_fix(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
     from sae_bench.hub import missing
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    reason = missing("hf:Qwen/Qwen1.5-0.5B-Chat")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    [reason] = missing("hf:Qwen/Qwen1.5-0.5B-Chat")
     assert "HF_HUB_OFFLINE is set and Qwen/Qwen1.5-0.5B-Chat is not in the HF cache" in reason
     assert "huggingface-cli download Qwen/Qwen1.5-0.5B-Chat" in reason

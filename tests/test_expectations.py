@@ -128,3 +128,34 @@ def test_every_shipped_expectation_file_parses():
     for path in files:
         expected = read_expectations(path)
         assert expected.provenance.get("kind") in ("measured", "published"), path
+
+
+def _published(tmp_path):
+    return read_expectations(
+        _write(
+            tmp_path,
+            {
+                "case": "f/s@m",
+                "provenance": {"kind": "published", "source": "A paper", "table": "Table 1"},
+                "metrics": {"l0": {"value": 10.0, "rel": 0.05, "direction": "both", "basis": "paper spread"}},
+            },
+        )
+    )
+
+
+def test_a_measured_run_never_replaces_a_published_value(tmp_path):
+    with pytest.raises(ExpectationError, match="published values"):
+        expectations.updated(_published(tmp_path), "f/s@m", {"l0": 12.0}, ["l0"], {"kind": "measured"})
+
+
+def test_replacing_a_published_value_keeps_it_and_its_source(tmp_path):
+    measured = {"kind": "measured", "command": "pytest …", "date": "x"}
+    new, _ = expectations.updated(_published(tmp_path), "f/s@m", {"l0": 12.0}, ["l0"], measured, replace_published=True)
+    metric = new.metrics["l0"]
+    assert metric.value == 12.0 and metric.rel == 0.05 and metric.basis == "paper spread"
+    assert metric.provenance["kind"] == "measured"
+    assert metric.provenance["replaces"] == {
+        "value": 10.0,
+        "provenance": {"kind": "published", "source": "A paper", "table": "Table 1"},
+    }
+    assert new.provenance["kind"] == "published"  # the file still says where its other values come from

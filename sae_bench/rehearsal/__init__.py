@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def stand_in_root() -> Path:
     """`$SAE_BENCH_REHEARSAL_ROOT`, else a folder of the suite's cache keyed by the stand-in recipe."""
     if os.environ.get(ROOT_ENV):
         return Path(os.environ[ROOT_ENV])
-    from sae_bench.chat import cache_dir
+    from sae_bench.cache import cache_dir
 
     return cache_dir() / "rehearsal" / _recipe_digest()
 
@@ -68,10 +69,12 @@ def _recipe_digest() -> str:
 _active: Path | None = None
 
 
-def activate(root: Path | None = None) -> Path:
+def activate(root: Path | None = None, extra_saes: Sequence[str] = ()) -> Path:
     """Build the stand-ins (once per recipe) and point every hub source at them; returns their root.
 
-    Must run before huggingface_hub, transformers, datasets or wandb are imported: they read these settings once.
+    `extra_saes`: further SAE specs to stand in for (a release gated with `sae-bench gate --rehearse`); local
+    folders and zoo specs are used as they are. Must run before huggingface_hub, transformers, datasets or wandb
+    are imported: they read these settings once.
     """
     global _active
     root = (root or stand_in_root()).absolute()
@@ -90,7 +93,7 @@ def activate(root: Path | None = None) -> Path:
     os.environ.update(settings)
     for name in ("HF_TOKEN", "WANDB_API_KEY"):
         os.environ.pop(name, None)  # a rehearsal must never reach a hub, even with credentials at hand
-    _build_once(root)
+    _build_once(root, extra_saes)
     substitute_gemma_config()
     _active = root
     return root
@@ -108,13 +111,14 @@ def environment(root: Path) -> dict[str, str]:
         "WANDB_ARTIFACT_DIR": str(root / "artifacts"),
         "SAE_BENCH_DATASETS": str(root / "datasets"),
         "SAE_BENCH_CACHE": str(root / "cache"),
+        ROOT_ENV: str(root),  # later calls (pytest.main in `sae-bench gate`, xdist workers) find the same root
     }
 
 
-def _build_once(root: Path) -> None:
+def _build_once(root: Path, extra_saes: Sequence[str]) -> None:
     """Build under an exclusive lock, so pytest-xdist workers wait for one build and then share it."""
     from sae_bench.cases import load_registry
-    from sae_bench.rehearsal.stand_ins import build_stand_ins, needs_of
+    from sae_bench.rehearsal.stand_ins import build_stand_ins, needs_of, write_sae_stand_in
 
     root.mkdir(parents=True, exist_ok=True)
     done = root / "built.json"
@@ -125,6 +129,9 @@ def _build_once(root: Path) -> None:
             build_stand_ins(root, needs)
             summary = {"repos": sorted(needs.repos), "saes": sorted(needs.saes), "datasets": sorted(needs.datasets)}
             done.write_text(json.dumps(summary, indent=2))
+        for spec in extra_saes:
+            if spec.split(":")[0] in ("saelens", "wandb") and not Path(spec).is_dir():
+                write_sae_stand_in(root, spec, hook="blocks.0.hook_resid_pre")
 
 
 def substitute_gemma_config() -> None:

@@ -133,7 +133,9 @@ MINIATURES: dict[str, Miniature] = {
     m.repo: m
     for m in (
         Miniature("mistralai/Mistral-7B-v0.1", "MistralForCausalLM", 32, 32000, _MISTRAL_TOKENS, _MISTRAL),
-        Miniature("mistralai/Mistral-7B-Instruct-v0.1", "MistralForCausalLM", 32, 32000, _MISTRAL_CHAT_TOKENS, _MISTRAL),
+        Miniature(
+            "mistralai/Mistral-7B-Instruct-v0.1", "MistralForCausalLM", 32, 32000, _MISTRAL_CHAT_TOKENS, _MISTRAL
+        ),
         # MetaMath added a [PAD] token: 32001 rows, which the case cuts back to 32000 (`vocab=32000`)
         Miniature("meta-math/MetaMath-Mistral-7B", "MistralForCausalLM", 32, 32001, _MISTRAL_TOKENS, _MISTRAL),
         Miniature("Qwen/Qwen1.5-0.5B", "Qwen2ForCausalLM", 24, TOKENIZER_VOCAB + 3, _QWEN_TOKENS, _QWEN),

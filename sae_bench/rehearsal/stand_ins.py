@@ -246,21 +246,25 @@ def write_dataset(root: Path, repo: str) -> Path:
 # -- all of it ---------------------------------------------------------------------------------------------------
 
 
-def build_stand_ins(root: Path, needs: Needs) -> None:
-    """Write every stand-in of `needs` under `root` (hub/, artifacts/, datasets/); replaces what was there."""
+def write_sae_stand_in(root: Path, spec: str, hook: str) -> Path:
+    """A miniature SAE for a `wandb:` or `saelens:` spec, where and how that source keeps its files."""
     from sae_bench.hub import parse_spec
 
+    parsed = parse_spec(spec)
+    if parsed.scheme == "wandb":
+        return write_wandb_sae(root / "artifacts", parsed.body, hook)
+    if parsed.scheme == "saelens":
+        return write_release_sae(root / "hub", parsed.body)
+    raise KeyError(f"the rehearsal has no stand-in for SAE source {spec!r} (wandb: and saelens: only)")
+
+
+def build_stand_ins(root: Path, needs: Needs) -> None:
+    """Write every stand-in of `needs` under `root` (hub/, artifacts/, datasets/); replaces what was there."""
     for sub in ("hub", "artifacts", "datasets"):
         shutil.rmtree(root / sub, ignore_errors=True)
     for repo in sorted(needs.repos):
         save_miniature(miniature(repo), snapshot_dir(root / "hub", repo), seed=_seed(repo))
     for spec, hook in sorted(needs.saes.items()):
-        parsed = parse_spec(spec)
-        if parsed.scheme == "wandb":
-            write_wandb_sae(root / "artifacts", parsed.body, hook)
-        elif parsed.scheme == "saelens":
-            write_release_sae(root / "hub", parsed.body)
-        else:
-            raise KeyError(f"the rehearsal has no stand-in for SAE source {spec!r} (wandb: and saelens: only)")
+        write_sae_stand_in(root, spec, hook)
     for repo in sorted(needs.datasets):
         write_dataset(root / "datasets", repo)
