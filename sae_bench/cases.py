@@ -52,14 +52,18 @@ METRIC_GROUPS: dict[str, tuple[str, ...]] = {
         "dead_activation_error_dead_in_finetuned_only_mean",
     ),
     "residual": ("residual_cosine", "residual_distance"),
+    "reconstruction-pooled": ("explained_variance_per_token_pooled",),
 }
 """Metrics checked per test item: one item per (case, group), so a failure names what regressed."""
 
 SHIPPED_CASES = Path(__file__).resolve().parents[1] / "benchmarks" / "cases"
 """The suite's own case files."""
-TRANSFER_GROUPS = ("reconstruction", "ce", "kl", "density", "outliers")
+TRANSFER_GROUPS = ("reconstruction", "ce", "kl", "density", "outliers", "reconstruction-pooled")
 PAIRED_GROUPS = ("universality", "residual")
-MASKS = ("all", "rollout", "user-prompt")
+CHAT_MASKS = ("rollout", "user-prompt")
+"""Masks over chat rows (prompt + rollout); the others are over text rows."""
+MASKS = ("all", "all-but-first", *CHAT_MASKS)
+"""`all-but-first` drops position 0 of every row (Kutsyk's exclude_bos)."""
 NORMS = ("scaled", "raw", "mean-norm")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
 

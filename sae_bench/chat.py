@@ -57,18 +57,22 @@ class ChatRows:
     length: Tensor
     user_start: Tensor
     user_stop: Tensor
+    rollout_stop: Tensor | None = None
+    """Last position of the rollout mask; None: length − 2 (the prediction of the last token is scored)."""
 
     def mask(self, kind: str) -> Tensor:
         """The (rows, pos) position mask of `kind`: "rollout" or "user-prompt"."""
         positions = torch.arange(self.tokens.shape[1])[None, :]
         if kind == "rollout":
-            return (positions >= self.prompt_length[:, None] - 1) & (positions <= self.length[:, None] - 2)
+            stop = self.length - 2 if self.rollout_stop is None else self.rollout_stop
+            return (positions >= self.prompt_length[:, None] - 1) & (positions <= stop[:, None])
         if kind == "user-prompt":
             return (positions >= self.user_start[:, None]) & (positions < self.user_stop[:, None])
         raise ValueError(f"unknown chat mask {kind!r}; known: rollout, user-prompt")
 
     def to_tensors(self) -> dict[str, Tensor]:
-        return {name: getattr(self, name) for name in ("tokens", "prompt_length", "length", "user_start", "user_stop")}
+        names = ("tokens", "prompt_length", "length", "user_start", "user_stop", "rollout_stop")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 @torch.inference_mode()

@@ -68,6 +68,8 @@ class EvalConfig:
     """dtype of the model and SAE; None keeps theirs. Statistics always accumulate in float64."""
     progress: bool = True
     """Show a progress bar over batches."""
+    pooled_per_token_ev: bool = False
+    """Also report `explained_variance_per_token_pooled` (keeps every reconstructed token: chat-sized sets)."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -121,6 +123,7 @@ class _Accumulators:
         default_factory=lambda: {k: metrics.TokenMean() for k in ("spliced", "zero")}
     )
     density: metrics.FeatureDensityStats = field(init=False)
+    ev_pooled: metrics.PooledPerTokenEVStats | None = None
 
     def __post_init__(self) -> None:
         self.density = metrics.FeatureDensityStats(self.d_sae)
@@ -130,6 +133,8 @@ class _Accumulators:
         self.density.update(sae_pass.feature_acts)
         if sae_pass.sae_in.shape[0] == 0:
             return
+        if self.ev_pooled is not None:
+            self.ev_pooled.update(sae_pass.sae_in, sae_pass.x_hat)
         try:
             self.ev_per_token.add(metrics.explained_variance_per_token(sae_pass.sae_in, sae_pass.x_hat))
         except metrics.UndefinedMetric as err:
@@ -192,6 +197,7 @@ def evaluate_transfer(
     batches = TokenBatches(tokens, position_mask, config.batch_size)
     special = special_token_ids(model, config.special_token_ids) if config.exclude_special_tokens else None
     acc = _Accumulators(sae.cfg.d_sae, _outlier_breakdown_stats(model))
+    acc.ev_pooled = metrics.PooledPerTokenEVStats() if config.pooled_per_token_ev else None
     device = config.device or model.cfg.device
     scale = config.scaling_factor
     chunk = config.logit_rows_per_chunk or max(1, LOGITS_PER_CHUNK // model.cfg.d_vocab)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sae_bench.cases import Case
+from sae_bench.cases import CHAT_MASKS, Case
 from sae_bench.chat import ChatRows, cached_rollouts, greedy_rollouts
 from sae_bench.evaluate import EvalConfig, estimate_scaling_factor, evaluate_transfer
 from sae_bench.outliers import OutlierPolicy
@@ -79,7 +79,8 @@ class CaseExecutor:
         every case with the same text, budget and tokenizer; chat rows are the case model's own rollouts."""
         reader = self.model(case.base_model or case.model)
         tokenizer_id = getattr(reader.tokenizer, "name_or_path", None) or (case.base_model or case.model)
-        key = (case.dataset, case.tokens, case.context, case.mask, case.model if case.mask != "all" else tokenizer_id)
+        reads = case.model if case.mask in CHAT_MASKS else tokenizer_id  # chat rows are the model's own rollouts
+        key = (case.dataset, case.tokens, case.context, case.mask, reads)
         if key not in self._tokens:
             self._tokens[key] = self._load_tokens(case, reader)
         return self._tokens[key]
@@ -88,31 +89,48 @@ class CaseExecutor:
         from sae_bench.sources import load_dataset_rows
 
         n_rows = max(1, case.tokens // case.context)
-        if case.mask == "all":
-            return CaseTokens(load_dataset_rows(case.dataset, n_rows, case.context, reader), None)
-        rows = self.rollouts(case, n_rows)
-        return CaseTokens(rows.tokens, rows.mask(case.mask))
+        if case.mask not in CHAT_MASKS:
+            rows = load_dataset_rows(case.dataset, n_rows, case.context, reader)
+            if case.mask == "all":
+                return CaseTokens(rows, None)
+            mask = torch.ones_like(rows, dtype=torch.bool)
+            mask[:, 0] = False  # all-but-first
+            return CaseTokens(rows, mask)
+        chat = self.rollouts(case, n_rows)
+        return CaseTokens(chat.tokens, chat.mask(case.mask))
 
     def rollouts(self, case: Case, n_rows: int) -> ChatRows:
         """Greedy rollouts of the case's model on the dataset's held-out prompts, cached on disk."""
+        from sae_bench.hub import parse_spec
         from sae_bench.sources import end_of_turn_id, load_chat_prompts, source_fingerprint
 
         model = self.model(case.model)
         prompts = load_chat_prompts(case.dataset, model.tokenizer)[:n_rows]
         stop = end_of_turn_id(model.tokenizer)
+        template = None if case.dataset.startswith("zoo:") else parse_spec(case.dataset).params.get("template")
         digest = hashlib.sha256(repr(prompts).encode()).hexdigest()
         key = f"{source_fingerprint(case.model)}|{digest}|{ROLLOUT_TOKENS}|{case.context}|torch {torch.__version__}"
-        return cached_rollouts(
-            key,
-            lambda: greedy_rollouts(
+
+        def make() -> ChatRows:
+            rows = greedy_rollouts(
                 model,
                 prompts,
                 max_new_tokens=ROLLOUT_TOKENS,
                 stop_token=stop,
                 pad_token=model.tokenizer.pad_token_id,
                 context=case.context,
-            ),
-        )
+            )
+            if template is None:
+                return rows
+            from sae_bench import kissane_prompts
+            from sae_bench.hub import load_alpaca_instructions
+
+            instructions = load_alpaca_instructions(case.dataset)[:n_rows]
+            return kissane_prompts.rows(
+                rows, instructions, model.tokenizer, template, stop_token=stop, context=case.context
+            )
+
+        return cached_rollouts(key + (f"|kissane {template}" if template else ""), make)
 
     # -- evaluation ---------------------------------------------------------------------------------------------
     def outlier_policy(self, case: Case, tokens: CaseTokens) -> OutlierPolicy | None:
@@ -162,6 +180,7 @@ class CaseExecutor:
             outliers=policy,
             exclude_special_tokens=case.exclude_special_tokens,
             progress=self.progress,
+            pooled_per_token_ev="reconstruction-pooled" in case.groups,
         )
         report = evaluate_transfer(model, sae, tokens.tokens, config, position_mask=tokens.position_mask)
         return {k: v for k, v in report.to_row().items() if not k.startswith("setting_")}

@@ -3,6 +3,8 @@
 One JSON file per case: `{"case", "provenance", "metrics": {name: {value, abs, rel, direction, basis[, provenance]}}}`.
 A metric regresses when it moves beyond max(abs, rel·|value|) in the bad `direction` (`higher` is better, `lower` is
 better, `both`: any move is a regression); a move beyond it the good way is "improved" (passes; update the file).
+A `one_sided` metric reproduces a collapse ("at least this bad"): any value on the bad side of `value` is ok, one
+beyond it on the good side is "improved" (the collapse did not reproduce).
 `value: null` means the metric is expected to be undefined. Updating rewrites values, never tolerances.
 """
 
@@ -22,6 +24,7 @@ DIRECTIONS = ("higher", "lower", "both")
 DEFAULT_DIRECTION: dict[str, str] = {
     "explained_variance": "higher",
     "explained_variance_per_token": "higher",
+    "explained_variance_per_token_pooled": "higher",
     "explained_variance_flattened": "higher",
     "mse": "lower",
     "ce_spliced": "lower",
@@ -57,6 +60,12 @@ class MetricExpectation:
     """Where the tolerance comes from (a measured spread, or why a published value gets this much room)."""
     provenance: Mapping[str, Any] | None = None
     """Per-metric provenance, where it differs from the file's."""
+    one_sided: bool = False
+    """Check only that the value is at least this bad (a collapsed transfer), in `direction`'s terms."""
+
+    def __post_init__(self) -> None:
+        if self.one_sided and self.direction == "both":
+            raise ValueError("a one-sided expectation needs direction higher or lower")
 
     @property
     def threshold(self) -> float:
@@ -69,6 +78,9 @@ class MetricExpectation:
         if got is None or not math.isfinite(got):
             return "regression"
         delta = got - self.value
+        if self.one_sided:
+            worse = delta < 0 if self.direction == "higher" else delta > 0
+            return "ok" if worse or abs(delta) <= self.threshold else "improved"
         if abs(delta) <= self.threshold:
             return "ok"
         if self.direction == "both":
@@ -127,7 +139,7 @@ def read_expectations(path: Path) -> ExpectationFile:
         where = f"metrics.{name}"
         if not isinstance(entry, dict) or "value" not in entry:
             raise ExpectationError(f"{path}: {where}: expected a table with value, direction and abs or rel")
-        unknown = set(entry) - {"value", "direction", "abs", "rel", "basis", "provenance"}
+        unknown = set(entry) - {"value", "direction", "abs", "rel", "basis", "provenance", "one_sided"}
         if unknown:
             raise ExpectationError(f"{path}: {where}: unknown fields {sorted(unknown)}")
         direction = entry.get("direction", DEFAULT_DIRECTION.get(name, "both"))
@@ -136,11 +148,15 @@ def read_expectations(path: Path) -> ExpectationFile:
         tolerance = {k: _number(path, f"{where}.{k}", entry.get(k, 0.0)) for k in ("abs", "rel")}
         if min(tolerance.values()) < 0:
             raise ExpectationError(f"{path}: {where}: tolerances must be ≥ 0")
+        one_sided = entry.get("one_sided", False)
+        if not isinstance(one_sided, bool) or (one_sided and direction == "both"):
+            raise ExpectationError(f"{path}: {where}.one_sided: true or false, and true needs direction higher/lower")
         metrics[name] = MetricExpectation(
             value=_number(path, f"{where}.value", entry["value"], allow_none=True),
             direction=direction,
             basis=entry.get("basis", ""),
             provenance=entry.get("provenance"),
+            one_sided=one_sided,
             **tolerance,
         )
     return ExpectationFile(data["case"], data["provenance"], metrics, unchecked)
@@ -160,7 +176,7 @@ def compare(expected: ExpectationFile, measured: Mapping[str, float | None], nam
                 "expected": expectation.value,
                 "got": got,
                 "threshold": expectation.threshold,
-                "direction": expectation.direction,
+                "direction": expectation.direction + (", at least this bad" if expectation.one_sided else ""),
                 "verdict": expectation.verdict(got),
             }
         )

@@ -3,7 +3,8 @@
 Spec forms:
 - model: `hf:ORG/NAME` (a TransformerLens model name), or `hf:ORG/NAME?as=BASE[&vocab=N]` for a fine-tune whose
   weights are loaded into BASE's architecture (`from_pretrained(BASE, hf_model=...)`), its vocabulary cut to N rows;
-- SAE: `saelens:RELEASE/ID`, `hf:ORG/REPO/FOLDER`, `wandb:ENTITY/PROJECT/ARTIFACT:VERSION`;
+- SAE: `saelens:RELEASE/ID`, `hf:ORG/REPO/FOLDER`, `wandb:ENTITY/PROJECT/ARTIFACT:VERSION`, or
+  `unreleased:WHY` for a case whose SAE was never published (it skips until `--sae` supplies one);
 - dataset: `hf:ORG/NAME` (a text column, streamed), `alpaca:ORG/NAME` (instructions with an empty input).
 Local copies come first, so a machine that downloaded once needs no network or credentials again:
 - a wandb artifact in wandb's own download folder (`$WANDB_ARTIFACT_DIR`, default `./artifacts`, as written by
@@ -117,6 +118,8 @@ def missing(spec: str, *, dataset: bool = False) -> list[str]:
         repos = ["/".join(parsed.body.split("/")[:2])] + ([parsed.params["as"]] if "as" in parsed.params else [])
         reasons = [(repo, _hf_missing(repo, "config.json") and _hf_missing(repo, "cfg.json")) for repo in repos]
         return [f"{why}; download it with `huggingface-cli download {repo}`" for repo, why in reasons if why]
+    if parsed.scheme == "unreleased":
+        return [unreleased_reason(parsed.body)]
     if parsed.scheme == "saelens":
         _, _, repo, folder = saelens_release(parsed.body)
         reason = _hf_missing(repo, f"{folder}/cfg.json")
@@ -133,6 +136,13 @@ def missing(spec: str, *, dataset: bool = False) -> list[str]:
         reason = _unreachable("api.wandb.ai")
         return [] if reason is None else [f"wandb artifact {parsed.body} is not in {local.parent} and {reason}"]
     raise ValueError(f"unknown source scheme {parsed.scheme!r} in {spec!r}")
+
+
+def unreleased_reason(why: str) -> str:
+    return (
+        f"an SAE that was never released ({why}); supply one with --sae SPEC (a local SAELens folder, "
+        "saelens:RELEASE/ID, hf:ORG/REPO/FOLDER or wandb:ENTITY/PROJECT/NAME:VERSION)"
+    )
 
 
 def _netrc_has(host: str) -> bool:
@@ -177,14 +187,19 @@ def load_hub_sae(spec: str, *, device: str, dtype: str):
 
             directory = wandb.Api(timeout=30).artifact(parsed.body).download(root=str(directory))
         return SAE.load_from_disk(directory, device=device, dtype=dtype)
+    if parsed.scheme == "unreleased":
+        raise ValueError(f"cannot load {spec!r}: {unreleased_reason(parsed.body)}")
     raise ValueError(
         f"SAE spec {spec!r}: hub SAEs are saelens:RELEASE/ID, hf:ORG/REPO/FOLDER or wandb:ENTITY/PROJECT/NAME:V"
     )
 
 
 def load_hub_rows(dataset: str, n_rows: int, context: int, tokenizer) -> torch.Tensor:
-    """`n_rows` rows of BOS + `context - 1` tokens of the dataset's text stream (documents joined by EOS);
-    `?bos=0` gives rows of `context` tokens with no BOS (Kutsyk's Mistral SAE was trained without one)."""
+    """`n_rows` rows of BOS + `context - 1` tokens of the dataset's text stream, documents joined by EOS.
+
+    `?sep=bos` joins them by BOS instead, as the SAELens store of 2024 did with `prepend_bos` (each document
+    tokenised with BOS in front, rows cut from the stream, each row starting with BOS); `?bos=0` gives rows of
+    `context` tokens with no BOS (Kutsyk's Mistral SAE was trained without one)."""
     from datasets import load_dataset
 
     parsed = parse_spec(dataset)
@@ -192,14 +207,26 @@ def load_hub_rows(dataset: str, n_rows: int, context: int, tokenizer) -> torch.T
     stream = load_dataset(str(path), split=parsed.params.get("split", "train"), streaming=True)
     column = parsed.params.get("column", "text")
     head = [tokenizer.bos_token_id] if parsed.params.get("bos", "1") != "0" else []
-    body, buffer, rows = context - len(head), [], []
+    separator = {"eos": tokenizer.eos_token_id, "bos": tokenizer.bos_token_id}.get(parsed.params.get("sep", "eos"))
+    if separator is None:
+        raise ValueError(f"{dataset}: sep must be eos or bos, and the tokenizer must have that token")
+    by_bos = parsed.params.get("sep") == "bos"
+    buffer, rows = [], []
     for record in stream:
-        buffer.extend(tokenizer(record[column], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
-        while len(buffer) >= body and len(rows) < n_rows:
-            rows.append(head + buffer[:body])
-            buffer = buffer[body:]
+        document = tokenizer(record[column], add_special_tokens=False)["input_ids"]
+        buffer.extend([separator] + document if by_bos else document + [separator])
+        while len(rows) < n_rows:
+            # a row starts with BOS: a document's own, or one put before the rest of a document cut at a row end
+            row_head = [] if by_bos and buffer[:1] == head else head
+            take = context - len(row_head)
+            if len(buffer) < take:
+                break
+            rows.append(row_head + buffer[:take])
+            buffer = buffer[take:]
         if len(rows) == n_rows:
             break
+    if len(rows) < n_rows:
+        raise ValueError(f"{dataset} holds {len(rows)} rows of {context} tokens; the case asks for {n_rows}")
     return torch.tensor(rows, dtype=torch.long)
 
 

@@ -302,6 +302,43 @@ class ReconstructionStats:
 
 
 @dataclass
+class PooledPerTokenEVStats:
+    """`explained_variance_per_token` with every token of every batch as one batch (Kissane's alpaca reduction:
+    x̄ over all tokens), so the value does not depend on the batch size. x̄ is known only at the end, so the
+    inputs are kept (O(tokens × d_model), float32): for the few thousand masked chat tokens it is meant for."""
+
+    max_values: int = 1 << 27
+    """Largest tokens × d_model kept (512 MB of float32); beyond it `update` raises."""
+    inputs: list[Tensor] = field(default_factory=list)
+    errors: list[Tensor] = field(default_factory=list)
+    n_values: int = 0
+
+    def update(self, x: Tensor, x_hat: Tensor) -> None:
+        """x, x_hat: (tokens, d_model)."""
+        _check_tokens("explained_variance_per_token_pooled", x, x_hat)
+        self.n_values += x.numel()
+        if self.n_values > self.max_values:
+            raise ValueError(
+                f"explained_variance_per_token_pooled keeps every token; {self.n_values} values exceed "
+                f"{self.max_values}: drop the reconstruction-pooled group or evaluate fewer tokens"
+            )
+        self.inputs.append(x.detach().float().cpu())
+        self.errors.append((_f64(x) - _f64(x_hat)).pow(2).sum(dim=-1).cpu())
+
+    def compute(self) -> float:
+        if not self.inputs:
+            raise UndefinedMetric("explained_variance_per_token_pooled: no tokens were evaluated")
+        x64 = _f64(torch.cat(self.inputs))
+        distance_to_mean = (x64 - x64.mean(dim=0)).pow(2).sum(dim=-1)
+        at_mean = int((distance_to_mean == 0).sum())
+        if at_mean:
+            raise UndefinedMetric(
+                f"explained_variance_per_token_pooled: {at_mean} of {len(x64)} tokens sit exactly at the mean"
+            )
+        return float((1.0 - torch.cat(self.errors) / distance_to_mean).mean())
+
+
+@dataclass
 class BatchMean:
     """Mean over batches of a per-batch value (the Kissane reductions); empty batches are not counted."""
 

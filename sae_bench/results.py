@@ -42,6 +42,10 @@ class TransferReport:
     explained_variance_per_token: float | None = _metric(
         "mean over batches of mean over tokens of 1 − ‖x − x̂‖² / ‖x − x̄_batch‖² (Kissane / SAELens legacy)"
     )
+    explained_variance_per_token_pooled: float | None = _metric(
+        "mean over tokens of 1 − ‖x − x̂‖² / ‖x − x̄‖², x̄ over all tokens (Kissane's alpaca EV); None unless "
+        "EvalConfig.pooled_per_token_ev"
+    )
     ce_clean: float | None = _metric("token-weighted mean NLL of the clean model")
     ce_spliced: float | None = _metric("token-weighted mean NLL with the SAE reconstruction spliced in")
     ce_zero_ablation: float | None = _metric("token-weighted mean NLL with the hook zeroed under the position mask")
@@ -115,6 +119,8 @@ def finalize_transfer_report(
         ev_per_token = value(
             "explained_variance_per_token", lambda: acc.ev_per_token.compute("explained_variance_per_token")
         )
+    # not computed unless asked for: None, and no reason (it is not undefined, only not measured)
+    pooled_ev = None if acc.ev_pooled is None else value("explained_variance_per_token_pooled", acc.ev_pooled.compute)
     density = value("feature_density", acc.density.density)
     return TransferReport(
         hook=site.name,
@@ -126,6 +132,7 @@ def finalize_transfer_report(
         explained_variance=value("explained_variance", rec.explained_variance),
         explained_variance_flattened=value("explained_variance_flattened", rec.explained_variance_flattened),
         explained_variance_per_token=ev_per_token,
+        explained_variance_per_token_pooled=pooled_ev,
         ce_clean=ce_clean,
         ce_spliced=ce_spliced,
         ce_zero_ablation=ce_zero,

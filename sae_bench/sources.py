@@ -229,7 +229,8 @@ def end_of_turn_id(tokenizer) -> int:
 
 
 def load_chat_prompts(dataset: str, tokenizer):
-    """Chat prompts with the user's span: the zoo's held-out instructions, or Kissane's alpaca sample."""
+    """Chat prompts with the user's span: the zoo's held-out instructions, or Kissane's alpaca sample (in his
+    templates with `?template=NAME`, else in the tokenizer's chat template)."""
     from sae_bench.chat import stored_prompt, template_prompt
 
     if dataset == "zoo:instructions-heldout":
@@ -241,8 +242,13 @@ def load_chat_prompts(dataset: str, tokenizer):
             stored_prompt(row[:length].tolist(), user, end)
             for row, length in zip(data["input_ids"], data["prompt_length"].tolist(), strict=True)
         ]
-    from sae_bench.hub import load_alpaca_instructions
+    from sae_bench.hub import load_alpaca_instructions, parse_spec
 
+    template = parse_spec(dataset).params.get("template")
+    if template is not None:  # `alpaca:ORG/NAME?template=mistral|qwen|gemma`: Kissane's own templates
+        from sae_bench import kissane_prompts
+
+        return [kissane_prompts.prompt(tokenizer, template, i) for i in load_alpaca_instructions(dataset)]
     return [template_prompt(tokenizer, instruction) for instruction in load_alpaca_instructions(dataset)]
 
 

@@ -227,3 +227,19 @@ def test_only_counted_predictions_are_unembedded_a_chunk_at_a_time(model, tokens
     n_counted = tokens.shape[0] * 4  # positions 3..6 predict 4..7
     assert max(rows_seen) <= 5
     assert sum(rows_seen) == 3 * n_counted  # clean, spliced and zero-ablated, each row once
+
+
+def test_pooled_per_token_ev_does_not_depend_on_batch_size(model, tokens, random_sae):
+    """Kissane's alpaca EV pools every masked token (issue: batch_size 1 used to average per-row EVs)."""
+    values = []
+    for batch_size in (1, 8):
+        config = EvalConfig(
+            hook="blocks.2.hook_resid_pre", batch_size=batch_size, pooled_per_token_ev=True, progress=False
+        )
+        values.append(evaluate_transfer(model, random_sae, tokens, config))
+    assert values[0].explained_variance_per_token_pooled == pytest.approx(
+        values[1].explained_variance_per_token_pooled, rel=1e-9
+    )
+    assert values[0].explained_variance_per_token != pytest.approx(values[1].explained_variance_per_token, rel=1e-6)
+    off = evaluate_transfer(model, random_sae, tokens, EvalConfig(hook="blocks.2.hook_resid_pre", progress=False))
+    assert off.explained_variance_per_token_pooled is None

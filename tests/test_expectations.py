@@ -159,3 +159,28 @@ def test_replacing_a_published_value_keeps_it_and_its_source(tmp_path):
         "provenance": {"kind": "published", "source": "A paper", "table": "Table 1"},
     }
     assert new.provenance["kind"] == "published"  # the file still says where its other values come from
+
+
+@pytest.mark.parametrize(
+    ("direction", "got", "verdict"),
+    [
+        ("higher", -2662.0, "ok"),
+        ("higher", 0.01, "ok"),
+        ("higher", 0.5, "improved"),
+        ("lower", 9.0, "ok"),
+        ("lower", 0.2, "improved"),
+    ],
+)
+def test_one_sided_expectation_accepts_anything_at_least_as_bad(direction, got, verdict):
+    bound = 0.0 if direction == "higher" else 1.0
+    expectation = MetricExpectation(bound, direction, abs=0.02, one_sided=True)
+    assert expectation.verdict(got) == verdict
+    assert expectation.verdict(None) == "regression"
+
+
+def test_one_sided_needs_a_direction(tmp_path):
+    with pytest.raises(ValueError, match="one-sided"):
+        MetricExpectation(0.0, "both", one_sided=True)
+    path = _write(tmp_path, {"case": "f/s@m", "provenance": {}, "metrics": {"l0": {"value": 1, "one_sided": True}}})
+    with pytest.raises(ExpectationError, match="one_sided"):
+        read_expectations(path)

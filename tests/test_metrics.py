@@ -264,3 +264,24 @@ def test_ce_loss_recovered_batch_mean_is_mean_of_batch_ratios():
     assert metrics.ce_loss_recovered_batch_mean(clean, spliced, zero) == pytest.approx(expected)
     pooled = metrics.ce_loss_recovered(clean.compute("c"), spliced.compute("s"), zero.compute("z"))
     assert pooled == pytest.approx((14 / 3 - 17 / 6) / (14 / 3 - 2))
+
+
+@given(st.data())
+def test_pooled_per_token_ev_is_the_per_token_ev_of_all_tokens_for_any_split(data):
+    x, x_hat = data.draw(activation_pairs(min_tokens=2))
+    cuts = data.draw(split_points(x.shape[0]))
+    x64 = np64(x)
+    distance = ((x64 - x64.mean(axis=0)) ** 2).sum(axis=1)
+    assume(distance.min() > 1e-6 * max(1.0, float(distance.max())))
+    stats = metrics.PooledPerTokenEVStats()
+    for bx, bh in zip(split_rows(x, cuts), split_rows(x_hat, cuts), strict=True):
+        stats.update(bx, bh)
+    reference = float(np.mean(1 - ((x64 - np64(x_hat)) ** 2).sum(axis=1) / distance))
+    assert close(stats.compute(), reference, rel=1e-6)
+    assert close(stats.compute(), metrics.explained_variance_per_token(x, x_hat), rel=1e-9)
+
+
+def test_pooled_per_token_ev_refuses_to_keep_too_much():
+    stats = metrics.PooledPerTokenEVStats(max_values=10)
+    with pytest.raises(ValueError, match="keeps every token"):
+        stats.update(torch.ones(3, 4), torch.ones(3, 4))

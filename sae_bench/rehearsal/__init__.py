@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sae_bench.cases import SHIPPED_CASES
+from sae_bench.cases import CHAT_MASKS, SHIPPED_CASES
 
 ROOT_ENV = "SAE_BENCH_REHEARSAL_ROOT"
 _LIBRARIES_READING_ENV = ("huggingface_hub", "transformers", "datasets", "wandb")
@@ -42,11 +42,17 @@ SCALE = RehearsalScale()
 
 
 def scaled_case(case, scale: RehearsalScale = SCALE):
-    """The hub case with its token budget, context and batch size scaled down; CPU is enough."""
+    """The hub case with its token budget, context and batch size scaled down (CPU is enough); an `unreleased:`
+    SAE is played by a local stand-in folder, as a user would supply one with --sae."""
     if case.tier != "hub":
         return case
-    context = min(case.context, scale.chat_context if case.mask != "all" else scale.context)
-    return replace(case, tokens=scale.rows * context, context=context, batch_size=scale.batch_size, gpu=False)
+    context = min(case.context, scale.chat_context if case.mask in CHAT_MASKS else scale.context)
+    sae = case.sae
+    if sae.startswith("unreleased:"):
+        from sae_bench.rehearsal.stand_ins import unreleased_dir
+
+        sae = str(unreleased_dir(stand_in_root(), sae))
+    return replace(case, sae=sae, tokens=scale.rows * context, context=context, batch_size=scale.batch_size, gpu=False)
 
 
 def stand_in_root() -> Path:
@@ -130,7 +136,7 @@ def _build_once(root: Path, extra_saes: Sequence[str]) -> None:
             summary = {"repos": sorted(needs.repos), "saes": sorted(needs.saes), "datasets": sorted(needs.datasets)}
             done.write_text(json.dumps(summary, indent=2))
         for spec in extra_saes:
-            if spec.split(":")[0] in ("saelens", "wandb") and not Path(spec).is_dir():
+            if spec.split(":")[0] in ("saelens", "wandb", "unreleased") and not Path(spec).is_dir():
                 write_sae_stand_in(root, spec, hook="blocks.0.hook_resid_pre")
 
 

@@ -172,8 +172,10 @@ def training_texts() -> Iterator[str]:
         yield topics[name]
 
 
-def build_tokenizer(kind: TokenizerKind):
-    """A `PreTrainedTokenizerFast` of the family's kind, trained deterministically on `training_texts()`."""
+def build_tokenizer(kind: TokenizerKind, vocab_size: int | None = None):
+    """A `PreTrainedTokenizerFast` of the family's kind, trained deterministically on `training_texts()`; with
+    `vocab_size`, filled up to it with ordinary tokens `<filler_N>`, so that every id the model can emit decodes
+    to text that encodes back to it (as in the real tokenizers, whose vocabulary is the model's)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -190,11 +192,16 @@ def build_tokenizer(kind: TokenizerKind):
     else:  # SentencePiece-style BPE: spaces as "▁", byte fallback, special tokens at the real low ids
         specials = ["<unk>", "<s>", "</s>"] if kind.family == "llama" else GEMMA_SPECIAL_TOKENS
         tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+        # newlines never merge with text (SentencePiece keeps "\n" apart: Llama as a byte, Gemma as its own token)
+        newline = pre_tokenizers.Split("\n", behavior="isolated")
         if kind.family == "llama":
-            tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+            metaspace = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+            tokenizer.pre_tokenizer = pre_tokenizers.Sequence([newline, metaspace])
             tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-        else:
+        else:  # Gemma: spaces become "▁" that start the next piece, no prefix space
             tokenizer.normalizer = normalizers.Replace(" ", "▁")
+            word_starts = pre_tokenizers.Split("▁", behavior="merged_with_next")
+            tokenizer.pre_tokenizer = pre_tokenizers.Sequence([newline, word_starts])
             tokenizer.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback()])
         trainer = trainers.BpeTrainer(
             vocab_size=len(specials) + TOKENIZER_VOCAB, special_tokens=list(specials), show_progress=False
@@ -206,6 +213,11 @@ def build_tokenizer(kind: TokenizerKind):
         )
         special = {"eos_token": kind.eos, "bos_token": kind.bos, "unk_token": "<unk>"}
         special |= {"pad_token": "<pad>"} if kind.family == "gemma" else {}
+    if vocab_size is not None and vocab_size > tokenizer.get_vocab_size():
+        from tokenizers import AddedToken
+
+        fillers = range(tokenizer.get_vocab_size(), vocab_size)
+        tokenizer.add_tokens([AddedToken(f"<filler_{i}>", normalized=False, special=False) for i in fillers])
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer, chat_template=kind.chat_template, model_max_length=1 << 20, **special
     )
@@ -218,4 +230,4 @@ def save_miniature(spec: Miniature, directory: Path, *, seed: int) -> None:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(spec.hf_config(), dtype=torch.float32)
     model.save_pretrained(directory)
-    build_tokenizer(spec.tokenizer).save_pretrained(directory)
+    build_tokenizer(spec.tokenizer, spec.vocab_size).save_pretrained(directory)

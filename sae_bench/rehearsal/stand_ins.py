@@ -246,16 +246,26 @@ def write_dataset(root: Path, repo: str) -> Path:
 # -- all of it ---------------------------------------------------------------------------------------------------
 
 
+def unreleased_dir(root: Path, spec: str) -> Path:
+    """The local SAELens folder that plays the SAE a user would supply for an `unreleased:` case."""
+    return root / "unreleased" / hashlib.sha256(spec.encode()).hexdigest()[:16]
+
+
 def write_sae_stand_in(root: Path, spec: str, hook: str) -> Path:
-    """A miniature SAE for a `wandb:` or `saelens:` spec, where and how that source keeps its files."""
+    """A miniature SAE for a `wandb:` or `saelens:` spec, where and how that source keeps its files; for an
+    `unreleased:` one, a local folder in Kissane's format (what a user would pass with --sae)."""
     from sae_bench.hub import parse_spec
 
     parsed = parse_spec(spec)
+    if parsed.scheme == "unreleased":
+        directory = unreleased_dir(root, spec)
+        write_sae(directory, spec, kissane_config(hook, "stand-in"), leftover_scaling_factor=True)
+        return directory
     if parsed.scheme == "wandb":
         return write_wandb_sae(root / "artifacts", parsed.body, hook)
     if parsed.scheme == "saelens":
         return write_release_sae(root / "hub", parsed.body)
-    raise KeyError(f"the rehearsal has no stand-in for SAE source {spec!r} (wandb: and saelens: only)")
+    raise KeyError(f"the rehearsal has no stand-in for SAE source {spec!r} (wandb:, saelens:, unreleased: only)")
 
 
 def build_stand_ins(root: Path, needs: Needs) -> None:

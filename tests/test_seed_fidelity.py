@@ -1,0 +1,141 @@
+"""The hub cases follow the seed studies' conventions: Kissane's templates, masks and Pile rows; Kutsyk's raw
+Gemma input; unreleased SAEs skip with a way to supply one; published files carry the papers' own tables."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sae_bench import kissane_prompts
+from sae_bench.cases import SHIPPED_CASES, load_registry
+from sae_bench.chat import ChatRows
+from sae_bench.rehearsal.miniatures import MINIATURES, build_tokenizer
+from sae_bench.rehearsal.stand_ins import write_dataset
+
+INSTRUCTION = "Name three uses of a list."
+CHAT_REPOS = {
+    "mistral": "mistralai/Mistral-7B-Instruct-v0.1",
+    "qwen": "Qwen/Qwen1.5-0.5B-Chat",
+    "gemma": "google/gemma-2b-it",
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizers():
+    """The rehearsal miniatures' tokenizers: each family's special tokens, BOS habit and real chat template."""
+    return {name: build_tokenizer(MINIATURES[repo].tokenizer) for name, repo in CHAT_REPOS.items()}
+
+
+@pytest.fixture
+def local_datasets(tmp_path, monkeypatch):
+    for repo in ("tatsu-lab/alpaca", "monology/pile-uncopyrighted"):
+        write_dataset(tmp_path, repo)
+    monkeypatch.setenv("SAE_BENCH_DATASETS", str(tmp_path))
+    return tmp_path
+
+
+def test_alpaca_prompts_are_kissanes_token_ids_not_the_chat_template(tokenizers, local_datasets):
+    from sae_bench.hub import load_alpaca_instructions
+    from sae_bench.sources import load_chat_prompts
+
+    expected_text = {
+        "mistral": f" [INST] {INSTRUCTION} [/INST] ",
+        "qwen": f"<|im_start|>user\n{INSTRUCTION}<|im_end|>\n<|im_start|>assistant\n",
+        "gemma": f"<start_of_turn>user\n{INSTRUCTION}<end_of_turn>\n<start_of_turn>model\n",
+    }
+    for name, tokenizer in tokenizers.items():
+        ids = kissane_prompts.prompt(tokenizer, name, INSTRUCTION).ids
+        assert ids == tokenizer(expected_text[name])["input_ids"]  # one string, default special tokens
+        assert ids != tokenizer.apply_chat_template(
+            [{"role": "user", "content": INSTRUCTION}], add_generation_prompt=True, tokenize=True
+        ), name
+        first = tokenizer.convert_ids_to_tokens(ids[0])
+        assert first == {"mistral": "<s>", "qwen": "<|im_start|>", "gemma": "<bos>"}[name]  # Qwen: no BOS, no system
+        instructions = load_alpaca_instructions(f"alpaca:tatsu-lab/alpaca?template={name}")
+        prompts = load_chat_prompts(f"alpaca:tatsu-lab/alpaca?template={name}", tokenizer)
+        assert [p.ids for p in prompts] == [
+            tokenizer(expected_text[name].replace(INSTRUCTION, i))["input_ids"] for i in instructions
+        ]
+
+
+def test_kissane_user_span_follows_his_markers(tokenizers):
+    for name, tokenizer in tokenizers.items():
+        prompt = kissane_prompts.prompt(tokenizer, name, INSTRUCTION)
+        soi, eoi = kissane_prompts.markers(tokenizer, name)
+        assert prompt.user_start == len(soi)
+        assert prompt.ids[prompt.user_stop : prompt.user_stop + len(eoi)] == eoi
+    # his Mistral hack: soi keeps <s>, eoi drops its last token; Gemma's soi omits <bos>, so his span starts early
+    soi, _ = kissane_prompts.markers(tokenizers["mistral"], "mistral")
+    assert soi[0] == tokenizers["mistral"].bos_token_id
+    soi, _ = kissane_prompts.markers(tokenizers["gemma"], "gemma")
+    assert tokenizers["gemma"].bos_token_id not in soi
+
+
+def test_kissane_rows_retokenise_the_completion_and_drop_the_last_two_positions(tokenizers):
+    for name, tokenizer in tokenizers.items():
+        prompt = kissane_prompts.prompt(tokenizer, name, INSTRUCTION)
+        reply = tokenizer("Use it to keep items in order", add_special_tokens=False)["input_ids"]
+        stop = tokenizer.convert_tokens_to_ids(kissane_prompts.END_OF_TURN[name])
+        generated_ids = prompt.ids + reply + [stop]
+        generated = ChatRows(
+            torch.tensor([generated_ids + [0] * 10]),
+            torch.tensor([len(prompt.ids)]),
+            torch.tensor([len(generated_ids)]),
+            torch.tensor([prompt.user_start]),
+            torch.tensor([prompt.user_stop]),
+        )
+        rows = kissane_prompts.rows(generated, [INSTRUCTION], tokenizer, name, stop_token=stop, context=128)
+        completion = tokenizer.decode(reply, skip_special_tokens=False)
+        ids = tokenizer(kissane_prompts.TEMPLATES[name].format(instruction=INSTRUCTION) + completion)["input_ids"]
+        assert rows.tokens[0, : len(ids)].tolist() == ids and int(rows.length[0]) == len(ids)  # end of turn cut
+        soi, eoi = kissane_prompts.markers(tokenizer, name)
+        i = prompt.user_stop
+        rollout = rows.mask("rollout")[0].nonzero().flatten().tolist()
+        assert rollout == list(range(i + len(eoi) - 1, len(ids) - 2))  # his loss_mask: last_idx and last_idx − 1 off
+        assert rows.mask("user-prompt")[0].nonzero().flatten().tolist() == list(range(len(soi), i))
+
+
+def test_pile_rows_carry_bos_between_documents_where_the_case_says_so(tokenizers, local_datasets):
+    from sae_bench.hub import load_hub_rows
+
+    tokenizer = tokenizers["mistral"]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    rows = load_hub_rows("hf:monology/pile-uncopyrighted?sep=bos", 6, 256, tokenizer)
+    assert rows.shape == (6, 256) and bool((rows[:, 0] == bos).all())
+    assert int((rows[:, 1:] == bos).sum()) > 0 and int((rows == eos).sum()) == 0  # documents joined by BOS
+    assert not bool(((rows[:, :-1] == bos) & (rows[:, 1:] == bos)).any())  # never BOS BOS
+    documents = [
+        json.loads(line)["text"] for line in open(local_datasets / "monology/pile-uncopyrighted/train/00.jsonl")
+    ]
+    first = tokenizer(documents[0], add_special_tokens=False)["input_ids"]
+    assert rows[0, 1 : 1 + len(first[:255])].tolist() == first[:255]
+    plain = load_hub_rows("hf:monology/pile-uncopyrighted", 6, 256, tokenizer)
+    assert int((plain[:, 1:] == bos).sum()) == 0 and int((plain == eos).sum()) > 0
+
+
+def test_kissane_pile_cases_read_rows_with_bos_separators():
+    for case in load_registry(SHIPPED_CASES):
+        if (
+            case.family in ("mistral-7b", "qwen1.5-0.5b", "gemma-2b")
+            and "pile" in case.dataset
+            and "res-" not in case.id
+        ):
+            assert "sep=bos" in case.dataset, case.id
+
+
+def test_kutsyk_gemma_sae_reads_raw_activations_with_a_raw_threshold_of_290():
+    registry = load_registry(SHIPPED_CASES)
+    for case_id in ("gemma-2b/res-jb-l6@base", "gemma-2b/res-jb-l6@python-codes"):
+        case = registry.get(case_id)
+        assert case.scaling_factor is None
+        assert (case.outliers.threshold, case.outliers.norm) == (290, "raw")
+        assert registry.get(f"{case_id}/all-tokens").outliers is None  # L0 and dead features over every token
+
+
+def test_unreleased_kissane_gemma_saes_skip_with_how_to_supply_one(monkeypatch):
+    from benchmarks.conftest import missing_for
+
+    reason = missing_for(load_registry(SHIPPED_CASES).get("gemma-2b/base-sae@base"), "cuda")
+    assert "never released" in reason and "--sae" in reason and "wandb credentials" not in reason
