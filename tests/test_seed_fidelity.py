@@ -139,3 +139,45 @@ def test_unreleased_kissane_gemma_saes_skip_with_how_to_supply_one(monkeypatch):
 
     reason = missing_for(load_registry(SHIPPED_CASES).get("gemma-2b/base-sae@base"), "cuda")
     assert "never released" in reason and "--sae" in reason and "wandb credentials" not in reason
+
+
+def _published(case_id: str):
+    from sae_bench.expectations import read_expectations
+
+    return read_expectations(load_registry(SHIPPED_CASES).get(case_id).expectation_path(EXPECTATIONS))
+
+
+EXPECTATIONS = SHIPPED_CASES.parents[1] / "expectations"
+
+
+def test_kutsyk_figures_are_the_papers_tables():
+    assert _published("gemma-2b/res-jb-l6@base").metrics["explained_variance_flattened"].value == 0.97
+    assert _published("gemma-2b/res-jb-l6@base/all-tokens").metrics["l0"].value == 53.59
+    assert _published("mistral-7b/res-wg-l8@math/all-tokens").metrics["dead_fraction"].value == 0.0064
+    features = _published("gemma-2b/res-jb-l6@base-vs-python-codes/all-but-first")
+    assert features.metrics["activation_similarity_regular_mean"].value == 0.39  # section 5.2 (notebook: 0.43)
+    # section 3's table: Gemma 0.6691, Mistral 0.9648
+    assert _published("gemma-2b/res-jb-l6@base-vs-python-codes/residual").metrics["residual_cosine"].value == 0.6691
+    assert _published("mistral-7b/res-wg-l8@base-vs-math/residual").metrics["residual_cosine"].value == 0.9648
+    buggy = _published("gemma-2b/res-jb-l6@python-codes").unchecked["ce_spliced"]
+    assert "published 7.5" in buggy and "flattened-splice" in buggy  # kept, with the caveat, not dropped
+
+
+def test_a_collapsed_transfer_is_checked_one_sided_and_keeps_its_numbers():
+    collapsed = _published("gemma-2b/it-sae@base")  # Kissane: EV −2662, L0 6928, CE recovered −8.32
+    ev = collapsed.metrics["explained_variance_per_token"]
+    assert ev.one_sided and ev.value == 0.0 and ev.provenance["published_value"] == pytest.approx(-2662.135986328125)
+    assert ev.verdict(-2000.0) == "ok" and ev.verdict(0.6) == "improved"
+    assert collapsed.metrics["ce_loss_recovered_batch_mean"].one_sided
+    assert "published 6928.72" in collapsed.unchecked["l0"]
+    healthy = _published("mistral-7b/base-sae@base")
+    assert not any(m.one_sided for m in healthy.metrics.values())
+
+
+def test_a_difference_takes_its_tolerance_from_its_terms():
+    import math
+
+    expected = _published("mistral-7b/base-sae@base")
+    terms = (expected.metrics["ce_spliced"].threshold, expected.metrics["ce_clean"].threshold)
+    assert expected.metrics["ce_delta"].threshold == pytest.approx(math.hypot(*terms))
+    assert expected.metrics["ce_delta"].threshold > 0.1  # not 16 % of a 0.11 delta

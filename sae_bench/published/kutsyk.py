@@ -34,7 +34,7 @@ def _file(case: str, table: str, positions: str, metrics: dict, unchecked: dict 
 
 def _outlier_fraction(percent: float, printed_digits: int) -> MetricExpectation:
     """An outlier share printed as a percentage: 3 binomial standard errors over the sample plus the rounding."""
-    fraction = percent / 100
+    fraction = round(percent / 100, 12)
     rounding = 0.5 * 10 ** (-printed_digits) / 100
     spread = 3 * math.sqrt(fraction * (1 - fraction) / SAMPLE) + rounding
     basis = f"3 binomial standard errors over {SAMPLE} tokens plus the printed rounding ({rounding:.1g})"
