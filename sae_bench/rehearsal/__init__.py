@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -83,6 +84,7 @@ def activate(root: Path | None = None, extra_saes: Sequence[str] = ()) -> Path:
     are imported: they read these settings once.
     """
     global _active
+    in_cache = root is None and not os.environ.get(ROOT_ENV)
     root = (root or stand_in_root()).absolute()
     if _active is not None:
         if _active != root:
@@ -100,6 +102,8 @@ def activate(root: Path | None = None, extra_saes: Sequence[str] = ()) -> Path:
     for name in ("HF_TOKEN", "WANDB_API_KEY"):
         os.environ.pop(name, None)  # a rehearsal must never reach a hub, even with credentials at hand
     _build_once(root, extra_saes)
+    if in_cache:
+        _prune_stale_builds(root)
     substitute_gemma_config()
     _active = root
     return root
@@ -138,6 +142,21 @@ def _build_once(root: Path, extra_saes: Sequence[str]) -> None:
         for spec in extra_saes:
             if spec.split(":")[0] in ("saelens", "wandb", "unreleased") and not Path(spec).is_dir():
                 write_sae_stand_in(root, spec, hook="blocks.0.hook_resid_pre")
+
+
+STALE_AFTER_S = 7 * 24 * 3600
+
+
+def _prune_stale_builds(current: Path) -> None:
+    """Mark the current build used, and remove the cache's builds of other stand-in recipes (about 100 MB each)
+    that no run has used for a week (a build in use by another checkout is left alone)."""
+    import time
+
+    (current / "built.json").touch()
+    for sibling in current.parent.iterdir():
+        marker = sibling / "built.json"
+        if sibling != current and marker.is_file() and time.time() - marker.stat().st_mtime > STALE_AFTER_S:
+            shutil.rmtree(sibling, ignore_errors=True)
 
 
 def substitute_gemma_config() -> None:
