@@ -31,6 +31,13 @@ def pytest_addoption(parser):
         help="read (and, when asked, write) expectation files here instead of the suite's expectations/",
     )
     group.addoption(
+        "--results",
+        metavar="PATH",
+        help="record what this run measures in this SQLite database (default: $SAE_BENCH_RESULTS, else "
+        ".sae-bench/results.sqlite)",
+    )
+    group.addoption("--no-results", action="store_true", help="record nothing in the results database")
+    group.addoption(
         "--sae", dest="sae_override", metavar="SPEC", help="run every selected case with this SAE instead of its own"
     )
     group.addoption(

@@ -153,6 +153,8 @@ class Suite:
         expected = expectations.read_expectations(path)
         table = expectations.compare(expected, measured, names)
         self.verdicts.append(table.assign(case=case.id, group=group, sae=case.sae))
+        if self.results is not None:
+            self._record(case, group, measured, table)
         text = expectations.verdict_markdown(table)
         if rehearsed:  # miniatures are not the real models: report the verdicts, fail only on plumbing
             return
@@ -162,6 +164,54 @@ class Suite:
             warnings.warn(
                 ImprovedMetric(f"{case.id} [{group}] improved beyond tolerance; update {path}:\n{text}"), stacklevel=2
             )
+
+    def _record(self, case: Case, group: str, measured: dict, table: pd.DataFrame) -> None:
+        """Keep what this (case, group) measured in the results database; the case's vectors once a run."""
+        from sae_bench.results_db import CaseMeasurement
+        from sae_bench.sources import source_fingerprint
+
+        undefined, vectors = self.executor.details(case)
+        names = case.metrics(group)
+        self.results.record(
+            self.run_id,
+            CaseMeasurement(
+                case.id,
+                group,
+                {name: measured.get(name) for name in names},
+                {name: undefined[name] for name in names if name in undefined},
+                table,
+                case.sae,
+                self.executor.sae_fingerprint(case.sae),
+                case.model,
+                source_fingerprint(case.model),
+                int(measured.get("n_tokens_reconstructed") or measured.get("n_tokens") or 0),
+            ),
+        )
+        if case.id not in self.vectors_recorded:
+            self.results.record_vectors(self.run_id, case.id, {k: v.cpu().numpy() for k, v in vectors.items()})
+            self.vectors_recorded.add(case.id)
+
+    def open_results(self) -> None:
+        """The results database of this run (none for a rehearsal: miniature numbers are not results)."""
+        from importlib.metadata import version
+
+        from sae_bench.results_db import ResultsDB, default_path
+
+        self.results, self.run_id, self.vectors_recorded = None, None, set()
+        if self.config.getoption("--no-results") or self.rehearse:
+            return
+        self.results = ResultsDB(self.config.getoption("--results") or default_path())
+        workerinput = getattr(self.config, "workerinput", None)
+        if workerinput is not None and "sae_bench_run" in workerinput:
+            self.run_id = workerinput["sae_bench_run"]
+            return
+        packages = ("sae-transfer-bench", "torch", "sae-lens", "transformer-lens")
+        self.run_id = self.results.start_run(
+            selection=" ".join(self.config.invocation_params.args),
+            device=self.device,
+            git_commit=_git_commit(),
+            versions={p: version(p) for p in packages},
+        )
 
     def _write(self, case: Case, path: Path, existing, measured: dict, names) -> None:
         """New values for `names` (tolerances kept); metrics new to the file get the measured spread."""
@@ -215,8 +265,27 @@ def pytest_collection_modifyitems(config, items):
     items[:] = kept
 
 
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        run = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
+    except OSError:
+        return None
+    return run.stdout.strip() or None
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """pytest-xdist: every worker records into the controller's run."""
+    suite = node.config._sae_bench_suite
+    if suite.results is not None:
+        node.workerinput["sae_bench_run"] = suite.run_id
+
+
 def pytest_configure(config):
     config._sae_bench_suite = Suite(config)
+    config._sae_bench_suite.open_results()
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:  # share the cores between xdist workers instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
@@ -252,6 +321,8 @@ def pytest_sessionfinish(session, exitstatus):
     target = session.config.getoption("verdict_table", None)
     if suite is not None and target:
         suite.write_table(target)
+    if suite is not None and suite.results is not None and not hasattr(session.config, "workerinput"):
+        suite.results.finish_run(suite.run_id, int(session.exitstatus))
     if suite is not None and suite.rehearse:
         suite.problems = rehearsal_problems(suite)
         if suite.problems:

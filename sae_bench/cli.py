@@ -9,12 +9,18 @@ from pathlib import Path
 
 
 def _print_metrics(_: argparse.Namespace) -> int:
+    """Every metric of every group, with its definition (each kept where the metric is computed)."""
+    from sae_bench.cases import METRIC_GROUPS
+    from sae_bench.outliers import OUTLIER_METRIC_DOCS
     from sae_bench.results import TransferReport
+    from sae_bench.universality import PAIRED_METRIC_DOCS
 
-    docs = TransferReport.metric_docs()
-    width = max(map(len, docs))
-    for name, doc in docs.items():
-        print(f"{name:<{width}}  {doc}")
+    docs = TransferReport.metric_docs() | OUTLIER_METRIC_DOCS | PAIRED_METRIC_DOCS
+    width = max(len(name) for names in METRIC_GROUPS.values() for name in names)
+    for group, names in METRIC_GROUPS.items():
+        print(f"[{group}]")
+        for name in names:
+            print(f"  {name:<{width}}  {docs[name]}")
     return 0
 
 
@@ -114,6 +120,78 @@ def _add_expectation_commands(commands) -> None:
     published.set_defaults(run=_write_published)
 
 
+def _results(args: argparse.Namespace):
+    from sae_bench.results_db import ResultsDB, default_path
+
+    path = Path(args.results) if args.results else default_path()
+    if not path.is_file():
+        raise SystemExit(f"sae-bench: no results database at {path}; run `pytest benchmarks` (or pass --results)")
+    return ResultsDB(path)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sae_bench.report import build_report
+
+    page = build_report(_results(args), args.out, run=args.run_id, cases=args.cases)
+    print(f"wrote {page} and {args.out / 'report.md'}")
+    return 0
+
+
+def _write_table(table, fmt: str) -> None:
+    print(table.to_csv(index=False) if fmt == "csv" else table.to_markdown(index=False, floatfmt=".6g"))
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from sae_bench.run_history import compare_runs, previous_run
+
+    db = _results(args)
+    run = db.resolve_run(args.run_id)
+    baseline = db.resolve_run(args.baseline) if args.baseline else previous_run(db, run)
+    table = compare_runs(db, baseline, run)
+    print(f"run {run} against run {baseline}: {len(table)} metrics moved", file=sys.stderr)
+    _write_table(table, args.format)
+    return 1 if (table.verdict == "regression").any() else 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from sae_bench.report_figures import save
+    from sae_bench.run_history import history, history_figure
+
+    table = history(_results(args), args.case, args.metric)
+    _write_table(table, args.format)
+    out = args.out or Path(f"{args.case.replace('/', '_').replace('@', '-')}-{args.metric}.png")
+    save(history_figure(table, args.case, args.metric), out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def _add_result_commands(commands) -> None:
+    results = argparse.ArgumentParser(add_help=False)
+    results.add_argument(
+        "--results", help="results database (default: $SAE_BENCH_RESULTS, else .sae-bench/results.sqlite)"
+    )
+    report = commands.add_parser("report", parents=[results], help="seed-style tables and figures of a recorded run")
+    report.add_argument("--run", dest="run_id", default="latest", help="run id, or latest")
+    report.add_argument("--cases", help="-k style expression selecting cases ('@' allowed)")
+    report.add_argument("--out", type=Path, required=True, help="folder for report.html, report.md and the PNGs")
+    report.set_defaults(run=_report)
+    compare = commands.add_parser(
+        "compare",
+        parents=[results],
+        help="metrics that moved between two runs (exit 1 on a regression beyond tolerance)",
+    )
+    compare.add_argument("--run", dest="run_id", default="latest", help="run id, or latest")
+    compare.add_argument("--baseline", help="run id to compare with (default: the run before)")
+    compare.add_argument("--format", choices=("md", "csv"), default="md")
+    compare.set_defaults(run=_compare)
+    hist = commands.add_parser("history", parents=[results], help="one metric of one case across runs, and a PNG")
+    hist.add_argument("--case", required=True, help="case id")
+    hist.add_argument("--metric", required=True, help="metric name")
+    hist.add_argument("--format", choices=("md", "csv"), default="md")
+    hist.add_argument("--out", type=Path, help="PNG path (default: CASE-METRIC.png here)")
+    hist.set_defaults(run=_history)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sae-bench", description="Does an SAE still work when spliced into a model it was not trained on?"
@@ -126,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_zoo_commands(commands)
     _add_expectation_commands(commands)
     _add_gate_command(commands)
+    _add_result_commands(commands)
     return parser
 
 

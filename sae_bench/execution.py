@@ -54,6 +54,8 @@ class CaseExecutor:
         self._tokens: dict[tuple, CaseTokens] = {}
         self._results: dict[tuple, dict[str, float | None]] = {}
         self._mean_norms: dict[tuple, float] = {}
+        self._details: dict[tuple, tuple[dict[str, str], dict[str, Tensor]]] = {}
+        self._sae_fingerprints: dict[str, str] = {}
         self.model_loads: Counter[str] = Counter()
         """How often each model spec was loaded (once, while the executor lives)."""
 
@@ -153,11 +155,32 @@ class CaseExecutor:
             tokens = self.tokens(case)
             parts = split_rows(tokens, subsets) if subsets else [tokens]
             policy = self.outlier_policy(case, tokens) if not case.paired else None
-            values = [self._evaluate(case, part, policy) for part in parts]
+            evaluations = [self._evaluate(case, part, policy) for part in parts]
+            values = [value for value, _ in evaluations]
             self._results[key] = values if subsets else values[0]
+            if not subsets:
+                self._details[key] = evaluations[0][1]
         return self._results[key]
 
-    def _evaluate(self, case: Case, tokens: CaseTokens, policy: OutlierPolicy | None) -> dict[str, float | None]:
+    def details(self, case: Case) -> tuple[dict[str, str], dict[str, Tensor]]:
+        """Why each undefined metric of the case's (whole-token) evaluation is undefined, and its per-feature
+        vectors (densities; for paired cases also the similarities and the regular band)."""
+        self.measure(case)
+        return self._details[(case.id, case.sae, 0)]
+
+    def sae_fingerprint(self, spec: str) -> str:
+        """sha256 over the SAE's weights (names and bytes, float32), once per SAE."""
+        if spec not in self._sae_fingerprints:
+            digest = hashlib.sha256()
+            for name, tensor in sorted(self.sae(spec).state_dict().items()):
+                digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+            self._sae_fingerprints[spec] = digest.hexdigest()[:16]
+        return self._sae_fingerprints[spec]
+
+    def _evaluate(
+        self, case: Case, tokens: CaseTokens, policy: OutlierPolicy | None
+    ) -> tuple[dict[str, float | None], tuple[dict[str, str], dict[str, Tensor]]]:
+        """The metric values, and (undefined reasons, per-feature vectors)."""
         sae, model = self.sae(case.sae), self.model(case.model)
         if case.paired:
             config = PairedConfig(
@@ -171,7 +194,16 @@ class CaseExecutor:
             report = evaluate_universality(
                 self.model(case.base_model), model, sae, tokens.tokens, config, position_mask=tokens.position_mask
             )
-            return dict(report.summary())
+            summary = dict(report.summary())
+            vectors = {
+                "density_base": report.density_base,
+                "density_finetuned": report.density_finetuned,
+                "activation_similarity": report.activation_similarity,
+                "logit_similarity": report.logit_similarity,
+                "regular": report.regular.double(),
+            }
+            undefined = {k: "no feature in the band, or every one undefined" for k, v in summary.items() if v is None}
+            return summary, (undefined, vectors)
         config = EvalConfig(
             hook=case.hook,
             batch_size=case.batch_size,
@@ -183,4 +215,8 @@ class CaseExecutor:
             pooled_per_token_ev="reconstruction-pooled" in case.groups,
         )
         report = evaluate_transfer(model, sae, tokens.tokens, config, position_mask=tokens.position_mask)
-        return {k: v for k, v in report.to_row().items() if not k.startswith("setting_")}
+        vectors = {} if report.feature_density is None else {"feature_density": report.feature_density}
+        return {k: v for k, v in report.to_row().items() if not k.startswith("setting_")}, (
+            dict(report.undefined),
+            vectors,
+        )

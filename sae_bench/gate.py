@@ -19,7 +19,7 @@ EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
 AT = "__at__"
 
 
-class _Selection:
+class Selection:
     """`-k` semantics, with `@` allowed in names (pytest's own `-k` rejects it, and case ids contain it)."""
 
     def __init__(self, expression: str):
@@ -72,7 +72,7 @@ def run_gate(
         print(f"sae-bench gate: cannot load the SAE {sae!r}: {err}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        selection = _Selection(cases)
+        selection = Selection(cases)
     except Exception as err:  # noqa: BLE001 - pytest's ParseError is private
         print(f"sae-bench gate: --cases {cases!r} is not a -k expression: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -83,3 +83,11 @@ def tokens(model) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def random_sae() -> StandardSAE:
     return standard_sae(D_MODEL, 48, seed=3)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def results_database_outside_the_repo(tmp_path_factory):
+    """Runs these tests start (gate, rehearsal, report) record into a temporary results database, not the repo's."""
+    import os
+
+    os.environ["SAE_BENCH_RESULTS"] = str(tmp_path_factory.mktemp("results") / "results.sqlite")

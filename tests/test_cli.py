@@ -6,12 +6,18 @@ from sae_bench.cli import main
 from sae_bench.results import TransferReport
 
 
-def test_metrics_lists_every_reported_metric(capsys):
+def test_metrics_lists_every_metric_of_every_group_with_its_definition(capsys):
+    from sae_bench.cases import METRIC_GROUPS
+
     assert main(["metrics"]) == 0
-    out = capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    for group, names in METRIC_GROUPS.items():
+        assert f"[{group}]" in lines
+        for name in names:
+            [line] = [line for line in lines if line.split()[:1] == [name]]
+            assert len(line.split()) > 3, f"{name} has no definition"
     for name in TransferReport.metric_docs():
-        assert name in out
-    assert "ce_loss_recovered" in out and "pooled means" in out
+        assert any(line.split()[:1] == [name] for line in lines) or name.startswith("n_")
 
 
 def test_versions_names_the_libraries(capsys):
