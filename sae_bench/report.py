@@ -59,7 +59,8 @@ def seed_grid(frame: pd.DataFrame, cases: list[Case], metric: str | None = None)
         records.append({"SAE": case.sae_name, "model": case.model_name, "value": value})
     table = pd.DataFrame(records).pivot(index="SAE", columns="model", values="value")
     order = list(dict.fromkeys(c.model_name for c in cases))
-    return table.reindex(columns=order, index=list(dict.fromkeys(c.sae_name for c in cases)))
+    table = table.reindex(columns=order, index=list(dict.fromkeys(c.sae_name for c in cases)))
+    return table if metric is not None else table.fillna("not run")
 
 
 def _family_section(db: ResultsDB, run: int, family: str, cases: list[Case], frame: pd.DataFrame, out: Path) -> Section:
@@ -79,7 +80,7 @@ def _family_section(db: ResultsDB, run: int, family: str, cases: list[Case], fra
     dose = _dose_points(family, plain, frame)
     if dose is not None:
         name = f"{family}-dose.png"
-        figure = report_figures.dose_response(dose, family, [f"{family}/base-sae@{m}" for m in dose.model], run)
+        figure = report_figures.dose_response(dose, f"{family}/base-sae@{{{', '.join(dose.model)}}}", run)
         report_figures.save(figure, out / name)
         section.figures.append(name)
         section.tables.append(("dose series (base SAE)", dose.set_index("model")))
@@ -152,7 +153,7 @@ def build_report(db: ResultsDB, out: Path, run: str | int | None = "latest", cas
     frame = frame[frame.case_id.isin(selected)]
     out.mkdir(parents=True, exist_ok=True)
     registry = load_registry(SHIPPED_CASES)
-    known = [registry.cases[c] for c in selected if c in registry.cases]
+    known = [case for case in registry if case.id in set(selected)]  # in case-file order
     sections = [
         _family_section(db, run_id, family, [c for c in known if c.family == family], frame, out)
         for family in dict.fromkeys(c.family for c in known)

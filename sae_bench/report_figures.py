@@ -18,7 +18,7 @@ LOG_EPS = 1e-10
 
 
 def save(figure: plt.Figure, path: Path) -> Path:
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.95 if figure._suptitle is not None else 1))  # room for the suptitle
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
@@ -44,7 +44,7 @@ def heatmaps(grid: dict[str, pd.DataFrame], family: str, run: int) -> plt.Figure
     return figure
 
 
-def dose_response(points: pd.DataFrame, family: str, cases: list[str], run: int) -> plt.Figure:
+def dose_response(points: pd.DataFrame, cases: str, run: int) -> plt.Figure:
     """CE recovered and EV of the base SAE against fine-tune steps and against weight drift."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, x, label in ((axes[0], "steps", "fine-tune steps"), (axes[1], "drift", "relative weight drift ‖ΔW‖/‖W‖")):
@@ -58,7 +58,7 @@ def dose_response(points: pd.DataFrame, family: str, cases: list[str], run: int)
         ax.set_xlabel(label)
         ax.set_ylabel("fraction (CE recovered, explained variance)")
         ax.legend(fontsize=8)
-    figure.suptitle(f"{family}: base SAE on ever longer fine-tunes, run {run}\n{', '.join(cases)}", fontsize=9)
+    figure.suptitle(f"the base SAE on ever longer fine-tunes: {cases}, run {run}", fontsize=9)
     return figure
 
 
@@ -127,6 +127,6 @@ def regressions(rows: pd.DataFrame, run: int) -> plt.Figure:
         ax.set_yticks([])
         ax.set_xlabel(f"{row['metric']} (the metric's own units)")
         ax.set_title(f"{row['case_id']} [{row['grp']}]", fontsize=8)
-    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[0, 0].legend(fontsize=7, loc="best")
     figure.suptitle(f"regressions, run {run}", fontsize=10)
     return figure
