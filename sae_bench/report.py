@@ -21,6 +21,26 @@ from sae_bench.results_db import ResultsDB, cases_matching
 
 MARKS = {"ok": "✓", "regression": "✗", "improved": "↑", "unchecked": "·"}
 GRID_METRICS = {"ce_loss_recovered": "CE rec.", "explained_variance": "EV", "l0": "L0"}
+SEED_TABLE_COLUMNS = {
+    "l0": "L0",
+    "ce_loss_recovered": "CE rec.",
+    "ce_clean": "clean CE",
+    "ce_spliced": "SAE CE",
+    "ce_delta": "CE Δ",
+    "ce_zero_ablation": "zero-abl. CE",
+    "explained_variance": "EV",
+    "explained_variance_per_token": "EV/token",
+    "mse": "MSE",
+}
+"""Kissane et al.'s table columns, in their order (SAE, model, L0, CE recovered, clean / SAE / Δ / zero-ablation
+CE, EV, MSE), with the per-token EV their tables used beside the pooled one."""
+
+
+def seed_table(records: list[dict]) -> pd.DataFrame:
+    """One row per (SAE, model) in Kissane et al.'s layout; records hold SAE, model and the metric values. The zoo
+    card and the report both build their SAE × model tables with this."""
+    frame = pd.DataFrame(records)
+    return frame[["SAE", "model", *SEED_TABLE_COLUMNS]].rename(columns=SEED_TABLE_COLUMNS)
 
 
 @dataclass
@@ -71,6 +91,14 @@ def _family_section(db: ResultsDB, run: int, family: str, cases: list[Case], fra
         by_variant.setdefault(case.variant or "as evaluated", []).append(case)
     for variant, members in by_variant.items():
         section.tables.append((f"SAE × model, {variant}: CE rec. / EV / L0", seed_grid(frame, members)))
+    for variant, members in by_variant.items():
+        records = []
+        for case in members:
+            values = frame[frame.case_id == case.id].set_index("metric").value
+            records.append(
+                {"SAE": case.sae_name, "model": case.model_name} | {m: values.get(m) for m in SEED_TABLE_COLUMNS}
+            )
+        section.tables.append((f"Kissane et al.'s layout, {variant}", seed_table(records).set_index("SAE")))
     if plain:
         first = next(iter(by_variant.values()))
         grids = {label: seed_grid(frame, first, metric) for metric, label in list(GRID_METRICS.items())[:2]}

@@ -16,6 +16,7 @@ import torch
 from sae_bench.drift import weight_drift
 from sae_bench.evaluate import EvalConfig, estimate_scaling_factor, evaluate_transfer
 from sae_bench.outliers import OutlierPolicy
+from sae_bench.report import SEED_TABLE_COLUMNS, seed_table
 from sae_bench.sources import load_model, load_sae, load_zoo_data
 from sae_bench.zoo.artifacts import read_manifest, zoo_root
 from sae_bench.zoo.recipes import CONTEXT, FAMILIES, HOOK, Family
@@ -25,18 +26,6 @@ OUTLIER_MEAN_NORMS = 3.0
 activations scaled to mean norm √4096 = 64, is 3.1× the mean norm)."""
 
 KEPT_MARKER = "<!-- written by hand below this line; `sae-bench zoo card` keeps it -->"
-
-GRID_COLUMNS = {
-    "l0": "L0",
-    "ce_loss_recovered": "CE rec.",
-    "ce_clean": "clean CE",
-    "ce_spliced": "SAE CE",
-    "ce_delta": "CE Δ",
-    "ce_zero_ablation": "zero-abl. CE",
-    "explained_variance": "EV",
-    "explained_variance_per_token": "EV/token",
-    "mse": "MSE",
-}
 
 
 @dataclass
@@ -141,11 +130,9 @@ def family_section(measurer: ZooMeasurer, family: Family, manifest: dict) -> str
         for sae in family.saes:
             for model in grid_models:
                 report = measurer.evaluate(f"{name}/{sae.name}", f"{name}/{model}", filter_outliers=filtered)
-                row = {"SAE": sae.name, "model": model}
-                row |= {label: getattr(report, field) for field, label in GRID_COLUMNS.items()}
-                rows.append(row)
+                rows.append({"SAE": sae.name, "model": model} | {m: getattr(report, m) for m in SEED_TABLE_COLUMNS})
         title = f"outliers filtered (> {OUTLIER_MEAN_NORMS:g}× mean norm)" if filtered else "outliers not filtered"
-        lines += [f"### SAE × model, {title}", "", _fmt(pd.DataFrame(rows)), ""]
+        lines += [f"### SAE × model, {title}", "", _fmt(seed_table(rows)), ""]
 
     rows = []
     for model in grid_models:
