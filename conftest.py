@@ -41,6 +41,13 @@ def pytest_addoption(parser):
         "--sae", dest="sae_override", metavar="SPEC", help="run every selected case with this SAE instead of its own"
     )
     group.addoption(
+        "--sae-cases",
+        dest="sae_cases",
+        metavar="EXPR",
+        help="with --sae: replace the SAE only in the cases this -k expression selects ('@' allowed), so a claim "
+        "relates the new SAE to the other cases as they are",
+    )
+    group.addoption(
         "--case-id",
         action="append",
         default=[],

@@ -46,9 +46,17 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 
 def registry_for(config) -> Registry:
+    """The shipped cases; with --sae, the SAE replaced in every case (or in those --sae-cases selects)."""
     registry = load_registry(CASES_DIR)
     override = config.getoption("sae_override", None)
-    return registry.with_sae(override) if override else registry
+    if not override:
+        return registry
+    expression = config.getoption("sae_cases", None)
+    if expression is None:
+        return registry.with_sae(override)
+    from sae_bench.gate import Selection
+
+    return registry.with_sae(override, Selection(expression).matches)
 
 
 def missing_for(case: Case, device: str) -> str | None:
@@ -110,6 +118,7 @@ class Suite:
         self.rehearse = config.getoption("--rehearse", False)
         self.expectations_dir = Path(config.getoption("--expectations-dir") or EXPECTATIONS_DIR)
         self.verdicts: list[pd.DataFrame] = []
+        self.claim_outcomes: list[tuple[str, bool, str]] = []
         if self.rehearse and self.update:
             raise pytest.UsageError("--rehearse never writes expectations: drop --update-expectations")
         if self.replace_published and not self.update:
@@ -164,6 +173,44 @@ class Suite:
             warnings.warn(
                 ImprovedMetric(f"{case.id} [{group}] improved beyond tolerance; update {path}:\n{text}"), stacklevel=2
             )
+
+    def check_claim(self, claim_id: str) -> None:
+        """Evaluate one claim over its cases' measurements (shared with the case items); print both sides."""
+        from sae_bench.claims import judge
+
+        claim = self.registry.claim(claim_id)
+        cases = [self.registry.get(case_id) for case_id in claim.case_ids]
+        rehearsed = self.rehearse and any(case.tier == "hub" for case in cases)
+        if rehearsed:
+            from sae_bench.rehearsal import scaled_case
+
+            cases = [scaled_case(case) for case in cases]
+        reasons = [reason for case in cases if (reason := missing_for(case, self.device))]
+        if reasons:
+            if rehearsed:
+                pytest.fail(f"rehearsal: a stand-in is missing: {'; '.join(reasons)}", pytrace=False)
+            pytest.skip(f"claim {claim.id} relates cases that cannot run here: {'; '.join(reasons)}")
+        by_id = {case.id: case for case in cases}
+        values, undefined = {}, []
+        for term in claim.terms:
+            case = by_id[term.case_id]
+            value = self.executor.measure(case).get(term.metric)
+            if value is None:
+                why = self.executor.details(case)[0].get(term.metric, "undefined")
+                undefined.append(f"{term} is undefined ({why})")
+            values[term] = value
+        if undefined:
+            pytest.fail(f"claim {claim.id} cannot be decided: {'; '.join(undefined)}", pytrace=False)
+        outcome = claim.evaluate(values)
+        text = f"{claim.id}: {outcome.explain(values)}\n  source: {claim.source}\n  margin: {claim.margin}"
+        self.claim_outcomes.append((claim.id, outcome.holds, text))
+        if rehearsed:  # miniatures are not the real models: the claim ran end to end, its verdict is not judged
+            return
+        verdict, why = judge(claim, outcome)
+        if verdict == "xfailed":
+            pytest.xfail(why)
+        if verdict == "failed":
+            pytest.fail(f"{text}\n{why}", pytrace=False)
 
     def _record(self, case: Case, group: str, measured: dict, table: pd.DataFrame) -> None:
         """Keep what this (case, group) measured in the results database; the case's vectors once a run."""
@@ -338,5 +385,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         table = pd.concat(suite.verdicts, ignore_index=True)
         counts = table.groupby("case").verdict.value_counts().unstack(fill_value=0)
         terminalreporter.write_line(counts.to_markdown())
+    if suite.claim_outcomes:
+        held = sum(holds for _, holds, _ in suite.claim_outcomes)
+        terminalreporter.write_line(
+            f"claims run end to end: {len(suite.claim_outcomes)} ({held} hold on the miniatures)"
+        )
     for problem in getattr(suite, "problems", []):
         terminalreporter.write_line(f"REHEARSAL FAILED: {problem}", red=True)

@@ -12,7 +12,7 @@ import difflib
 import itertools
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -157,13 +157,13 @@ class _Reader:
         self.saes = self._table("saes")
         self.models = self._table("models")
         self.defaults = data.get("defaults", {})
-        unknown = set(data) - {"family", "description", "saes", "models", "defaults", "case", "grid"}
+        unknown = set(data) - {"family", "description", "saes", "models", "defaults", "case", "grid", "claim"}
         if unknown:
             raise CaseFileError(
                 path,
                 "top level",
                 f"unknown keys {sorted(unknown)}",
-                "use family, description, saes, models, defaults, case and grid",
+                "use family, description, saes, models, defaults, case, grid and claim",
             )
 
     def _string(self, table: Mapping[str, Any], key: str, where: str) -> str:
@@ -294,12 +294,16 @@ class _Reader:
         return value
 
 
-def read_case_file(path: Path) -> list[Case]:
-    """Every case of one TOML case file, validated."""
+def _parse_toml(path: Path) -> dict[str, Any]:
     try:
-        data = tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise CaseFileError(path, "syntax", str(err), "fix the TOML syntax") from err
+
+
+def read_case_file(path: Path) -> list[Case]:
+    """Every case of one TOML case file, validated."""
+    data = _parse_toml(path)
     reader = _Reader(path, data)
     cases = [reader.case(where, entry) for where, entry in reader.entries()]
     if not cases:
@@ -317,9 +321,10 @@ def read_case_file(path: Path) -> list[Case]:
 
 @dataclass(frozen=True)
 class Registry:
-    """All cases by id, in file order."""
+    """All cases by id, in file order, and the claims (`sae_bench.claims`) relating cases of a family."""
 
     cases: dict[str, Case]
+    claims: dict[str, Any] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Case]:
         return iter(self.cases.values())
@@ -334,13 +339,23 @@ class Registry:
             raise KeyError(f"no case {case_id!r}{hint}")
         return self.cases[case_id]
 
-    def with_sae(self, spec: str) -> Registry:
-        """Every case with its SAE replaced by `spec` (a new release gated against the old one's expectations)."""
-        return Registry({cid: replace(case, sae=spec) for cid, case in self.cases.items()})
+    def with_sae(self, spec: str, replaces: Callable[[str], bool] = lambda case_id: True) -> Registry:
+        """The cases whose id `replaces` accepts (default: all) with their SAE replaced by `spec` (a new release
+        gated against the old one's expectations); the others, and the claims, as they are."""
+        cases = {cid: replace(case, sae=spec) if replaces(cid) else case for cid, case in self.cases.items()}
+        return Registry(cases, self.claims)
+
+    def claim(self, claim_id: str):
+        if claim_id not in self.claims:
+            close = difflib.get_close_matches(claim_id, self.claims, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise KeyError(f"no claim {claim_id!r}{hint}")
+        return self.claims[claim_id]
 
 
 def load_registry(directory: Path) -> Registry:
-    """Read every `*.toml` case file under `directory`; duplicate ids are an error naming both files."""
+    """Read every `*.toml` case file under `directory`, cases first, then the claims over them; duplicate ids are
+    an error naming both files."""
     cases: dict[str, Case] = {}
     for path in sorted(directory.glob("*.toml")):
         for case in read_case_file(path):
@@ -351,4 +366,9 @@ def load_registry(directory: Path) -> Registry:
             cases[case.id] = case
     if not cases:
         raise FileNotFoundError(f"no case files (*.toml) in {directory}")
-    return Registry(cases)
+    from sae_bench.claims import read_claims
+
+    registry = Registry(cases)
+    for path in sorted(directory.glob("*.toml")):
+        registry.claims.update((claim.id, claim) for claim in read_claims(path, _parse_toml(path), registry))
+    return registry

@@ -1,9 +1,11 @@
 """`sae-bench gate`: run the cases a new SAE replaces, with the new SAE, against their stored expectations.
 
-Exit 0 when every selected case ran and nothing regressed, 1 on a regression (or a case that errored), 2 on bad
-usage or input: an SAE that cannot be loaded, an expression that selects no case, or cases that were all skipped
-(a gate never passes without running). With `rehearse`, the selected hub cases run on the offline stand-ins
-(`sae_bench.rehearsal`): exit 0 means each ran end to end with the SAE; its verdicts are reported, not judged.
+The claims that relate a selected case run too, with the new SAE in the selected cases and the others as they are.
+Exit 0 when every selected case ran, nothing regressed and no claim broke; 1 on a regression or a broken claim (or
+an error); 2 on bad usage or input: an SAE that cannot be loaded, an expression that selects no case, or cases that
+were all skipped (a gate never passes without running). With `rehearse`, the selected hub cases run on the offline
+stand-ins (`sae_bench.rehearsal`): exit 0 means each ran end to end with the SAE; its verdicts are reported, not
+judged.
 """
 
 from __future__ import annotations
@@ -31,8 +33,16 @@ class Selection:
         text = nodeid.replace("@", AT).lower()
         return self.expression.evaluate(lambda name, /, **_: name.lower() in text)
 
+    def keeps(self, item, config) -> bool:
+        """A case item by its id; a claim item when any case it relates is selected."""
+        claim_id = getattr(item, "callspec", None) and item.callspec.params.get("claim_id")
+        if not claim_id:
+            return self.matches(item.nodeid)
+        claim = config._sae_bench_suite.registry.claim(claim_id)
+        return any(self.matches(case_id) for case_id in claim.case_ids)
+
     def pytest_collection_modifyitems(self, config, items) -> None:
-        kept = [item for item in items if self.matches(item.nodeid)]
+        kept = [item for item in items if self.keeps(item, config)]
         dropped = [item for item in items if item not in kept]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
@@ -76,7 +86,8 @@ def run_gate(
     except Exception as err:  # noqa: BLE001 - pytest's ParseError is private
         print(f"sae-bench gate: --cases {cases!r} is not a -k expression: {err}", file=sys.stderr)
         return EXIT_USAGE
-    args = [str(benchmarks / "test_cases.py"), "--sae", sae, "-p", "no:cacheprovider", "-q"]
+    args = [str(benchmarks / "test_cases.py"), str(benchmarks / "test_claims.py"), "--sae", sae, "--sae-cases", cases]
+    args += ["-p", "no:cacheprovider", "-q"]
     args += ["--junitxml", junit] if junit else []
     args += ["--verdict-table", table] if table else []
     args += ["--rehearse", "-m", "hub"] if rehearse else []

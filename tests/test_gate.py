@@ -2,11 +2,15 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+from sae_bench.expectations import read_expectations
 from sae_bench.sources import load_sae
+
+EXPECTATIONS = Path(__file__).resolve().parents[1] / "expectations"
 
 CASES = "tiny-qwen2/base-sae@chat and not filtered and not rollout and not user-prompt"
 
@@ -44,6 +48,16 @@ def test_broken_sae_fails_its_gate_with_a_verdict_table(tmp_path, broken_sae):
     failure = result.stdout.split("FAILURES", 1)[1]
     assert "| metric" in failure and "ce_loss_recovered" in failure and "| regression" in failure
     assert "regression" in table.read_text() and "<testsuite" in junit.read_text()
+
+
+def test_a_broken_sae_fails_the_claims_it_enters(tmp_path, broken_sae):
+    """The gate runs the claims that relate a replaced case; the other side keeps its own SAE and value."""
+    result = gate("--sae", str(broken_sae), "--cases", "tiny-qwen2/base-sae@chat/filtered", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-2000:]
+    failure = result.stdout.split("tiny-qwen2::base-sae-transfers-to-chat: ", 1)[1]
+    assert "does NOT hold" in failure.split("\n")[1]
+    kept = read_expectations(EXPECTATIONS / "tiny-qwen2" / "chat-sae@chat.filtered.json").metrics["ce_loss_recovered"]
+    assert f"ce_loss_recovered(chat-sae@chat/filtered) = {kept.value:.6g}" in failure
 
 
 def test_bad_input_exits_2(tmp_path):
