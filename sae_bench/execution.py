@@ -108,8 +108,8 @@ class CaseExecutor:
 
         model = self.model(case.model)
         prompts = load_chat_prompts(case.dataset, model.tokenizer)[:n_rows]
-        stop = end_of_turn_id(model.tokenizer)
         template = None if case.dataset.startswith("zoo:") else parse_spec(case.dataset).params.get("template")
+        stop = end_of_turn_id(model.tokenizer, chat_template=template is None)
         digest = hashlib.sha256(repr(prompts).encode()).hexdigest()
         key = f"{source_fingerprint(case.model)}|{digest}|{ROLLOUT_TOKENS}|{case.context}|torch {torch.__version__}"
 

@@ -83,6 +83,18 @@ def saelens_release(body: str) -> tuple[str, str, str, str]:
     return release, sae_id, directory[release].repo_id, directory[release].saes_map[sae_id]
 
 
+RELEASE_CONFIG_FILES = {"gemma_2": "params.npz", "llama_scope": "hyperparams.json"}
+"""The first file SAELens's loader reads from a release's folder, by the release's loader (default: cfg.json)."""
+
+
+def release_config_file(release: str) -> str:
+    """What a release keeps in each SAE's folder that SAELens reads first: Gemma Scope's `params.npz`, Llama
+    Scope's `hyperparams.json`, else SAELens's own `cfg.json`."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    return RELEASE_CONFIG_FILES.get(get_pretrained_saes_directory()[release].conversion_func or "", "cfg.json")
+
+
 def wandb_artifact_dir(body: str) -> Path:
     """Where `wandb artifact get ENTITY/PROJECT/NAME:VERSION` puts the artifact: `$WANDB_ARTIFACT_DIR/NAME:VERSION`
     (wandb's default folder is `./artifacts`)."""
@@ -121,8 +133,8 @@ def missing(spec: str, *, dataset: bool = False) -> list[str]:
     if parsed.scheme == "unreleased":
         return [unreleased_reason(parsed.body)]
     if parsed.scheme == "saelens":
-        _, _, repo, folder = saelens_release(parsed.body)
-        reason = _hf_missing(repo, f"{folder}/cfg.json")
+        release, _, repo, folder = saelens_release(parsed.body)
+        reason = _hf_missing(repo, f"{folder}/{release_config_file(release)}")
         return [] if reason is None else [f"SAELens release {parsed.body} ({repo}/{folder}): {reason}"]
     if parsed.scheme == "wandb":
         local = wandb_artifact_dir(parsed.body)

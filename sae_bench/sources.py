@@ -219,13 +219,21 @@ def load_dataset_rows(dataset: str, n_rows: int, context: int, model: HookedTran
     return load_hub_rows(dataset, n_rows, context, model.tokenizer)
 
 
-def end_of_turn_id(tokenizer) -> int:
-    """The token that ends the assistant's turn: the zoo's <|end|>, else the tokenizer's EOS."""
+CHAT_TURN_ENDS = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>")
+"""Tokens that end an assistant turn in the hub chat templates (Gemma, Llama 3, Qwen / ChatML)."""
+
+
+def end_of_turn_id(tokenizer, *, chat_template: bool = True) -> int:
+    """The token that ends the assistant's turn: the zoo's <|end|>; in a hub model's own chat template its turn
+    marker (Gemma's <end_of_turn>, Llama 3's <|eot_id|>, ChatML's <|im_end|>); else the tokenizer's EOS (what
+    Kissane's generation stopped at with his own templates)."""
     from sae_bench.zoo.tokenizer import END_OF_TURN
 
-    if END_OF_TURN in tokenizer.get_vocab():
+    vocab = tokenizer.get_vocab()
+    if END_OF_TURN in vocab:
         return tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    return tokenizer.eos_token_id
+    marker = next((token for token in CHAT_TURN_ENDS if token in vocab), None) if chat_template else None
+    return tokenizer.eos_token_id if marker is None else tokenizer.convert_tokens_to_ids(marker)
 
 
 def load_chat_prompts(dataset: str, tokenizer):

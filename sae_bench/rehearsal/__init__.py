@@ -2,10 +2,13 @@
 
 `activate()` builds the stand-ins once (`stand_ins.py`), points the libraries at them through their own settings
 (`HF_HUB_CACHE` with `HF_HUB_OFFLINE=1`, `WANDB_ARTIFACT_DIR`, `SAE_BENCH_DATASETS`) and keeps rollouts and the
-stand-ins out of the user's caches. Two things are substituted inside a library, at the narrowest point:
-- TransformerLens takes Gemma's config from a hard-coded full-size table, not from the hub config; for a repo the
-  rehearsal stands in for, `convert_hf_model_config` has the table's size fields replaced by the miniature's
-  config (everything else, the weight conversion and processing included, is TransformerLens's own);
+stand-ins out of the user's caches. Three things are substituted inside a library, at the narrowest point:
+- TransformerLens takes Gemma's, Gemma 2's and Llama 3.1's configs from hard-coded full-size tables, not from the
+  hub config; for a repo the rehearsal stands in for, `convert_hf_model_config` has the table's size fields (and
+  Gemma 2's per-layer attention types) replaced by the miniature's config (everything else, the weight conversion
+  and processing included, is TransformerLens's own);
+- SAELens sizes a Gemma Scope SAE from its repo and folder names; for a rehearsed release `d_in` and `d_sae` come
+  from the stand-in's `params.npz` (`substitute_gemma_scope_sizes`);
 - the case's token budget, context and batch size are scaled down in memory (`scaled_case`), never in the files.
 A rehearsal proves plumbing and bookkeeping, never the published numbers: those need the real weights.
 """
@@ -104,7 +107,8 @@ def activate(root: Path | None = None, extra_saes: Sequence[str] = ()) -> Path:
     _build_once(root, extra_saes)
     if in_cache:
         _prune_stale_builds(root)
-    substitute_gemma_config()
+    substitute_hard_coded_configs()
+    substitute_gemma_scope_sizes()
     _active = root
     return root
 
@@ -159,9 +163,13 @@ def _prune_stale_builds(current: Path) -> None:
             shutil.rmtree(sibling, ignore_errors=True)
 
 
-def substitute_gemma_config() -> None:
-    """Make TransformerLens size a rehearsed Gemma repo from the miniature's HF config instead of its full-size
-    table (the only hub config TransformerLens does not read from the hub for the seed models)."""
+HARD_CODED_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "LlamaForCausalLM")
+"""Architectures whose TransformerLens config comes from a full-size table, not from the hub config."""
+
+
+def substitute_hard_coded_configs() -> None:
+    """Make TransformerLens size a rehearsed Gemma, Gemma 2 or Llama 3.1 repo from the miniature's HF config instead
+    of its full-size table (TransformerLens reads Mistral's and Qwen2's sizes from the hub config already)."""
     import transformer_lens.loading_from_pretrained as loading
 
     if getattr(loading.convert_hf_model_config, "_rehearsal", False):
@@ -170,7 +178,7 @@ def substitute_gemma_config() -> None:
 
     def convert_hf_model_config(model_name: str, **kwargs):
         cfg = original(model_name, **kwargs)
-        if cfg.get("original_architecture") != "GemmaForCausalLM":
+        if cfg.get("original_architecture") not in HARD_CODED_ARCHITECTURES:
             return cfg
         from transformers import AutoConfig
 
@@ -180,7 +188,7 @@ def substitute_gemma_config() -> None:
         if official not in MINIATURES:
             return cfg
         hf = AutoConfig.from_pretrained(official)
-        return cfg | {
+        sized = cfg | {
             "d_model": hf.hidden_size,
             "d_head": hf.head_dim,
             "n_heads": hf.num_attention_heads,
@@ -190,6 +198,35 @@ def substitute_gemma_config() -> None:
             "d_vocab": hf.vocab_size,
             "rotary_dim": hf.head_dim,
         }
+        if "attn_types" in cfg:  # Gemma 2 alternates local and global attention, one entry per layer
+            sized["attn_types"] = (["local", "global"] * hf.num_hidden_layers)[: hf.num_hidden_layers]
+        return sized
 
     convert_hf_model_config._rehearsal = True  # type: ignore[attr-defined]
     loading.convert_hf_model_config = convert_hf_model_config
+
+
+def substitute_gemma_scope_sizes() -> None:
+    """SAELens sizes a Gemma Scope SAE from its repo and folder names (d_in 2304 for `2b`, d_sae 16384 for
+    `width_16k`); for a rehearsed release, size it from the stand-in's `params.npz` instead (everything else,
+    the weights' conversion included, is SAELens's own)."""
+    import sae_lens.loading.pretrained_sae_loaders as loaders
+
+    original = loaders.get_gemma_2_config_from_hf
+    if getattr(original, "_rehearsal", False):
+        return
+
+    def get_gemma_2_config_from_hf(repo_id, folder_name, device, force_download=False, cfg_overrides=None):
+        import numpy as np
+        from huggingface_hub import try_to_load_from_cache
+
+        cfg = original(repo_id, folder_name, device, force_download, cfg_overrides)
+        params = try_to_load_from_cache(repo_id, f"{folder_name}/params.npz")
+        if isinstance(params, str) and Path(params).is_relative_to(stand_in_root()):
+            with np.load(params) as weights:
+                cfg["d_in"], cfg["d_sae"] = weights["W_enc"].shape
+        return cfg
+
+    get_gemma_2_config_from_hf._rehearsal = True  # type: ignore[attr-defined]
+    loaders.get_gemma_2_config_from_hf = get_gemma_2_config_from_hf
+    loaders.NAMED_PRETRAINED_SAE_CONFIG_GETTERS["gemma_2"] = get_gemma_2_config_from_hf

@@ -3,8 +3,9 @@
 Each miniature keeps what the suite's code depends on: the architecture class, the layer count (so every hook a
 case names exists), grouped-query / multi-query attention, QKV biases, tied embeddings, the vocabulary size where
 a case spec names it (MetaMath's `vocab=32000` cut), and each family's tokenizer conventions: special tokens at
-their real ids where they are low (Mistral's `<unk> <s> </s>`, Gemma's `<pad> <eos> <bos> <unk>` and turn markers
-at 106/107), Qwen1.5's missing BOS, and the real chat templates. Widths are 64, weights random (seeded): a
+their real ids where they are low (Mistral's `<unk> <s> </s>`, Gemma's and Gemma 2's `<pad> <eos> <bos> <unk>` and
+turn markers at 106/107), after the merges where they are high (Qwen's, Llama 3's), Qwen1.5's missing BOS, and the
+real chat templates (Llama 3.1's without its default system turn). Widths are 64, weights random (seeded): a
 rehearsal proves plumbing, never the published numbers.
 """
 
@@ -41,7 +42,22 @@ GEMMA_CHAT_TEMPLATE = (
     "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
 )
-"""Gemma-IT's template."""
+"""Gemma-IT's template (Gemma 2 IT uses the same turns)."""
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+"""Llama-3.1-Instruct's turns (the real template also writes a default system turn with the knowledge cut-off date;
+the rehearsal proves plumbing, so the turns alone are kept)."""
+LLAMA3_SPECIAL_TOKENS = (
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+)
+"""Llama 3's special tokens, after the merges as in the real 128000+ ids."""
 
 GEMMA_SPECIAL_TOKENS = (
     ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<2mass>", "[@BOS@]"]
@@ -76,7 +92,13 @@ class Miniature:
     def hf_config(self):
         from transformers import AutoConfig
 
-        model_type = {"MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2", "GemmaForCausalLM": "gemma"}
+        model_type = {
+            "MistralForCausalLM": "mistral",
+            "Qwen2ForCausalLM": "qwen2",
+            "GemmaForCausalLM": "gemma",
+            "Gemma2ForCausalLM": "gemma2",
+            "LlamaForCausalLM": "llama",
+        }
         fields = {
             "architectures": [self.architecture],
             "hidden_size": D_MODEL,
@@ -96,6 +118,8 @@ _QWEN_TOKENS = TokenizerKind("qwen", QWEN_CHAT_TEMPLATE, eos="<|endoftext|>", bo
 _QWEN_CHAT_TOKENS = TokenizerKind("qwen", QWEN_CHAT_TEMPLATE, eos="<|im_end|>", bos=None)
 _GEMMA_TOKENS = TokenizerKind("gemma", None, eos="<eos>", bos="<bos>")
 _GEMMA_IT_TOKENS = TokenizerKind("gemma", GEMMA_CHAT_TEMPLATE, eos="<eos>", bos="<bos>")
+_LLAMA3_TOKENS = TokenizerKind("llama3", None, eos="<|end_of_text|>", bos="<|begin_of_text|>")
+_LLAMA3_CHAT_TOKENS = TokenizerKind("llama3", LLAMA3_CHAT_TEMPLATE, eos="<|eot_id|>", bos="<|begin_of_text|>")
 
 _MISTRAL = (
     ("num_key_value_heads", 2),  # grouped-query attention, as Mistral-7B's 32 / 8
@@ -128,6 +152,42 @@ _GEMMA = (
     ("bos_token_id", 2),
 )
 _GEMMA_VOCAB = len(GEMMA_SPECIAL_TOKENS) + TOKENIZER_VOCAB
+_GEMMA2 = (
+    ("num_key_value_heads", 2),  # grouped-query attention, as Gemma 2's 8 / 4 (2B) and 16 / 8 (9B)
+    ("max_position_embeddings", 8192),
+    ("rope_theta", 10000.0),
+    ("rms_norm_eps", 1e-6),
+    ("hidden_activation", "gelu_pytorch_tanh"),
+    ("query_pre_attn_scalar", D_HEAD),  # = head_dim, as in 2B and 9B
+    ("sliding_window", 4096),
+    ("final_logit_softcapping", 30.0),
+    ("attn_logit_softcapping", 50.0),
+    ("tie_word_embeddings", True),
+    ("pad_token_id", 0),
+    ("eos_token_id", 1),
+    ("bos_token_id", 2),
+)
+_LLAMA3 = (
+    ("num_key_value_heads", 2),  # grouped-query attention, as Llama 3.1 8B's 32 / 8
+    ("max_position_embeddings", 131072),
+    ("rope_theta", 500000.0),
+    (
+        "rope_scaling",
+        {
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    ),
+    ("rms_norm_eps", 1e-5),
+    ("hidden_act", "silu"),
+    ("tie_word_embeddings", False),
+    ("bos_token_id", TOKENIZER_VOCAB),
+    ("eos_token_id", TOKENIZER_VOCAB + 1),
+)
+_LLAMA3_VOCAB = TOKENIZER_VOCAB + len(LLAMA3_SPECIAL_TOKENS)
 
 MINIATURES: dict[str, Miniature] = {
     m.repo: m
@@ -149,6 +209,14 @@ MINIATURES: dict[str, Miniature] = {
             _GEMMA_VOCAB,
             _GEMMA_IT_TOKENS,
             _GEMMA,
+        ),
+        Miniature("google/gemma-2-2b", "Gemma2ForCausalLM", 26, _GEMMA_VOCAB, _GEMMA_TOKENS, _GEMMA2),
+        Miniature("google/gemma-2-2b-it", "Gemma2ForCausalLM", 26, _GEMMA_VOCAB, _GEMMA_IT_TOKENS, _GEMMA2),
+        Miniature("google/gemma-2-9b", "Gemma2ForCausalLM", 42, _GEMMA_VOCAB, _GEMMA_TOKENS, _GEMMA2),
+        Miniature("google/gemma-2-9b-it", "Gemma2ForCausalLM", 42, _GEMMA_VOCAB, _GEMMA_IT_TOKENS, _GEMMA2),
+        Miniature("meta-llama/Llama-3.1-8B", "LlamaForCausalLM", 32, _LLAMA3_VOCAB, _LLAMA3_TOKENS, _LLAMA3),
+        Miniature(
+            "meta-llama/Llama-3.1-8B-Instruct", "LlamaForCausalLM", 32, _LLAMA3_VOCAB, _LLAMA3_CHAT_TOKENS, _LLAMA3
         ),
     )
 }
@@ -179,16 +247,24 @@ def build_tokenizer(kind: TokenizerKind, vocab_size: int | None = None):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    if kind.family == "qwen":  # byte-level BPE; the special tokens follow the merges, as in Qwen's 151643+
-        tokenizer = Tokenizer(models.BPE())
+    if kind.family in ("qwen", "llama3"):  # byte-level BPE; special tokens after the merges (Qwen's 151643+,
+        tokenizer = Tokenizer(models.BPE())  # Llama 3's 128000+)
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tokenizer.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=TOKENIZER_VOCAB, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
         )
         tokenizer.train_from_iterator(training_texts(), trainer=trainer)
-        tokenizer.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
-        special = {"eos_token": kind.eos, "pad_token": "<|endoftext|>", "bos_token": None}
+        if kind.family == "qwen":
+            tokenizer.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+            special = {"eos_token": kind.eos, "pad_token": "<|endoftext|>", "bos_token": None}
+        else:  # Llama 3 prepends <|begin_of_text|> to every text
+            tokenizer.add_special_tokens(list(LLAMA3_SPECIAL_TOKENS))
+            bos_id = tokenizer.token_to_id(kind.bos)
+            tokenizer.post_processor = processors.TemplateProcessing(
+                single=f"{kind.bos} $A", pair=f"{kind.bos} $A {kind.bos} $B", special_tokens=[(kind.bos, bos_id)]
+            )
+            special = {"eos_token": kind.eos, "bos_token": kind.bos}
     else:  # SentencePiece-style BPE: spaces as "▁", byte fallback, special tokens at the real low ids
         specials = ["<unk>", "<s>", "</s>"] if kind.family == "llama" else GEMMA_SPECIAL_TOKENS
         tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))

@@ -190,15 +190,70 @@ def write_wandb_sae(artifacts: Path, body: str, hook: str) -> Path:
 
 
 def write_release_sae(hub_cache: Path, body: str) -> Path:
-    """A SAELens release's files under its HF repo, at the folder SAELens's registry names."""
+    """A SAELens release's files under its HF repo, at the folder SAELens's registry names, in the release's own
+    format: Gemma Scope's `params.npz`, Llama Scope's `hyperparams.json` + `checkpoints/final.safetensors`, else
+    SAELens's `cfg.json` + `sae_weights.safetensors`."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
     from sae_bench.hub import saelens_release
 
     release, sae_id, repo, folder = saelens_release(body)
-    model = miniature_release_model(release)
     directory = snapshot_dir(hub_cache, repo) / folder
-    write_sae(directory, body, release_config(model, sae_id, prepend_bos=True), leftover_scaling_factor=False)
-    (directory.parent / "README.md").write_text(f"Rehearsal stand-in for {repo}.\n")
+    loader = get_pretrained_saes_directory()[release].conversion_func
+    if loader == "gemma_2":
+        write_gemma_scope_sae(directory, body)
+    elif loader == "llama_scope":
+        write_llama_scope_sae(directory, body, hook=f"blocks.{_llama_scope_layer(sae_id)}.hook_resid_post")
+    else:
+        model = miniature_release_model(release)
+        write_sae(directory, body, release_config(model, sae_id, prepend_bos=True), leftover_scaling_factor=False)
+    (directory.parents[len(Path(folder).parts) - 1] / "README.md").write_text(f"Rehearsal stand-in for {repo}.\n")
     return directory
+
+
+def _jumprelu_threshold() -> torch.Tensor:
+    return torch.full((D_SAE,), 0.25)
+
+
+def write_gemma_scope_sae(directory: Path, name: str) -> None:
+    """Gemma Scope's layout: one `params.npz` (W_enc, W_dec, b_enc, b_dec, threshold) per SAE folder."""
+    import numpy as np
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = miniature_sae_tensors(name) | {"threshold": _jumprelu_threshold()}
+    np.savez(directory / "params.npz", **{key: value.numpy() for key, value in tensors.items()})
+
+
+def _llama_scope_layer(sae_id: str) -> int:
+    return int(sae_id.removeprefix("l").split("r")[0])
+
+
+def write_llama_scope_sae(directory: Path, name: str, hook: str) -> None:
+    """Llama Scope's layout: `hyperparams.json` and `checkpoints/final.safetensors` with `encoder.*` / `decoder.*`
+    (torch Linear layouts), activations normalised to mean norm √d_model by the recorded dataset norm."""
+    from safetensors.torch import save_file
+
+    tensors = miniature_sae_tensors(name)
+    (directory / "checkpoints").mkdir(parents=True, exist_ok=True)
+    weights = {
+        "encoder.weight": tensors["W_enc"].T.contiguous(),
+        "encoder.bias": tensors["b_enc"],
+        "decoder.weight": tensors["W_dec"].T.contiguous(),
+        "decoder.bias": tensors["b_dec"],
+    }
+    save_file({k: v.to(torch.bfloat16) for k, v in weights.items()}, directory / "checkpoints" / "final.safetensors")
+    hyperparams = {
+        "d_model": D_MODEL,
+        "d_sae": D_SAE,
+        "hook_point_in": hook,
+        "hook_point_out": hook,
+        "act_fn": "jumprelu",
+        "jump_relu_threshold": 0.25,
+        "top_k": 50,
+        "norm_activation": "dataset-wise",
+        "dataset_average_activation_norm": {"in": D_MODEL**0.5, "out": D_MODEL**0.5},
+    }
+    (directory / "hyperparams.json").write_text(json.dumps(hyperparams, indent=2))
 
 
 def miniature_release_model(release: str) -> str:
