@@ -1,4 +1,4 @@
-"""Train or fine-tune a standard (ReLU + L1) SAE with SAELens's own runner, on in-memory token rows.
+"""Train or fine-tune an SAE (standard ReLU + L1, TopK or JumpReLU) with SAELens's own runner, on in-memory rows.
 
 SAELens does the training; this module only fixes the settings the seeds used and records what was used:
 activations are scaled to mean norm √d_model during training (Conerly et al.), by a factor this library estimates
@@ -19,10 +19,16 @@ from transformer_lens import HookedTransformer
 
 from sae_bench.evaluate import estimate_scaling_factor
 
+ARCHITECTURES = ("standard", "topk", "jumprelu")
+
 
 @dataclass(frozen=True)
 class SaeTrainingSpec:
-    """Everything that decides an SAE training run besides the model and the tokens."""
+    """Everything that decides an SAE training run besides the model and the tokens.
+
+    `architecture`: `standard` (ReLU, L1 penalty `l1_coefficient`), `topk` (the `k` largest pre-activations, no
+    sparsity penalty) or `jumprelu` (learned thresholds, an L0 penalty steered towards `target_l0`).
+    """
 
     hook: str
     d_sae: int
@@ -36,6 +42,17 @@ class SaeTrainingSpec:
     l1_warm_up_steps: int = 0
     seed: int = 0
     n_batches_in_buffer: int = 64
+    architecture: str = "standard"
+    k: int = 0
+    target_l0: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown SAE architecture {self.architecture!r}; choose from {list(ARCHITECTURES)}")
+        if self.architecture == "topk" and not 0 < self.k <= self.d_sae:
+            raise ValueError(f"a topk SAE needs 0 < k <= d_sae ({self.d_sae}), got k = {self.k}")
+        if self.architecture == "jumprelu" and self.target_l0 <= 0:
+            raise ValueError(f"a jumprelu SAE needs a positive target_l0, got {self.target_l0}")
 
     @property
     def steps(self) -> int:
@@ -67,16 +84,10 @@ class TrainedSae:
 
 def runner_config(spec: SaeTrainingSpec, *, d_in: int, model_name: str, output_path: str | None):
     """The SAELens runner config for `spec`: offline, no wandb, no checkpoints, activations scaled to √d_in."""
-    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig, StandardTrainingSAEConfig
+    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
     return LanguageModelSAERunnerConfig(
-        sae=StandardTrainingSAEConfig(
-            d_in=d_in,
-            d_sae=spec.d_sae,
-            l1_coefficient=spec.l1_coefficient,
-            l1_warm_up_steps=spec.l1_warm_up_steps,
-            normalize_activations="expected_average_only_in",
-        ),
+        sae=sae_config(spec, d_in),
         model_name=model_name,
         hook_name=spec.hook,
         model_from_pretrained_kwargs={},
@@ -99,6 +110,20 @@ def runner_config(spec: SaeTrainingSpec, *, d_in: int, model_name: str, output_p
         checkpoint_path=None,
         output_path=output_path,
         verbose=False,
+    )
+
+
+def sae_config(spec: SaeTrainingSpec, d_in: int):
+    """SAELens's training config for `spec`'s architecture (activations scaled to mean norm √d_in)."""
+    from sae_lens import JumpReLUTrainingSAEConfig, StandardTrainingSAEConfig, TopKTrainingSAEConfig
+
+    common = dict(d_in=d_in, d_sae=spec.d_sae, normalize_activations="expected_average_only_in")
+    if spec.architecture == "topk":
+        return TopKTrainingSAEConfig(**common, k=spec.k)
+    if spec.architecture == "jumprelu":
+        return JumpReLUTrainingSAEConfig(**common, jumprelu_sparsity_loss_mode="quadratic", target_l0=spec.target_l0)
+    return StandardTrainingSAEConfig(
+        **common, l1_coefficient=spec.l1_coefficient, l1_warm_up_steps=spec.l1_warm_up_steps
     )
 
 

@@ -6,7 +6,7 @@ chosen before measuring and are not tuned towards any transfer result.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sae_bench.sae_training import SaeTrainingSpec
 from sae_bench.zoo.lm_training import TrainingSchedule
@@ -106,6 +106,14 @@ def _sae(family: str, name: str, model: str, seed: int, description: str) -> Sae
     return SaeRecipe(family, name, model, _base_sae_spec(seed), description)
 
 
+def _modern_sae(family: str, name: str, model: str, seed: int, *, k: int = 0, target_l0: float = 0.0) -> SaeRecipe:
+    """A TopK (`k`) or JumpReLU (`target_l0`) SAE with the base spec's width, tokens, batch and learning rate."""
+    architecture = "topk" if k else "jumprelu"
+    spec = replace(_base_sae_spec(seed), architecture=architecture, k=k, target_l0=target_l0, l1_coefficient=0.0)
+    sparsity = f"k = {k}" if k else f"L0 steered to {target_l0:g} (quadratic L0 loss)"
+    return SaeRecipe(family, name, model, spec, f"{architecture} SAE ({sparsity}) trained on {model} activations")
+
+
 def _finetuned_base_sae(family: str, chat: str, seed: int) -> SaeRecipe:
     return SaeRecipe(
         family,
@@ -151,6 +159,12 @@ FAMILIES: dict[str, Family] = {
                 _sae("tiny-mistral", "instruct-sae", "instruct", 102, "trained on instruct activations"),
                 _sae("tiny-mistral", "math-sae", "math", 103, "trained on math activations"),
                 _finetuned_base_sae("tiny-mistral", "instruct", 104),
+                # modern architectures (Gemma Scope: JumpReLU; Llama Scope / OpenAI: TopK), and a TopK L0 sweep
+                _modern_sae("tiny-mistral", "base-topk", "base", 105, k=32),
+                _modern_sae("tiny-mistral", "instruct-topk", "instruct", 106, k=32),
+                _modern_sae("tiny-mistral", "base-jumprelu", "base", 107, target_l0=32),
+                _modern_sae("tiny-mistral", "base-topk-k8", "base", 108, k=8),
+                _modern_sae("tiny-mistral", "base-topk-k16", "base", 109, k=16),
             ),
             pairs=(("base", "instruct"), ("base", "math")),
             dose_series=("base", "dose-5", "dose-20", "instruct", "dose-400"),
