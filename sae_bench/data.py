@@ -23,6 +23,20 @@ class TokenBatch:
     offset: int
 
 
+def check_token_ids(tokens: Tensor, d_vocab: int) -> None:
+    """Raise naming the first ids outside [0, d_vocab) and where they are (an embedding lookup would fail deep in
+    torch with an IndexError, or read another row on some devices)."""
+    bad = (tokens < 0) | (tokens >= d_vocab)
+    if bool(bad.any()):
+        where = bad.nonzero()[:5].tolist()
+        ids = sorted({int(tokens[s, p]) for s, p in where})
+        raise ValueError(
+            f"{int(bad.sum())} token ids lie outside the model's vocabulary [0, {d_vocab}): ids {ids} first at "
+            f"(sequence, position) {[tuple(w) for w in where]}. The tokens were made with another tokenizer, or "
+            "the model's vocabulary was cut (a `vocab=N` spec)."
+        )
+
+
 class TokenBatches:
     """Iterate (tokens, position_mask) in batches of `batch_size` sequences, in order."""
 

@@ -14,8 +14,6 @@ Position sets, per batch (all (batch, pos) booleans):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from sae_lens import SAE
 from torch import Tensor
@@ -23,66 +21,20 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from sae_bench import metrics
-from sae_bench.data import TokenBatches, special_token_ids
-from sae_bench.outliers import MeanNormStats, OutlierBreakdownStats, OutlierPolicy, newline_token_ids, outlier_mask
-from sae_bench.results import TransferReport, finalize_transfer_report
+from sae_bench.data import TokenBatches, check_token_ids, special_token_ids
+from sae_bench.eval_config import EvalConfig
+from sae_bench.outliers import MeanNormStats, OutlierBreakdownStats, newline_token_ids, outlier_mask
+from sae_bench.results import TransferAccumulators, TransferReport, finalize_transfer_report
 from sae_bench.splicing import (
     HookSite,
-    SaePass,
     check_sae_fits,
     encode_decode,
     final_residual_from_hook,
-    logits_of_final_rows,
     resolve_hook,
     run_to_hook,
     spliced_residual,
     zero_ablated_residual,
 )
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """How one SAE is evaluated on one model."""
-
-    hook: str
-    """TransformerLens hook the SAE reads and is spliced at: blocks.<L>.hook_resid_pre or hook_resid_post."""
-    batch_size: int = 8
-    """Sequences per forward pass."""
-    scaling_factor: float | None = None
-    """Activations are multiplied by this before the SAE and the reconstruction divided by it (None: raw)."""
-    scaling_factor_source: str = "none"
-    """Where the factor came from (the SAE's training, the evaluated model, a paper); recorded in the report."""
-    outliers: OutlierPolicy | None = None
-    """Outlier filter; None evaluates every position."""
-    exclude_special_tokens: bool = False
-    """Drop special-token positions (BOS, EOS, pad, …) from every metric and keep their activations clean."""
-    special_token_ids: tuple[int, ...] | None = None
-    """Ids treated as special; None takes them from the model's tokenizer (SAELens's definition)."""
-    stack_continuations: bool = True
-    """Run the three continuations as one 3×batch call (faster) rather than three calls (less memory)."""
-    logit_rows_per_chunk: int | None = None
-    """Predictions scored at once; None: as many as fit 2^26 logits (256 MB in float32) per variant."""
-    device: str | None = None
-    """Where to run; None keeps the model's device. The model and SAE are moved there."""
-    dtype: torch.dtype | None = None
-    """dtype of the model and SAE; None keeps theirs. Statistics always accumulate in float64."""
-    progress: bool = True
-    """Show a progress bar over batches."""
-    pooled_per_token_ev: bool = False
-    """Also report `explained_variance_per_token_pooled` (keeps every reconstructed token: chat-sized sets)."""
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"EvalConfig: `batch_size` must be >= 1, got {self.batch_size}")
-        if self.logit_rows_per_chunk is not None and self.logit_rows_per_chunk < 1:
-            raise ValueError(f"EvalConfig: `logit_rows_per_chunk` must be >= 1, got {self.logit_rows_per_chunk}")
-        if self.scaling_factor is not None and not self.scaling_factor > 0:
-            raise ValueError(f"EvalConfig: `scaling_factor` must be positive, got {self.scaling_factor}")
-        if self.outliers is not None and self.outliers.norm == "scaled" and self.scaling_factor is None:
-            raise ValueError(
-                "EvalConfig: an outlier threshold on scaled norms needs `scaling_factor`; give one, or set "
-                "`outliers.norm='raw'`"
-            )
 
 
 def prepare(model: HookedTransformer, sae: SAE, config: EvalConfig) -> HookSite:
@@ -96,75 +48,38 @@ def prepare(model: HookedTransformer, sae: SAE, config: EvalConfig) -> HookSite:
     return site
 
 
-def check_finite(x: Tensor, where: str, batch_offset: int) -> None:
-    """Raise naming the (sequence, position) pairs whose activations are NaN or infinite."""
+def check_finite(
+    x: Tensor,
+    where: str,
+    batch_offset: int,
+    cause: str = "Check the model's dtype (fp16 overflows) and its weights.",
+    positions: Tensor | None = None,
+) -> None:
+    """Raise naming the (sequence, position) pairs whose activations are NaN or infinite. x: (batch, pos, d), or
+    (n, d) rows taken at the True entries of `positions` (batch, pos)."""
     bad = ~torch.isfinite(x).all(dim=-1)
     if bool(bad.any()):
-        pairs = [(int(s) + batch_offset, int(p)) for s, p in bad.nonzero()[:5].tolist()]
+        where_bad = bad.nonzero() if positions is None else positions.nonzero()[bad]
+        pairs = [(int(s) + batch_offset, int(p)) for s, p in where_bad[:5].tolist()]
         raise ValueError(
             f"{where}: {int(bad.sum())} positions have NaN/Inf activations, first (sequence, position): {pairs}. "
-            "Check the model's dtype (fp16 overflows) and its weights."
+            + cause
         )
 
 
-@dataclass
-class _Accumulators:
-    """Everything one evaluation streams."""
+def sae_name(sae: SAE) -> str:
+    """How an error names an SAE: its class, width, hook and the model it was trained on."""
+    meta = sae.cfg.metadata
+    return f"{type(sae).__name__} (d_sae {sae.cfg.d_sae}, {meta.hook_name}, trained on {meta.model_name})"
 
-    d_sae: int
-    outliers: OutlierBreakdownStats
-    reconstruction: metrics.ReconstructionStats = field(default_factory=metrics.ReconstructionStats)
-    ev_per_token: metrics.BatchMean = field(default_factory=metrics.BatchMean)
-    ev_per_token_undefined: list[str] = field(default_factory=list)
-    ce: dict[str, metrics.TokenMean] = field(
-        default_factory=lambda: {k: metrics.TokenMean() for k in ("clean", "spliced", "zero")}
-    )
-    kl: dict[str, metrics.TokenMean] = field(
-        default_factory=lambda: {k: metrics.TokenMean() for k in ("spliced", "zero")}
-    )
-    density: metrics.FeatureDensityStats = field(init=False)
-    ev_pooled: metrics.PooledPerTokenEVStats | None = None
 
-    def __post_init__(self) -> None:
-        self.density = metrics.FeatureDensityStats(self.d_sae)
-
-    def add_reconstruction(self, sae_pass: SaePass) -> None:
-        self.reconstruction.update(sae_pass.sae_in, sae_pass.x_hat, sae_pass.feature_acts)
-        self.density.update(sae_pass.feature_acts)
-        if sae_pass.sae_in.shape[0] == 0:
-            return
-        if self.ev_pooled is not None:
-            self.ev_pooled.update(sae_pass.sae_in, sae_pass.x_hat)
-        try:
-            self.ev_per_token.add(metrics.explained_variance_per_token(sae_pass.sae_in, sae_pass.x_hat))
-        except metrics.UndefinedMetric as err:
-            self.ev_per_token_undefined.append(str(err))
-
-    def add_predictions(
-        self, model: HookedTransformer, finals: dict[str, Tensor], tokens: Tensor, counted: Tensor, chunk: int
-    ) -> None:
-        """finals: variant → (batch, pos, d_model) residual after the last block; counted: (batch, pos − 1), which
-        predictions to score. Only counted rows are unembedded, `chunk` rows at a time, one log-softmax per variant
-        and chunk in float32 at least; the per-token values of the whole batch then go to the float64 sums."""
-        targets = tokens[:, 1:][counted]  # (n_counted,)
-        rows = {variant: f[:, :-1][counted] for variant, f in finals.items()}  # variant → (n_counted, d_model)
-        nll: dict[str, list[Tensor]] = {variant: [] for variant in rows}
-        kl: dict[str, list[Tensor]] = {"spliced": [], "zero": []}
-        for start in range(0, targets.shape[0], chunk):
-            log_probs = {}
-            for variant, r in rows.items():
-                logits = logits_of_final_rows(model, r[start : start + chunk])
-                log_probs[variant] = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
-                nll[variant].append(metrics.next_token_nll(log_probs[variant], targets[start : start + chunk]))
-            p_clean = log_probs["clean"].exp()
-            for variant in kl:
-                kl[variant].append(metrics.kl_from_log_probs(log_probs["clean"], log_probs[variant], p_clean))
-        for variant, values in nll.items():
-            if values:
-                self.ce[variant].update(torch.cat(values))
-        for variant, values in kl.items():
-            if values:
-                self.kl[variant].update(torch.cat(values))
+def non_finite_weights(sae: SAE) -> str:
+    """The SAE parameters holding NaN or Inf, with the first bad decoder rows: the usual cause of a NaN output."""
+    bad = [name for name, p in sae.named_parameters() if not bool(torch.isfinite(p).all())]
+    if not bad:
+        return "its weights are finite, so the input overflows it: check the scaling factor and the dtype."
+    rows = (~torch.isfinite(sae.W_dec).all(dim=-1)).nonzero().flatten()[:5].tolist()
+    return f"its weights hold NaN/Inf in {bad}" + (f" (decoder rows {rows})" if rows else "") + "."
 
 
 def _final_residuals(
@@ -195,8 +110,9 @@ def evaluate_transfer(
     """
     site = prepare(model, sae, config)
     batches = TokenBatches(tokens, position_mask, config.batch_size)
+    check_token_ids(batches.tokens, model.cfg.d_vocab)
     special = special_token_ids(model, config.special_token_ids) if config.exclude_special_tokens else None
-    acc = _Accumulators(sae.cfg.d_sae, _outlier_breakdown_stats(model))
+    acc = TransferAccumulators(sae.cfg.d_sae, _outlier_breakdown_stats(model))
     acc.ev_pooled = metrics.PooledPerTokenEVStats() if config.pooled_per_token_ev else None
     device = config.device or model.cfg.device
     scale = config.scaling_factor
@@ -212,6 +128,9 @@ def evaluate_transfer(
         acc.outliers.update(outlier, toks, considered)
         reconstructed = considered & ~outlier
         sae_pass = encode_decode(sae, x[reconstructed], scale)  # (n_reconstructed, ·)
+        if not bool(torch.isfinite(sae_pass.x_hat).all()):
+            cause = f"The SAE {sae_name(sae)} made them: {non_finite_weights(sae)}"
+            check_finite(sae_pass.x_hat, "SAE reconstruction", batch.offset, cause, positions=reconstructed)
         acc.add_reconstruction(sae_pass)
         residuals = {
             "clean": x,
@@ -222,13 +141,21 @@ def evaluate_transfer(
         if config.outliers is not None and not config.outliers.count_in_ce:
             counted = counted & ~outlier[:, :-1]
         finals = _final_residuals(model, site, residuals, config.stack_continuations)
+        check_finite(
+            finals["spliced"][considered],
+            "the model's last residual with the SAE spliced in",
+            batch.offset,
+            f"The SAE {sae_name(sae)} reconstructs finite values that the model overflows on: compare their norms "
+            "with the activations' (scaling factor, dtype).",
+            positions=considered,
+        )
         acc.add_predictions(model, finals, toks, counted, chunk)
     if acc.reconstruction.n_tokens == 0:
         raise ValueError(_nothing_left_message(batches, acc))
     return finalize_transfer_report(acc, site=site, config=config, n_sequences=tokens.shape[0], d_sae=sae.cfg.d_sae)
 
 
-def _nothing_left_message(batches: TokenBatches, acc: _Accumulators) -> str:
+def _nothing_left_message(batches: TokenBatches, acc: TransferAccumulators) -> str:
     n_masked = int(batches.position_mask.sum())
     considered, outliers = acc.outliers.n_positions, acc.outliers.n_outliers
     return (

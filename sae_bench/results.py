@@ -1,7 +1,8 @@
 """TransferReport: what one evaluation measured, as plain numbers (None with a reason where undefined).
 
-`finalize_transfer_report` turns the streamed statistics into the report; the metric arithmetic itself lives in
-metrics.py. Every metric field carries its definition in `metadata["doc"]` (`sae-bench metrics` prints them).
+`TransferAccumulators` streams one evaluation's statistics and `finalize_transfer_report` turns them into the
+report; the metric arithmetic itself lives in metrics.py. Every metric field carries its definition in
+`metadata["doc"]` (`sae-bench metrics` prints them).
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+import torch
 from torch import Tensor
+from transformer_lens import HookedTransformer
 
 from sae_bench import metrics
-from sae_bench.outliers import OutlierBreakdown
+from sae_bench.outliers import OutlierBreakdown, OutlierBreakdownStats
+from sae_bench.splicing import SaePass, logits_of_final_rows
 
 if TYPE_CHECKING:
-    from sae_bench.evaluate import EvalConfig, _Accumulators
+    from sae_bench.eval_config import EvalConfig
     from sae_bench.splicing import HookSite
 
 
@@ -81,6 +85,66 @@ class TransferReport:
         return pd.DataFrame([self.to_row()])
 
 
+@dataclass
+class TransferAccumulators:
+    """Everything one evaluation streams; `finalize_transfer_report` turns it into the report."""
+
+    d_sae: int
+    outliers: OutlierBreakdownStats
+    reconstruction: metrics.ReconstructionStats = field(default_factory=metrics.ReconstructionStats)
+    ev_per_token: metrics.BatchMean = field(default_factory=metrics.BatchMean)
+    ev_per_token_undefined: list[str] = field(default_factory=list)
+    ce: dict[str, metrics.TokenMean] = field(
+        default_factory=lambda: {k: metrics.TokenMean() for k in ("clean", "spliced", "zero")}
+    )
+    kl: dict[str, metrics.TokenMean] = field(
+        default_factory=lambda: {k: metrics.TokenMean() for k in ("spliced", "zero")}
+    )
+    density: metrics.FeatureDensityStats = field(init=False)
+    ev_pooled: metrics.PooledPerTokenEVStats | None = None
+
+    def __post_init__(self) -> None:
+        self.density = metrics.FeatureDensityStats(self.d_sae)
+
+    def add_reconstruction(self, sae_pass: SaePass) -> None:
+        self.reconstruction.update(sae_pass.sae_in, sae_pass.x_hat, sae_pass.feature_acts)
+        self.density.update(sae_pass.feature_acts)
+        if sae_pass.sae_in.shape[0] == 0:
+            return
+        if self.ev_pooled is not None:
+            self.ev_pooled.update(sae_pass.sae_in, sae_pass.x_hat)
+        try:
+            self.ev_per_token.add(metrics.explained_variance_per_token(sae_pass.sae_in, sae_pass.x_hat))
+        except metrics.UndefinedMetric as err:
+            self.ev_per_token_undefined.append(str(err))
+
+    def add_predictions(
+        self, model: HookedTransformer, finals: dict[str, Tensor], tokens: Tensor, counted: Tensor, chunk: int
+    ) -> None:
+        """finals: variant → (batch, pos, d_model) residual after the last block; counted: (batch, pos − 1), which
+        predictions to score. Only counted rows are unembedded, `chunk` rows at a time, one log-softmax per variant
+        and chunk in float32 at least; the per-token values of the whole batch then go to the float64 sums."""
+        targets = tokens[:, 1:][counted]  # (n_counted,)
+        rows = {variant: f[:, :-1][counted] for variant, f in finals.items()}  # variant → (n_counted, d_model)
+        nll: dict[str, list[Tensor]] = {variant: [] for variant in rows}
+        kl: dict[str, list[Tensor]] = {"spliced": [], "zero": []}
+        for start in range(0, targets.shape[0], chunk):
+            log_probs = {}
+            for variant, r in rows.items():
+                logits = logits_of_final_rows(model, r[start : start + chunk])
+                log_probs[variant] = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+                nll[variant].append(metrics.next_token_nll(log_probs[variant], targets[start : start + chunk]))
+            p_clean = log_probs["clean"].exp()
+            for variant in kl:
+                kl[variant].append(metrics.kl_from_log_probs(log_probs["clean"], log_probs[variant], p_clean))
+        for variant, values in nll.items():
+            if values:
+                self.ce[variant].update(torch.cat(values))
+        for variant, values in kl.items():
+            if values:
+                self.kl[variant].update(torch.cat(values))
+
+
 def defined_or_none(name: str, compute: Callable[[], float], undefined: dict[str, str]) -> float | None:
     """compute(), or None with the reason recorded in `undefined` when the metric is undefined."""
     try:
@@ -91,7 +155,7 @@ def defined_or_none(name: str, compute: Callable[[], float], undefined: dict[str
 
 
 def finalize_transfer_report(
-    acc: _Accumulators, *, site: HookSite, config: EvalConfig, n_sequences: int, d_sae: int
+    acc: TransferAccumulators, *, site: HookSite, config: EvalConfig, n_sequences: int, d_sae: int
 ) -> TransferReport:
     """Turn the streamed statistics of one evaluation into its report."""
     undefined: dict[str, str] = {}

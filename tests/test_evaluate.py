@@ -199,6 +199,35 @@ def test_nan_activations_name_their_positions(tokens, random_sae):
         run(model, random_sae, tokens)
 
 
+def test_an_sae_with_a_nan_decoder_row_is_named_never_returned_as_nan(model, tokens):
+    sae = standard_sae(D_MODEL, 8)
+    with torch.no_grad():
+        sae.W_dec[5] = math.nan
+        sae.b_enc.fill_(10.0)  # every feature fires, so the NaN row reaches every reconstruction
+    with pytest.raises(ValueError, match=r"SAE reconstruction: \d+ positions have NaN/Inf") as err:
+        run(model, sae, tokens)
+    assert "StandardSAE (d_sae 8" in str(err.value) and "['W_dec'] (decoder rows [5])" in str(err.value)
+
+
+def test_an_sae_with_finite_weights_whose_output_overflows_is_named(model, tokens):
+    sae = standard_sae(D_MODEL, 8)
+    with torch.no_grad():
+        sae.W_dec.fill_(1e38)  # finite weights, an infinite reconstruction
+        sae.b_enc.fill_(10.0)
+    with pytest.raises(ValueError, match=r"SAE reconstruction.*its weights are finite, so the input overflows it"):
+        run(model, sae, tokens)
+
+
+def test_token_ids_outside_the_vocabulary_are_rejected_with_the_id(model, tokens, random_sae):
+    bad = tokens.clone()
+    bad[2, 7] = D_VOCAB + 3
+    with pytest.raises(ValueError, match=rf"ids \[{D_VOCAB + 3}\] first at \(sequence, position\) \[\(2, 7\)\]"):
+        run(model, random_sae, bad)
+    bad[2, 7] = -1
+    with pytest.raises(ValueError, match=rf"outside the model's vocabulary \[0, {D_VOCAB}\)"):
+        run(model, random_sae, bad)
+
+
 def test_bad_config_is_rejected_early():
     with pytest.raises(ValueError, match="needs `scaling_factor`"):
         EvalConfig(hook="blocks.0.hook_resid_pre", outliers=OutlierPolicy(threshold=50))
