@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import warnings
+from collections import Counter
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -43,6 +44,13 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["sae_lens"] = sae_lens.__version__
     machine_info["transformer_lens"] = version("transformer-lens")
     machine_info["cuda_device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+def scaled_case(case: Case) -> Case:
+    """The rehearsal's in-memory scaling of a hub case (imported only when a rehearsal runs)."""
+    from sae_bench.rehearsal import scaled_case as scale
+
+    return scale(case)
 
 
 def registry_for(config) -> Registry:
@@ -120,17 +128,23 @@ class Suite:
         self.verdicts: list[pd.DataFrame] = []
         self.claim_outcomes: list[tuple[str, bool, str]] = []
         self.first_run_cases: set[str] = set()
+        self.pending: Counter[str] = Counter()
         if self.rehearse and self.update:
             raise pytest.UsageError("--rehearse never writes expectations: drop --update-expectations")
         if self.replace_published and not self.update:
             raise pytest.UsageError("--replace-published goes with --update-expectations")
 
     def check(self, case_id: str, group: str) -> None:
+        try:
+            self._check(case_id, group)
+        finally:
+            case = self.registry.get(case_id)
+            self.finished(scaled_case(case) if self.rehearse and case.tier == "hub" else case)
+
+    def _check(self, case_id: str, group: str) -> None:
         case = self.registry.get(case_id)
         rehearsed = self.rehearse and case.tier == "hub"
         if rehearsed:
-            from sae_bench.rehearsal import scaled_case
-
             case = scaled_case(case)
         reason = missing_for(case, self.device)
         if reason:
@@ -182,6 +196,40 @@ class Suite:
                 ImprovedMetric(f"{case.id} [{group}] improved beyond tolerance; update {path}:\n{text}"), stacklevel=2
             )
 
+    def plan(self, items) -> None:
+        """Order the case items model by model (stable within a model) and tell the executor what will run."""
+        case_items = [item for item in items if _param(item, "case_id") is not None]
+        if not case_items:
+            return
+        cases = {}
+        for item in case_items:
+            case_id = _param(item, "case_id")
+            if case_id not in cases:
+                case = self.registry.get(case_id)
+                cases[case_id] = scaled_case(case) if self.rehearse and case.tier == "hub" else case
+        first_seen = {}
+        for case in cases.values():
+            first_seen.setdefault((case.family, case.model), len(first_seen))
+        family_order = {}
+        for case in cases.values():
+            family_order.setdefault(case.family, len(family_order))
+
+        def order(item):
+            case = cases[_param(item, "case_id")]
+            return family_order[case.family], first_seen[(case.family, case.model)]
+
+        positions = [i for i, item in enumerate(items) if _param(item, "case_id") is not None]
+        for position, item in zip(positions, sorted(case_items, key=order), strict=True):
+            items[position] = item
+        self.pending = Counter(_param(item, "case_id") for item in case_items)
+        self.executor.plan(list(cases.values()))
+
+    def finished(self, case: Case) -> None:
+        """One item of `case` is done; after its last one the executor may release its models."""
+        self.pending[case.id] -= 1
+        if self.pending[case.id] == 0:
+            self.executor.done(case)
+
     def check_claim(self, claim_id: str) -> None:
         """Evaluate one claim over its cases' measurements (shared with the case items); print both sides."""
         from sae_bench.claims import judge
@@ -190,8 +238,6 @@ class Suite:
         cases = [self.registry.get(case_id) for case_id in claim.case_ids]
         rehearsed = self.rehearse and any(case.tier == "hub" for case in cases)
         if rehearsed:
-            from sae_bench.rehearsal import scaled_case
-
             cases = [scaled_case(case) for case in cases]
         reasons = [reason for case in cases if (reason := missing_for(case, self.device))]
         if reasons:
@@ -308,16 +354,28 @@ def suite(request) -> Suite:
 
 def pytest_collection_modifyitems(config, items):
     wanted = set(config.getoption("case_id"))
-    if not wanted:
-        return
     for case_id in sorted(wanted):
         try:
             config._sae_bench_suite.registry.get(case_id)
         except KeyError as err:
             raise pytest.UsageError(f"--case-id: {err.args[0]}") from None
-    kept = [item for item in items if getattr(item, "callspec", None) and item.callspec.params.get("case_id") in wanted]
-    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
-    items[:] = kept
+    if wanted:
+        kept = [item for item in items if _param(item, "case_id") in wanted]
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
+def pytest_collection_finish(session):
+    """Plan the selected cases: each model's cases run together (shared passes; the model is released after its
+    last case), and the executor learns which cases to evaluate together."""
+    suite = getattr(session.config, "_sae_bench_suite", None)
+    if suite is not None:
+        suite.plan(session.items)
+
+
+def _param(item, name: str):
+    callspec = getattr(item, "callspec", None)
+    return None if callspec is None else callspec.params.get(name)
 
 
 def _git_commit() -> str | None:

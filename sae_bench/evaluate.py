@@ -1,8 +1,9 @@
-"""One pass over token batches: an SAE spliced into one model → a TransferReport.
+"""One pass over token batches: an SAE (or several, `evaluate_shared`) spliced into one model → TransferReports.
 
-Per batch the model runs to the hook once; the SAE encodes the evaluated positions; then the clean, spliced and
+Per batch the model runs to the hook once; each SAE encodes the evaluated positions; then the clean, spliced and
 zero-ablated residuals continue from the hook, stacked into one call (DESIGN §5). Forward passes per batch:
-1 + 2·(L − l)/L full-model equivalents. Every statistic streams (metrics.py), so memory does not grow with tokens.
+1 + (k + 2)·(L − l)/L full-model equivalents for k distinct spliced residuals (k = 1 for one SAE). Every
+statistic streams (metrics.py), so memory does not grow with tokens.
 
 Position sets, per batch (all (batch, pos) booleans):
 - `considered` = position mask ∧ ¬special token (when excluded);
@@ -13,6 +14,9 @@ Position sets, per batch (all (batch, pos) booleans):
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from sae_lens import SAE
@@ -108,51 +112,117 @@ def evaluate_transfer(
 
     position_mask: (n_sequences, pos) bool, which positions are evaluated (None: all).
     """
-    site = prepare(model, sae, config)
-    batches = TokenBatches(tokens, position_mask, config.batch_size)
+    return evaluate_shared(model, [(sae, config)], tokens, position_mask=position_mask)[0]
+
+
+SHARED_SETTINGS = ("hook", "batch_size", "stack_continuations", "logit_rows_per_chunk", "device", "dtype")
+"""What every variant of one shared pass must agree on (they share batches and forward passes)."""
+
+
+@dataclass
+class _Variant:
+    """One (SAE, config) of a shared pass and what it streams."""
+
+    sae: SAE
+    config: EvalConfig
+    acc: TransferAccumulators
+    special: Tensor | None
+
+
+@torch.inference_mode()
+def evaluate_shared(
+    model: HookedTransformer,
+    variants: Sequence[tuple[SAE, EvalConfig]],
+    tokens: Tensor,
+    *,
+    position_mask: Tensor | None = None,
+) -> list[TransferReport]:
+    """Several SAEs, or several outlier / special-token / scaling variants of one, on one model and one token set
+    in one pass; each report equals what `evaluate_transfer` gives for its pair alone.
+
+    Per batch the model runs to the hook once and the clean and zero-ablated continuations run once for every
+    variant; each distinct spliced residual (SAE, scale and splice positions) continues once. Each variant scores
+    its own counted predictions exactly as a single evaluation does (the same rows, chunks and float64 sums).
+    """
+    if not variants:
+        raise ValueError("evaluate_shared: no (SAE, EvalConfig) variants given")
+    first = variants[0][1]
+    for _, config in variants[1:]:
+        differing = [name for name in SHARED_SETTINGS if getattr(config, name) != getattr(first, name)]
+        if differing:
+            raise ValueError(f"evaluate_shared: variants must agree on {differing} to share a pass")
+    site = prepare(model, variants[0][0], first)
+    states = []
+    for sae, config in variants:
+        prepare(model, sae, config)
+        special = special_token_ids(model, config.special_token_ids) if config.exclude_special_tokens else None
+        acc = TransferAccumulators(sae.cfg.d_sae, _outlier_breakdown_stats(model))
+        acc.ev_pooled = metrics.PooledPerTokenEVStats() if config.pooled_per_token_ev else None
+        states.append(_Variant(sae, config, acc, special))
+    batches = TokenBatches(tokens, position_mask, first.batch_size)
     check_token_ids(batches.tokens, model.cfg.d_vocab)
-    special = special_token_ids(model, config.special_token_ids) if config.exclude_special_tokens else None
-    acc = TransferAccumulators(sae.cfg.d_sae, _outlier_breakdown_stats(model))
-    acc.ev_pooled = metrics.PooledPerTokenEVStats() if config.pooled_per_token_ev else None
-    device = config.device or model.cfg.device
-    scale = config.scaling_factor
-    chunk = config.logit_rows_per_chunk or max(1, LOGITS_PER_CHUNK // model.cfg.d_vocab)
-    for batch in tqdm(batches, desc=f"evaluate {site.name}", disable=not config.progress, leave=False):
+    device = first.device or model.cfg.device
+    chunk = first.logit_rows_per_chunk or max(1, LOGITS_PER_CHUNK // model.cfg.d_vocab)
+    progress = any(config.progress for _, config in variants)
+    for batch in tqdm(batches, desc=f"evaluate {site.name}", disable=not progress, leave=False):
         toks, pos_mask = batch.tokens.to(device), batch.position_mask.to(device)
-        considered = pos_mask if special is None else pos_mask & ~torch.isin(toks, special.to(device))
         x = run_to_hook(model, toks, site)  # (batch, pos, d_model)
         check_finite(x, f"activations at {site.name}", batch.offset)
-        outlier = torch.zeros_like(considered)
-        if config.outliers is not None:
-            outlier = outlier_mask(x, config.outliers, scale) & considered
-        acc.outliers.update(outlier, toks, considered)
-        reconstructed = considered & ~outlier
-        sae_pass = encode_decode(sae, x[reconstructed], scale)  # (n_reconstructed, ·)
-        if not bool(torch.isfinite(sae_pass.x_hat).all()):
-            cause = f"The SAE {sae_name(sae)} made them: {non_finite_weights(sae)}"
-            check_finite(sae_pass.x_hat, "SAE reconstruction", batch.offset, cause, positions=reconstructed)
-        acc.add_reconstruction(sae_pass)
-        residuals = {
-            "clean": x,
-            "spliced": spliced_residual(x, reconstructed, sae_pass.x_hat, scale),
-            "zero": zero_ablated_residual(x, pos_mask),
-        }
-        counted = considered[:, :-1]
-        if config.outliers is not None and not config.outliers.count_in_ce:
-            counted = counted & ~outlier[:, :-1]
-        finals = _final_residuals(model, site, residuals, config.stack_continuations)
-        check_finite(
-            finals["spliced"][considered],
-            "the model's last residual with the SAE spliced in",
-            batch.offset,
-            f"The SAE {sae_name(sae)} reconstructs finite values that the model overflows on: compare their norms "
-            "with the activations' (scaling factor, dtype).",
-            positions=considered,
+        spliced: dict[tuple, Tensor] = {}  # distinct spliced residuals of this batch
+        plans = [_splice(state, x, toks, pos_mask, batch.offset, spliced) for state in states]
+        keys = list(spliced)
+        residuals = {"clean": x, **{f"spliced{i}": spliced[key] for i, key in enumerate(keys)}}
+        residuals["zero"] = zero_ablated_residual(x, pos_mask)
+        finals = _final_residuals(model, site, residuals, first.stack_continuations)
+        for state, (key, considered, counted) in zip(states, plans, strict=True):
+            spliced_final = finals[f"spliced{keys.index(key)}"]
+            check_finite(
+                spliced_final[considered],
+                "the model's last residual with the SAE spliced in",
+                batch.offset,
+                f"The SAE {sae_name(state.sae)} reconstructs finite values that the model overflows on: compare "
+                "their norms with the activations' (scaling factor, dtype).",
+                positions=considered,
+            )
+            variant_finals = {"clean": finals["clean"], "spliced": spliced_final, "zero": finals["zero"]}
+            state.acc.add_predictions(model, variant_finals, toks, counted, chunk)
+    reports = []
+    for state in states:
+        if state.acc.reconstruction.n_tokens == 0:
+            raise ValueError(_nothing_left_message(batches, state.acc))
+        reports.append(
+            finalize_transfer_report(
+                state.acc, site=site, config=state.config, n_sequences=tokens.shape[0], d_sae=state.sae.cfg.d_sae
+            )
         )
-        acc.add_predictions(model, finals, toks, counted, chunk)
-    if acc.reconstruction.n_tokens == 0:
-        raise ValueError(_nothing_left_message(batches, acc))
-    return finalize_transfer_report(acc, site=site, config=config, n_sequences=tokens.shape[0], d_sae=sae.cfg.d_sae)
+    return reports
+
+
+def _splice(
+    state: _Variant, x: Tensor, toks: Tensor, pos_mask: Tensor, offset: int, spliced: dict[tuple, Tensor]
+) -> tuple[tuple, Tensor, Tensor]:
+    """Encode this variant's positions of the batch, stream its reconstruction statistics, and add its spliced
+    residual to `spliced` unless an identical one (same SAE, scale and positions) is there; returns (its key, the
+    considered positions, the counted predictions)."""
+    config, acc, scale = state.config, state.acc, state.config.scaling_factor
+    considered = pos_mask if state.special is None else pos_mask & ~torch.isin(toks, state.special.to(toks.device))
+    outlier = torch.zeros_like(considered)
+    if config.outliers is not None:
+        outlier = outlier_mask(x, config.outliers, scale) & considered
+    acc.outliers.update(outlier, toks, considered)
+    reconstructed = considered & ~outlier
+    sae_pass = encode_decode(state.sae, x[reconstructed], scale)  # (n_reconstructed, ·)
+    if not bool(torch.isfinite(sae_pass.x_hat).all()):
+        cause = f"The SAE {sae_name(state.sae)} made them: {non_finite_weights(state.sae)}"
+        check_finite(sae_pass.x_hat, "SAE reconstruction", offset, cause, positions=reconstructed)
+    acc.add_reconstruction(sae_pass)
+    key = (id(state.sae), scale, reconstructed.cpu().numpy().tobytes())
+    if key not in spliced:
+        spliced[key] = spliced_residual(x, reconstructed, sae_pass.x_hat, scale)
+    counted = considered[:, :-1]
+    if config.outliers is not None and not config.outliers.count_in_ce:
+        counted = counted & ~outlier[:, :-1]
+    return key, considered, counted
 
 
 def _nothing_left_message(batches: TokenBatches, acc: TransferAccumulators) -> str:

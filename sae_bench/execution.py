@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from torch import Tensor
 
 from sae_bench.cases import CHAT_MASKS, Case
 from sae_bench.chat import ChatRows, cached_rollouts, greedy_rollouts
-from sae_bench.evaluate import EvalConfig, estimate_scaling_factor, evaluate_transfer
+from sae_bench.evaluate import EvalConfig, estimate_scaling_factor, evaluate_shared, evaluate_transfer
 from sae_bench.outliers import OutlierPolicy
 from sae_bench.universality import PairedConfig, evaluate_universality
 
@@ -56,8 +57,13 @@ class CaseExecutor:
         self._mean_norms: dict[tuple, float] = {}
         self._details: dict[tuple, tuple[dict[str, str], dict[str, Tensor]]] = {}
         self._sae_fingerprints: dict[str, str] = {}
+        self._tokenizer_ids: dict[str, str] = {}
         self.model_loads: Counter[str] = Counter()
         """How often each model spec was loaded (once, while the executor lives)."""
+        self.model_releases: Counter[str] = Counter()
+        """How often each model spec was released after its last planned case."""
+        self.shared_passes: list[list[str]] = []
+        """The case ids of each shared pass run, in order."""
 
     # -- sources ------------------------------------------------------------------------------------------------
     def model(self, spec: str):
@@ -79,13 +85,19 @@ class CaseExecutor:
     def tokens(self, case: Case) -> CaseTokens:
         """The case's rows: text read with the tokenizer of the base model (paired cases) or of the model, shared by
         every case with the same text, budget and tokenizer; chat rows are the case model's own rollouts."""
-        reader = self.model(case.base_model or case.model)
-        tokenizer_id = getattr(reader.tokenizer, "name_or_path", None) or (case.base_model or case.model)
-        reads = case.model if case.mask in CHAT_MASKS else tokenizer_id  # chat rows are the model's own rollouts
-        key = (case.dataset, case.tokens, case.context, case.mask, reads)
+        key = self._token_key(case)
         if key not in self._tokens:
-            self._tokens[key] = self._load_tokens(case, reader)
+            self._tokens[key] = self._load_tokens(case, self.model(case.base_model or case.model))
         return self._tokens[key]
+
+    def _token_key(self, case: Case) -> tuple:
+        """What decides a case's rows: text, budget, mask and the tokenizer that reads them (chat rows: the model)."""
+        reader = case.base_model or case.model
+        if reader not in self._tokenizer_ids:  # remembered, so a released model is not loaded again for its key
+            tokenizer = self.model(reader).tokenizer
+            self._tokenizer_ids[reader] = getattr(tokenizer, "name_or_path", None) or reader
+        reads = case.model if case.mask in CHAT_MASKS else self._tokenizer_ids[reader]
+        return (case.dataset, case.tokens, case.context, case.mask, reads)
 
     def _load_tokens(self, case: Case, reader) -> CaseTokens:
         from sae_bench.sources import load_dataset_rows
@@ -151,6 +163,8 @@ class CaseExecutor:
     def measure(self, case: Case, subsets: int = 0) -> dict[str, float | None] | list[dict[str, float | None]]:
         """The case's metric values (all groups at once); with `subsets=k`, the values on k disjoint row slices."""
         key = (case.id, case.sae, subsets)
+        if key not in self._results and not subsets and not case.paired:
+            self._measure_shared(case)
         if key not in self._results:
             tokens = self.tokens(case)
             parts = split_rows(tokens, subsets) if subsets else [tokens]
@@ -204,7 +218,13 @@ class CaseExecutor:
             }
             undefined = {k: "no feature in the band, or every one undefined" for k, v in summary.items() if v is None}
             return summary, (undefined, vectors)
-        config = EvalConfig(
+        report = evaluate_transfer(
+            model, sae, tokens.tokens, self._config(case, policy), position_mask=tokens.position_mask
+        )
+        return _transfer_values(report)
+
+    def _config(self, case: Case, policy: OutlierPolicy | None) -> EvalConfig:
+        return EvalConfig(
             hook=case.hook,
             batch_size=case.batch_size,
             scaling_factor=case.scaling_factor,
@@ -214,9 +234,61 @@ class CaseExecutor:
             progress=self.progress,
             pooled_per_token_ev="reconstruction-pooled" in case.groups,
         )
-        report = evaluate_transfer(model, sae, tokens.tokens, config, position_mask=tokens.position_mask)
-        vectors = {} if report.feature_density is None else {"feature_density": report.feature_density}
-        return {k: v for k, v in report.to_row().items() if not k.startswith("setting_")}, (
-            dict(report.undefined),
-            vectors,
-        )
+
+    # -- shared passes and model lifetimes ------------------------------------------------------------------------
+    def plan(self, cases: Sequence[Case]) -> None:
+        """The cases this session will measure: transfer cases on one model, token set, hook and batch size are
+        then evaluated together in one shared pass (`evaluate_shared`), and each model is released (`done`) once
+        every planned case that needs it has finished."""
+        self._planned = {case.id: case for case in cases}
+        self._users: Counter[str] = Counter()
+        for case in self._planned.values():
+            for spec in {case.model, case.base_model} - {None}:
+                self._users[spec] += 1
+
+    def done(self, case: Case) -> None:
+        """A planned case is finished: release each of its models that no remaining planned case needs."""
+        if case.id not in getattr(self, "_planned", {}):
+            return
+        del self._planned[case.id]
+        for spec in {case.model, case.base_model} - {None}:
+            self._users[spec] -= 1
+            if self._users[spec] == 0 and spec in self._models:
+                del self._models[spec]
+                self.model_releases[spec] += 1
+
+    def live_models(self) -> list[str]:
+        return list(self._models)
+
+    def _shared_key(self, case: Case) -> tuple:
+        return (case.model, case.hook, case.batch_size, self._token_key(case))
+
+    def _measure_shared(self, case: Case) -> None:
+        """Evaluate `case` with every planned, not yet measured transfer case that can share its pass."""
+        key = self._shared_key(case)
+        group = [case] + [
+            other
+            for other in getattr(self, "_planned", {}).values()
+            if other.id != case.id
+            and not other.paired
+            and other.model == case.model  # checked first: the token key of another model would load it
+            and (other.id, other.sae, 0) not in self._results
+            and self._shared_key(other) == key
+        ]
+        tokens, model = self.tokens(case), self.model(case.model)
+        pairs = [(self.sae(c.sae), self._config(c, self.outlier_policy(c, tokens))) for c in group]
+        reports = evaluate_shared(model, pairs, tokens.tokens, position_mask=tokens.position_mask)
+        self.shared_passes.append([c.id for c in group])
+        for member, report in zip(group, reports, strict=True):
+            values, details = _transfer_values(report)
+            self._results[(member.id, member.sae, 0)] = values
+            self._details[(member.id, member.sae, 0)] = details
+
+
+def _transfer_values(report) -> tuple[dict[str, float | None], tuple[dict[str, str], dict[str, Tensor]]]:
+    """A transfer report as (flat metric values, (undefined reasons, per-feature vectors))."""
+    vectors = {} if report.feature_density is None else {"feature_density": report.feature_density}
+    return {k: v for k, v in report.to_row().items() if not k.startswith("setting_")}, (
+        dict(report.undefined),
+        vectors,
+    )

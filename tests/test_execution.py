@@ -56,3 +56,47 @@ def test_split_rows_gives_disjoint_equal_slices():
     parts = split_rows(SimpleNamespace(tokens=tokens, position_mask=None), 3)
     assert [p.tokens.shape[0] for p in parts] == [3, 3, 3]
     assert torch.equal(torch.cat([p.tokens for p in parts]), tokens[:9])
+
+
+def test_a_planned_family_shares_passes_at_the_floor_and_releases_each_model_after_its_last_case():
+    """tiny-qwen2's grid (3 SAEs × 2 models, unfiltered and filtered): one shared pass per model, the clean and
+    zero continuations once, one spliced continuation per distinct spliced residual, each model loaded once and
+    released after its last case. Counted in block rows, not timed."""
+    from collections import Counter
+
+    from sae_bench.cases import SHIPPED_CASES, load_registry
+
+    cases = [c for c in load_registry(SHIPPED_CASES) if c.family == "tiny-qwen2" and not c.paired and c.mask == "all"]
+    cases.sort(key=lambda c: c.model_name)  # base first, then chat, as the suite plans them
+    executor, rows = CaseExecutor(), Counter()
+    load = executor.model
+
+    def counting_model(spec):
+        model = load(spec)
+        if not getattr(model, "_rows_counted", False):
+            model._rows_counted = True
+            for i in range(model.cfg.n_layers):
+
+                def count(tensor, hook, spec=spec):
+                    rows[(spec, int(hook.name.split(".")[1]))] += tensor.shape[0]
+
+                model.add_hook(f"blocks.{i}.hook_resid_post", count)
+        return model
+
+    executor.model = counting_model
+    executor.plan(cases)
+    live_after = {}
+    for case in cases:
+        executor.measure(case)
+        executor.done(case)
+        live_after[case.id] = executor.live_models()
+    assert [len(group) for group in executor.shared_passes] == [6, 6]
+    n_rows = cases[0].tokens // cases[0].context
+    for spec in ("zoo:tiny-qwen2/base", "zoo:tiny-qwen2/chat"):
+        # prefix (blocks 0, 1): the pass, plus one for the mean-norm threshold of the filtered cases; continuation
+        # (blocks 2, 3): clean + zero + 3 spliced (tiny-qwen2 has no outliers: filtered = unfiltered, shared)
+        assert [rows[(spec, layer)] for layer in range(4)] == [2 * n_rows] * 2 + [5 * n_rows] * 2, spec
+    assert executor.model_loads == Counter({"zoo:tiny-qwen2/base": 1, "zoo:tiny-qwen2/chat": 1})
+    assert executor.model_releases == executor.model_loads
+    last_base = [c.id for c in cases if c.model_name == "base"][-1]
+    assert live_after[last_base] == [] and live_after[cases[-1].id] == []
