@@ -28,7 +28,13 @@ from sae_bench import metrics
 from sae_bench.data import TokenBatches, check_token_ids, special_token_ids
 from sae_bench.eval_config import EvalConfig
 from sae_bench.outliers import MeanNormStats, OutlierBreakdownStats, newline_token_ids, outlier_mask
-from sae_bench.results import TransferAccumulators, TransferReport, finalize_transfer_report
+from sae_bench.results import (
+    PredictionScores,
+    TransferAccumulators,
+    TransferReport,
+    finalize_transfer_report,
+    score_predictions,
+)
 from sae_bench.splicing import (
     HookSite,
     check_sae_fits,
@@ -174,18 +180,23 @@ def evaluate_shared(
         residuals = {"clean": x, **{f"spliced{i}": spliced[key] for i, key in enumerate(keys)}}
         residuals["zero"] = zero_ablated_residual(x, pos_mask)
         finals = _final_residuals(model, site, residuals, first.stack_continuations)
+        scored: dict[bytes, PredictionScores] = {}  # variants counting the same predictions share their scores
         for state, (key, considered, counted) in zip(states, plans, strict=True):
-            spliced_final = finals[f"spliced{keys.index(key)}"]
+            name = f"spliced{keys.index(key)}"
             check_finite(
-                spliced_final[considered],
+                finals[name][considered],
                 "the model's last residual with the SAE spliced in",
                 batch.offset,
                 f"The SAE {sae_name(state.sae)} reconstructs finite values that the model overflows on: compare "
                 "their norms with the activations' (scaling factor, dtype).",
                 positions=considered,
             )
-            variant_finals = {"clean": finals["clean"], "spliced": spliced_final, "zero": finals["zero"]}
-            state.acc.add_predictions(model, variant_finals, toks, counted, chunk)
+            counted_key = counted.cpu().numpy().tobytes()
+            if counted_key not in scored:
+                sharing = {f"spliced{keys.index(k)}" for k, _, c in plans if c.cpu().numpy().tobytes() == counted_key}
+                wanted = {"clean": finals["clean"], "zero": finals["zero"]} | {n: finals[n] for n in sorted(sharing)}
+                scored[counted_key] = score_predictions(model, wanted, toks, counted, chunk)
+            state.acc.add_scores(scored[counted_key], name)
     reports = []
     for state in states:
         if state.acc.reconstruction.n_tokens == 0:

@@ -7,7 +7,7 @@ report; the metric arithmetic itself lives in metrics.py. Every metric field car
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -118,31 +118,63 @@ class TransferAccumulators:
         except metrics.UndefinedMetric as err:
             self.ev_per_token_undefined.append(str(err))
 
-    def add_predictions(
-        self, model: HookedTransformer, finals: dict[str, Tensor], tokens: Tensor, counted: Tensor, chunk: int
-    ) -> None:
-        """finals: variant → (batch, pos, d_model) residual after the last block; counted: (batch, pos − 1), which
-        predictions to score. Only counted rows are unembedded, `chunk` rows at a time, one log-softmax per variant
-        and chunk in float32 at least; the per-token values of the whole batch then go to the float64 sums."""
-        targets = tokens[:, 1:][counted]  # (n_counted,)
-        rows = {variant: f[:, :-1][counted] for variant, f in finals.items()}  # variant → (n_counted, d_model)
-        nll: dict[str, list[Tensor]] = {variant: [] for variant in rows}
-        kl: dict[str, list[Tensor]] = {"spliced": [], "zero": []}
-        for start in range(0, targets.shape[0], chunk):
-            log_probs = {}
-            for variant, r in rows.items():
-                logits = logits_of_final_rows(model, r[start : start + chunk])
-                log_probs[variant] = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
-                nll[variant].append(metrics.next_token_nll(log_probs[variant], targets[start : start + chunk]))
-            p_clean = log_probs["clean"].exp()
-            for variant in kl:
-                kl[variant].append(metrics.kl_from_log_probs(log_probs["clean"], log_probs[variant], p_clean))
-        for variant, values in nll.items():
-            if values:
-                self.ce[variant].update(torch.cat(values))
-        for variant, values in kl.items():
-            if values:
-                self.kl[variant].update(torch.cat(values))
+    def add_scores(self, scores: PredictionScores, spliced: Hashable) -> None:
+        """A batch's scores, with the spliced residual `spliced` as this evaluation's (float64 sums)."""
+        if scores.n == 0:
+            return
+        self.ce["clean"].update(scores.nll["clean"])
+        self.ce["zero"].update(scores.nll["zero"])
+        self.kl["zero"].update(scores.kl["zero"])
+        self.ce["spliced"].update(scores.nll[spliced])
+        self.kl["spliced"].update(scores.kl[spliced])
+
+
+@dataclass(frozen=True)
+class PredictionScores:
+    """Per counted prediction of one batch: NLL of the clean, zero-ablated and each spliced continuation, and
+    KL(p_clean ‖ ·) of the others; keyed "clean", "zero" and by each spliced residual's key."""
+
+    n: int
+    nll: dict[Hashable, Tensor]
+    kl: dict[Hashable, Tensor]
+
+
+def score_predictions(
+    model: HookedTransformer,
+    finals: dict[Hashable, Tensor],
+    tokens: Tensor,
+    counted: Tensor,
+    chunk: int,
+) -> PredictionScores:
+    """finals: "clean", "zero" and each spliced key → (batch, pos, d_model) residual after the last block;
+    counted: (batch, pos − 1), which predictions to score. Only counted rows are unembedded, `chunk` rows at a
+    time, one log-softmax per continuation and chunk in float32 at least, the clean one shared by every KL; at most
+    three (chunk × vocab) tensors live at once. The clean and zero scores serve every spliced residual."""
+    targets = tokens[:, 1:][counted]  # (n_counted,)
+    rows = {key: f[:, :-1][counted] for key, f in finals.items()}  # key → (n_counted, d_model)
+    nll: dict[Hashable, list[Tensor]] = {key: [] for key in rows}
+    kl: dict[Hashable, list[Tensor]] = {key: [] for key in rows if key != "clean"}
+
+    def log_probs(key: Hashable, start: int) -> Tensor:
+        logits = logits_of_final_rows(model, rows[key][start : start + chunk])
+        return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+
+    for start in range(0, targets.shape[0], chunk):
+        chunk_targets = targets[start : start + chunk]
+        clean = log_probs("clean", start)
+        nll["clean"].append(metrics.next_token_nll(clean, chunk_targets))
+        p_clean = clean.exp()
+        for key in kl:
+            other = log_probs(key, start)
+            nll[key].append(metrics.next_token_nll(other, chunk_targets))
+            kl[key].append(metrics.kl_from_log_probs(clean, other, p_clean))
+    if targets.shape[0] == 0:
+        return PredictionScores(0, {}, {})
+    return PredictionScores(
+        int(targets.shape[0]),
+        {key: torch.cat(values) for key, values in nll.items()},
+        {key: torch.cat(values) for key, values in kl.items()},
+    )
 
 
 def defined_or_none(name: str, compute: Callable[[], float], undefined: dict[str, str]) -> float | None:
