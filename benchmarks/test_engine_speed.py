@@ -1,8 +1,11 @@
-"""Speed of the one-pass engine against SAELens's evals on the same tokens, and agreement of their numbers.
+"""Speed of the one-pass engine against SAELens's evals and against the no-metrics floor on the same tokens, and of
+a shared pass over a family grid against its pairs one at a time; the numbers agree in each comparison.
 
 SAELens runs the full model three times for CE (clean, spliced, ablated) and once more to the hook for
 L0/EV; the engine runs the prefix once and the suffix three times. With the hook at layer l of L the engine's
-floor is 1 + 2·(L − l)/L full passes against 4 − (L − l)/L. Read the ratio off the benchmark table ("engine" group).
+floor is 1 + 2·(L − l)/L full passes against 4 − (L − l)/L. The floor (`run_floor`) does that much work and no
+scoring: prefix, SAE on every position, one stacked 3× continuation to logits. Read each ratio off the benchmark
+table: the factor in parentheses beside each time, per group ("engine", "family-grid").
 """
 
 import pytest
@@ -12,7 +15,17 @@ from sae_lens.evals import get_recons_loss
 from sae_lens.training.activation_scaler import ActivationScaler
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from sae_bench.evaluate import EvalConfig, evaluate_transfer
+from sae_bench.evaluate import EvalConfig, estimate_scaling_factor, evaluate_shared, evaluate_transfer
+from sae_bench.outliers import OutlierPolicy
+from sae_bench.splicing import (
+    encode_decode,
+    final_residual_from_hook,
+    logits_of_final_rows,
+    resolve_hook,
+    run_to_hook,
+    spliced_residual,
+    zero_ablated_residual,
+)
 from tests.saelens_reference import saelens_sparsity_and_variance
 
 N_LAYERS, LAYER = 6, 3
@@ -87,3 +100,79 @@ def test_saelens_evals_same_tokens(benchmark, setup):
     ce, _ = benchmark.pedantic(run_saelens, args=(model, sae, tokens), rounds=3, warmup_rounds=1, iterations=1)
     record_throughput(benchmark, tokens)
     assert len(ce) == 2
+
+
+@torch.inference_mode()
+def run_floor(model, sae, tokens):
+    """The work no evaluation can skip, and nothing more: per batch the prefix, the SAE on every position, and one
+    stacked clean / spliced / zero continuation to logits."""
+    site = resolve_hook(model, HOOK)
+    for batch in tokens.split(8):
+        x = run_to_hook(model, batch.to(model.cfg.device), site)
+        everywhere = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        x_hat = encode_decode(sae, x[everywhere], None).x_hat
+        stacked = torch.cat([x, spliced_residual(x, everywhere, x_hat, None), zero_ablated_residual(x, everywhere)])
+        final = final_residual_from_hook(model, stacked, site)
+        logits_of_final_rows(model, final.flatten(0, 1))
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+@pytest.mark.benchmark(group="engine")
+def test_no_metrics_floor(benchmark, setup):
+    model, sae, tokens = setup
+    benchmark.pedantic(run_floor, args=(model, sae, tokens), rounds=3, warmup_rounds=1, iterations=1)
+    record_throughput(benchmark, tokens)
+
+
+# -- a family grid: one shared pass per model against every pair alone ------------------------------------------
+GRID_SAES = ("base-sae", "instruct-sae", "math-sae", "base-sae-ft")
+GRID_MODELS = ("base", "instruct", "math", "dose-5", "dose-20", "dose-400")
+GRID_HOOK = "blocks.2.hook_resid_pre"
+
+
+@pytest.fixture(scope="module")
+def grid(device):
+    """tiny-mistral's 4 ReLU SAEs × 6 models, each pair unfiltered and filtered (> 3× the model's mean norm), on 32
+    held-out rows."""
+    from sae_bench.sources import load_model, load_sae, load_zoo_data
+
+    tokens = load_zoo_data("heldout")["input_ids"][:32]
+    models = {name: load_model(f"zoo:tiny-mistral/{name}", device=device) for name in GRID_MODELS}
+    saes = {name: load_sae(f"zoo:tiny-mistral/{name}", device=device) for name in GRID_SAES}
+    configs = {}
+    for name, model in models.items():
+        mean_norm = model.cfg.d_model**0.5 / estimate_scaling_factor(model, tokens, GRID_HOOK)
+        policy = OutlierPolicy(3.0 * mean_norm, norm="raw")
+        configs[name] = [EvalConfig(hook=GRID_HOOK, batch_size=8, outliers=p, progress=False) for p in (None, policy)]
+    return models, saes, configs, tokens
+
+
+def run_pairs_alone(models, saes, configs, tokens):
+    return [
+        evaluate_transfer(model, sae, tokens, config)
+        for name, model in models.items()
+        for sae in saes.values()
+        for config in configs[name]
+    ]
+
+
+def run_shared_per_model(models, saes, configs, tokens):
+    reports = []
+    for name, model in models.items():
+        reports += evaluate_shared(model, [(sae, c) for sae in saes.values() for c in configs[name]], tokens)
+    return reports
+
+
+@pytest.mark.benchmark(group="family-grid")
+def test_family_grid_pairs_one_at_a_time(benchmark, grid):
+    reports = benchmark.pedantic(run_pairs_alone, args=grid, rounds=3, warmup_rounds=0, iterations=1)
+    assert len(reports) == len(GRID_MODELS) * len(GRID_SAES) * 2
+
+
+@pytest.mark.benchmark(group="family-grid")
+def test_family_grid_shared_pass_per_model(benchmark, grid):
+    reports = benchmark.pedantic(run_shared_per_model, args=grid, rounds=3, warmup_rounds=0, iterations=1)
+    alone = run_pairs_alone(*grid)
+    assert [r.ce_spliced for r in reports] == [r.ce_spliced for r in alone]
+    assert [r.kl_spliced for r in reports] == [r.kl_spliced for r in alone]
