@@ -422,18 +422,27 @@ class PearsonStats:
         self.mean_a, self.mean_b, self.m2_a, self.m2_b, self.co_moment = (zeros() for _ in range(5))
 
     def update(self, a: Tensor, b: Tensor) -> None:
+        """a, b: (N, F) paired activations. Only their non-zero entries are read (SAE codes are sparse): the batch's
+        centred moments are the sums over those entries plus the zeros' share, (N − nnz) · mean² per feature."""
         n = a.shape[0]
         if n == 0:
             return
-        a64, b64 = _f64(a).cpu(), _f64(b).cpu()
-        batch_mean_a, batch_mean_b = a64.mean(0), b64.mean(0)
-        a_c, b_c = a64 - batch_mean_a, b64 - batch_mean_b
+        batch_mean_a, m2_a, where_a = _sparse_centred_moments(a)
+        batch_mean_b, m2_b, where_b = _sparse_centred_moments(b)
+        either = torch.cat([where_a, where_b], dim=1).unique(dim=1)  # (2, nnz of a or b): token, feature
+        tokens, features = either[0], either[1]
+        centred = (_f64(a[tokens, features]) - batch_mean_a.to(a.device)[features]) * (
+            _f64(b[tokens, features]) - batch_mean_b.to(b.device)[features]
+        )
+        both_zero = n - torch.bincount(features, minlength=self.d_sae).to(torch.float64)
+        co = torch.zeros(self.d_sae, dtype=torch.float64, device=a.device).index_add_(0, features, centred)
+        co = co.cpu() + both_zero.cpu() * batch_mean_a * batch_mean_b
         total = self.n_tokens + n
         weight = self.n_tokens * n / total
         delta_a, delta_b = batch_mean_a - self.mean_a, batch_mean_b - self.mean_b
-        self.m2_a += a_c.pow(2).sum(0) + delta_a.pow(2) * weight
-        self.m2_b += b_c.pow(2).sum(0) + delta_b.pow(2) * weight
-        self.co_moment += (a_c * b_c).sum(0) + delta_a * delta_b * weight
+        self.m2_a += m2_a + delta_a.pow(2) * weight
+        self.m2_b += m2_b + delta_b.pow(2) * weight
+        self.co_moment += co + delta_a * delta_b * weight
         self.mean_a += delta_a * (n / total)
         self.mean_b += delta_b * (n / total)
         self.n_tokens = total
@@ -442,6 +451,21 @@ class PearsonStats:
         if self.n_tokens == 0:
             raise UndefinedMetric("pearson_per_feature: no tokens to evaluate")
         return _pearson_from_moments(self.co_moment, self.m2_a, self.m2_b)
+
+
+def _sparse_centred_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per feature of (N, F) `x`, from its non-zero entries only: (mean, Σ (x − mean)², the (2, nnz) token and
+    feature indices of the non-zeros); float64, means and sums on the CPU."""
+    n, d = x.shape
+    where = x.nonzero().T  # (2, nnz)
+    tokens, features = where[0], where[1]
+    values = _f64(x[tokens, features])
+    mean = torch.zeros(d, dtype=torch.float64, device=x.device).index_add_(0, features, values) / n
+    squares = torch.zeros(d, dtype=torch.float64, device=x.device).index_add_(
+        0, features, (values - mean[features]) ** 2
+    )
+    zeros = n - torch.bincount(features, minlength=d).to(torch.float64)
+    return mean.cpu(), (squares + zeros * mean**2).cpu(), where
 
 
 @dataclass
@@ -456,7 +480,14 @@ class DeadActivationErrorStats:
         self.total_gap = torch.zeros(self.d_sae, dtype=torch.float64)
 
     def update(self, a: Tensor, b: Tensor) -> None:
-        self.total_gap += _log_activation_gap(a, b).sum(dim=0).cpu()
+        """Only entries where a or b fires are read: where both are 0 the gap is exactly 0."""
+        if bool((a < 0).any()) or bool((b < 0).any()):
+            raise ValueError("dead_activation_error: feature activations must be >= 0 (a ReLU-family SAE)")
+        either = ((a != 0) | (b != 0)).nonzero().T
+        gap = _log_activation_gap(a[either[0], either[1]], b[either[0], either[1]])
+        self.total_gap += (
+            torch.zeros(self.d_sae, dtype=torch.float64, device=a.device).index_add_(0, either[1], gap).cpu()
+        )
         self.n_tokens += a.shape[0]
 
     def compute(self) -> Tensor:

@@ -95,11 +95,15 @@ class SaePass(NamedTuple):
     """Reconstruction of sae_in, (tokens, d_model)."""
 
 
+def sae_input(sae: SAE, x: Tensor, scale: float | None) -> Tensor:
+    """x (tokens, d_model) on the SAE's device and dtype, multiplied by `scale` first when one is given."""
+    sae_in = x.to(device=sae.device, dtype=sae.dtype)
+    return sae_in if scale is None else sae_in * scale
+
+
 def encode_decode(sae: SAE, x: Tensor, scale: float | None) -> SaePass:
     """Run the SAE on x (tokens, d_model), multiplied by `scale` first when one is given."""
-    sae_in = x.to(device=sae.device, dtype=sae.dtype)
-    if scale is not None:
-        sae_in = sae_in * scale
+    sae_in = sae_input(sae, x, scale)
     feature_acts = sae.encode(sae_in)
     return SaePass(sae_in, feature_acts, sae.decode(feature_acts))
 

@@ -22,7 +22,7 @@ from sae_bench import metrics
 from sae_bench.data import TokenBatches, special_token_ids
 from sae_bench.drift import ResidualSimilarity, ResidualSimilarityStats
 from sae_bench.evaluate import check_finite
-from sae_bench.splicing import check_sae_fits, encode_decode, resolve_hook, run_to_hook
+from sae_bench.splicing import check_sae_fits, resolve_hook, run_to_hook, sae_input
 
 REGULAR_LOG_DENSITY = (-5.0, -1.0)
 """Inclusive log10-density range of a "regular" feature in both models (Kutsyk)."""
@@ -42,11 +42,16 @@ class PairedConfig:
     special_token_ids: tuple[int, ...] | None = None
     logit_chunk_size: int = 1024
     """Features per chunk in the logit-weight similarity (memory O(chunk × d_vocab))."""
+    codes_per_chunk: int = 1 << 24
+    """Feature activations encoded at once per model (tokens × d_sae): bounds memory for wide SAEs (2^24 float32
+    codes = 64 MB); the statistics read only their non-zero entries."""
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"PairedConfig: `batch_size` must be >= 1, got {self.batch_size}")
+        if self.codes_per_chunk < 1:
+            raise ValueError(f"PairedConfig: `codes_per_chunk` must be >= 1, got {self.codes_per_chunk}")
 
 
 PAIRED_METRIC_DOCS: dict[str, str] = {
@@ -172,12 +177,15 @@ def evaluate_universality(
         check_finite(x_b, f"base activations at {site.name}", batch.offset)
         check_finite(x_f, f"fine-tuned activations at {site.name}", batch.offset)
         residual.update(x_b, x_f.to(x_b.device), considered.to(x_b.device))
-        f_b = encode_decode(sae, x_b[considered.to(x_b.device)], config.base_scaling_factor).feature_acts
-        f_f = encode_decode(sae, x_f[considered.to(x_f.device)], config.finetuned_scaling_factor).feature_acts
-        density_b.update(f_b)
-        density_f.update(f_f)
-        pearson.update(f_b, f_f)
-        dead_error.update(f_b, f_f)
+        rows_b, rows_f = x_b[considered.to(x_b.device)], x_f[considered.to(x_f.device)]
+        rows_per_chunk = max(1, config.codes_per_chunk // d_sae)
+        for start in range(0, rows_b.shape[0], rows_per_chunk):
+            f_b = sae.encode(sae_input(sae, rows_b[start : start + rows_per_chunk], config.base_scaling_factor))
+            f_f = sae.encode(sae_input(sae, rows_f[start : start + rows_per_chunk], config.finetuned_scaling_factor))
+            density_b.update(f_b)
+            density_f.update(f_f)
+            pearson.update(f_b, f_f)
+            dead_error.update(f_b, f_f)
     d_b, d_f = density_b.density(), density_f.density()
     log_b, log_f = metrics.log_density(d_b), metrics.log_density(d_f)
     low, high = REGULAR_LOG_DENSITY

@@ -90,3 +90,16 @@ def test_mismatched_vocabularies_are_refused(model, tokens, random_sae):
     other = tiny_model(d_vocab=70)
     with pytest.raises(ValueError, match="different vocabularies.*61 vs 70"):
         paired(model, other, random_sae, tokens)
+
+
+def test_encoding_in_chunks_changes_nothing(model, tokens):
+    """Wide SAEs are encoded a chunk of rows at a time; the statistics do not depend on the chunk."""
+    sae = standard_sae(D_MODEL, 12, seed=3)
+    finetuned = tiny_model(seed=1)
+    whole = evaluate_universality(model, finetuned, sae, tokens, PairedConfig(hook="blocks.2.hook_resid_pre"))
+    chunked = evaluate_universality(
+        model, finetuned, sae, tokens, PairedConfig(hook="blocks.2.hook_resid_pre", codes_per_chunk=12 * 5)
+    )
+    torch.testing.assert_close(chunked.density_base, whole.density_base, rtol=0, atol=0)
+    torch.testing.assert_close(chunked.activation_similarity, whole.activation_similarity, equal_nan=True)
+    torch.testing.assert_close(chunked.dead_activation_error, whole.dead_activation_error)
