@@ -134,18 +134,19 @@ class Suite:
         if self.replace_published and not self.update:
             raise pytest.UsageError("--replace-published goes with --update-expectations")
 
-    def check(self, case_id: str, group: str) -> None:
-        try:
-            self._check(case_id, group)
-        finally:
-            case = self.registry.get(case_id)
-            self.finished(scaled_case(case) if self.rehearse and case.tier == "hub" else case)
+    def as_run(self, case: Case) -> Case:
+        """The case as this run evaluates it: a hub case scaled down under --rehearse, else as registered."""
+        return scaled_case(case) if self.rehearse and case.tier == "hub" else case
 
-    def _check(self, case_id: str, group: str) -> None:
-        case = self.registry.get(case_id)
+    def check(self, case_id: str, group: str) -> None:
+        case = self.as_run(self.registry.get(case_id))
+        try:
+            self._check(case, group)
+        finally:
+            self.finished(case)
+
+    def _check(self, case: Case, group: str) -> None:
         rehearsed = self.rehearse and case.tier == "hub"
-        if rehearsed:
-            case = scaled_case(case)
         reason = missing_for(case, self.device)
         if reason:
             if rehearsed:  # a rehearsal that skips proves nothing
@@ -205,8 +206,7 @@ class Suite:
         for item in case_items:
             case_id = _param(item, "case_id")
             if case_id not in cases:
-                case = self.registry.get(case_id)
-                cases[case_id] = scaled_case(case) if self.rehearse and case.tier == "hub" else case
+                cases[case_id] = self.as_run(self.registry.get(case_id))
         first_seen = {}
         for case in cases.values():
             first_seen.setdefault((case.family, case.model), len(first_seen))
@@ -235,10 +235,8 @@ class Suite:
         from sae_bench.claims import judge
 
         claim = self.registry.claim(claim_id)
-        cases = [self.registry.get(case_id) for case_id in claim.case_ids]
+        cases = [self.as_run(self.registry.get(case_id)) for case_id in claim.case_ids]
         rehearsed = self.rehearse and any(case.tier == "hub" for case in cases)
-        if rehearsed:
-            cases = [scaled_case(case) for case in cases]
         reasons = [reason for case in cases if (reason := missing_for(case, self.device))]
         if reasons:
             if rehearsed:

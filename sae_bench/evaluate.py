@@ -157,10 +157,9 @@ def evaluate_shared(
         differing = [name for name in SHARED_SETTINGS if getattr(config, name) != getattr(first, name)]
         if differing:
             raise ValueError(f"evaluate_shared: variants must agree on {differing} to share a pass")
-    site = prepare(model, variants[0][0], first)
     states = []
     for sae, config in variants:
-        prepare(model, sae, config)
+        site = prepare(model, sae, config)
         special = special_token_ids(model, config.special_token_ids) if config.exclude_special_tokens else None
         acc = TransferAccumulators(sae.cfg.d_sae, _outlier_breakdown_stats(model))
         acc.ev_pooled = metrics.PooledPerTokenEVStats() if config.pooled_per_token_ev else None
@@ -174,15 +173,16 @@ def evaluate_shared(
         toks, pos_mask = batch.tokens.to(device), batch.position_mask.to(device)
         x = run_to_hook(model, toks, site)  # (batch, pos, d_model)
         check_finite(x, f"activations at {site.name}", batch.offset)
-        spliced: dict[tuple, Tensor] = {}  # distinct spliced residuals of this batch
+        spliced: dict[tuple, tuple[str, Tensor]] = {}  # distinct spliced residuals of this batch: key → (name, x)
         plans = [_splice(state, x, toks, pos_mask, batch.offset, spliced) for state in states]
-        keys = list(spliced)
-        residuals = {"clean": x, **{f"spliced{i}": spliced[key] for i, key in enumerate(keys)}}
-        residuals["zero"] = zero_ablated_residual(x, pos_mask)
+        residuals = {"clean": x, **dict(spliced.values()), "zero": zero_ablated_residual(x, pos_mask)}
         finals = _final_residuals(model, site, residuals, first.stack_continuations)
-        scored: dict[bytes, PredictionScores] = {}  # variants counting the same predictions share their scores
-        for state, (key, considered, counted) in zip(states, plans, strict=True):
-            name = f"spliced{keys.index(key)}"
+        # variants counting the same predictions share the clean and zero scores: one scoring per counted mask
+        sharing: dict[bytes, set[str]] = {}
+        for name, _, counted_key, _ in plans:
+            sharing.setdefault(counted_key, set()).add(name)
+        scored: dict[bytes, PredictionScores] = {}
+        for state, (name, considered, counted_key, counted) in zip(states, plans, strict=True):
             check_finite(
                 finals[name][considered],
                 "the model's last residual with the SAE spliced in",
@@ -191,10 +191,9 @@ def evaluate_shared(
                 "their norms with the activations' (scaling factor, dtype).",
                 positions=considered,
             )
-            counted_key = counted.cpu().numpy().tobytes()
             if counted_key not in scored:
-                sharing = {f"spliced{keys.index(k)}" for k, _, c in plans if c.cpu().numpy().tobytes() == counted_key}
-                wanted = {"clean": finals["clean"], "zero": finals["zero"]} | {n: finals[n] for n in sorted(sharing)}
+                wanted = {"clean": finals["clean"], "zero": finals["zero"]}
+                wanted |= {n: finals[n] for n in sorted(sharing[counted_key])}
                 scored[counted_key] = score_predictions(model, wanted, toks, counted, chunk)
             state.acc.add_scores(scored[counted_key], name)
     reports = []
@@ -210,11 +209,11 @@ def evaluate_shared(
 
 
 def _splice(
-    state: _Variant, x: Tensor, toks: Tensor, pos_mask: Tensor, offset: int, spliced: dict[tuple, Tensor]
-) -> tuple[tuple, Tensor, Tensor]:
+    state: _Variant, x: Tensor, toks: Tensor, pos_mask: Tensor, offset: int, spliced: dict[tuple, tuple[str, Tensor]]
+) -> tuple[str, Tensor, bytes, Tensor]:
     """Encode this variant's positions of the batch, stream its reconstruction statistics, and add its spliced
-    residual to `spliced` unless an identical one (same SAE, scale and positions) is there; returns (its key, the
-    considered positions, the counted predictions)."""
+    residual to `spliced` unless an identical one (same SAE, scale and positions) is there; returns (the spliced
+    residual's name, the considered positions, the counted predictions as a key and as a mask)."""
     config, acc, scale = state.config, state.acc, state.config.scaling_factor
     considered = pos_mask if state.special is None else pos_mask & ~torch.isin(toks, state.special.to(toks.device))
     outlier = torch.zeros_like(considered)
@@ -229,11 +228,11 @@ def _splice(
     acc.add_reconstruction(sae_pass)
     key = (id(state.sae), scale, reconstructed.cpu().numpy().tobytes())
     if key not in spliced:
-        spliced[key] = spliced_residual(x, reconstructed, sae_pass.x_hat, scale)
+        spliced[key] = (f"spliced{len(spliced)}", spliced_residual(x, reconstructed, sae_pass.x_hat, scale))
     counted = considered[:, :-1]
     if config.outliers is not None and not config.outliers.count_in_ce:
         counted = counted & ~outlier[:, :-1]
-    return key, considered, counted
+    return spliced[key][0], considered, counted.cpu().numpy().tobytes(), counted
 
 
 def _nothing_left_message(batches: TokenBatches, acc: TransferAccumulators) -> str:

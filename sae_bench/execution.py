@@ -64,6 +64,8 @@ class CaseExecutor:
         """How often each model spec was released after its last planned case."""
         self.shared_passes: list[list[str]] = []
         """The case ids of each shared pass run, in order."""
+        self._planned: dict[str, Case] = {}
+        self._users: Counter[str] = Counter()
 
     # -- sources ------------------------------------------------------------------------------------------------
     def model(self, spec: str):
@@ -241,14 +243,14 @@ class CaseExecutor:
         then evaluated together in one shared pass (`evaluate_shared`), and each model is released (`done`) once
         every planned case that needs it has finished."""
         self._planned = {case.id: case for case in cases}
-        self._users: Counter[str] = Counter()
+        self._users = Counter()
         for case in self._planned.values():
             for spec in {case.model, case.base_model} - {None}:
                 self._users[spec] += 1
 
     def done(self, case: Case) -> None:
         """A planned case is finished: release each of its models that no remaining planned case needs."""
-        if case.id not in getattr(self, "_planned", {}):
+        if case.id not in self._planned:
             return
         del self._planned[case.id]
         for spec in {case.model, case.base_model} - {None}:
@@ -268,7 +270,7 @@ class CaseExecutor:
         key = self._shared_key(case)
         group = [case] + [
             other
-            for other in getattr(self, "_planned", {}).values()
+            for other in self._planned.values()
             if other.id != case.id
             and not other.paired
             and other.model == case.model  # checked first: the token key of another model would load it

@@ -427,10 +427,9 @@ class PearsonStats:
         n = a.shape[0]
         if n == 0:
             return
-        batch_mean_a, m2_a, where_a = _sparse_centred_moments(a)
-        batch_mean_b, m2_b, where_b = _sparse_centred_moments(b)
-        either = torch.cat([where_a, where_b], dim=1).unique(dim=1)  # (2, nnz of a or b): token, feature
-        tokens, features = either[0], either[1]
+        batch_mean_a, m2_a = _sparse_centred_moments(a)
+        batch_mean_b, m2_b = _sparse_centred_moments(b)
+        tokens, features = _either_nonzero(a, b)
         centred = (_f64(a[tokens, features]) - batch_mean_a.to(a.device)[features]) * (
             _f64(b[tokens, features]) - batch_mean_b.to(b.device)[features]
         )
@@ -453,19 +452,23 @@ class PearsonStats:
         return _pearson_from_moments(self.co_moment, self.m2_a, self.m2_b)
 
 
-def _sparse_centred_moments(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Per feature of (N, F) `x`, from its non-zero entries only: (mean, Σ (x − mean)², the (2, nnz) token and
-    feature indices of the non-zeros); float64, means and sums on the CPU."""
+def _either_nonzero(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """(token, feature) indices of the entries where paired (N, F) codes a or b are non-zero."""
+    tokens, features = ((a != 0) | (b != 0)).nonzero().T
+    return tokens, features
+
+
+def _sparse_centred_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per feature of (N, F) `x`, from its non-zero entries only: (mean, Σ (x − mean)²); float64 on the CPU."""
     n, d = x.shape
-    where = x.nonzero().T  # (2, nnz)
-    tokens, features = where[0], where[1]
+    tokens, features = x.nonzero().T
     values = _f64(x[tokens, features])
     mean = torch.zeros(d, dtype=torch.float64, device=x.device).index_add_(0, features, values) / n
     squares = torch.zeros(d, dtype=torch.float64, device=x.device).index_add_(
         0, features, (values - mean[features]) ** 2
     )
     zeros = n - torch.bincount(features, minlength=d).to(torch.float64)
-    return mean.cpu(), (squares + zeros * mean**2).cpu(), where
+    return mean.cpu(), (squares + zeros * mean**2).cpu()
 
 
 @dataclass
@@ -480,13 +483,12 @@ class DeadActivationErrorStats:
         self.total_gap = torch.zeros(self.d_sae, dtype=torch.float64)
 
     def update(self, a: Tensor, b: Tensor) -> None:
-        """Only entries where a or b fires are read: where both are 0 the gap is exactly 0."""
-        if bool((a < 0).any()) or bool((b < 0).any()):
-            raise ValueError("dead_activation_error: feature activations must be >= 0 (a ReLU-family SAE)")
-        either = ((a != 0) | (b != 0)).nonzero().T
-        gap = _log_activation_gap(a[either[0], either[1]], b[either[0], either[1]])
+        """Only entries where a or b fires are read: where both are 0 the gap is exactly 0 (and a negative
+        activation is non-zero, so the gap's own check still sees it)."""
+        tokens, features = _either_nonzero(a, b)
+        gap = _log_activation_gap(a[tokens, features], b[tokens, features])
         self.total_gap += (
-            torch.zeros(self.d_sae, dtype=torch.float64, device=a.device).index_add_(0, either[1], gap).cpu()
+            torch.zeros(self.d_sae, dtype=torch.float64, device=a.device).index_add_(0, features, gap).cpu()
         )
         self.n_tokens += a.shape[0]
 
