@@ -442,7 +442,16 @@ def pytest_sessionfinish(session, exitstatus):
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     suite = getattr(config, "_sae_bench_suite", None)
-    if suite is None or not suite.rehearse:
+    if suite is None:
+        return
+    cost = suite.executor.cost.table()
+    if len(cost) > 1:
+        terminalreporter.section(
+            "forward passes (FPE: one row through every block; floor: one prefix per model, token "
+            "set and hook, and per batch the clean, zero and each distinct spliced continuation)"
+        )
+        terminalreporter.write_line(cost.to_markdown(index=False, floatfmt=".2f"))
+    if not suite.rehearse:
         return
     terminalreporter.section("hub rehearsal (miniature stand-ins: verdicts show the plumbing, not real numbers)")
     if suite.verdicts:

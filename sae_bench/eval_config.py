@@ -30,7 +30,8 @@ class EvalConfig:
     stack_continuations: bool = True
     """Run the three continuations as one 3×batch call (faster) rather than three calls (less memory)."""
     logit_rows_per_chunk: int | None = None
-    """Predictions scored at once; None: as many as fit 2^26 logits (256 MB in float32) per variant."""
+    """Predictions scored at once; None: as many as fit 2^21 logits per variant on CPU (8 MB in float32), 2^26 on
+    a GPU."""
     device: str | None = None
     """Where to run; None keeps the model's device. The model and SAE are moved there."""
     dtype: torch.dtype | None = None

@@ -28,6 +28,7 @@ from sae_bench import metrics
 from sae_bench.data import TokenBatches, check_token_ids, special_token_ids
 from sae_bench.eval_config import EvalConfig
 from sae_bench.outliers import MeanNormStats, OutlierBreakdownStats, newline_token_ids, outlier_mask
+from sae_bench.prefix import PrefixActivations
 from sae_bench.results import (
     PredictionScores,
     TransferAccumulators,
@@ -102,7 +103,16 @@ def _final_residuals(
     return dict(zip(residuals, finals.chunk(len(residuals)), strict=True))
 
 
-LOGITS_PER_CHUNK = 1 << 26
+LOGITS_PER_CHUNK = {"cpu": 1 << 21, "cuda": 1 << 26}
+"""Logits per variant scored at once by default: on CPU the three live (chunk × vocab) float32 tensors fit a 32 MB
+last-level cache (measured 1.26× → 1.04× of the no-metrics floor, benchmarks/test_engine_speed.py); on a GPU large
+chunks keep it busy."""
+
+
+def logit_rows_per_chunk(config: EvalConfig, device: torch.device | str, d_vocab: int) -> int:
+    """config.logit_rows_per_chunk, or as many rows as fit the device's LOGITS_PER_CHUNK."""
+    per_chunk = LOGITS_PER_CHUNK["cuda" if torch.device(device).type == "cuda" else "cpu"]
+    return config.logit_rows_per_chunk or max(1, per_chunk // d_vocab)
 
 
 @torch.inference_mode()
@@ -126,6 +136,14 @@ SHARED_SETTINGS = ("hook", "batch_size", "stack_continuations", "logit_rows_per_
 
 
 @dataclass
+class PassCost:
+    """What a shared pass ran from the hook on: per batch its rows times its continuations (clean, zero-ablated and
+    one per distinct spliced residual), summed."""
+
+    continued_rows: int = 0
+
+
+@dataclass
 class _Variant:
     """One (SAE, config) of a shared pass and what it streams."""
 
@@ -142,6 +160,8 @@ def evaluate_shared(
     tokens: Tensor,
     *,
     position_mask: Tensor | None = None,
+    prefix: PrefixActivations | None = None,
+    cost: PassCost | None = None,
 ) -> list[TransferReport]:
     """Several SAEs, or several outlier / special-token / scaling variants of one, on one model and one token set
     in one pass; each report equals what `evaluate_transfer` gives for its pair alone.
@@ -149,6 +169,9 @@ def evaluate_shared(
     Per batch the model runs to the hook once and the clean and zero-ablated continuations run once for every
     variant; each distinct spliced residual (SAE, scale and splice positions) continues once. Each variant scores
     its own counted predictions exactly as a single evaluation does (the same rows, chunks and float64 sums).
+
+    prefix: the residual at the hook for these batches, already computed (`sae_bench.prefix`); then the model
+    runs only the continuations. cost: filled with the rows continued, for the suite's forward-pass count.
     """
     if not variants:
         raise ValueError("evaluate_shared: no (SAE, EvalConfig) variants given")
@@ -166,17 +189,21 @@ def evaluate_shared(
         states.append(_Variant(sae, config, acc, special))
     batches = TokenBatches(tokens, position_mask, first.batch_size)
     check_token_ids(batches.tokens, model.cfg.d_vocab)
+    if prefix is not None:
+        prefix.check_serves(site.name, batches)
     device = first.device or model.cfg.device
-    chunk = first.logit_rows_per_chunk or max(1, LOGITS_PER_CHUNK // model.cfg.d_vocab)
+    chunk = logit_rows_per_chunk(first, device, model.cfg.d_vocab)
     progress = any(config.progress for _, config in variants)
-    for batch in tqdm(batches, desc=f"evaluate {site.name}", disable=not progress, leave=False):
+    for index, batch in enumerate(tqdm(batches, desc=f"evaluate {site.name}", disable=not progress, leave=False)):
         toks, pos_mask = batch.tokens.to(device), batch.position_mask.to(device)
-        x = run_to_hook(model, toks, site)  # (batch, pos, d_model)
+        x = run_to_hook(model, toks, site) if prefix is None else prefix.batches[index].to(device)  # (batch, pos, d)
         check_finite(x, f"activations at {site.name}", batch.offset)
         spliced: dict[tuple, tuple[str, Tensor]] = {}  # distinct spliced residuals of this batch: key → (name, x)
         plans = [_splice(state, x, toks, pos_mask, batch.offset, spliced) for state in states]
         residuals = {"clean": x, **dict(spliced.values()), "zero": zero_ablated_residual(x, pos_mask)}
         finals = _final_residuals(model, site, residuals, first.stack_continuations)
+        if cost is not None:
+            cost.continued_rows += x.shape[0] * len(residuals)
         # variants counting the same predictions share the clean and zero scores: one scoring per counted mask
         sharing: dict[bytes, set[str]] = {}
         for name, _, counted_key, _ in plans:
@@ -254,13 +281,25 @@ def _outlier_breakdown_stats(model: HookedTransformer) -> OutlierBreakdownStats:
 
 @torch.inference_mode()
 def estimate_scaling_factor(
-    model: HookedTransformer, tokens: Tensor, hook: str, *, batch_size: int = 8, position_mask: Tensor | None = None
+    model: HookedTransformer,
+    tokens: Tensor,
+    hook: str,
+    *,
+    batch_size: int = 8,
+    position_mask: Tensor | None = None,
+    prefix: PrefixActivations | None = None,
 ) -> float:
-    """√d_model / mean ‖x‖ at `hook` over the given tokens (all positions under the mask, BOS included)."""
+    """√d_model / mean ‖x‖ at `hook` over the given tokens (all positions under the mask, BOS included); from
+    `prefix` (in its batches) when the activations are already computed."""
     site = resolve_hook(model, hook)
     norms = MeanNormStats()
-    for batch in TokenBatches(tokens, position_mask, batch_size):
-        toks = batch.tokens.to(model.cfg.device)
-        x = run_to_hook(model, toks, site)
+    batches = TokenBatches(tokens, position_mask, batch_size if prefix is None else prefix.batch_size)
+    if prefix is not None:
+        prefix.check_serves(site.name, batches)
+    for index, batch in enumerate(batches):
+        if prefix is None:
+            x = run_to_hook(model, batch.tokens.to(model.cfg.device), site)
+        else:
+            x = prefix.batches[index]
         norms.update(x[batch.position_mask.to(x.device)])
     return norms.scaling_factor(model.cfg.d_model)

@@ -17,8 +17,11 @@ from torch import Tensor
 
 from sae_bench.cases import CHAT_MASKS, Case
 from sae_bench.chat import ChatRows, cached_rollouts, greedy_rollouts
-from sae_bench.evaluate import EvalConfig, estimate_scaling_factor, evaluate_shared, evaluate_transfer
+from sae_bench.evaluate import EvalConfig, PassCost, estimate_scaling_factor, evaluate_shared, evaluate_transfer
+from sae_bench.forward_cost import ForwardCost
 from sae_bench.outliers import OutlierPolicy
+from sae_bench.prefix import PREFIX_CACHE_BYTES, PrefixActivations, prefix_bytes, run_prefix
+from sae_bench.splicing import resolve_hook
 from sae_bench.universality import PairedConfig, evaluate_universality
 
 ROLLOUT_TOKENS = 64  # Kissane: greedy, 64 new tokens
@@ -47,9 +50,10 @@ def split_rows(tokens: CaseTokens, k: int) -> list[CaseTokens]:
 class CaseExecutor:
     """Evaluates cases, caching models, SAEs, token sets and results for the whole session."""
 
-    def __init__(self, *, device: str = "cpu", progress: bool = False):
+    def __init__(self, *, device: str = "cpu", progress: bool = False, prefix_cache_bytes: int = PREFIX_CACHE_BYTES):
         self.device = device
         self.progress = progress
+        self.prefix_cache_bytes = prefix_cache_bytes
         self._models: dict[str, Any] = {}
         self._saes: dict[str, Any] = {}
         self._tokens: dict[tuple, CaseTokens] = {}
@@ -66,6 +70,10 @@ class CaseExecutor:
         """The case ids of each shared pass run, in order."""
         self._planned: dict[str, Case] = {}
         self._users: Counter[str] = Counter()
+        self._prefixes: dict[tuple, PrefixActivations] = {}
+        self._prefix_floors: set[tuple] = set()
+        self.cost = ForwardCost()
+        """Block rows the models ran for the measured cases, against the floor of their passes."""
 
     # -- sources ------------------------------------------------------------------------------------------------
     def model(self, spec: str):
@@ -74,6 +82,7 @@ class CaseExecutor:
 
             self._models[spec] = load_model(spec, device=self.device)
             self.model_loads[spec] += 1
+            self.cost.watch(spec, self._models[spec])
         return self._models[spec]
 
     def sae(self, spec: str):
@@ -146,7 +155,8 @@ class CaseExecutor:
                 rows, instructions, model.tokenizer, template, stop_token=stop, context=case.context
             )
 
-        return cached_rollouts(key + (f"|kissane {template}" if template else ""), make)
+        with self.cost.uncounted():
+            return cached_rollouts(key + (f"|kissane {template}" if template else ""), make)
 
     # -- evaluation ---------------------------------------------------------------------------------------------
     def outlier_policy(self, case: Case, tokens: CaseTokens) -> OutlierPolicy | None:
@@ -156,9 +166,16 @@ class CaseExecutor:
         if setting.norm != "mean-norm":
             return OutlierPolicy(setting.threshold, norm=setting.norm, count_in_ce=setting.count_in_ce)
         key = (case.model, case.hook, case.dataset, case.tokens, case.context, case.mask)
-        if key not in self._mean_norms:  # one prefix pass per model and token set, shared by its filtered cases
+        if key not in self._mean_norms:  # from the prefix that the case's shared pass then uses too
             model = self.model(case.model)
-            factor = estimate_scaling_factor(model, tokens.tokens, case.hook, position_mask=tokens.position_mask)
+            factor = estimate_scaling_factor(
+                model,
+                tokens.tokens,
+                case.hook,
+                batch_size=case.batch_size,
+                position_mask=tokens.position_mask,
+                prefix=self.prefix(case, case.model),
+            )
             self._mean_norms[key] = model.cfg.d_model**0.5 / factor
         return OutlierPolicy(setting.threshold * self._mean_norms[key], norm="raw", count_in_ce=setting.count_in_ce)
 
@@ -171,7 +188,7 @@ class CaseExecutor:
             tokens = self.tokens(case)
             parts = split_rows(tokens, subsets) if subsets else [tokens]
             policy = self.outlier_policy(case, tokens) if not case.paired else None
-            evaluations = [self._evaluate(case, part, policy) for part in parts]
+            evaluations = [self._evaluate(case, part, policy, whole=not subsets) for part in parts]
             values = [value for value, _ in evaluations]
             self._results[key] = values if subsets else values[0]
             if not subsets:
@@ -194,9 +211,10 @@ class CaseExecutor:
         return self._sae_fingerprints[spec]
 
     def _evaluate(
-        self, case: Case, tokens: CaseTokens, policy: OutlierPolicy | None
+        self, case: Case, tokens: CaseTokens, policy: OutlierPolicy | None, *, whole: bool
     ) -> tuple[dict[str, float | None], tuple[dict[str, str], dict[str, Tensor]]]:
-        """The metric values, and (undefined reasons, per-feature vectors)."""
+        """The metric values, and (undefined reasons, per-feature vectors); `whole`: the case's rows, all of them
+        (then a planned paired case takes both models' prefixes from the cache)."""
         sae, model = self.sae(case.sae), self.model(case.model)
         if case.paired:
             config = PairedConfig(
@@ -208,7 +226,14 @@ class CaseExecutor:
                 progress=self.progress,
             )
             report = evaluate_universality(
-                self.model(case.base_model), model, sae, tokens.tokens, config, position_mask=tokens.position_mask
+                self.model(case.base_model),
+                model,
+                sae,
+                tokens.tokens,
+                config,
+                position_mask=tokens.position_mask,
+                prefix_base=self.prefix(case, case.base_model) if whole else None,
+                prefix_finetuned=self.prefix(case, case.model) if whole else None,
             )
             summary = dict(report.summary())
             vectors = {
@@ -253,6 +278,7 @@ class CaseExecutor:
         if case.id not in self._planned:
             return
         del self._planned[case.id]
+        self._release_prefixes()
         for spec in {case.model, case.base_model} - {None}:
             self._users[spec] -= 1
             if self._users[spec] == 0 and spec in self._models:
@@ -261,6 +287,34 @@ class CaseExecutor:
 
     def live_models(self) -> list[str]:
         return list(self._models)
+
+    def prefix(self, case: Case, spec: str) -> PrefixActivations | None:
+        """Model `spec`'s residual at the case's hook over the case's rows, run once for every pass that needs it
+        (mean-norm threshold, shared pass, paired pass) and kept while a planned case still needs it. None when the
+        case is not planned or the activations exceed `prefix_cache_bytes`: each pass then runs its own prefix."""
+        tokens, model = self.tokens(case), self.model(spec)
+        key = (spec, case.hook, case.batch_size, self._token_key(case))
+        floor_key = (spec, case.hook, self._token_key(case))
+        if floor_key not in self._prefix_floors:  # the floor holds one prefix per model, token set and hook
+            self._prefix_floors.add(floor_key)
+            self.cost.add_floor(spec, tokens.tokens.shape[0], resolve_hook(model, case.hook).blocks_before)
+        if key not in self._prefixes:
+            if case.id not in self._planned or prefix_bytes(model, tokens.tokens) > self.prefix_cache_bytes:
+                return None
+            self._prefixes[key] = run_prefix(model, tokens.tokens, case.hook, case.batch_size)
+        return self._prefixes[key]
+
+    def _release_prefixes(self) -> None:
+        """Drop each kept prefix that no remaining planned case reads (same model, hook, batch size and text)."""
+        needed = {
+            (spec, c.hook, c.batch_size, c.dataset, c.tokens, c.context, c.mask)
+            for c in self._planned.values()
+            for spec in (c.model, c.base_model)
+        }
+        for key in list(self._prefixes):
+            spec, hook, batch_size, (dataset, n_tokens, context, mask, _) = key
+            if (spec, hook, batch_size, dataset, n_tokens, context, mask) not in needed:
+                del self._prefixes[key]
 
     def _shared_key(self, case: Case) -> tuple:
         return (case.model, case.hook, case.batch_size, self._token_key(case))
@@ -279,7 +333,18 @@ class CaseExecutor:
         ]
         tokens, model = self.tokens(case), self.model(case.model)
         pairs = [(self.sae(c.sae), self._config(c, self.outlier_policy(c, tokens))) for c in group]
-        reports = evaluate_shared(model, pairs, tokens.tokens, position_mask=tokens.position_mask)
+        cost = PassCost()
+        reports = evaluate_shared(
+            model,
+            pairs,
+            tokens.tokens,
+            position_mask=tokens.position_mask,
+            prefix=self.prefix(case, case.model),
+            cost=cost,
+        )
+        self.cost.add_floor(
+            case.model, cost.continued_rows, model.cfg.n_layers - resolve_hook(model, case.hook).blocks_before
+        )
         self.shared_passes.append([c.id for c in group])
         for member, report in zip(group, reports, strict=True):
             values, details = _transfer_values(report)

@@ -116,14 +116,32 @@ def ce_loss_recovered(ce_clean: float, ce_spliced: float, ce_zero: float) -> flo
     return (ce_zero - ce_spliced) / gap
 
 
-def next_token_nll(log_probs: Tensor, targets: Tensor) -> Tensor:
-    """NLL of each target under its row's distribution. log_probs: (n, V), targets: (n,) → (n,)."""
-    return -log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-
-
 def kl_from_log_probs(log_p: Tensor, log_q: Tensor, p: Tensor | None = None) -> Tensor:
     """KL(p ‖ q) per row from log-probabilities (p = exp(log_p), passed in when already computed). (..., V) → (...)."""
     return ((log_p.exp() if p is None else p) * (log_p - log_q)).sum(dim=-1)
+
+
+def softmax_and_log_normaliser(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """p = softmax(logits) and lse = log Σ_v exp(logits_v) per row, from one fused softmax: p_max = 1 / Σ exp(l − max)
+    is at least 1/V, so lse = max − log p_max loses nothing. (n, V) → ((n, V), (n,))."""
+    p = torch.softmax(logits, dim=-1)
+    return p, logits.amax(dim=-1) - p.amax(dim=-1).log()
+
+
+def next_token_nll_from_logits(logits: Tensor, lse: Tensor, targets: Tensor) -> Tensor:
+    """NLL of each target, lse − logit of the target (= −log_softmax at the target). (n, V), (n,), (n,) → (n,)."""
+    return lse - logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+
+
+def kl_from_logits(
+    p: Tensor, lse_p: Tensor, logits_p: Tensor, logits_q: Tensor, lse_q: Tensor, *, overwrite_q: bool = False
+) -> Tensor:
+    """KL(p ‖ q) per row = Σ_v p_v (l_v − m_v) − lse(l) + lse(m), since log p = l − lse(l) and Σ p = 1: no
+    log-probability tensor, one dot per row. The difference l − m is taken before the dot, so the logits' large
+    common offset cancels exactly (the float32 error of the log-softmax route; separate dots lose ~100×).
+    overwrite_q: write l − m into logits_q (which the caller no longer needs) instead of a new tensor. (n, V) → (n,)."""
+    diff = torch.sub(logits_p, logits_q, out=logits_q) if overwrite_q else logits_p - logits_q
+    return torch.linalg.vecdot(p, diff) - lse_p + lse_q
 
 
 def kl_per_position(logits_clean: Tensor, logits_other: Tensor, *, dtype: torch.dtype = torch.float64) -> Tensor:

@@ -148,26 +148,28 @@ def score_predictions(
 ) -> PredictionScores:
     """finals: "clean", "zero" and each spliced key → (batch, pos, d_model) residual after the last block;
     counted: (batch, pos − 1), which predictions to score. Only counted rows are unembedded, `chunk` rows at a
-    time, one log-softmax per continuation and chunk in float32 at least, the clean one shared by every KL; at most
-    three (chunk × vocab) tensors live at once. The clean and zero scores serve every spliced residual."""
+    time, in float32 at least. Per chunk: one fused softmax per continuation (its log-normaliser gives the NLL),
+    and for each non-clean continuation one dot of p_clean with the logit difference gives its KL (metrics.py);
+    at most three (chunk × vocab) tensors live at once. The clean and zero scores serve every spliced residual."""
     targets = tokens[:, 1:][counted]  # (n_counted,)
     rows = {key: f[:, :-1][counted] for key, f in finals.items()}  # key → (n_counted, d_model)
     nll: dict[Hashable, list[Tensor]] = {key: [] for key in rows}
     kl: dict[Hashable, list[Tensor]] = {key: [] for key in rows if key != "clean"}
 
-    def log_probs(key: Hashable, start: int) -> Tensor:
-        logits = logits_of_final_rows(model, rows[key][start : start + chunk])
-        return torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), -1)
+    def logits(key: Hashable, start: int) -> Tensor:
+        out = logits_of_final_rows(model, rows[key][start : start + chunk])
+        return out.to(torch.promote_types(out.dtype, torch.float32))
 
     for start in range(0, targets.shape[0], chunk):
         chunk_targets = targets[start : start + chunk]
-        clean = log_probs("clean", start)
-        nll["clean"].append(metrics.next_token_nll(clean, chunk_targets))
-        p_clean = clean.exp()
+        clean = logits("clean", start)
+        p_clean, lse_clean = metrics.softmax_and_log_normaliser(clean)
+        nll["clean"].append(metrics.next_token_nll_from_logits(clean, lse_clean, chunk_targets))
         for key in kl:
-            other = log_probs(key, start)
-            nll[key].append(metrics.next_token_nll(other, chunk_targets))
-            kl[key].append(metrics.kl_from_log_probs(clean, other, p_clean))
+            other = logits(key, start)
+            lse_other = metrics.softmax_and_log_normaliser(other)[1]
+            nll[key].append(metrics.next_token_nll_from_logits(other, lse_other, chunk_targets))
+            kl[key].append(metrics.kl_from_logits(p_clean, lse_clean, clean, other, lse_other, overwrite_q=True))
     if targets.shape[0] == 0:
         return PredictionScores(0, {}, {})
     return PredictionScores(

@@ -22,7 +22,8 @@ from sae_bench import metrics
 from sae_bench.data import TokenBatches, special_token_ids
 from sae_bench.drift import ResidualSimilarity, ResidualSimilarityStats
 from sae_bench.evaluate import check_finite
-from sae_bench.splicing import check_sae_fits, resolve_hook, run_to_hook, sae_input
+from sae_bench.prefix import PrefixActivations
+from sae_bench.splicing import HookSite, check_sae_fits, resolve_hook, run_to_hook, sae_input
 
 REGULAR_LOG_DENSITY = (-5.0, -1.0)
 """Inclusive log10-density range of a "regular" feature in both models (Kutsyk)."""
@@ -142,6 +143,14 @@ def check_same_vocabulary(base: HookedTransformer, finetuned: HookedTransformer)
             )
 
 
+def _residual(
+    model: HookedTransformer, tokens: Tensor, site: HookSite, prefix: PrefixActivations | None, index: int
+) -> Tensor:
+    """The model's residual at the hook for batch `index`: from `prefix` when given, else run."""
+    device = model.cfg.device
+    return run_to_hook(model, tokens.to(device), site) if prefix is None else prefix.batches[index].to(device)
+
+
 @torch.inference_mode()
 def evaluate_universality(
     base: HookedTransformer,
@@ -151,8 +160,11 @@ def evaluate_universality(
     config: PairedConfig,
     *,
     position_mask: Tensor | None = None,
+    prefix_base: PrefixActivations | None = None,
+    prefix_finetuned: PrefixActivations | None = None,
 ) -> UniversalityReport:
-    """One paired pass of `sae` over `tokens` (n_sequences, pos) in both models; see the module docstring."""
+    """One paired pass of `sae` over `tokens` (n_sequences, pos) in both models; see the module docstring.
+    prefix_base / prefix_finetuned: each model's residual at the hook for these batches, when already computed."""
     check_same_vocabulary(base, finetuned)
     site = resolve_hook(base, config.hook)
     resolve_hook(finetuned, config.hook)
@@ -163,17 +175,16 @@ def evaluate_universality(
     pearson, dead_error = metrics.PearsonStats(d_sae), metrics.DeadActivationErrorStats(d_sae)
     residual = ResidualSimilarityStats(tokens.shape[1])
     special = special_token_ids(base, config.special_token_ids) if config.exclude_special_tokens else None
-    for batch in tqdm(
-        TokenBatches(tokens, position_mask, config.batch_size),
-        desc="paired pass",
-        disable=not config.progress,
-        leave=False,
-    ):
+    batches = TokenBatches(tokens, position_mask, config.batch_size)
+    for prefix in (prefix_base, prefix_finetuned):
+        if prefix is not None:
+            prefix.check_serves(site.name, batches)
+    for index, batch in enumerate(tqdm(batches, desc="paired pass", disable=not config.progress, leave=False)):
         considered = batch.position_mask
         if special is not None:
             considered = considered & ~torch.isin(batch.tokens, special)
-        x_b = run_to_hook(base, batch.tokens.to(base.cfg.device), site)
-        x_f = run_to_hook(finetuned, batch.tokens.to(finetuned.cfg.device), site)
+        x_b = _residual(base, batch.tokens, site, prefix_base, index)
+        x_f = _residual(finetuned, batch.tokens, site, prefix_finetuned, index)
         check_finite(x_b, f"base activations at {site.name}", batch.offset)
         check_finite(x_f, f"fine-tuned activations at {site.name}", batch.offset)
         residual.update(x_b, x_f.to(x_b.device), considered.to(x_b.device))

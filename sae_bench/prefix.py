@@ -1,0 +1,57 @@
+"""The residual at a hook for every batch of a token set, computed once and handed to each pass that needs it (the
+mean-norm threshold, the shared transfer pass, the paired pass), so a token set's prefix runs once (DESIGN §5).
+
+The batches are kept in host memory, where a GPU run has room for them and its own memory stays with the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from sae_bench.data import TokenBatches, check_token_ids
+from sae_bench.splicing import resolve_hook, run_to_hook
+
+PREFIX_CACHE_BYTES = 4 << 30
+"""Largest prefix kept by default (4 GiB: 256k tokens of a 4096-wide model in float32); a larger one is recomputed
+by each pass."""
+
+
+@dataclass(frozen=True)
+class PrefixActivations:
+    """Residual at `hook` for each batch of `batch_size` rows of one token set: (batch, pos, d_model) each, on CPU."""
+
+    hook: str
+    batch_size: int
+    batches: list[Tensor]
+
+    def check_serves(self, hook: str, batches: TokenBatches) -> None:
+        """Raise unless these are the activations of exactly these batches at this hook."""
+        shapes = [tuple(b.tokens.shape) for b in batches]
+        mine = [tuple(x.shape[:2]) for x in self.batches]
+        if self.hook != hook or self.batch_size != batches.batch_size or mine != shapes:
+            raise ValueError(
+                f"the given prefix activations (hook {self.hook}, batch size {self.batch_size}, {len(mine)} batches) "
+                f"are not those of this pass (hook {hook}, batch size {batches.batch_size}, {len(shapes)} batches)"
+            )
+
+
+def prefix_bytes(model: HookedTransformer, tokens: Tensor) -> int:
+    """Host memory the prefix activations of `tokens` take, in the model's dtype."""
+    return tokens.numel() * model.cfg.d_model * torch.empty((), dtype=model.cfg.dtype).element_size()
+
+
+@torch.inference_mode()
+def run_prefix(model: HookedTransformer, tokens: Tensor, hook: str, batch_size: int) -> PrefixActivations:
+    """Run `model` to `hook` over `tokens` (n_sequences, pos), `batch_size` rows at a time, keeping each batch."""
+    site = resolve_hook(model, hook)
+    batches = TokenBatches(tokens, None, batch_size)
+    check_token_ids(batches.tokens, model.cfg.d_vocab)
+    return PrefixActivations(
+        site.name,
+        batch_size,
+        [run_to_hook(model, batch.tokens.to(model.cfg.device), site).cpu() for batch in batches],
+    )
