@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from sae_bench import expectations
+from sae_bench.allocator import keep_freed_memory
 from sae_bench.cases import Case, Registry, load_registry
 from sae_bench.execution import CaseExecutor
 
@@ -395,6 +396,7 @@ def pytest_configure_node(node):
 
 
 def pytest_configure(config):
+    keep_freed_memory()  # batches reuse freed tensors instead of faulting fresh pages in (sae_bench/allocator.py)
     config._sae_bench_suite = Suite(config)
     config._sae_bench_suite.open_results()
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))

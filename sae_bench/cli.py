@@ -7,6 +7,8 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
+from sae_bench.allocator import keep_freed_memory
+
 
 def _print_metrics(_: argparse.Namespace) -> int:
     """Every metric of every group, with its definition (each kept where the metric is computed)."""
@@ -210,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     return args.run(args)
 
 

@@ -30,6 +30,7 @@ from sae_bench.eval_config import EvalConfig
 from sae_bench.outliers import MeanNormStats, OutlierBreakdownStats, newline_token_ids, outlier_mask
 from sae_bench.prefix import PrefixActivations
 from sae_bench.results import (
+    DistinctRows,
     PredictionScores,
     TransferAccumulators,
     TransferReport,
@@ -95,12 +96,21 @@ def non_finite_weights(sae: SAE) -> str:
 
 def _final_residuals(
     model: HookedTransformer, site: HookSite, residuals: dict[str, Tensor], stack: bool
-) -> dict[str, Tensor]:
-    """The residual after the last block for each residual at the hook; one stacked call or one call each."""
-    if not stack:
-        return {k: final_residual_from_hook(model, r, site) for k, r in residuals.items()}
-    finals = final_residual_from_hook(model, torch.cat(list(residuals.values())), site)
-    return dict(zip(residuals, finals.chunk(len(residuals)), strict=True))
+) -> tuple[dict[str, Tensor | DistinctRows], int]:
+    """The residual after the last block for each residual at the hook (one stacked call or one call each), and the
+    rows continued. Identical rows of the zero-ablated residual (every row whose positions are all ablated is zeros)
+    continue once: a row's continuation depends on that row alone, so each shares its copy's result (and scoring
+    unembeds it once)."""
+    zero_rows, row_of = torch.unique(residuals["zero"], dim=0, return_inverse=True)
+    inputs = {**residuals, "zero": zero_rows}
+    if stack:
+        sizes = [r.shape[0] for r in inputs.values()]
+        stacked = final_residual_from_hook(model, torch.cat(list(inputs.values())), site)
+        finals = dict(zip(inputs, stacked.split(sizes), strict=True))
+    else:
+        finals = {k: final_residual_from_hook(model, r, site) for k, r in inputs.items()}
+    finals["zero"] = DistinctRows(finals["zero"], row_of)
+    return finals, sum(r.shape[0] for r in inputs.values())
 
 
 LOGITS_PER_CHUNK = {"cpu": 1 << 21, "cuda": 1 << 26}
@@ -137,8 +147,8 @@ SHARED_SETTINGS = ("hook", "batch_size", "stack_continuations", "logit_rows_per_
 
 @dataclass
 class PassCost:
-    """What a shared pass ran from the hook on: per batch its rows times its continuations (clean, zero-ablated and
-    one per distinct spliced residual), summed."""
+    """What a shared pass ran from the hook on, summed over batches: the clean rows, each distinct spliced residual's
+    rows and the distinct zero-ablated rows (one, where every position of every row is ablated)."""
 
     continued_rows: int = 0
 
@@ -201,9 +211,9 @@ def evaluate_shared(
         spliced: dict[tuple, tuple[str, Tensor]] = {}  # distinct spliced residuals of this batch: key → (name, x)
         plans = [_splice(state, x, toks, pos_mask, batch.offset, spliced) for state in states]
         residuals = {"clean": x, **dict(spliced.values()), "zero": zero_ablated_residual(x, pos_mask)}
-        finals = _final_residuals(model, site, residuals, first.stack_continuations)
+        finals, continued = _final_residuals(model, site, residuals, first.stack_continuations)
         if cost is not None:
-            cost.continued_rows += x.shape[0] * len(residuals)
+            cost.continued_rows += continued
         # variants counting the same predictions share the clean and zero scores: one scoring per counted mask
         sharing: dict[bytes, set[str]] = {}
         for name, _, counted_key, _ in plans:

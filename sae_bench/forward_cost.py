@@ -1,9 +1,10 @@
 """What a run costs in forward passes, counted rather than timed: the rows each model's blocks ran (a hook on every
 block counts them) against the floor of the passes the cases need.
 
-The floor, per model, token set and hook: one prefix to the hook; per shared transfer pass: the clean and the
-zero-ablated continuation and one continuation per distinct spliced residual, for each batch. One forward-pass
-equivalent (FPE) is one row through every block of its model.
+The floor, per model, token set and hook: one prefix to the hook; per shared transfer pass and batch: the clean
+continuation, one continuation per distinct spliced residual, and the zero-ablated continuation of each distinct
+row (a row ablated at every position is all zeros: one such row serves them all). One forward-pass equivalent (FPE)
+is one row through every block of its model.
 """
 
 from __future__ import annotations

@@ -213,7 +213,10 @@ def dead_activation_error(a: Tensor, b: Tensor) -> Tensor:
 def logit_similarity(W_dec: Tensor, W_U_base: Tensor, W_U_ft: Tensor, *, chunk_size: int = 1024) -> Tensor:
     """Per feature: Pearson over the vocabulary of W_dec[i] @ W_U_base and W_dec[i] @ W_U_ft. → (F,) float64.
 
-    W_dec: (F, d), W_U_*: (d, V). Chunked over features so memory is O(chunk_size × V).
+    W_dec: (F, d), W_U_*: (d, V). The logit vectors are never formed: with U the unembedding centred over the
+    vocabulary, the centred logits are w U, so their co-moment is w (U_base U_ftᵀ) wᵀ and their second moments
+    w (U U ᵀ) wᵀ: three d × d Gram matrices in float64, then O(d²) per feature instead of O(d·V). Chunked over
+    features (memory O(chunk_size × d)).
     """
     if W_U_base.shape != W_U_ft.shape:
         raise ValueError(
@@ -222,12 +225,14 @@ def logit_similarity(W_dec: Tensor, W_U_base: Tensor, W_U_ft: Tensor, *, chunk_s
         )
     if W_dec.shape[-1] != W_U_base.shape[0]:
         raise ValueError(f"logit_similarity: W_dec has d={W_dec.shape[-1]} but W_U has d_model={W_U_base.shape[0]}")
-    u_base, u_ft = _f64(W_U_base), _f64(W_U_ft)
+    u_base, u_ft = (_f64(u) - _f64(u).mean(dim=1, keepdim=True) for u in (W_U_base, W_U_ft))
+    d = u_base.shape[0]
+    grams = torch.cat([u_base @ u_ft.T, u_base @ u_base.T, u_ft @ u_ft.T], dim=1)  # (d, 3d)
     chunks = []
     for start in range(0, W_dec.shape[0], chunk_size):
-        w = _f64(W_dec[start : start + chunk_size])
-        # Rows are features, so Pearson over the vocabulary is pearson_per_feature on the transposes.
-        chunks.append(pearson_per_feature((w @ u_base).T, (w @ u_ft).T))  # (chunk,)
+        w = _f64(W_dec[start : start + chunk_size]).to(grams.device)
+        moments = ((w @ grams).view(-1, 3, d) * w[:, None, :]).sum(-1)  # (chunk, 3): co-moment, m2 base, m2 ft
+        chunks.append(_pearson_from_moments(moments[:, 0], moments[:, 1], moments[:, 2]))
     return torch.cat(chunks)
 
 

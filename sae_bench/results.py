@@ -139,35 +139,75 @@ class PredictionScores:
     kl: dict[Hashable, Tensor]
 
 
+@dataclass(frozen=True)
+class DistinctRows:
+    """A (batch, pos, d) residual kept as its distinct rows (u, pos, d) and which of them each row is (batch,)."""
+
+    rows: Tensor
+    row_of: Tensor
+
+    def expand(self) -> Tensor:
+        return self.rows[self.row_of]
+
+
+def _float_logits(model: HookedTransformer, rows: Tensor) -> Tensor:
+    logits = logits_of_final_rows(model, rows)
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
+
+
+class _CountedLogits:
+    """One continuation's counted predictions as logits, a chunk at a time. A DistinctRows continuation whose
+    distinct (row, position) pairs fit one chunk is unembedded (and normalised) once, and each chunk gathers its
+    rows' copies."""
+
+    def __init__(self, model: HookedTransformer, final: Tensor | DistinctRows, counted: Tensor, chunk: int) -> None:
+        self.model, self.distinct = model, None
+        if isinstance(final, DistinctRows):
+            batch_index, position = counted.nonzero(as_tuple=True)  # the order of final[:, :-1][counted]
+            pair = final.row_of[batch_index] * counted.shape[1] + position
+            needed, self.index = torch.unique(pair, return_inverse=True)
+            if needed.numel() <= chunk:
+                logits = _float_logits(model, final.rows[:, :-1].flatten(0, 1)[needed])
+                self.distinct = (logits, metrics.softmax_and_log_normaliser(logits)[1])
+                return
+            final = final.expand()
+        self.rows = final[:, :-1][counted]  # (n_counted, d_model)
+
+    def chunk(self, start: int, size: int) -> tuple[Tensor, Tensor | None]:
+        """(logits, their log-normaliser when already known) of counted predictions start … start + size."""
+        if self.distinct is None:
+            return _float_logits(self.model, self.rows[start : start + size]), None
+        index = self.index[start : start + size]
+        return self.distinct[0][index], self.distinct[1][index]
+
+
+@torch.inference_mode()
 def score_predictions(
     model: HookedTransformer,
-    finals: dict[Hashable, Tensor],
+    finals: dict[Hashable, Tensor | DistinctRows],
     tokens: Tensor,
     counted: Tensor,
     chunk: int,
 ) -> PredictionScores:
-    """finals: "clean", "zero" and each spliced key → (batch, pos, d_model) residual after the last block;
-    counted: (batch, pos − 1), which predictions to score. Only counted rows are unembedded, `chunk` rows at a
-    time, in float32 at least. Per chunk: one fused softmax per continuation (its log-normaliser gives the NLL),
-    and for each non-clean continuation one dot of p_clean with the logit difference gives its KL (metrics.py);
-    at most three (chunk × vocab) tensors live at once. The clean and zero scores serve every spliced residual."""
+    """finals: "clean", "zero" and each spliced key → (batch, pos, d_model) residual after the last block (or its
+    DistinctRows); counted: (batch, pos − 1), which predictions to score. Only counted rows are unembedded, `chunk`
+    rows at a time, in float32 at least. Per chunk: one fused softmax per continuation (its log-normaliser gives the
+    NLL), and for each non-clean continuation one dot of p_clean with the logit difference gives its KL
+    (metrics.py); at most three (chunk × vocab) tensors live at once. The clean and zero scores serve every spliced
+    residual."""
     targets = tokens[:, 1:][counted]  # (n_counted,)
-    rows = {key: f[:, :-1][counted] for key, f in finals.items()}  # key → (n_counted, d_model)
-    nll: dict[Hashable, list[Tensor]] = {key: [] for key in rows}
-    kl: dict[Hashable, list[Tensor]] = {key: [] for key in rows if key != "clean"}
-
-    def logits(key: Hashable, start: int) -> Tensor:
-        out = logits_of_final_rows(model, rows[key][start : start + chunk])
-        return out.to(torch.promote_types(out.dtype, torch.float32))
-
+    sources = {key: _CountedLogits(model, f, counted, chunk) for key, f in finals.items()}
+    nll: dict[Hashable, list[Tensor]] = {key: [] for key in sources}
+    kl: dict[Hashable, list[Tensor]] = {key: [] for key in sources if key != "clean"}
     for start in range(0, targets.shape[0], chunk):
         chunk_targets = targets[start : start + chunk]
-        clean = logits("clean", start)
+        clean = sources["clean"].chunk(start, chunk)[0]
         p_clean, lse_clean = metrics.softmax_and_log_normaliser(clean)
         nll["clean"].append(metrics.next_token_nll_from_logits(clean, lse_clean, chunk_targets))
         for key in kl:
-            other = logits(key, start)
-            lse_other = metrics.softmax_and_log_normaliser(other)[1]
+            other, lse_other = sources[key].chunk(start, chunk)
+            if lse_other is None:
+                lse_other = metrics.softmax_and_log_normaliser(other)[1]
             nll[key].append(metrics.next_token_nll_from_logits(other, lse_other, chunk_targets))
             kl[key].append(metrics.kl_from_logits(p_clean, lse_clean, clean, other, lse_other, overwrite_q=True))
     if targets.shape[0] == 0:

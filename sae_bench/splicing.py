@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+import torch
 from sae_lens import SAE
 from torch import Tensor
 from transformer_lens import HookedTransformer
@@ -65,14 +67,39 @@ def check_sae_fits(model: HookedTransformer, sae: SAE, site: HookSite) -> None:
         )
 
 
+TOKENS_PER_CALL = {"cpu": 1 << 11, "cuda": 1 << 15}
+"""Tokens one model call runs. Rows are independent, so a batch runs in pieces: on CPU small calls keep the
+attention scores and MLP activations in cache (1.8× faster than one call of 352 rows of 128 on the zoo); on a GPU
+larger calls keep it busy while bounding its memory."""
+
+
+def rows_per_call(model: HookedTransformer, pos: int) -> int:
+    """How many rows of `pos` tokens one call of `model` runs (TOKENS_PER_CALL of its device, at least one)."""
+    device = model.cfg.device
+    kind = "cuda" if device is not None and torch.device(device).type == "cuda" else "cpu"
+    return max(1, TOKENS_PER_CALL[kind] // pos)
+
+
+def _in_pieces(model: HookedTransformer, run: Callable[[Tensor], Tensor], rows: Tensor) -> Tensor:
+    """run(rows) with the rows taken `rows_per_call` at a time (the same result: rows do not interact)."""
+    step = rows_per_call(model, rows.shape[1])
+    if rows.shape[0] <= step:
+        return run(rows)
+    return torch.cat([run(piece) for piece in rows.split(step)])
+
+
 def run_to_hook(model: HookedTransformer, tokens: Tensor, site: HookSite) -> Tensor:
     """Residual stream at the hook. tokens: (batch, pos) → (batch, pos, d_model)."""
-    return model(tokens, stop_at_layer=site.blocks_before)
+    return _in_pieces(model, lambda piece: model(piece, stop_at_layer=site.blocks_before), tokens)
 
 
 def final_residual_from_hook(model: HookedTransformer, residual: Tensor, site: HookSite) -> Tensor:
     """The residual after the last block (before the final norm), from a residual at the hook. (batch, pos, d)."""
-    return model(residual, start_at_layer=site.blocks_before, stop_at_layer=model.cfg.n_layers)
+    return _in_pieces(
+        model,
+        lambda piece: model(piece, start_at_layer=site.blocks_before, stop_at_layer=model.cfg.n_layers),
+        residual,
+    )
 
 
 def logits_of_final_rows(model: HookedTransformer, rows: Tensor) -> Tensor:

@@ -16,6 +16,24 @@ class FixedTokens:
         return self.tokens
 
 
+class FixedTokenBatches:
+    """The ActivationsStore interface `sae_lens.evals.run_evals` uses, serving fixed rows a batch at a time in order
+    (reset_input_dataset starts again from the first)."""
+
+    def __init__(self, tokens: torch.Tensor, batch_size: int) -> None:
+        self.tokens, self.store_batch_size_prompts, self.context_size = tokens, batch_size, tokens.shape[1]
+        self.cursor = 0
+
+    def get_batch_tokens(self, batch_size: int) -> torch.Tensor:
+        batch = self.tokens[self.cursor : self.cursor + batch_size]
+        assert batch.shape[0] == batch_size, "asked for more rows than the fixed tokens hold"
+        self.cursor += batch_size
+        return batch
+
+    def reset_input_dataset(self) -> None:
+        self.cursor = 0
+
+
 def saelens_sparsity_and_variance(model, sae, tokens: torch.Tensor, *, densities: bool = False):
     """SAELens's L0 / EV / mse (and feature densities) over `tokens` as one batch, no special-token masking."""
     return get_sparsity_and_variance_metrics(

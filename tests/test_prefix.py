@@ -62,22 +62,23 @@ def test_a_prefix_of_other_batches_is_refused_with_both_shapes(model, tokens):
 
 
 def test_forward_cost_counts_block_rows_and_the_pass_reports_its_continuations(tokens):
-    """The hooks count what ran; PassCost says what the pass continued: clean, zero and one spliced residual per
-    distinct one (one SAE twice identically, one other: 4 continuations)."""
+    """The hooks count what ran; PassCost says what the pass continued: clean, one spliced residual per distinct one
+    (one SAE twice identically, one other: 3 × n rows) and one all-zero row per batch for the zero ablation."""
     model, cost, pass_cost = tiny_model(), ForwardCost(), PassCost()
     cost.watch("m", model)
     a, b = standard_sae(D_MODEL, 12, seed=1), standard_sae(D_MODEL, 12, seed=2)
     config = EvalConfig(hook=HOOK, batch_size=3, progress=False)
     evaluate_shared(model, [(a, config), (b, config), (a, config)], tokens, cost=pass_cost)
     n_seq = tokens.shape[0]
-    assert pass_cost.continued_rows == 4 * n_seq
-    assert cost.run["m"] == n_seq * 2 + 4 * n_seq * (N_LAYERS - 2)
+    continued = 3 * n_seq + -(-n_seq // 3)
+    assert pass_cost.continued_rows == continued
+    assert cost.run["m"] == n_seq * 2 + continued * (N_LAYERS - 2)
     with cost.uncounted():
         model(tokens)
-    assert cost.run["m"] == n_seq * 2 + 4 * n_seq * (N_LAYERS - 2)
+    assert cost.run["m"] == n_seq * 2 + continued * (N_LAYERS - 2)
     model.reset_hooks()  # the counting hooks are permanent
     model(tokens)
-    assert cost.run["m"] == n_seq * 2 + 4 * n_seq * (N_LAYERS - 2) + n_seq * N_LAYERS
+    assert cost.run["m"] == n_seq * 2 + continued * (N_LAYERS - 2) + n_seq * N_LAYERS
 
 
 def test_a_planned_family_with_paired_and_chat_cases_runs_at_the_floor():
@@ -96,3 +97,43 @@ def test_a_planned_family_with_paired_and_chat_cases_runs_at_the_floor():
     table = executor.cost.table().set_index("model")
     assert table.loc["total", "fpe_run"] == table.loc["total", "fpe_floor"] > 0
     assert executor._prefixes == {}
+
+
+def test_identical_zero_ablated_rows_continue_once_with_the_same_result(model, tokens):
+    """Rows ablated at every position are all zeros: one runs, each gets its result, equal to running them all;
+    rows with unablated positions keep their own continuation."""
+    from sae_bench.evaluate import _final_residuals
+    from sae_bench.splicing import final_residual_from_hook, resolve_hook, run_to_hook, zero_ablated_residual
+
+    site = resolve_hook(model, HOOK)
+    x = run_to_hook(model, tokens, site)
+    mask = torch.ones(x.shape[:2], dtype=torch.bool)
+    mask[0, 3] = False  # row 0 keeps one position: it is not all zeros
+    zero = zero_ablated_residual(x, mask)
+    for stack in (True, False):
+        finals, continued = _final_residuals(model, site, {"clean": x, "zero": zero}, stack)
+        assert continued == x.shape[0] + 2
+        assert finals["zero"].rows.shape[0] == 2
+        assert torch.equal(finals["zero"].expand(), final_residual_from_hook(model, zero, site))
+        assert torch.equal(finals["clean"], final_residual_from_hook(model, x, site))
+
+
+def test_scoring_a_distinct_rows_continuation_equals_scoring_every_row(model, tokens):
+    """The zero continuation's distinct rows are unembedded once and copied to each counted prediction: the same
+    NLL and KL as unembedding every row, for any counted mask and chunk (one chunk too small for the shortcut)."""
+    from sae_bench.evaluate import _final_residuals
+    from sae_bench.results import score_predictions
+    from sae_bench.splicing import resolve_hook, run_to_hook, zero_ablated_residual
+
+    site = resolve_hook(model, HOOK)
+    x = run_to_hook(model, tokens, site)
+    finals, _ = _final_residuals(
+        model, site, {"clean": x, "zero": zero_ablated_residual(x, torch.ones(x.shape[:2], dtype=torch.bool))}, True
+    )
+    counted = torch.rand(tokens[:, 1:].shape, generator=torch.Generator().manual_seed(0)) < 0.7
+    for chunk in (7, 1000):
+        distinct = score_predictions(model, finals, tokens, counted, chunk)
+        every = score_predictions(model, {**finals, "zero": finals["zero"].expand()}, tokens, counted, chunk)
+        for key in ("clean", "zero"):
+            torch.testing.assert_close(distinct.nll[key], every.nll[key], rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(distinct.kl["zero"], every.kl["zero"], rtol=1e-6, atol=1e-6)

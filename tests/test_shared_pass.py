@@ -83,8 +83,8 @@ def test_the_clean_and_zero_continuations_run_once_for_every_variant(tokens):
         model.add_hook(f"blocks.{i}.hook_resid_post", count)
     evaluate_shared(model, [(a, config), (b, config), (a, config)], tokens)
     n_seq = tokens.shape[0]
-    # prefix once; then clean + zero + two distinct spliced residuals (a's twice identical: shared)
-    assert rows == [n_seq] * layer + [4 * n_seq] * (N_LAYERS - layer)
+    # prefix once; then clean + two distinct spliced residuals (a's twice identical: shared) + one all-zero row
+    assert rows == [n_seq] * layer + [3 * n_seq + 1] * (N_LAYERS - layer)
 
 
 def test_variants_that_cannot_share_batches_are_refused(model, tokens):
