@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -422,6 +423,12 @@ class FeatureDensityStats:
         self.fire_counts += (feature_acts > 0).sum(dim=0, dtype=torch.float64).cpu()
         self.n_tokens += feature_acts.shape[0]
 
+    def update_sparse(self, codes: SparseCodes) -> None:
+        """The same from the batch's non-zero entries (`SparseCodes`), in O(non-zeros)."""
+        firing = codes.features[codes.values > 0]
+        self.fire_counts += torch.bincount(firing, minlength=self.d_sae).to(torch.float64).cpu()
+        self.n_tokens += codes.n
+
     def density(self) -> Tensor:
         if self.n_tokens == 0:
             raise UndefinedMetric("feature_density: no tokens to evaluate")
@@ -445,19 +452,24 @@ class PearsonStats:
         self.mean_a, self.mean_b, self.m2_a, self.m2_b, self.co_moment = (zeros() for _ in range(5))
 
     def update(self, a: Tensor, b: Tensor) -> None:
-        """a, b: (N, F) paired activations. Only their non-zero entries are read (SAE codes are sparse): the batch's
-        centred moments are the sums over those entries plus the zeros' share, (N − nnz) · mean² per feature."""
-        n = a.shape[0]
+        """a, b: (N, F) paired activations."""
+        self.update_pair(PairedCodes.of(a, b))
+
+    def update_pair(self, pair: PairedCodes) -> None:
+        """Only the non-zero entries are read (SAE codes are sparse): the batch's centred moments are the sums over
+        those entries plus the zeros' share, (N − nnz) · mean² per feature."""
+        n = pair.a.n
         if n == 0:
             return
-        batch_mean_a, m2_a = _sparse_centred_moments(a)
-        batch_mean_b, m2_b = _sparse_centred_moments(b)
-        tokens, features = _either_nonzero(a, b)
-        centred = (_f64(a[tokens, features]) - batch_mean_a.to(a.device)[features]) * (
-            _f64(b[tokens, features]) - batch_mean_b.to(b.device)[features]
+        batch_mean_a, m2_a = _sparse_centred_moments(pair.a)
+        batch_mean_b, m2_b = _sparse_centred_moments(pair.b)
+        features = pair.features
+        device = features.device
+        centred = (_f64(pair.a_values) - batch_mean_a.to(device)[features]) * (
+            _f64(pair.b_values) - batch_mean_b.to(device)[features]
         )
         both_zero = n - torch.bincount(features, minlength=self.d_sae).to(torch.float64)
-        co = torch.zeros(self.d_sae, dtype=torch.float64, device=a.device).index_add_(0, features, centred)
+        co = torch.zeros(self.d_sae, dtype=torch.float64, device=device).index_add_(0, features, centred)
         co = co.cpu() + both_zero.cpu() * batch_mean_a * batch_mean_b
         total = self.n_tokens + n
         weight = self.n_tokens * n / total
@@ -475,19 +487,60 @@ class PearsonStats:
         return _pearson_from_moments(self.co_moment, self.m2_a, self.m2_b)
 
 
-def _either_nonzero(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """(token, feature) indices of the entries where paired (N, F) codes a or b are non-zero."""
-    tokens, features = ((a != 0) | (b != 0)).nonzero().T
-    return tokens, features
+class SparseCodes(NamedTuple):
+    """The non-zero entries of (N, F) codes, in row-major order: row, feature and value of each."""
+
+    n: int
+    d: int
+    tokens: Tensor
+    features: Tensor
+    values: Tensor
+
+    @classmethod
+    def of(cls, x: Tensor) -> SparseCodes:
+        tokens, features = x.nonzero(as_tuple=True)
+        return cls(x.shape[0], x.shape[1], tokens, features, x[tokens, features])
+
+    def keys(self) -> Tensor:
+        """token · F + feature of each entry: ascending, as nonzero lists them."""
+        return self.tokens * self.d + self.features
 
 
-def _sparse_centred_moments(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per feature of (N, F) `x`, from its non-zero entries only: (mean, Σ (x − mean)²); float64 on the CPU."""
-    n, d = x.shape
-    tokens, features = x.nonzero().T
-    values = _f64(x[tokens, features])
-    mean = torch.zeros(d, dtype=torch.float64, device=x.device).index_add_(0, features, values) / n
-    squares = torch.zeros(d, dtype=torch.float64, device=x.device).index_add_(
+class PairedCodes(NamedTuple):
+    """Paired (N, F) codes a and b read once each: their non-zero entries, and the entries where either is
+    non-zero with both values there (0 where one of them is zero)."""
+
+    a: SparseCodes
+    b: SparseCodes
+    features: Tensor
+    a_values: Tensor
+    b_values: Tensor
+
+    @classmethod
+    def of(cls, a: Tensor, b: Tensor) -> PairedCodes:
+        if a.shape != b.shape:
+            raise ValueError(f"paired codes differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+        sparse_a, sparse_b = SparseCodes.of(a), SparseCodes.of(b)
+        union = torch.unique(torch.cat([sparse_a.keys(), sparse_b.keys()]))  # sorted
+        return cls(sparse_a, sparse_b, union % a.shape[1], _values_at(sparse_a, union), _values_at(sparse_b, union))
+
+
+def _values_at(codes: SparseCodes, keys: Tensor) -> Tensor:
+    """codes' value at each (sorted) key, 0 where it has no entry."""
+    own = codes.keys()
+    index = torch.searchsorted(own, keys).clamp(max=max(own.numel() - 1, 0))
+    if own.numel() == 0:
+        return torch.zeros(keys.shape, dtype=codes.values.dtype, device=keys.device)
+    found = own[index] == keys
+    return torch.where(found, codes.values[index], torch.zeros((), dtype=codes.values.dtype, device=keys.device))
+
+
+def _sparse_centred_moments(codes: SparseCodes) -> tuple[Tensor, Tensor]:
+    """Per feature, from the non-zero entries only: (mean, Σ (x − mean)²) over the N rows; float64 on the CPU."""
+    n, d, features = codes.n, codes.d, codes.features
+    values = _f64(codes.values)
+    mean = torch.zeros(d, dtype=torch.float64, device=values.device).index_add_(0, features, values) / n
+    squares = torch.zeros(d, dtype=torch.float64, device=values.device).index_add_(
         0, features, (values - mean[features]) ** 2
     )
     zeros = n - torch.bincount(features, minlength=d).to(torch.float64)
@@ -506,14 +559,18 @@ class DeadActivationErrorStats:
         self.total_gap = torch.zeros(self.d_sae, dtype=torch.float64)
 
     def update(self, a: Tensor, b: Tensor) -> None:
+        """a, b: (N, F) paired activations."""
+        self.update_pair(PairedCodes.of(a, b))
+
+    def update_pair(self, pair: PairedCodes) -> None:
         """Only entries where a or b fires are read: where both are 0 the gap is exactly 0 (and a negative
         activation is non-zero, so the gap's own check still sees it)."""
-        tokens, features = _either_nonzero(a, b)
-        gap = _log_activation_gap(a[tokens, features], b[tokens, features])
+        gap = _log_activation_gap(pair.a_values, pair.b_values)
+        device = pair.features.device
         self.total_gap += (
-            torch.zeros(self.d_sae, dtype=torch.float64, device=a.device).index_add_(0, features, gap).cpu()
+            torch.zeros(self.d_sae, dtype=torch.float64, device=device).index_add_(0, pair.features, gap).cpu()
         )
-        self.n_tokens += a.shape[0]
+        self.n_tokens += pair.a.n
 
     def compute(self) -> Tensor:
         if self.n_tokens == 0:

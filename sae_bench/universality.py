@@ -42,10 +42,11 @@ class PairedConfig:
     exclude_special_tokens: bool = False
     special_token_ids: tuple[int, ...] | None = None
     logit_chunk_size: int = 1024
-    """Features per chunk in the logit-weight similarity (memory O(chunk × d_vocab))."""
-    codes_per_chunk: int = 1 << 24
-    """Feature activations encoded at once per model (tokens × d_sae): bounds memory for wide SAEs (2^24 float32
-    codes = 64 MB); the statistics read only their non-zero entries."""
+    """Features per chunk in the logit-weight similarity (memory O(chunk × d_model))."""
+    codes_per_chunk: int = 1 << 22
+    """Feature activations encoded at once per model (tokens × d_sae): bounds memory for wide SAEs; 2^22 float32
+    codes (16 MB) stay in cache (measured 174 → 243 tokens/s against 2^24 on a 131072-wide TopK SAE). The
+    statistics read only their non-zero entries."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -193,10 +194,11 @@ def evaluate_universality(
         for start in range(0, rows_b.shape[0], rows_per_chunk):
             f_b = sae.encode(sae_input(sae, rows_b[start : start + rows_per_chunk], config.base_scaling_factor))
             f_f = sae.encode(sae_input(sae, rows_f[start : start + rows_per_chunk], config.finetuned_scaling_factor))
-            density_b.update(f_b)
-            density_f.update(f_f)
-            pearson.update(f_b, f_f)
-            dead_error.update(f_b, f_f)
+            pair = metrics.PairedCodes.of(f_b, f_f)  # each code tensor scanned once; the statistics read non-zeros
+            density_b.update_sparse(pair.a)
+            density_f.update_sparse(pair.b)
+            pearson.update_pair(pair)
+            dead_error.update_pair(pair)
     d_b, d_f = density_b.density(), density_f.density()
     log_b, log_f = metrics.log_density(d_b), metrics.log_density(d_f)
     low, high = REGULAR_LOG_DENSITY
