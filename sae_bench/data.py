@@ -38,9 +38,10 @@ def check_token_ids(tokens: Tensor, d_vocab: int) -> None:
 
 
 class TokenBatches:
-    """Iterate (tokens, position_mask) in batches of `batch_size` sequences, in order."""
+    """Iterate (tokens, position_mask) in batches of `batch_size` sequences, in order. causal: the batches are for
+    a causal model, so each is cut after the token that follows its last evaluated position (`_width_read`)."""
 
-    def __init__(self, tokens: Tensor, position_mask: Tensor | None, batch_size: int) -> None:
+    def __init__(self, tokens: Tensor, position_mask: Tensor | None, batch_size: int, *, causal: bool = False) -> None:
         if tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(
                 f"tokens must be an integer tensor of shape (n_sequences, pos), got {tuple(tokens.shape)} "
@@ -61,6 +62,7 @@ class TokenBatches:
         self.tokens = tokens.long()
         self.position_mask = position_mask.bool()
         self.batch_size = batch_size
+        self.causal = causal
 
     def __len__(self) -> int:
         return -(-self.tokens.shape[0] // self.batch_size)
@@ -68,7 +70,18 @@ class TokenBatches:
     def __iter__(self) -> Iterator[TokenBatch]:
         for start in range(0, self.tokens.shape[0], self.batch_size):
             stop = start + self.batch_size
-            yield TokenBatch(self.tokens[start:stop], self.position_mask[start:stop], start)
+            mask = self.position_mask[start:stop]
+            width = _width_read(mask) if self.causal else mask.shape[1]
+            yield TokenBatch(self.tokens[start:stop, :width], mask[:, :width], start)
+
+
+def _width_read(mask: Tensor) -> int:
+    """Positions a causal model must run for a batch: up to the last evaluated one and the token after it (its
+    target). No later position changes an earlier one, so the rest is never run (a chat row's padding, the text
+    after a user prompt)."""
+    evaluated = mask.any(dim=0).nonzero()
+    last = int(evaluated.max()) if evaluated.numel() else 0
+    return min(mask.shape[1], last + 2)
 
 
 def special_token_ids(model: HookedTransformer, given: tuple[int, ...] | None) -> Tensor:

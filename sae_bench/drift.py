@@ -46,17 +46,19 @@ class ResidualSimilarityStats:
         )
 
     def update(self, x_base: Tensor, x_finetuned: Tensor, considered: Tensor) -> None:
-        """x_*: (batch, pos, d_model); considered: (batch, pos) bool."""
+        """x_*: (batch, pos, d_model); considered: (batch, pos) bool; pos may stop short of n_positions (a batch
+        cut after its last considered position)."""
         xb, xf = x_base.detach().to(torch.float64), x_finetuned.detach().to(torch.float64)
         norm_b, norm_f = xb.norm(dim=-1), xf.norm(dim=-1)  # (batch, pos)
         distance = (xb - xf).norm(dim=-1)
         has_cos = considered & (norm_b > 0) & (norm_f > 0)
         cosine = (xb * xf).sum(-1) / torch.where(has_cos, norm_b * norm_f, torch.ones_like(norm_b))
         considered64, has_cos64 = considered.double(), has_cos.double()
-        self.dist_sum += (distance * considered64).sum(0).cpu()
-        self.dist_count += considered64.sum(0).cpu()
-        self.cos_sum += (cosine * has_cos64).sum(0).cpu()
-        self.cos_count += has_cos64.sum(0).cpu()
+        width = considered.shape[1]
+        self.dist_sum[:width] += (distance * considered64).sum(0).cpu()
+        self.dist_count[:width] += considered64.sum(0).cpu()
+        self.cos_sum[:width] += (cosine * has_cos64).sum(0).cpu()
+        self.cos_count[:width] += has_cos64.sum(0).cpu()
 
     def compute(self) -> ResidualSimilarity:
         n_tokens, n_cos = int(self.dist_count.sum()), int(self.cos_count.sum())

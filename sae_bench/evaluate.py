@@ -1,9 +1,10 @@
 """One pass over token batches: an SAE (or several, `evaluate_shared`) spliced into one model → TransferReports.
 
-Per batch the model runs to the hook once; each SAE encodes the evaluated positions; then the clean, spliced and
-zero-ablated residuals continue from the hook, stacked into one call (DESIGN §5). Forward passes per batch:
-1 + (k + 2)·(L − l)/L full-model equivalents for k distinct spliced residuals (k = 1 for one SAE). Every
-statistic streams (metrics.py), so memory does not grow with tokens.
+Per batch the model runs to the hook once (or the prefix is given, `sae_bench.prefix`); each SAE encodes the
+evaluated positions; then the clean, spliced and zero-ablated residuals continue from the hook, stacked (DESIGN
+§5). Forward passes per batch: 1 + (k + 1 + z/b)·(L − l)/L full-model equivalents for k distinct spliced residuals
+(k = 1 for one SAE) and z distinct zero-ablated rows of b (z = 1 when every position is ablated). Every statistic
+streams (metrics.py), so memory does not grow with tokens.
 
 Position sets, per batch (all (batch, pos) booleans):
 - `considered` = position mask ∧ ¬special token (when excluded);
@@ -42,6 +43,7 @@ from sae_bench.splicing import (
     check_sae_fits,
     encode_decode,
     final_residual_from_hook,
+    is_causal,
     resolve_hook,
     run_to_hook,
     spliced_residual,
@@ -197,7 +199,7 @@ def evaluate_shared(
         acc = TransferAccumulators(sae.cfg.d_sae, _outlier_breakdown_stats(model))
         acc.ev_pooled = metrics.PooledPerTokenEVStats() if config.pooled_per_token_ev else None
         states.append(_Variant(sae, config, acc, special))
-    batches = TokenBatches(tokens, position_mask, first.batch_size)
+    batches = TokenBatches(tokens, position_mask, first.batch_size, causal=is_causal(model))
     check_token_ids(batches.tokens, model.cfg.d_vocab)
     if prefix is not None:
         prefix.check_serves(site.name, batches)
@@ -303,7 +305,8 @@ def estimate_scaling_factor(
     `prefix` (in its batches) when the activations are already computed."""
     site = resolve_hook(model, hook)
     norms = MeanNormStats()
-    batches = TokenBatches(tokens, position_mask, batch_size if prefix is None else prefix.batch_size)
+    batch_size = batch_size if prefix is None else prefix.batch_size
+    batches = TokenBatches(tokens, position_mask, batch_size, causal=is_causal(model))
     if prefix is not None:
         prefix.check_serves(site.name, batches)
     for index, batch in enumerate(batches):

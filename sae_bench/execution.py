@@ -301,7 +301,9 @@ class CaseExecutor:
         if key not in self._prefixes:
             if case.id not in self._planned or prefix_bytes(model, tokens.tokens) > self.prefix_cache_bytes:
                 return None
-            self._prefixes[key] = run_prefix(model, tokens.tokens, case.hook, case.batch_size)
+            self._prefixes[key] = run_prefix(
+                model, tokens.tokens, case.hook, case.batch_size, position_mask=tokens.position_mask
+            )
         return self._prefixes[key]
 
     def _release_prefixes(self) -> None:

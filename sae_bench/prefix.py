@@ -13,7 +13,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from sae_bench.data import TokenBatches, check_token_ids
-from sae_bench.splicing import resolve_hook, run_to_hook
+from sae_bench.splicing import is_causal, resolve_hook, run_to_hook
 
 PREFIX_CACHE_BYTES = 4 << 30
 """Largest prefix kept by default (4 GiB: 256k tokens of a 4096-wide model in float32); a larger one is recomputed
@@ -45,10 +45,13 @@ def prefix_bytes(model: HookedTransformer, tokens: Tensor) -> int:
 
 
 @torch.inference_mode()
-def run_prefix(model: HookedTransformer, tokens: Tensor, hook: str, batch_size: int) -> PrefixActivations:
-    """Run `model` to `hook` over `tokens` (n_sequences, pos), `batch_size` rows at a time, keeping each batch."""
+def run_prefix(
+    model: HookedTransformer, tokens: Tensor, hook: str, batch_size: int, position_mask: Tensor | None = None
+) -> PrefixActivations:
+    """Run `model` to `hook` over `tokens` (n_sequences, pos), `batch_size` rows at a time, keeping each batch
+    (cut as the passes it serves cut it: after the last position under `position_mask` that they read)."""
     site = resolve_hook(model, hook)
-    batches = TokenBatches(tokens, None, batch_size)
+    batches = TokenBatches(tokens, position_mask, batch_size, causal=is_causal(model))
     check_token_ids(batches.tokens, model.cfg.d_vocab)
     return PrefixActivations(
         site.name,

@@ -88,6 +88,11 @@ def _in_pieces(model: HookedTransformer, run: Callable[[Tensor], Tensor], rows: 
     return torch.cat([run(piece) for piece in rows.split(step)])
 
 
+def is_causal(model: HookedTransformer) -> bool:
+    """Whether no position reads a later one (decoder LMs), so a row may be cut after the last position needed."""
+    return model.cfg.attention_dir == "causal"
+
+
 def run_to_hook(model: HookedTransformer, tokens: Tensor, site: HookSite) -> Tensor:
     """Residual stream at the hook. tokens: (batch, pos) → (batch, pos, d_model)."""
     return _in_pieces(model, lambda piece: model(piece, stop_at_layer=site.blocks_before), tokens)

@@ -23,7 +23,7 @@ from sae_bench.data import TokenBatches, special_token_ids
 from sae_bench.drift import ResidualSimilarity, ResidualSimilarityStats
 from sae_bench.evaluate import check_finite
 from sae_bench.prefix import PrefixActivations
-from sae_bench.splicing import HookSite, check_sae_fits, resolve_hook, run_to_hook, sae_input
+from sae_bench.splicing import HookSite, check_sae_fits, is_causal, resolve_hook, run_to_hook, sae_input
 
 REGULAR_LOG_DENSITY = (-5.0, -1.0)
 """Inclusive log10-density range of a "regular" feature in both models (Kutsyk)."""
@@ -176,7 +176,7 @@ def evaluate_universality(
     pearson, dead_error = metrics.PearsonStats(d_sae), metrics.DeadActivationErrorStats(d_sae)
     residual = ResidualSimilarityStats(tokens.shape[1])
     special = special_token_ids(base, config.special_token_ids) if config.exclude_special_tokens else None
-    batches = TokenBatches(tokens, position_mask, config.batch_size)
+    batches = TokenBatches(tokens, position_mask, config.batch_size, causal=is_causal(base) and is_causal(finetuned))
     for prefix in (prefix_base, prefix_finetuned):
         if prefix is not None:
             prefix.check_serves(site.name, batches)

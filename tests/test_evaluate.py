@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from sae_bench.evaluate import EvalConfig, estimate_scaling_factor, evaluate_transfer
 from sae_bench.outliers import OutlierPolicy
+from sae_bench.results import TransferReport
 from tests.conftest import D_MODEL, D_VOCAB, N_LAYERS, identity_sae, standard_sae, tiny_model, zero_sae
 
 HOOKS = [f"blocks.{layer}.hook_resid_{kind}" for layer in range(N_LAYERS) for kind in ("pre", "post")]
@@ -273,3 +274,23 @@ def test_pooled_per_token_ev_does_not_depend_on_batch_size(model, tokens, random
     assert values[0].explained_variance_per_token != pytest.approx(values[1].explained_variance_per_token, rel=1e-6)
     off = evaluate_transfer(model, random_sae, tokens, EvalConfig(hook="blocks.2.hook_resid_pre", progress=False))
     assert off.explained_variance_per_token_pooled is None
+
+
+def test_a_causal_model_runs_each_batch_only_as_far_as_its_mask_reads(model, tokens, random_sae, monkeypatch):
+    """Batches are cut after the token that follows their last evaluated position: the report is the one the
+    whole rows give."""
+    from sae_bench import evaluate
+    from sae_bench.data import TokenBatches
+
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    mask[:, 1:4] = True
+    mask[0, 6] = True
+    widths = [b.tokens.shape[1] for b in TokenBatches(tokens, mask, 4, causal=True)]
+    assert widths == [8, 5, 5]  # rows 0-3 read to position 6 and its target 7; the others to 3 and 4
+    cut = run(model, random_sae, tokens, position_mask=mask)
+    monkeypatch.setattr(evaluate, "is_causal", lambda model: False)
+    whole = run(model, random_sae, tokens, position_mask=mask)
+    assert cut.undefined == whole.undefined
+    for name in TransferReport.metric_docs():
+        if getattr(whole, name) is not None:
+            assert getattr(cut, name) == pytest.approx(getattr(whole, name), rel=1e-6, abs=1e-9), name
