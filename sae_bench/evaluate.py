@@ -29,7 +29,7 @@ from sae_bench import metrics
 from sae_bench.data import TokenBatches, check_token_ids, special_token_ids
 from sae_bench.eval_config import EvalConfig
 from sae_bench.outliers import MeanNormStats, OutlierBreakdownStats, newline_token_ids, outlier_mask
-from sae_bench.prefix import PrefixActivations
+from sae_bench.prefix import PrefixActivations, residual_at_hook
 from sae_bench.results import (
     DistinctRows,
     PredictionScores,
@@ -45,7 +45,6 @@ from sae_bench.splicing import (
     final_residual_from_hook,
     is_causal,
     resolve_hook,
-    run_to_hook,
     spliced_residual,
     zero_ablated_residual,
 )
@@ -208,7 +207,7 @@ def evaluate_shared(
     progress = any(config.progress for _, config in variants)
     for index, batch in enumerate(tqdm(batches, desc=f"evaluate {site.name}", disable=not progress, leave=False)):
         toks, pos_mask = batch.tokens.to(device), batch.position_mask.to(device)
-        x = run_to_hook(model, toks, site) if prefix is None else prefix.batches[index].to(device)  # (batch, pos, d)
+        x = residual_at_hook(model, toks, site, prefix, index, device)  # (batch, pos, d_model)
         check_finite(x, f"activations at {site.name}", batch.offset)
         spliced: dict[tuple, tuple[str, Tensor]] = {}  # distinct spliced residuals of this batch: key → (name, x)
         plans = [_splice(state, x, toks, pos_mask, batch.offset, spliced) for state in states]
@@ -310,9 +309,6 @@ def estimate_scaling_factor(
     if prefix is not None:
         prefix.check_serves(site.name, batches)
     for index, batch in enumerate(batches):
-        if prefix is None:
-            x = run_to_hook(model, batch.tokens.to(model.cfg.device), site)
-        else:
-            x = prefix.batches[index]
+        x = residual_at_hook(model, batch.tokens, site, prefix, index)
         norms.update(x[batch.position_mask.to(x.device)])
     return norms.scaling_factor(model.cfg.d_model)

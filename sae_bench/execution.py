@@ -292,9 +292,9 @@ class CaseExecutor:
         """Model `spec`'s residual at the case's hook over the case's rows, run once for every pass that needs it
         (mean-norm threshold, shared pass, paired pass) and kept while a planned case still needs it. None when the
         case is not planned or the activations exceed `prefix_cache_bytes`: each pass then runs its own prefix."""
-        tokens, model = self.tokens(case), self.model(spec)
-        key = (spec, case.hook, case.batch_size, self._token_key(case))
-        floor_key = (spec, case.hook, self._token_key(case))
+        tokens, model, token_key = self.tokens(case), self.model(spec), self._token_key(case)
+        key = (spec, case.hook, case.batch_size, token_key)
+        floor_key = (spec, case.hook, token_key)
         if floor_key not in self._prefix_floors:  # the floor holds one prefix per model, token set and hook
             self._prefix_floors.add(floor_key)
             self.cost.add_floor(spec, tokens.tokens.shape[0], resolve_hook(model, case.hook).blocks_before)

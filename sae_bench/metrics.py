@@ -226,7 +226,7 @@ def logit_similarity(W_dec: Tensor, W_U_base: Tensor, W_U_ft: Tensor, *, chunk_s
         )
     if W_dec.shape[-1] != W_U_base.shape[0]:
         raise ValueError(f"logit_similarity: W_dec has d={W_dec.shape[-1]} but W_U has d_model={W_U_base.shape[0]}")
-    u_base, u_ft = (_f64(u) - _f64(u).mean(dim=1, keepdim=True) for u in (W_U_base, W_U_ft))
+    u_base, u_ft = (u - u.mean(dim=1, keepdim=True) for u in (_f64(W_U_base), _f64(W_U_ft)))
     d = u_base.shape[0]
     grams = torch.cat([u_base @ u_ft.T, u_base @ u_base.T, u_ft @ u_ft.T], dim=1)  # (d, 3d)
     chunks = []
@@ -528,9 +528,9 @@ class PairedCodes(NamedTuple):
 def _values_at(codes: SparseCodes, keys: Tensor) -> Tensor:
     """codes' value at each (sorted) key, 0 where it has no entry."""
     own = codes.keys()
-    index = torch.searchsorted(own, keys).clamp(max=max(own.numel() - 1, 0))
     if own.numel() == 0:
         return torch.zeros(keys.shape, dtype=codes.values.dtype, device=keys.device)
+    index = torch.searchsorted(own, keys).clamp(max=own.numel() - 1)
     found = own[index] == keys
     return torch.where(found, codes.values[index], torch.zeros((), dtype=codes.values.dtype, device=keys.device))
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from sae_bench.data import TokenBatches, check_token_ids
-from sae_bench.splicing import is_causal, resolve_hook, run_to_hook
+from sae_bench.splicing import HookSite, is_causal, resolve_hook, run_to_hook
 
 PREFIX_CACHE_BYTES = 4 << 30
 """Largest prefix kept by default (4 GiB: 256k tokens of a 4096-wide model in float32); a larger one is recomputed
@@ -58,3 +58,17 @@ def run_prefix(
         batch_size,
         [run_to_hook(model, batch.tokens.to(model.cfg.device), site).cpu() for batch in batches],
     )
+
+
+def residual_at_hook(
+    model: HookedTransformer,
+    tokens: Tensor,
+    site: HookSite,
+    prefix: PrefixActivations | None,
+    index: int,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The residual at the hook for batch `index` (tokens: that batch), on `device` (default the model's): taken
+    from `prefix` when given, else run."""
+    device = device or model.cfg.device
+    return run_to_hook(model, tokens.to(device), site) if prefix is None else prefix.batches[index].to(device)

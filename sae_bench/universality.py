@@ -22,8 +22,8 @@ from sae_bench import metrics
 from sae_bench.data import TokenBatches, special_token_ids
 from sae_bench.drift import ResidualSimilarity, ResidualSimilarityStats
 from sae_bench.evaluate import check_finite
-from sae_bench.prefix import PrefixActivations
-from sae_bench.splicing import HookSite, check_sae_fits, is_causal, resolve_hook, run_to_hook, sae_input
+from sae_bench.prefix import PrefixActivations, residual_at_hook
+from sae_bench.splicing import check_sae_fits, is_causal, resolve_hook, sae_input
 
 REGULAR_LOG_DENSITY = (-5.0, -1.0)
 """Inclusive log10-density range of a "regular" feature in both models (Kutsyk)."""
@@ -144,14 +144,6 @@ def check_same_vocabulary(base: HookedTransformer, finetuned: HookedTransformer)
             )
 
 
-def _residual(
-    model: HookedTransformer, tokens: Tensor, site: HookSite, prefix: PrefixActivations | None, index: int
-) -> Tensor:
-    """The model's residual at the hook for batch `index`: from `prefix` when given, else run."""
-    device = model.cfg.device
-    return run_to_hook(model, tokens.to(device), site) if prefix is None else prefix.batches[index].to(device)
-
-
 @torch.inference_mode()
 def evaluate_universality(
     base: HookedTransformer,
@@ -184,8 +176,8 @@ def evaluate_universality(
         considered = batch.position_mask
         if special is not None:
             considered = considered & ~torch.isin(batch.tokens, special)
-        x_b = _residual(base, batch.tokens, site, prefix_base, index)
-        x_f = _residual(finetuned, batch.tokens, site, prefix_finetuned, index)
+        x_b = residual_at_hook(base, batch.tokens, site, prefix_base, index)
+        x_f = residual_at_hook(finetuned, batch.tokens, site, prefix_finetuned, index)
         check_finite(x_b, f"base activations at {site.name}", batch.offset)
         check_finite(x_f, f"fine-tuned activations at {site.name}", batch.offset)
         residual.update(x_b, x_f.to(x_b.device), considered.to(x_b.device))
