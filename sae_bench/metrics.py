@@ -23,6 +23,18 @@ DENSITY_EPSILON = 1e-10
 CE_RECOVERED_MIN_GAP = 1e-4
 """Smallest ce_zero - ce_clean (nats) for which CE loss recovered is defined (Kissane's guard)."""
 
+FLOAT32_ROUNDING = 64 * torch.finfo(torch.float32).eps
+"""The rounding rule for denominators (≈ 7.6e-6). Model activations and logits come out of float32 forward passes,
+so each carries a relative error of a few float32 epsilons that grows with depth; 64 epsilons bounds it with room.
+A ratio is undefined (UndefinedMetric, never a huge number) when its denominator is not above this level:
+- a sum of squared deviations (EV's variance): each element's rounding δ ≈ FLOAT32_ROUNDING·|x| alone contributes
+  FLOAT32_ROUNDING² · Σ‖x‖², so the variance must exceed that;
+- a difference of losses (CE recovered's ce_zero − ce_clean): it must exceed FLOAT32_ROUNDING · max(|ce_zero|,
+  |ce_clean|) (and Kissane's CE_RECOVERED_MIN_GAP);
+- a KL (kl_score's zero-ablation KL, in nats, a difference of log-normalisers of order one): it must exceed
+  FLOAT32_ROUNDING itself.
+`tests/test_metrics.py` proves each on synthetic data whose denominator is pure rounding."""
+
 
 class UndefinedMetric(ValueError):
     """A metric has no value on this input; the message says why."""
@@ -59,9 +71,15 @@ def mse(x: Tensor, x_hat: Tensor) -> float:
     return float((_f64(x) - _f64(x_hat)).pow(2).sum(dim=-1).mean())
 
 
-def _explained_variance_from_sums(sum_squared_error: float, total_sum_of_squares: float, name: str) -> float:
-    if total_sum_of_squares <= 0.0:
-        raise UndefinedMetric(f"{name}: the activations have zero variance over the evaluated tokens")
+def _explained_variance_from_sums(
+    sum_squared_error: float, total_sum_of_squares: float, raw_sum_of_squares: float, name: str
+) -> float:
+    """1 − SSE / SST, undefined when SST is at the rounding level of the activations (FLOAT32_ROUNDING)."""
+    if total_sum_of_squares <= FLOAT32_ROUNDING**2 * raw_sum_of_squares or total_sum_of_squares <= 0.0:
+        raise UndefinedMetric(
+            f"{name}: the activations' variance over the evaluated tokens ({total_sum_of_squares:.3g}) is at the "
+            f"level of float32 rounding of their size (Σ‖x‖² = {raw_sum_of_squares:.3g}); the ratio would be noise"
+        )
     return 1.0 - sum_squared_error / total_sum_of_squares
 
 
@@ -71,7 +89,7 @@ def explained_variance(x: Tensor, x_hat: Tensor) -> float:
     x64 = _f64(x)
     sse = float((x64 - _f64(x_hat)).pow(2).sum())
     sst = float((x64 - x64.mean(dim=0)).pow(2).sum())
-    return _explained_variance_from_sums(sse, sst, "explained_variance")
+    return _explained_variance_from_sums(sse, sst, float(x64.pow(2).sum()), "explained_variance")
 
 
 def explained_variance_flattened(x: Tensor, x_hat: Tensor) -> float:
@@ -81,7 +99,13 @@ def explained_variance_flattened(x: Tensor, x_hat: Tensor) -> float:
     x64 = _f64(x)
     sse = float((x64 - _f64(x_hat)).pow(2).sum())
     sst = float((x64 - x64.mean()).pow(2).sum())
-    return _explained_variance_from_sums(sse, sst, "explained_variance_flattened")
+    return _explained_variance_from_sums(sse, sst, float(x64.pow(2).sum()), "explained_variance_flattened")
+
+
+def _tokens_at_mean(x64: Tensor, distance_to_mean: Tensor) -> int:
+    """Tokens whose squared distance to the mean (a per-token EV denominator) is at the rounding level of ‖x_t‖²
+    (FLOAT32_ROUNDING's rule for a sum of squared deviations)."""
+    return int((distance_to_mean <= FLOAT32_ROUNDING**2 * x64.pow(2).sum(dim=-1)).sum())
 
 
 def explained_variance_per_token(x: Tensor, x_hat: Tensor) -> float:
@@ -90,11 +114,11 @@ def explained_variance_per_token(x: Tensor, x_hat: Tensor) -> float:
     x64 = _f64(x)
     per_token_error = (x64 - _f64(x_hat)).pow(2).sum(dim=-1)
     distance_to_mean = (x64 - x64.mean(dim=0)).pow(2).sum(dim=-1)
-    at_mean = int((distance_to_mean == 0).sum())
+    at_mean = _tokens_at_mean(x64, distance_to_mean)
     if at_mean:
         raise UndefinedMetric(
-            f"explained_variance_per_token: {at_mean} of {len(x64)} tokens sit exactly at the batch mean "
-            "(a one-token batch always does); use explained_variance or larger batches"
+            f"explained_variance_per_token: {at_mean} of {len(x64)} tokens sit at the batch mean, within float32 "
+            "rounding (a one-token batch always does); use explained_variance or larger batches"
         )
     return float((1.0 - per_token_error / distance_to_mean).mean())
 
@@ -109,10 +133,11 @@ def ce_loss_recovered(ce_clean: float, ce_spliced: float, ce_zero: float) -> flo
         if not math.isfinite(value):
             raise UndefinedMetric(f"ce_loss_recovered: {name} is {value}")
     gap = ce_zero - ce_clean
-    if gap < CE_RECOVERED_MIN_GAP:
+    min_gap = max(CE_RECOVERED_MIN_GAP, FLOAT32_ROUNDING * max(abs(ce_zero), abs(ce_clean)))
+    if gap < min_gap:
         raise UndefinedMetric(
             f"ce_loss_recovered: the clean loss ({ce_clean:.6g}) is not below the zero-ablation loss "
-            f"({ce_zero:.6g}) by at least {CE_RECOVERED_MIN_GAP}; the ratio is meaningless here"
+            f"({ce_zero:.6g}) by at least {min_gap:.3g}; the ratio is meaningless here"
         )
     return (ce_zero - ce_spliced) / gap
 
@@ -163,8 +188,11 @@ def kl_divergence(logits_clean: Tensor, logits_other: Tensor) -> float:
 
 def kl_score(kl_spliced: float, kl_zero: float) -> float:
     """(kl_zero − kl_spliced) / kl_zero: the share of the zero-ablation KL that splicing avoids."""
-    if not kl_zero > 0:
-        raise UndefinedMetric(f"kl_score: the zero-ablation KL is {kl_zero}; zeroing the hook changed nothing")
+    if not kl_zero > FLOAT32_ROUNDING:
+        raise UndefinedMetric(
+            f"kl_score: the zero-ablation KL is {kl_zero:.3g} nats, at the level of float32 rounding "
+            f"({FLOAT32_ROUNDING:.2g}); zeroing the hook changed nothing measurable"
+        )
     return (kl_zero - kl_spliced) / kl_zero
 
 
@@ -277,6 +305,8 @@ class ReconstructionStats:
     centred_sum_of_squares: float = 0.0
     scalar_mean: float = 0.0
     scalar_sum_of_squares: float = 0.0
+    raw_sum_of_squares: float = 0.0
+    """Σ‖x‖², the scale the rounding rule compares the variance with."""
 
     def update(self, x: Tensor, x_hat: Tensor, feature_acts: Tensor) -> None:
         n = x.shape[0]
@@ -285,6 +315,7 @@ class ReconstructionStats:
         x64 = _f64(x)
         self.sum_l0 += float((feature_acts > 0).sum(dtype=torch.float64))
         self.sum_squared_error += float((x64 - _f64(x_hat)).pow(2).sum())
+        self.raw_sum_of_squares += float(x64.pow(2).sum())
         batch_mean = x64.mean(dim=0)
         batch_m2 = float((x64 - batch_mean).pow(2).sum())
         scalar_mean = float(x64.mean())
@@ -316,12 +347,17 @@ class ReconstructionStats:
 
     def explained_variance(self) -> float:
         self._require_tokens("explained_variance")
-        return _explained_variance_from_sums(self.sum_squared_error, self.centred_sum_of_squares, "explained_variance")
+        return _explained_variance_from_sums(
+            self.sum_squared_error, self.centred_sum_of_squares, self.raw_sum_of_squares, "explained_variance"
+        )
 
     def explained_variance_flattened(self) -> float:
         self._require_tokens("explained_variance_flattened")
         return _explained_variance_from_sums(
-            self.sum_squared_error, self.scalar_sum_of_squares, "explained_variance_flattened"
+            self.sum_squared_error,
+            self.scalar_sum_of_squares,
+            self.raw_sum_of_squares,
+            "explained_variance_flattened",
         )
 
 
@@ -354,10 +390,11 @@ class PooledPerTokenEVStats:
             raise UndefinedMetric("explained_variance_per_token_pooled: no tokens were evaluated")
         x64 = _f64(torch.cat(self.inputs))
         distance_to_mean = (x64 - x64.mean(dim=0)).pow(2).sum(dim=-1)
-        at_mean = int((distance_to_mean == 0).sum())
+        at_mean = _tokens_at_mean(x64, distance_to_mean)
         if at_mean:
             raise UndefinedMetric(
-                f"explained_variance_per_token_pooled: {at_mean} of {len(x64)} tokens sit exactly at the mean"
+                f"explained_variance_per_token_pooled: {at_mean} of {len(x64)} tokens sit at the mean, within "
+                "float32 rounding"
             )
         return float((1.0 - torch.cat(self.errors) / distance_to_mean).mean())
 

@@ -210,7 +210,7 @@ def test_ce_loss_recovered_raises_when_clean_is_not_below_zero(clean, zero):
 
 def test_undefined_metrics_raise_instead_of_nan():
     constant = torch.ones(4, 3)
-    with pytest.raises(metrics.UndefinedMetric, match="zero variance"):
+    with pytest.raises(metrics.UndefinedMetric, match="rounding"):
         metrics.explained_variance(constant, constant * 0)
     with pytest.raises(metrics.UndefinedMetric, match="batch mean"):
         metrics.explained_variance_per_token(torch.ones(1, 3), torch.zeros(1, 3))
@@ -220,6 +220,42 @@ def test_undefined_metrics_raise_instead_of_nan():
         metrics.kl_score(0.0, 0.0)
     with pytest.raises(ValueError, match="same shape"):
         metrics.mse(torch.zeros(3, 2), torch.zeros(3, 4))
+
+
+@given(
+    offset=st.floats(1.0, 1e4),
+    d=st.integers(1, 16),
+    n=st.integers(2, 64),
+    seed=st.integers(0, 2**16),
+)
+def test_a_denominator_at_float32_rounding_is_undefined_not_huge(offset, d, n, seed):
+    """Activations that are one vector plus float32 rounding noise have no variance to explain: EV (pooled, per
+    token, streamed) is undefined, never 1 − SSE/(rounding²) = −1e10. A CE gap or a zero-ablation KL at rounding
+    level likewise."""
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.randn(d, generator=generator, dtype=torch.float64) * offset
+    noise = torch.randn(n, d, generator=generator, dtype=torch.float64) * torch.finfo(torch.float32).eps
+    x = (base + noise * base.abs()).float()  # what a float32 forward gives for one vector at every token
+    x_hat = x + 0.01 * offset
+    for name in ("explained_variance", "explained_variance_per_token"):  # flattened: the dims differ, a variance
+        with pytest.raises(metrics.UndefinedMetric, match="rounding"):
+            getattr(metrics, name)(x, x_hat)
+    stats = metrics.ReconstructionStats()
+    stats.update(x, x_hat, torch.zeros(n, 1))
+    with pytest.raises(metrics.UndefinedMetric, match="rounding"):
+        stats.explained_variance()
+    ce = 5.0 + offset / 1e3
+    with pytest.raises(metrics.UndefinedMetric, match="not below the zero-ablation loss"):
+        metrics.ce_loss_recovered(ce, ce, ce * (1 + metrics.FLOAT32_ROUNDING / 2))
+    with pytest.raises(metrics.UndefinedMetric, match="rounding"):
+        metrics.kl_score(0.0, metrics.FLOAT32_ROUNDING / 2)
+
+
+def test_variance_above_the_rounding_level_stays_defined():
+    """The rule takes nothing real away: a spread of a thousand rounding units is a variance."""
+    x = torch.ones(8, 4) * 100 + torch.arange(8.0)[:, None] * 1e-3
+    assert metrics.explained_variance(x, x) == 1.0
+    assert metrics.kl_score(0.0, 10 * metrics.FLOAT32_ROUNDING) == 1.0
 
 
 def test_summaries_drop_undefined_features():
