@@ -44,8 +44,21 @@ def pytest_addoption(parser):
         "--sae-cases",
         dest="sae_cases",
         metavar="EXPR",
-        help="with --sae: replace the SAE only in the cases this -k expression selects ('@' allowed), so a claim "
-        "relates the new SAE to the other cases as they are",
+        help="with --sae: replace the SAE only in the cases this -k expression selects an item (CASE:GROUP) of "
+        "('@' allowed), so a claim relates the new SAE to the other cases as they are",
+    )
+    group.addoption(
+        "--cases-dir",
+        dest="cases_dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="read the case files (*.toml) of this folder instead of benchmarks/cases (repeatable: folders add up)",
+    )
+    group.addoption(
+        "--strict-expectations",
+        action="store_true",
+        help="an expectation file that no registered case reads is an error, not a warning (CI uses this)",
     )
     group.addoption(
         "--case-id",

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from sae_bench.errors import BadInput
+
 METRIC_GROUPS: dict[str, tuple[str, ...]] = {
     "reconstruction": (
         "l0",
@@ -68,7 +70,7 @@ NORMS = ("scaled", "raw", "mean-norm")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
 
 
-class CaseFileError(ValueError):
+class CaseFileError(BadInput):
     """A case file that cannot be used; the message names the file, the field and the fix."""
 
     def __init__(self, path: Path | str, where: str, problem: str, fix: str):
@@ -115,6 +117,8 @@ class Case:
     slow: bool = False
     description: str = ""
     conventions: Mapping[str, Any] = field(default_factory=dict)  # how the published numbers were computed
+    hook_mismatch_ok: str = ""
+    """Why the SAE may be spliced at another hook than its config names (empty: it may not)."""
 
     @property
     def tier(self) -> str:

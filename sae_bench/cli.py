@@ -8,6 +8,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from sae_bench.allocator import keep_freed_memory
+from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION, BadInput
 
 
 def _print_metrics(_: argparse.Namespace) -> int:
@@ -126,9 +127,9 @@ def _results(args: argparse.Namespace):
     from sae_bench.results_db import ResultsDB, default_path
 
     path = Path(args.results) if args.results else default_path()
-    if not path.is_file():
-        raise SystemExit(f"sae-bench: no results database at {path}; run `pytest benchmarks` (or pass --results)")
-    return ResultsDB(path)
+    if not path.exists():
+        raise BadInput(f"no results database at {path}; run `pytest benchmarks` first (or pass --results PATH)")
+    return ResultsDB(path, read_only=True)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -144,15 +145,20 @@ def _write_table(table, fmt: str) -> None:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from sae_bench.run_history import compare_runs, previous_run
+    from sae_bench.run_history import REGRESSIONS, VANISHED, check_finished, compare_runs, previous_run
 
     db = _results(args)
     run = db.resolve_run(args.run_id)
     baseline = db.resolve_run(args.baseline) if args.baseline else previous_run(db, run)
+    if not args.allow_partial:
+        check_finished(db, baseline, run)
     table = compare_runs(db, baseline, run)
-    print(f"run {run} against run {baseline}: {len(table)} metrics moved", file=sys.stderr)
+    vanished = table[table.verdict == VANISHED]
+    moved = len(table) - len(vanished)
+    gone = f", {len(vanished)} vanished ({vanished.case_id.nunique()} cases)" if len(vanished) else ""
+    print(f"run {run} against run {baseline}: {moved} metrics moved{gone}", file=sys.stderr)
     _write_table(table, args.format)
-    return 1 if (table.verdict == "regression").any() else 0
+    return EXIT_REGRESSION if table.verdict.isin(REGRESSIONS).any() else EXIT_OK
 
 
 def _history(args: argparse.Namespace) -> int:
@@ -185,6 +191,12 @@ def _add_result_commands(commands) -> None:
     compare.add_argument("--run", dest="run_id", default="latest", help="run id, or latest")
     compare.add_argument("--baseline", help="run id to compare with (default: the run before)")
     compare.add_argument("--format", choices=("md", "csv"), default="md")
+    compare.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="compare even when a run did not finish (interrupted, stopped by an error); what it did not reach "
+        "counts as vanished",
+    )
     compare.set_defaults(run=_compare)
     hist = commands.add_parser("history", parents=[results], help="one metric of one case across runs, and a PNG")
     hist.add_argument("--case", required=True, help="case id")
@@ -196,8 +208,11 @@ def _add_result_commands(commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="sae-bench", description="Does an SAE still work when spliced into a model it was not trained on?"
+        prog="sae-bench",
+        description="Does an SAE still work when spliced into a model it was not trained on? Exit codes: 0 ok, "
+        "1 regression, 2 bad input, 130 interrupted.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error instead of one line")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("metrics", help="list every reported metric with its definition").set_defaults(
         run=_print_metrics
@@ -211,9 +226,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; every known error becomes one line on stderr and its exit code (DESIGN §12)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    args.debug = debug
     keep_freed_memory()
-    return args.run(args)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("sae-bench: interrupted (Ctrl-C); nothing after this point ran", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (BadInput, OSError, KeyError, ValueError) as err:
+        if args.debug:
+            raise
+        print(f"sae-bench {args.command}: {one_line(err)} (--debug shows the traceback)", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one message: a KeyError's text without its quotes, the class name only where it helps."""
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in text:
+        text = f"{text}: {err.filename}"
+    return text if isinstance(err, BadInput | KeyError) else f"{type(err).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ Position sets, per batch (all (batch, pos) booleans):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,6 +28,7 @@ from transformer_lens import HookedTransformer
 
 from sae_bench import metrics
 from sae_bench.data import TokenBatches, check_token_ids, special_token_ids
+from sae_bench.errors import UnusableSAE
 from sae_bench.eval_config import EvalConfig
 from sae_bench.outliers import MeanNormStats, OutlierBreakdownStats, newline_token_ids, outlier_mask
 from sae_bench.prefix import PrefixActivations, residual_at_hook
@@ -40,6 +42,7 @@ from sae_bench.results import (
 )
 from sae_bench.splicing import (
     HookSite,
+    SAEDoesNotFit,
     check_sae_fits,
     encode_decode,
     final_residual_from_hook,
@@ -61,6 +64,10 @@ def prepare(model: HookedTransformer, sae: SAE, config: EvalConfig) -> HookSite:
     return site
 
 
+class NonFiniteActivations(ValueError):
+    """Activations that hold NaN or Inf; the message names the positions and the likely cause."""
+
+
 def check_finite(
     x: Tensor,
     where: str,
@@ -74,7 +81,7 @@ def check_finite(
     if bool(bad.any()):
         where_bad = bad.nonzero() if positions is None else positions.nonzero()[bad]
         pairs = [(int(s) + batch_offset, int(p)) for s, p in where_bad[:5].tolist()]
-        raise ValueError(
+        raise NonFiniteActivations(
             f"{where}: {int(bad.sum())} positions have NaN/Inf activations, first (sequence, position): {pairs}. "
             + cause
         )
@@ -192,8 +199,9 @@ def evaluate_shared(
         if differing:
             raise ValueError(f"evaluate_shared: variants must agree on {differing} to share a pass")
     states = []
-    for sae, config in variants:
-        site = prepare(model, sae, config)
+    for index, (sae, config) in enumerate(variants):
+        with _blamed_on_variant(index):
+            site = prepare(model, sae, config)
         special = special_token_ids(model, config.special_token_ids) if config.exclude_special_tokens else None
         acc = TransferAccumulators(sae.cfg.d_sae, _outlier_breakdown_stats(model))
         acc.ev_pooled = metrics.PooledPerTokenEVStats() if config.pooled_per_token_ev else None
@@ -210,7 +218,10 @@ def evaluate_shared(
         x = residual_at_hook(model, toks, site, prefix, index, device)  # (batch, pos, d_model)
         check_finite(x, f"activations at {site.name}", batch.offset)
         spliced: dict[tuple, tuple[str, Tensor]] = {}  # distinct spliced residuals of this batch: key → (name, x)
-        plans = [_splice(state, x, toks, pos_mask, batch.offset, spliced) for state in states]
+        plans = []
+        for index, state in enumerate(states):
+            with _blamed_on_variant(index):
+                plans.append(_splice(state, x, toks, pos_mask, batch.offset, spliced))
         residuals = {"clean": x, **dict(spliced.values()), "zero": zero_ablated_residual(x, pos_mask)}
         finals, continued = _final_residuals(model, site, residuals, first.stack_continuations)
         if cost is not None:
@@ -220,15 +231,16 @@ def evaluate_shared(
         for name, _, counted_key, _ in plans:
             sharing.setdefault(counted_key, set()).add(name)
         scored: dict[bytes, PredictionScores] = {}
-        for state, (name, considered, counted_key, counted) in zip(states, plans, strict=True):
-            check_finite(
-                finals[name][considered],
-                "the model's last residual with the SAE spliced in",
-                batch.offset,
-                f"The SAE {sae_name(state.sae)} reconstructs finite values that the model overflows on: compare "
-                "their norms with the activations' (scaling factor, dtype).",
-                positions=considered,
-            )
+        for index, (state, (name, considered, counted_key, counted)) in enumerate(zip(states, plans, strict=True)):
+            with _blamed_on_variant(index):
+                check_finite(
+                    finals[name][considered],
+                    "the model's last residual with the SAE spliced in",
+                    batch.offset,
+                    f"The SAE {sae_name(state.sae)} reconstructs finite values that the model overflows on: compare "
+                    "their norms with the activations' (scaling factor, dtype).",
+                    positions=considered,
+                )
             if counted_key not in scored:
                 wanted = {"clean": finals["clean"], "zero": finals["zero"]}
                 wanted |= {n: finals[n] for n in sorted(sharing[counted_key])}
@@ -244,6 +256,16 @@ def evaluate_shared(
             )
         )
     return reports
+
+
+@contextmanager
+def _blamed_on_variant(index: int) -> Iterator[None]:
+    """An SAE that does not fit, or whose output is not finite, is that variant's fault alone: raise UnusableSAE
+    naming its index, so the caller can run the pass again without it (the others' reports unchanged)."""
+    try:
+        yield
+    except (NonFiniteActivations, SAEDoesNotFit) as err:
+        raise UnusableSAE(str(err), variant=index) from err
 
 
 def _splice(

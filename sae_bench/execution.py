@@ -17,6 +17,7 @@ from torch import Tensor
 
 from sae_bench.cases import CHAT_MASKS, Case
 from sae_bench.chat import ChatRows, cached_rollouts, greedy_rollouts
+from sae_bench.errors import UnusableSAE
 from sae_bench.evaluate import EvalConfig, PassCost, estimate_scaling_factor, evaluate_shared, evaluate_transfer
 from sae_bench.forward_cost import ForwardCost
 from sae_bench.outliers import OutlierPolicy
@@ -61,6 +62,9 @@ class CaseExecutor:
         self._mean_norms: dict[tuple, float] = {}
         self._details: dict[tuple, tuple[dict[str, str], dict[str, Tensor]]] = {}
         self._sae_fingerprints: dict[str, str] = {}
+        self._unusable_saes: dict[str, UnusableSAE] = {}
+        self._failures: dict[tuple, UnusableSAE] = {}
+        """Cases whose SAE failed in a pass (NaN/Inf output, a misfit): their error, raised when they are measured."""
         self._tokenizer_ids: dict[str, str] = {}
         self.model_loads: Counter[str] = Counter()
         """How often each model spec was loaded (once, while the executor lives)."""
@@ -86,11 +90,33 @@ class CaseExecutor:
         return self._models[spec]
 
     def sae(self, spec: str):
+        """The SAE of `spec`, loaded once; UnusableSAE (naming the spec) when it cannot be loaded or its weights
+        hold NaN or Inf, so no pass it would share is run with it."""
+        if spec in self._unusable_saes:
+            raise self._unusable_saes[spec]
         if spec not in self._saes:
+            from sae_bench.evaluate import non_finite_weights
             from sae_bench.sources import load_sae
 
-            self._saes[spec] = load_sae(spec, device=self.device)
+            try:
+                sae = load_sae(spec, device=self.device)
+            except (OSError, ValueError, KeyError, RuntimeError) as err:
+                self._unusable_saes[spec] = UnusableSAE(f"cannot be loaded ({err})", spec=spec)
+                raise self._unusable_saes[spec] from err
+            if any(not bool(torch.isfinite(p).all()) for p in sae.parameters()):
+                self._unusable_saes[spec] = UnusableSAE(non_finite_weights(sae), spec=spec)
+                raise self._unusable_saes[spec]
+            self._saes[spec] = sae
         return self._saes[spec]
+
+    def check_fits(self, case: Case) -> None:
+        """Raise UnusableSAE when the case's SAE cannot be evaluated there: NaN/Inf weights, another input width
+        than the model's, or another hook than the one its config names (unless the case says why in
+        `hook_mismatch_ok`)."""
+        sae, model = self.sae(case.sae), self.model(case.model)
+        problem = sae_fit_problem(sae, case, model.cfg.d_model)
+        if problem:
+            raise UnusableSAE(problem, spec=case.sae)
 
     # -- tokens -------------------------------------------------------------------------------------------------
     def tokens(self, case: Case) -> CaseTokens:
@@ -180,20 +206,37 @@ class CaseExecutor:
         return OutlierPolicy(setting.threshold * self._mean_norms[key], norm="raw", count_in_ce=setting.count_in_ce)
 
     def measure(self, case: Case, subsets: int = 0) -> dict[str, float | None] | list[dict[str, float | None]]:
-        """The case's metric values (all groups at once); with `subsets=k`, the values on k disjoint row slices."""
+        """The case's metric values (all groups at once); with `subsets=k`, the values on k disjoint row slices.
+        UnusableSAE when the case's SAE cannot be evaluated (the other cases of its shared pass still are)."""
         key = (case.id, case.sae, subsets)
+        if (case.id, case.sae, 0) in self._failures:
+            raise self._failures[(case.id, case.sae, 0)]
+        self.check_fits(case)
         if key not in self._results and not subsets and not case.paired:
             self._measure_shared(case)
+            if (case.id, case.sae, 0) in self._failures:
+                raise self._failures[(case.id, case.sae, 0)]
         if key not in self._results:
             tokens = self.tokens(case)
             parts = split_rows(tokens, subsets) if subsets else [tokens]
             policy = self.outlier_policy(case, tokens) if not case.paired else None
-            evaluations = [self._evaluate(case, part, policy, whole=not subsets) for part in parts]
+            try:
+                evaluations = [self._evaluate(case, part, policy, whole=not subsets) for part in parts]
+            except UnusableSAE as err:
+                self._failures[(case.id, case.sae, 0)] = err.named(case.sae)
+                raise self._failures[(case.id, case.sae, 0)] from err
             values = [value for value, _ in evaluations]
             self._results[key] = values if subsets else values[0]
             if not subsets:
                 self._details[key] = evaluations[0][1]
         return self._results[key]
+
+    def _fits(self, case: Case) -> bool:
+        try:
+            self.check_fits(case)
+        except UnusableSAE:
+            return False
+        return True
 
     def details(self, case: Case) -> tuple[dict[str, str], dict[str, Tensor]]:
         """Why each undefined metric of the case's (whole-token) evaluation is undefined, and its per-feature
@@ -202,12 +245,9 @@ class CaseExecutor:
         return self._details[(case.id, case.sae, 0)]
 
     def sae_fingerprint(self, spec: str) -> str:
-        """sha256 over the SAE's weights (names and bytes, float32), once per SAE."""
+        """sha256 over the SAE's weights (`weights_sha256`), once per SAE."""
         if spec not in self._sae_fingerprints:
-            digest = hashlib.sha256()
-            for name, tensor in sorted(self.sae(spec).state_dict().items()):
-                digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
-            self._sae_fingerprints[spec] = digest.hexdigest()[:16]
+            self._sae_fingerprints[spec] = weights_sha256(self.sae(spec))
         return self._sae_fingerprints[spec]
 
     def _evaluate(
@@ -331,19 +371,31 @@ class CaseExecutor:
             and not other.paired
             and other.model == case.model  # checked first: the token key of another model would load it
             and (other.id, other.sae, 0) not in self._results
+            and (other.id, other.sae, 0) not in self._failures
             and self._shared_key(other) == key
+            and self._fits(other)  # one that does not fit fails alone when its own item runs
         ]
         tokens, model = self.tokens(case), self.model(case.model)
-        pairs = [(self.sae(c.sae), self._config(c, self.outlier_policy(c, tokens))) for c in group]
-        cost = PassCost()
-        reports = evaluate_shared(
-            model,
-            pairs,
-            tokens.tokens,
-            position_mask=tokens.position_mask,
-            prefix=self.prefix(case, case.model),
-            cost=cost,
-        )
+        while True:  # an SAE that fails mid-pass fails only its cases: run the pass again without it
+            pairs = [(self.sae(c.sae), self._config(c, self.outlier_policy(c, tokens))) for c in group]
+            cost = PassCost()
+            try:
+                reports = evaluate_shared(
+                    model,
+                    pairs,
+                    tokens.tokens,
+                    position_mask=tokens.position_mask,
+                    prefix=self.prefix(case, case.model),
+                    cost=cost,
+                )
+                break
+            except UnusableSAE as err:
+                if err.variant is None:
+                    raise
+                failed = group.pop(err.variant)
+                self._failures[(failed.id, failed.sae, 0)] = err.named(failed.sae)
+                if not group:
+                    return
         self.cost.add_floor(
             case.model, cost.continued_rows, model.cfg.n_layers - resolve_hook(model, case.hook).blocks_before
         )
@@ -352,6 +404,28 @@ class CaseExecutor:
             values, details = _transfer_values(report)
             self._results[(member.id, member.sae, 0)] = values
             self._details[(member.id, member.sae, 0)] = details
+
+
+def weights_sha256(sae) -> str:
+    """sha256 over an SAE's weights (names and float32 bytes, in name order): which SAE a verdict is about."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(sae.state_dict().items()):
+        digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def sae_fit_problem(sae, case: Case, d_model: int | None = None) -> str | None:
+    """Why `sae` cannot stand in `case` (another hook than its config names, unless the case allows it with a
+    reason; another input width than the model's), or None."""
+    hook = getattr(sae.cfg.metadata, "hook_name", None)
+    if hook and hook != case.hook and not case.hook_mismatch_ok:
+        return (
+            f"its config says it reads {hook}, but case {case.id} splices it at {case.hook}. Use an SAE trained "
+            f'at {case.hook}, or set hook_mismatch_ok = "why" in the case ({case.file}) if this is meant'
+        )
+    if d_model is not None and sae.cfg.d_in != d_model:
+        return f"it reads d_in={sae.cfg.d_in} activations, but the model of case {case.id} has d_model={d_model}"
+    return None
 
 
 def _transfer_values(report) -> tuple[dict[str, float | None], tuple[dict[str, str], dict[str, Tensor]]]:

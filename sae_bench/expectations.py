@@ -20,6 +20,8 @@ from typing import Any
 
 import pandas as pd
 
+from sae_bench.errors import BadInput
+
 DIRECTIONS = ("higher", "lower", "both")
 DEFAULT_DIRECTION: dict[str, str] = {
     "explained_variance": "higher",
@@ -46,7 +48,7 @@ FLOAT_FLOOR_REL = 1e-5
 """Smallest relative tolerance: float32 forward passes on another BLAS differ by about this much."""
 
 
-class ExpectationError(ValueError):
+class ExpectationError(BadInput):
     """A malformed expectation file; the message names the file and the field."""
 
 
@@ -124,7 +126,9 @@ def read_expectations(path: Path) -> ExpectationFile:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ExpectationError(f"{path}: not valid JSON ({err})") from err
+        raise ExpectationError(f"{path}: not valid JSON ({err}); a truncated or hand-edited file?") from err
+    if not isinstance(data, dict):
+        raise ExpectationError(f"{path}: expected a JSON object with case, provenance and metrics")
     for key in ("case", "provenance", "metrics"):
         if key not in data:
             raise ExpectationError(f"{path}: missing top-level field {key!r}")
@@ -134,6 +138,10 @@ def read_expectations(path: Path) -> ExpectationFile:
     unchecked = data.get("unchecked", {})
     if not isinstance(unchecked, dict) or not all(isinstance(v, str) for v in unchecked.values()):
         raise ExpectationError(f'{path}: unchecked: expected a table of metric = "reason"')
+    if not isinstance(data["metrics"], dict) or not isinstance(data["provenance"], dict):
+        raise ExpectationError(f"{path}: metrics and provenance must be JSON objects")
+    if not isinstance(data["case"], str):
+        raise ExpectationError(f"{path}: case: expected the case id as a string, got {data['case']!r}")
     metrics = {}
     for name, entry in data["metrics"].items():
         where = f"metrics.{name}"
@@ -151,6 +159,8 @@ def read_expectations(path: Path) -> ExpectationFile:
         one_sided = entry.get("one_sided", False)
         if not isinstance(one_sided, bool) or (one_sided and direction == "both"):
             raise ExpectationError(f"{path}: {where}.one_sided: true or false, and true needs direction higher/lower")
+        if not isinstance(entry.get("basis", ""), str) or not isinstance(entry.get("provenance") or {}, dict):
+            raise ExpectationError(f"{path}: {where}: basis is a string and provenance a JSON object")
         metrics[name] = MetricExpectation(
             value=_number(path, f"{where}.value", entry["value"], allow_none=True),
             direction=direction,
@@ -213,8 +223,8 @@ def updated(
 ) -> tuple[ExpectationFile, pd.DataFrame]:
     """New values for `names` (tolerances kept; new metrics take the measured spread) and the diff table.
 
-    A published value is replaced only with `replace_published`; the metric then carries the measured provenance
-    and, under `replaces`, the value and source it replaced.
+    A published value is replaced only with `replace_published`. Every replaced value is kept: the metric carries
+    the measured provenance and, under `replaces`, the value and source it replaced.
     """
     published = existing is not None and is_published(existing)
     if published and not replace_published:
@@ -226,12 +236,12 @@ def updated(
         got = measured.get(name)
         if name in metrics:
             old = metrics[name]
-            if old.value != got:
+            source = old.provenance
+            if old.value != got or published:
                 diff.append({"metric": name, "old": old.value, "new": got})
-            source = None
-            if published:
-                replaced = {"value": old.value, "provenance": dict(old.provenance or existing.provenance)}
-                source = {**provenance, "replaces": replaced}
+                # the value it replaces and that value's own source (one level: no chain of replacements)
+                former = {k: v for k, v in dict(old.provenance or existing.provenance).items() if k != "replaces"}
+                source = {**provenance, "replaces": {"value": old.value, "provenance": former}}
             metrics[name] = replace(old, value=got, provenance=source)
             continue
         if name in unchecked:

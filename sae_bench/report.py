@@ -17,7 +17,8 @@ import pandas as pd
 
 from sae_bench import report_figures
 from sae_bench.cases import SHIPPED_CASES, Case, load_registry
-from sae_bench.results_db import ResultsDB, cases_matching
+from sae_bench.errors import BadInput
+from sae_bench.results_db import RUN_FINISHED, ResultsDB, cases_matching
 
 MARKS = {"ok": "✓", "regression": "✗", "improved": "↑", "unchecked": "·"}
 GRID_METRICS = {"ce_loss_recovered": "CE rec.", "explained_variance": "EV", "l0": "L0"}
@@ -177,8 +178,10 @@ def build_report(db: ResultsDB, out: Path, run: str | int | None = "latest", cas
     frame = db.measurements(run_id)
     selected = cases_matching(frame.case_id, cases)
     if not selected:
-        raise ValueError(f"run {run_id} recorded no case matching {cases!r}")
+        raise BadInput(f"run {run_id} recorded no case matching {cases!r}; it recorded {frame.case_id.nunique()} cases")
     frame = frame[frame.case_id.isin(selected)]
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out} is a file; the report is a folder (report.html, report.md, the PNGs): name a folder")
     out.mkdir(parents=True, exist_ok=True)
     registry = load_registry(SHIPPED_CASES)
     known = [case for case in registry if case.id in set(selected)]  # in case-file order
@@ -194,7 +197,9 @@ def build_report(db: ResultsDB, out: Path, run: str | int | None = "latest", cas
             Section("Regressions", tables=[("expected vs measured", regressed[columns])], figures=["regressions.png"])
         )
     info = db.runs().set_index("id").loc[run_id]
-    header = (
+    status = db.run_status(run_id)
+    partial = "" if status == RUN_FINISHED else f"**PARTIAL RUN: {status}; cases it did not reach are missing.** "
+    header = partial + (
         f"Run {run_id} ({info.started} → {info.ended}, commit {info.git_commit or 'unknown'}, device "
         f"{info.device}): {len(selected)} cases, verdicts {frame.verdict.value_counts().to_dict()}. "
         "Marks: ✓ ok, ✗ regression, ↑ improved, · unchecked."
@@ -205,7 +210,8 @@ def build_report(db: ResultsDB, out: Path, run: str | int | None = "latest", cas
 
 
 def _markdown(header: str, sections: list[Section]) -> str:
-    lines = ["# sae_bench report", "", header, ""]
+    title = "# sae_bench report" + (" (partial run)" if header.startswith("**PARTIAL") else "")
+    lines = [title, "", header, ""]
     for section in sections:
         lines += [f"## {section.title}", ""]
         for caption, table in section.tables:
@@ -220,7 +226,7 @@ def _html(header: str, sections: list[Section]) -> str:
         "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}table{border-collapse:collapse;"
         "margin:0 1em 1em 0}td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}.row{display:flex;"
         "flex-wrap:wrap;align-items:flex-start}img{max-width:100%}</style>",
-        "<h1>sae_bench report</h1>",
+        "<h1>sae_bench report" + (" (partial run)" if header.startswith("**PARTIAL") else "") + "</h1>",
         f"<p>{html.escape(header)}</p>",
     ]
     for section in sections:

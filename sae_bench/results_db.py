@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sae_bench.errors import BadInput
+
 SCHEMA_VERSION = 1
 DEFAULT_PATH = Path(".sae-bench") / "results.sqlite"
 ENV = "SAE_BENCH_RESULTS"
@@ -46,8 +48,12 @@ CREATE TABLE IF NOT EXISTS vectors (
 """
 
 
-class ResultsSchemaError(RuntimeError):
+class ResultsSchemaError(BadInput):
     """The database was written by another version of the suite."""
+
+
+class ResultsFileError(BadInput):
+    """The results path is not a usable SQLite database (not SQLite, read-only, a folder)."""
 
 
 def default_path() -> Path:
@@ -75,22 +81,53 @@ class CaseMeasurement:
 class ResultsDB:
     """One sqlite file; every method opens its own short transaction, so several processes can share it."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, read_only: bool = False):
+        """Open (for writing, creating it if needed) the database at `path`; `read_only` opens an existing one
+        for the report commands, so a read-only file can still be read. Anything that is not a usable SQLite file
+        raises ResultsFileError naming the path and the fix."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.connection = sqlite3.connect(self.path, timeout=60)
-        self.connection.execute("PRAGMA journal_mode=WAL")
-        self.connection.execute("PRAGMA busy_timeout=60000")
+        if self.path.is_dir():
+            raise ResultsFileError(f"{self.path} is a folder; --results takes a file path (e.g. {DEFAULT_PATH})")
+        try:
+            if read_only:
+                self.connection = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.connection = sqlite3.connect(self.path, timeout=60)
+                self.connection.execute("PRAGMA journal_mode=WAL")
+            self.connection.execute("PRAGMA busy_timeout=60000")
+            self._check_schema(read_only)
+        except sqlite3.DatabaseError as err:  # not SQLite, read-only, locked, unreadable
+            raise ResultsFileError(self._unusable(err, read_only)) from err
+        except OSError as err:
+            raise ResultsFileError(f"cannot open the results database {self.path}: {err}") from err
+
+    def _check_schema(self, read_only: bool) -> None:
         with self.connection:
-            self.connection.executescript(_SCHEMA)
+            if not read_only:
+                self.connection.executescript(_SCHEMA)
             found = self.connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if found is None:
+            if found is None and not read_only:
                 self.connection.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(found[0]) != SCHEMA_VERSION:
+            elif found is None or int(found[0]) != SCHEMA_VERSION:
                 raise ResultsSchemaError(
-                    f"{self.path} holds results of schema version {found[0]}; this suite writes version "
-                    f"{SCHEMA_VERSION}. Move the file away (or pass --results with another path) to start a new one."
+                    f"{self.path} holds results of schema version {found[0] if found else 'none'}; this suite writes "
+                    f"version {SCHEMA_VERSION}. Move the file away (or pass --results with another path) to start a "
+                    "new one."
                 )
+
+    def _unusable(self, err: sqlite3.DatabaseError, read_only: bool) -> str:
+        text = str(err)
+        if "readonly" in text.replace(" ", "") or "unable to open" in text:
+            fix = "make it writable, or pass --results with a writable path (or --no-results)"
+            return f"cannot write the results database {self.path} ({text}): {fix}"
+        if "no such table" in text:
+            return f"{self.path} is an SQLite file but not a results database ({text}); pass --results with another path"
+        what = "read" if read_only else "use"
+        return (
+            f"cannot {what} {self.path} as a results database ({text}): it is not an SQLite file written by this "
+            "suite. Move it away, or pass --results with another path"
+        )
 
     def close(self) -> None:
         self.connection.close()
@@ -144,12 +181,17 @@ class ResultsDB:
         if run in (None, "latest"):
             found = self.connection.execute("SELECT MAX(run) FROM measurements").fetchone()[0]
             if found is None:
-                raise ValueError(f"{self.path} holds no measured run yet; run `pytest benchmarks` first")
+                raise BadInput(f"{self.path} holds no measured run yet; run `pytest benchmarks` first")
             return int(found)
         ids = {int(r) for (r,) in self.connection.execute("SELECT id FROM runs")}
-        if int(run) not in ids:
-            raise ValueError(f"no run {run} in {self.path}; runs: {sorted(ids) or 'none'}")
+        if not str(run).isdigit() or int(run) not in ids:
+            raise BadInput(f"no run {run!r} in {self.path}; its runs: {_ranges(sorted(ids))}, or latest")
         return int(run)
+
+    def run_status(self, run: int) -> str:
+        """finished (passed or failed), or why not: still running or killed, interrupted, stopped by an error."""
+        ended, exit_status = self.connection.execute("SELECT ended, exit_status FROM runs WHERE id = ?", (run,)).fetchone()
+        return run_status(ended, exit_status)
 
     def measurements(
         self, run: int | None = None, case_id: str | None = None, metric: str | None = None
@@ -170,6 +212,34 @@ class ResultsDB:
     def vector_cases(self, run: int) -> list[str]:
         rows = self.connection.execute("SELECT DISTINCT case_id FROM vectors WHERE run = ? ORDER BY case_id", (run,))
         return [case for (case,) in rows]
+
+
+RUN_FINISHED = "finished"
+INTERRUPTED_EXIT = 2
+"""pytest's exit status for a run stopped by Ctrl-C (its ExitCode.INTERRUPTED)."""
+
+
+def run_status(ended: str | None, exit_status: int | None) -> str:
+    """`finished` when pytest ran to the end (passed or with failures); otherwise what happened."""
+    if ended is None or exit_status is None:
+        return "did not finish (still running, or killed)"
+    if exit_status in (0, 1, 5):
+        return RUN_FINISHED
+    if exit_status == INTERRUPTED_EXIT:
+        return "interrupted"
+    return f"stopped by an error (pytest exit {exit_status})"
+
+
+def _ranges(ids: list[int]) -> str:
+    """1-4, 7, 9-10: run ids compactly."""
+    if not ids:
+        return "none"
+    spans, start = [], ids[0]
+    for previous, current in zip(ids, ids[1:] + [None], strict=True):
+        if current != previous + 1 if current is not None else True:
+            spans.append(f"{start}" if start == previous else f"{start}-{previous}")
+            start = current
+    return ", ".join(spans)
 
 
 def _now() -> str:

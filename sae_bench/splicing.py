@@ -57,11 +57,15 @@ def resolve_hook(model: HookedTransformer, hook_name: str) -> HookSite:
     return HookSite(hook_name, int(match.group(1)), match.group(2))  # type: ignore[arg-type]
 
 
+class SAEDoesNotFit(ValueError):
+    """The SAE's input width is not the model's residual width at the hook."""
+
+
 def check_sae_fits(model: HookedTransformer, sae: SAE, site: HookSite) -> None:
     """Raise if the SAE's input width is not the model's residual width."""
     d_in, d_model = sae.cfg.d_in, model.cfg.d_model
     if d_in != d_model:
-        raise ValueError(
+        raise SAEDoesNotFit(
             f"the SAE reads d_in={d_in} activations but {site.name} has d_model={d_model}: this SAE was not "
             "trained on a model of this width"
         )

@@ -1,0 +1,474 @@
+"""What `pytest benchmarks` and `sae-bench gate` do with each (case, metric group): measure it, check it against its
+expectation file (written atomically under a lock when asked), record it, and keep every verdict with the SAE that
+produced it. No pytest here: an item's outcome is returned, or raised as `ItemSkipped` / `ItemFailed` /
+`ItemXfailed` / `UnusableSAE`, which `benchmarks/conftest.py` turns into pytest's.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+from sae_bench import expectation_store, expectations
+from sae_bench.cases import SHIPPED_CASES, Case, Registry, load_registry
+from sae_bench.errors import BadInput, UnusableSAE
+from sae_bench.execution import CaseExecutor
+
+SHIPPED_EXPECTATIONS = SHIPPED_CASES.parents[1] / "expectations"
+SPREAD_SUBSETS = 8
+PACKAGES = ("sae-transfer-bench", "torch", "sae-lens", "transformer-lens")
+VERDICT_COLUMNS = ["case", "group", "metric", "expected", "got", "threshold", "direction", "verdict", "sae"]
+VERDICT_COLUMNS += ["sae_sha256", "hook_mismatch_ok"]
+
+
+class ItemSkipped(Exception):
+    """The item cannot run here (a missing GPU, repo, artifact or dataset); the message says which."""
+
+
+class ItemFailed(Exception):
+    """The item ran and failed (a regression, a new expectation file to review, a rehearsal problem)."""
+
+
+class ItemXfailed(Exception):
+    """A known non-reproduction (a claim the seeds' numbers do not support here)."""
+
+
+@dataclass(frozen=True)
+class SuiteOptions:
+    """Everything a run of the suite is told (pytest options, or the gate's)."""
+
+    cases_dirs: tuple[Path, ...] = (SHIPPED_CASES,)
+    expectations_dir: Path = SHIPPED_EXPECTATIONS
+    device: str = "cpu"
+    update: bool = False
+    replace_published: bool = False
+    rehearse: bool = False
+    sae_override: str | None = None
+    sae_cases: str | None = None
+    """-k expression ('@' allowed) over item ids `CASE:GROUP`: the SAE is replaced in every case it selects an item
+    of (None: in every case)."""
+    strict_expectations: bool = False
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """One item that ran: which SAE (spec and weight hash) its numbers are about."""
+
+    case: str
+    group: str
+    sae: str
+    sae_sha256: str
+
+
+@dataclass
+class UpdatedValue:
+    """A value --update-expectations changed, for the end-of-run diff."""
+
+    path: Path
+    metric: str
+    old: float | str | None
+    new: float | str | None
+    verdict_before: str
+
+
+def check_device(name: str) -> None:
+    """Refuse, before anything loads, a device torch cannot parse or does not have."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise BadInput(f"--device {name!r} is not a torch device ({err}); use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(
+            f"--device {name}: torch sees no CUDA device on this machine. Drop --device to run on the CPU (GPU cases "
+            "then skip with their reason), or run on a machine with a GPU"
+        )
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BadInput(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
+    if device.type not in ("cpu", "cuda"):
+        raise BadInput(f"--device {name}: the suite runs on cpu or cuda")
+
+
+def load_registries(directories: Sequence[Path]) -> Registry:
+    """The cases and claims of every case folder; an id defined in two folders is an error naming both."""
+    registry = None
+    for directory in directories:
+        if not Path(directory).is_dir():
+            raise BadInput(f"--cases-dir {directory}: no such folder")
+        loaded = load_registry(Path(directory))
+        if registry is None:
+            registry = loaded
+            continue
+        twice = sorted(set(registry.cases) & set(loaded.cases))
+        if twice:
+            raise BadInput(f"case {twice[0]} is defined in {registry.cases[twice[0]].file} and in {directory}")
+        registry = Registry(registry.cases | loaded.cases, registry.claims | loaded.claims)
+    return registry
+
+
+def item_ids(case: Case) -> list[str]:
+    """The id of each test item of a case, `CASE:GROUP`, as pytest shows it."""
+    return [f"{case.id}:{group}" for group in case.groups]
+
+
+def cases_selected_by(registry: Registry, expression: str) -> list[str]:
+    """The cases whose items (`CASE:GROUP`) the -k expression selects: the unit an SAE is replaced in."""
+    from sae_bench.gate import Selection
+
+    selection = Selection(expression)
+    return [case.id for case in registry if any(selection.matches(item) for item in item_ids(case))]
+
+
+class Suite:
+    """Checks one (case, metric group) against its expectation file; collects every verdict of the session."""
+
+    def __init__(self, options: SuiteOptions, *, selection_args: str = "", is_worker: bool = False):
+        self.options = options
+        if options.rehearse and options.update:
+            raise BadInput("--rehearse never writes expectations: drop --update-expectations")
+        if options.replace_published and not options.update:
+            raise BadInput("--replace-published goes with --update-expectations")
+        if options.update and options.sae_override:
+            raise BadInput(
+                "--update-expectations with --sae would write the new SAE's numbers into the files of the SAE it "
+                "replaces: drop one (gate a new SAE without updating; update with the SAEs the case files name)"
+            )
+        if not options.rehearse:  # the rehearsal runs on the CPU whatever --device says
+            check_device(options.device)
+        self.shipped = load_registries(options.cases_dirs)
+        self.registry = self._with_override(self.shipped)
+        self.executor = CaseExecutor(device=options.device)
+        self.verdicts: list[pd.DataFrame] = []
+        self.evaluated: list[Evaluated] = []
+        self.unusable: dict[str, str] = {}
+        """Items whose SAE could not be evaluated, with why (the gate's exit 2)."""
+        self.updates: list[UpdatedValue] = []
+        self.claim_outcomes: list[tuple[str, bool, str]] = []
+        self.first_run_cases: set[str] = set()
+        self.pending: Counter[str] = Counter()
+        self.results, self.run_id, self.vectors_recorded = None, None, set()
+        self.selection_args, self.is_worker = selection_args, is_worker
+
+    # -- selection ----------------------------------------------------------------------------------------------
+    def _with_override(self, registry: Registry) -> Registry:
+        spec = self.options.sae_override
+        if not spec:
+            return registry
+        if self.options.sae_cases is None:
+            return registry.with_sae(spec)
+        replaced = set(cases_selected_by(registry, self.options.sae_cases))
+        return registry.with_sae(spec, replaced.__contains__)
+
+    @property
+    def replaced_cases(self) -> set[str]:
+        """The cases whose SAE --sae replaced."""
+        spec = self.options.sae_override
+        return {case.id for case in self.registry if spec and case.sae == spec != self.shipped.get(case.id).sae}
+
+    def as_run(self, case: Case) -> Case:
+        """The case as this run evaluates it: a hub case scaled down under --rehearse, else as registered."""
+        if self.options.rehearse and case.tier == "hub":
+            from sae_bench.rehearsal import scaled_case
+
+            return scaled_case(case)
+        return case
+
+    def expectation_problems(self, case_ids: Iterable[str]) -> list[str]:
+        """One message per expectation file of these cases that cannot be used, read before any case runs."""
+        paths = {self.registry.get(cid).expectation_path(self.options.expectations_dir): cid for cid in case_ids}
+        files, problems = expectation_store.read_all(paths)
+        for path, file in files.items():
+            if file.case != paths[path]:
+                problems.append(
+                    f"{path}: case: the file is for {file.case!r} but sits at the path of {paths[path]!r}. Move it, "
+                    "or delete it to measure the case afresh"
+                )
+        return problems
+
+    def orphan_expectations(self) -> list[Path]:
+        """Expectation files that no registered case reads."""
+        directory = self.options.expectations_dir
+        if not directory.is_dir():
+            return []
+        return expectation_store.orphans(directory, (case.expectation_path(directory) for case in self.shipped))
+
+    def plan(self, case_ids: Sequence[str]) -> list[str]:
+        """Tell the executor which cases will run (each model's together); returns them model by model."""
+        cases = {cid: self.as_run(self.registry.get(cid)) for cid in dict.fromkeys(case_ids)}
+        first_seen: dict[tuple, int] = {}
+        for case in cases.values():
+            first_seen.setdefault((case.family, case.model), len(first_seen))
+        family_order: dict[str, int] = {}
+        for case in cases.values():
+            family_order.setdefault(case.family, len(family_order))
+        self.pending = Counter(case_ids)
+        self.executor.plan(list(cases.values()))
+        return sorted(cases, key=lambda cid: (family_order[cases[cid].family], first_seen[_model_key(cases[cid])]))
+
+    def finished(self, case: Case) -> None:
+        """One item of `case` is done; after its last one the executor may release its models."""
+        self.pending[case.id] -= 1
+        if self.pending[case.id] == 0:
+            self.executor.done(case)
+
+    # -- one item -----------------------------------------------------------------------------------------------
+    def check(
+        self, case_id: str, group: str, record_property: Callable[[str, str], None] | None = None
+    ) -> str | None:
+        """Measure and judge one item; returns the message of an improvement beyond tolerance (the item passes,
+        with a warning), raises on a skip, a failure or an SAE that cannot be evaluated."""
+        case = self.as_run(self.registry.get(case_id))
+        try:
+            return self._check(case, group, record_property)
+        except UnusableSAE as err:
+            self.unusable[f"{case.id}:{group}"] = str(err)
+            raise
+        finally:
+            self.finished(case)
+
+    def _check(self, case: Case, group: str, record_property) -> str | None:
+        rehearsed = self.options.rehearse and case.tier == "hub"
+        reason = missing_for(case, self.options.device)
+        if reason:
+            if rehearsed:  # a rehearsal that skips proves nothing
+                raise ItemFailed(f"rehearsal: a stand-in is missing: {reason}")
+            raise ItemSkipped(reason)
+        measured = self.executor.measure(case)
+        sha = self.executor.sae_fingerprint(case.sae)
+        self.evaluated.append(Evaluated(case.id, group, case.sae, sha))
+        if record_property is not None:  # on the item's JUnit entry: which SAE these numbers are about
+            record_property("sae", case.sae)
+            record_property("sae_sha256", sha)
+        names = case.metrics(group)
+        path = case.expectation_path(self.options.expectations_dir)
+        if rehearsed and not path.exists():
+            from sae_bench.published import NOT_PUBLISHED
+
+            if case.family not in NOT_PUBLISHED:
+                raise ItemFailed(f"rehearsal: {path} is missing and {case.family} is not in NOT_PUBLISHED")
+            self.first_run_cases.add(case.id)  # measured end to end; a first real run writes its expectations
+            return None
+        with expectation_store.locked(path):
+            existing = expectations.read_expectations(path) if path.exists() else None
+            uncovered = [n for n in names if existing is None or not existing.covers(n)]
+            published = existing is not None and expectations.is_published(existing)
+            if (published or rehearsed) and uncovered:
+                raise ItemFailed(
+                    f"{path} lists neither a value nor an unchecked reason for {uncovered}; a published file must "
+                    "cover every metric of its case's groups (`sae-bench expectations published` writes them)"
+                )
+            if self.options.update and published and not self.options.replace_published:
+                raise ItemFailed(
+                    f"{path} holds published values; a measured run never overwrites them. Add "
+                    "--replace-published to replace them anyway (the old values and their source stay in the file)"
+                )
+            if self.options.update or uncovered:
+                self._write(case, path, existing, measured, names)
+        if uncovered and not self.options.update:
+            raise ItemFailed(f"wrote new {group} expectations to {path}; review the file and commit it")
+        table = expectations.compare(expectations.read_expectations(path), measured, names)
+        table = table.assign(case=case.id, group=group, sae=case.sae, sae_sha256=sha)
+        self.verdicts.append(table.assign(hook_mismatch_ok=case.hook_mismatch_ok or None))
+        if self.results is not None:
+            self._record(case, group, measured, table)
+        text = expectations.verdict_markdown(table[["metric", "expected", "got", "threshold", "direction", "verdict"]])
+        if rehearsed:  # miniatures are not the real models: report the verdicts, fail only on plumbing
+            return None
+        if (table.verdict == "regression").any():
+            raise ItemFailed(f"{case.id} [{group}] regressed against {path}:\n\n{text}\n")
+        if (table.verdict == "improved").any():
+            return f"{case.id} [{group}] improved beyond tolerance; update {path}:\n{text}"
+        return None
+
+    def _write(self, case: Case, path: Path, existing, measured: dict, names) -> None:
+        """New values for `names` (tolerances kept; metrics new to the file get the measured spread), written
+        atomically; every changed value is kept for the end-of-run diff with the verdict it had before."""
+        new_names = [n for n in names if existing is None or not existing.covers(n)]
+        spread = {}
+        if new_names:
+            subsets = self.executor.measure(case, subsets=SPREAD_SUBSETS)
+            for name in new_names:
+                spread[name] = expectations.spread_tolerance([s.get(name) for s in subsets], value=measured.get(name))
+        new, diff = expectations.updated(
+            existing,
+            case.id,
+            measured,
+            names,
+            measured_provenance(case, self.executor),
+            spread,
+            spread_basis=f"3 standard errors from {SPREAD_SUBSETS} disjoint row subsets of this case's tokens",
+            replace_published=self.options.replace_published,
+        )
+        before = {} if existing is None else expectations.compare(existing, measured, names).set_index("metric")
+        expectation_store.write_atomic(path, new.to_json())
+        for row in diff.itertuples():
+            verdict = before.verdict.get(row.metric, "new") if len(before) else "new"
+            self.updates.append(UpdatedValue(path, row.metric, row.old, row.new, verdict))
+
+    # -- claims -------------------------------------------------------------------------------------------------
+    def check_claim(self, claim_id: str) -> None:
+        """Evaluate one claim over its cases' measurements (shared with the case items); print both sides."""
+        from sae_bench.claims import judge
+
+        claim = self.registry.claim(claim_id)
+        cases = [self.as_run(self.registry.get(case_id)) for case_id in claim.case_ids]
+        rehearsed = self.options.rehearse and any(case.tier == "hub" for case in cases)
+        reasons = [reason for case in cases if (reason := missing_for(case, self.options.device))]
+        if reasons:
+            if rehearsed:
+                raise ItemFailed(f"rehearsal: a stand-in is missing: {'; '.join(reasons)}")
+            raise ItemSkipped(f"claim {claim.id} relates cases that cannot run here: {'; '.join(reasons)}")
+        by_id = {case.id: case for case in cases}
+        values, undefined = {}, []
+        for term in claim.terms:
+            case = by_id[term.case_id]
+            try:
+                value = self.executor.measure(case).get(term.metric)
+            except UnusableSAE as err:
+                self.unusable[claim.id] = str(err)
+                raise
+            if value is None:
+                why = self.executor.details(case)[0].get(term.metric, "undefined")
+                undefined.append(f"{term} is undefined ({why})")
+            values[term] = value
+        if undefined:
+            raise ItemFailed(f"claim {claim.id} cannot be decided: {'; '.join(undefined)}")
+        outcome = claim.evaluate(values)
+        text = f"{claim.id}: {outcome.explain(values)}\n  source: {claim.source}\n  margin: {claim.margin}"
+        self.claim_outcomes.append((claim.id, outcome.holds, text))
+        if rehearsed:  # miniatures are not the real models: the claim ran end to end, its verdict is not judged
+            return
+        verdict, why = judge(claim, outcome)
+        if verdict == "xfailed":
+            raise ItemXfailed(why)
+        if verdict == "failed":
+            raise ItemFailed(f"{text}\n{why}")
+
+    # -- results ------------------------------------------------------------------------------------------------
+    def open_results(self, path: str | None, *, disabled: bool, run_id: int | None, git_commit: str | None) -> None:
+        """The results database of this run (none for a rehearsal: miniature numbers are not results); a worker
+        of pytest-xdist records into its controller's `run_id`."""
+        from importlib.metadata import version
+
+        from sae_bench.results_db import ResultsDB, default_path
+
+        if disabled or self.options.rehearse:
+            return
+        self.results = ResultsDB(path or default_path())
+        if run_id is not None:
+            self.run_id = run_id
+            return
+        self.run_id = self.results.start_run(
+            selection=self.selection_args,
+            device=self.options.device,
+            git_commit=git_commit,
+            versions={p: version(p) for p in PACKAGES},
+        )
+
+    def _record(self, case: Case, group: str, measured: dict, table: pd.DataFrame) -> None:
+        """Keep what this (case, group) measured in the results database; the case's vectors once a run."""
+        from sae_bench.results_db import CaseMeasurement
+        from sae_bench.sources import source_fingerprint
+
+        undefined, vectors = self.executor.details(case)
+        names = case.metrics(group)
+        self.results.record(
+            self.run_id,
+            CaseMeasurement(
+                case.id,
+                group,
+                {name: measured.get(name) for name in names},
+                {name: undefined[name] for name in names if name in undefined},
+                table,
+                case.sae,
+                self.executor.sae_fingerprint(case.sae),
+                case.model,
+                source_fingerprint(case.model),
+                int(measured.get("n_tokens_reconstructed") or measured.get("n_tokens") or 0),
+            ),
+        )
+        if case.id not in self.vectors_recorded:
+            self.results.record_vectors(self.run_id, case.id, {k: v.cpu().numpy() for k, v in vectors.items()})
+            self.vectors_recorded.add(case.id)
+
+    # -- output -------------------------------------------------------------------------------------------------
+    def verdict_table(self) -> pd.DataFrame:
+        table = pd.concat(self.verdicts, ignore_index=True) if self.verdicts else pd.DataFrame()
+        return table.reindex(columns=VERDICT_COLUMNS)
+
+    def write_table(self, target: str) -> None:
+        table = self.verdict_table()
+        if target.endswith(".csv"):
+            table.to_csv(target, index=False)
+        else:
+            Path(target).write_text(expectations.verdict_markdown(table) + "\n")
+
+    def update_diff(self) -> pd.DataFrame:
+        """Every value --update-expectations changed: file, metric, old → new, and its verdict before."""
+        rows = [vars(u) | {"path": str(u.path)} for u in self.updates]
+        return pd.DataFrame(rows, columns=["path", "metric", "old", "new", "verdict_before"])
+
+
+def _model_key(case: Case) -> tuple:
+    return (case.family, case.model)
+
+
+def missing_for(case: Case, device: str) -> str | None:
+    """Everything this case lacks here, at once (None: it can run)."""
+    from sae_bench.hub import missing
+
+    reasons = (
+        ["a CUDA GPU (run with --device cuda on a machine that has one)"]
+        if case.gpu and not device.startswith("cuda")
+        else []
+    )
+    for spec in dict.fromkeys(s for s in (case.sae, case.model, case.base_model) if s is not None):
+        reasons += missing(spec)
+    reasons += missing(case.dataset, dataset=True)
+    if not reasons:
+        return None
+    return f"{case.id} needs " + "; ".join(f"({i}) {reason}" for i, reason in enumerate(reasons, 1))
+
+
+def measured_provenance(case: Case, executor: CaseExecutor) -> dict:
+    from importlib.metadata import version
+
+    tokens = executor.tokens(case)
+    n_positions = tokens.tokens.numel() if tokens.position_mask is None else int(tokens.position_mask.sum())
+    return {
+        "kind": "measured",
+        "command": f"pytest benchmarks --case-id '{case.id}' --update-expectations",
+        "rows": int(tokens.tokens.shape[0]),
+        "positions": n_positions,
+        "seed": "none needed: fixed shipped rows, greedy rollouts, deterministic on CPU",
+        "versions": {p: version(p) for p in PACKAGES},
+        "date": date.today().isoformat(),
+    }
+
+
+@dataclass
+class ExpectationsDigest:
+    """One sha256 over every file under a folder (names and bytes), to prove a run wrote nothing there."""
+
+    directory: Path
+    before: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.before = self.now()
+
+    def now(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for path in sorted(p for p in self.directory.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(self.directory)).encode() + b"\0" + path.read_bytes())
+        return digest.hexdigest()
+
+    def changed(self) -> bool:
+        return self.now() != self.before
