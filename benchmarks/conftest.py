@@ -252,7 +252,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     if suite.updates:
         terminalreporter.section("expectations updated (old → new; verdict_before: how the case stood before)")
-        terminalreporter.write_line(suite.update_diff().to_markdown(index=False, floatfmt=".6g", missingval="undefined"))
+        terminalreporter.write_line(
+            suite.update_diff().to_markdown(index=False, floatfmt=".6g", missingval="undefined")
+        )
     cost = suite.executor.cost.table()
     if len(cost) > 1:
         terminalreporter.section(

@@ -89,10 +89,22 @@ def _gate(args: argparse.Namespace) -> int:
     if args.rehearse:  # before anything imports huggingface_hub, which reads its settings once
         from sae_bench.rehearsal import activate
 
-        activate(extra_saes=[args.sae])
+        activate(extra_saes=[args.sae], extra_hook=_gated_hook(args))
     from sae_bench.gate import run_gate
 
-    return run_gate(args.sae, args.cases, junit=args.junit, table=args.table, rehearse=args.rehearse)
+    return run_gate(
+        args.sae, args.cases, junit=args.junit, table=args.table, rehearse=args.rehearse, cases_dirs=args.cases_dir
+    )
+
+
+def _gated_hook(args: argparse.Namespace) -> str | None:
+    """The hook of the first hub case the gate selects: where a stand-in for a new hub SAE must read."""
+    from sae_bench.cases import SHIPPED_CASES
+    from sae_bench.suite import cases_selected_by, load_registries
+
+    registry = load_registries(tuple(args.cases_dir) or (SHIPPED_CASES,))
+    hub = [cid for cid in cases_selected_by(registry, args.cases) if registry.get(cid).tier == "hub"]
+    return registry.get(hub[0]).hook if hub else None
 
 
 def _add_gate_command(commands) -> None:
@@ -102,8 +114,21 @@ def _add_gate_command(commands) -> None:
         "2 bad input)",
     )
     gate.add_argument("--sae", required=True, help="the new SAE: saelens:RELEASE/ID, hf:, wandb:, zoo:, or a folder")
-    gate.add_argument("--cases", required=True, help="pytest -k expression selecting the cases whose SAE it replaces")
-    gate.add_argument("--junit", metavar="FILE", help="write JUnit XML here")
+    gate.add_argument(
+        "--cases",
+        required=True,
+        help="-k expression ('@' allowed) over item ids CASE:GROUP; the SAE is replaced in every case it selects an "
+        "item of",
+    )
+    gate.add_argument(
+        "--cases-dir",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="case files from this folder instead of the shipped ones (repeatable)",
+    )
+    gate.add_argument("--junit", metavar="FILE", help="write JUnit XML here (each entry names the SAE and its sha256)")
     gate.add_argument("--table", metavar="FILE", help="write the verdict table here (.md or .csv)")
     gate.add_argument(
         "--rehearse",

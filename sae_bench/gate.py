@@ -1,23 +1,30 @@
-"""`sae-bench gate`: run the cases a new SAE replaces, with the new SAE, against their stored expectations.
+"""`sae-bench gate`: run the cases a new SAE replaces, with the new SAE, against their stored expectations, and
+fail closed (DESIGN §12).
 
-The claims that relate a selected case run too, with the new SAE in the selected cases and the others as they are.
-Exit 0 when every selected case ran, nothing regressed and no claim broke; 1 on a regression or a broken claim (or
-an error); 2 on bad usage or input: an SAE that cannot be loaded, an expression that selects no case, or cases that
-were all skipped (a gate never passes without running). With `rehearse`, the selected hub cases run on the offline
-stand-ins (`sae_bench.rehearsal`): exit 0 means each ran end to end with the SAE; its verdicts are reported, not
-judged.
+The `--cases` expression selects test items (`CASE:GROUP`, '@' allowed); the new SAE replaces the SAE of every case
+it selects an item of, and those items run, with the claims that relate a selected case (the other cases as they
+are). Before anything runs, each selected case is checked to be one the new SAE can stand in (its hook, width and
+model family). After the run the gate proves, from the suite's own record, that every selected item evaluated the
+new SAE (its spec and the sha256 of its weights, on every verdict row and JUnit entry).
+
+Exit 0: every selected item ran with the new SAE and held, and so did every claim; 1: a regression or a broken
+claim; 2: bad input (an SAE that cannot be loaded or evaluated, a selection that matches no case or cases the SAE
+cannot replace, an item that could not run); 130: interrupted. With `rehearse`, the selected hub cases run on the
+offline stand-ins (`sae_bench.rehearsal`): exit 0 means each ran end to end with the SAE; its verdicts are
+reported, not judged.
 """
 
 from __future__ import annotations
 
+import difflib
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION, BadInput
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
-
-
 AT = "__at__"
 
 
@@ -27,40 +34,107 @@ class Selection:
     def __init__(self, expression: str):
         from _pytest.mark.expression import Expression  # pytest's -k parser; public API has no equivalent
 
-        self.expression = Expression.compile(expression.replace("@", AT))
+        try:
+            self.expression = Expression.compile(expression.replace("@", AT))
+        except Exception as err:  # noqa: BLE001 - pytest's ParseError is private
+            raise BadInput(f"{expression!r} is not a -k expression: {err}") from None
 
-    def matches(self, nodeid: str) -> bool:
-        text = nodeid.replace("@", AT).lower()
-        return self.expression.evaluate(lambda name, /, **_: name.lower() in text)
+    def matches(self, name: str) -> bool:
+        text = name.replace("@", AT).lower()
+        return self.expression.evaluate(lambda word, /, **_: word.lower() in text)
 
-    def keeps(self, item, config) -> bool:
-        """A case item by its id; a claim item when any case it relates is selected."""
-        claim_id = getattr(item, "callspec", None) and item.callspec.params.get("claim_id")
-        if not claim_id:
-            return self.matches(item.nodeid)
-        claim = config._sae_bench_suite.registry.claim(claim_id)
-        return any(self.matches(case_id) for case_id in claim.case_ids)
+
+@dataclass
+class GatePlugin:
+    """Keeps the selected items (and the claims over their cases), and counts what happened to them."""
+
+    selection: Selection
+    case_ids: set[str]
+    counts: dict[str, int] = field(default_factory=lambda: {"passed": 0, "failed": 0, "skipped": 0})
+    skip_reasons: list[str] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)
+    config: object = None
+
+    def pytest_configure(self, config) -> None:
+        self.config = config
+
+    def keeps(self, item) -> bool:
+        params = getattr(item, "callspec", None) and item.callspec.params
+        if not params:
+            return False
+        if "claim_id" in params:
+            claim = self.config._sae_bench_suite.registry.claim(params["claim_id"])
+            return any(case_id in self.case_ids for case_id in claim.case_ids)
+        case_id, group = params["case_id"], params["group"]
+        return case_id in self.case_ids and self.selection.matches(f"{case_id}:{group}")
 
     def pytest_collection_modifyitems(self, config, items) -> None:
-        kept = [item for item in items if self.keeps(item, config)]
+        kept = [item for item in items if self.keeps(item)]
         dropped = [item for item in items if item not in kept]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
         items[:] = kept
-
-
-@dataclass
-class _Outcomes:
-    """A pytest plugin counting what happened to the selected items."""
-
-    counts: dict[str, int] = field(default_factory=lambda: {"passed": 0, "failed": 0, "skipped": 0})
-    skip_reasons: list[str] = field(default_factory=list)
+        self.kept = [
+            (i.callspec.params["case_id"], i.callspec.params["group"]) for i in kept if "group" in i.callspec.params
+        ]
 
     def pytest_runtest_logreport(self, report) -> None:
         if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
             self.counts[report.outcome] = self.counts.get(report.outcome, 0) + 1
             if report.outcome == "skipped":
                 self.skip_reasons.append(str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else "")
+
+
+def spec_problem(spec: str) -> str | None:
+    """A spec that names a local folder that is not there (or not an SAE folder), said as such."""
+    schemes = ("zoo:", "saelens:", "hf:", "wandb:", "unreleased:")
+    if spec.startswith(schemes):
+        return None
+    path = Path(spec)
+    if not path.exists():
+        return (
+            f"--sae {spec}: no such folder. Give a local SAELens folder (cfg.json + sae_weights.safetensors) or a "
+            "spec: zoo:FAMILY/NAME, saelens:RELEASE/ID, hf:ORG/REPO/FOLDER, wandb:ENTITY/PROJECT/NAME:VERSION"
+        )
+    if not path.is_dir():
+        return f"--sae {spec} is a file; an SAE is a folder holding cfg.json and sae_weights.safetensors"
+    missing = [name for name in ("cfg.json", "sae_weights.safetensors") if not (path / name).is_file()]
+    if missing:
+        return f"--sae {spec} holds no {' or '.join(missing)}: not a SAELens SAE folder (SAE.save_model writes one)"
+    return None
+
+
+def replacement_problem(new_sae, case, old_sae=None) -> str | None:
+    """Why `new_sae` cannot stand in `case` (whose own SAE is `old_sae`, when it can be loaded here): another hook
+    than the case splices at, another input width or dictionary size, another model family."""
+    from sae_bench.execution import sae_fit_problem
+
+    problem = sae_fit_problem(new_sae, case)
+    if problem:
+        return problem
+    trained_on = getattr(new_sae.cfg.metadata, "model_name", None) or ""
+    family = _zoo_family(trained_on)
+    if family and not case.model.startswith(f"zoo:{family}/"):
+        return f"the SAE was trained on {trained_on} (zoo family {family}); the case's model is {case.model}"
+    if old_sae is None:
+        return None
+    if _zoo_family(getattr(old_sae.cfg.metadata, "model_name", "") or "") not in (None, family):
+        return f"the SAE was trained on {trained_on}; the SAE it would replace on {old_sae.cfg.metadata.model_name}"
+    for what, new, old in (
+        ("d_in", new_sae.cfg.d_in, old_sae.cfg.d_in),
+        ("d_sae", new_sae.cfg.d_sae, old_sae.cfg.d_sae),
+    ):
+        if new != old:
+            return f"its {what} is {new}, the SAE it would replace ({case.sae}) has {what} {old}"
+    return None
+
+
+def _zoo_family(model_name: str) -> str | None:
+    return model_name.removeprefix("zoo:").split("/")[0] if model_name.startswith("zoo:") else None
+
+
+def _locally_loadable(spec: str) -> bool:
+    return spec.startswith("zoo:") or Path(spec).is_dir()
 
 
 def run_gate(
@@ -70,41 +144,101 @@ def run_gate(
     junit: str | None = None,
     table: str | None = None,
     rehearse: bool = False,
+    cases_dirs: Sequence[Path] = (),
     benchmarks: Path = BENCHMARKS,
 ) -> int:
+    """Run the gate; returns its exit code, having said on stderr why when it is not 0."""
     import pytest
 
+    from sae_bench.evaluate import non_finite_weights
+    from sae_bench.execution import weights_sha256
     from sae_bench.sources import load_sae
+    from sae_bench.suite import cases_selected_by, load_registries
 
+    problem = spec_problem(sae)
+    if problem:
+        return _say(problem, EXIT_BAD_INPUT)
     try:
-        load_sae(sae)
+        new_sae = load_sae(sae)
     except Exception as err:  # noqa: BLE001 - any load failure is bad input, reported as such
-        print(f"sae-bench gate: cannot load the SAE {sae!r}: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        selection = Selection(cases)
-    except Exception as err:  # noqa: BLE001 - pytest's ParseError is private
-        print(f"sae-bench gate: --cases {cases!r} is not a -k expression: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        return _say(f"cannot load the SAE {sae!r}: {err}", EXIT_BAD_INPUT)
+    if any(not bool(p.isfinite().all()) for p in new_sae.parameters()):
+        return _say(f"the SAE {sae} cannot be evaluated: {non_finite_weights(new_sae)}", EXIT_BAD_INPUT)
+    sha = weights_sha256(new_sae)
+    from sae_bench.cases import SHIPPED_CASES
+
+    registry = load_registries(tuple(cases_dirs) or (SHIPPED_CASES,))
+    selection = Selection(cases)
+    selected = cases_selected_by(registry, cases)
+    if rehearse:
+        selected = [cid for cid in selected if registry.get(cid).tier == "hub"]
+    if not selected:
+        close = difflib.get_close_matches(cases, list(registry.cases), n=3, cutoff=0.4)
+        hint = (
+            f"; close case ids: {', '.join(close)}" if close else " (`pytest benchmarks --collect-only -q` lists them)"
+        )
+        return _say(f"--cases {cases!r} selects no {'hub ' if rehearse else ''}case{hint}", EXIT_BAD_INPUT)
+    refused = {}
+    for case_id in selected:
+        case = registry.get(case_id)
+        old = load_sae(case.sae) if _locally_loadable(case.sae) else None
+        if why := replacement_problem(new_sae, case, old):
+            refused[case_id] = why
+    if refused:
+        lines = "\n".join(f"  {case_id}: {why}" for case_id, why in refused.items())
+        return _say(
+            f"the SAE {sae} cannot replace the SAE of {len(refused)} of the {len(selected)} selected cases:\n{lines}\n"
+            "Narrow --cases to the cases it was trained for",
+            EXIT_BAD_INPUT,
+        )
     args = [str(benchmarks / "test_cases.py"), str(benchmarks / "test_claims.py"), "--sae", sae, "--sae-cases", cases]
     args += ["-p", "no:cacheprovider", "-q"]
+    args += [f"--cases-dir={d}" for d in cases_dirs]
     args += ["--junitxml", junit] if junit else []
     args += ["--verdict-table", table] if table else []
     args += ["--rehearse", "-m", "hub"] if rehearse else []
-    outcomes = _Outcomes()
-    code = pytest.main(args, plugins=[selection, outcomes])
-    if code == pytest.ExitCode.NO_TESTS_COLLECTED:
-        print(
-            f"sae-bench gate: no case matches -k {cases!r} (`pytest benchmarks --collect-only -q` lists them)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
+    plugin = GatePlugin(selection, set(selected))
+    code = pytest.main(args, plugins=[plugin])
+    return _verdict(code, plugin, sae, sha, rehearse)
+
+
+def _verdict(code, plugin: GatePlugin, sae: str, sha: str, rehearse: bool) -> int:
+    """The gate's exit code from what pytest did and what the suite recorded; fails closed."""
+    import pytest
+
+    if code == pytest.ExitCode.INTERRUPTED:
+        return _say("interrupted (Ctrl-C): the gate did not finish, nothing is vouched for", EXIT_INTERRUPTED)
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
-        return EXIT_USAGE
-    if outcomes.counts["failed"]:
+        return _say(f"pytest stopped with exit {int(code)} before judging (its message is above)", EXIT_BAD_INPUT)
+    suite = plugin.config._sae_bench_suite
+    if suite.unusable:
+        reasons = sorted(set(suite.unusable.values()))
+        return _say(f"the SAE cannot be evaluated: {'; '.join(reasons)}", EXIT_BAD_INPUT)
+    wrong = [
+        e for e in suite.evaluated if (e.case, e.group) in set(plugin.kept) and (e.sae, e.sae_sha256) != (sae, sha)
+    ]
+    rows = suite.verdict_table()
+    wrong_rows = rows[(rows.sae != sae) | (rows.sae_sha256 != sha)] if len(rows) else rows
+    if wrong or len(wrong_rows):
+        names = sorted({f"{e.case}:{e.group} ran {e.sae}" for e in wrong} | set(wrong_rows.case.astype(str)))
+        return _say(f"not every selected item evaluated the new SAE ({', '.join(names)}); nothing is vouched for", 2)
+    if plugin.counts["failed"]:
         return EXIT_REGRESSION
-    if not outcomes.counts["passed"]:
-        reasons = "; ".join(sorted(set(outcomes.skip_reasons))[:3])
-        print(f"sae-bench gate: every selected case was skipped, so nothing was checked ({reasons})", file=sys.stderr)
-        return EXIT_USAGE
+    ran = {(e.case, e.group) for e in suite.evaluated}
+    not_run = [f"{case}:{group}" for case, group in plugin.kept if (case, group) not in ran]
+    if not_run:
+        reasons = "; ".join(sorted(set(plugin.skip_reasons))[:3])
+        return _say(
+            f"{len(not_run)} of {len(plugin.kept)} selected items did not run ({', '.join(not_run[:5])}"
+            f"{', …' if len(not_run) > 5 else ''}), so the gate cannot pass them: {reasons}",
+            EXIT_BAD_INPUT,
+        )
+    cases = len({case for case, _ in plugin.kept})
+    what = "ran end to end on the stand-ins" if rehearse else "ran and held"
+    print(f"sae-bench gate: ok: {sae} (sha256 {sha[:16]}…) {what} in {cases} cases ({len(plugin.kept)} items)")
     return EXIT_OK
+
+
+def _say(message: str, code: int) -> int:
+    print(f"sae-bench gate: {message}", file=sys.stderr)
+    return code

@@ -181,7 +181,9 @@ def build_report(db: ResultsDB, out: Path, run: str | int | None = "latest", cas
         raise BadInput(f"run {run_id} recorded no case matching {cases!r}; it recorded {frame.case_id.nunique()} cases")
     frame = frame[frame.case_id.isin(selected)]
     if out.exists() and not out.is_dir():
-        raise BadInput(f"--out {out} is a file; the report is a folder (report.html, report.md, the PNGs): name a folder")
+        raise BadInput(
+            f"--out {out} is a file; the report is a folder (report.html, report.md, the PNGs): name a folder"
+        )
     out.mkdir(parents=True, exist_ok=True)
     registry = load_registry(SHIPPED_CASES)
     known = [case for case in registry if case.id in set(selected)]  # in case-file order

@@ -122,7 +122,9 @@ class ResultsDB:
             fix = "make it writable, or pass --results with a writable path (or --no-results)"
             return f"cannot write the results database {self.path} ({text}): {fix}"
         if "no such table" in text:
-            return f"{self.path} is an SQLite file but not a results database ({text}); pass --results with another path"
+            return (
+                f"{self.path} is an SQLite file but not a results database ({text}); pass --results with another path"
+            )
         what = "read" if read_only else "use"
         return (
             f"cannot {what} {self.path} as a results database ({text}): it is not an SQLite file written by this "
@@ -190,7 +192,9 @@ class ResultsDB:
 
     def run_status(self, run: int) -> str:
         """finished (passed or failed), or why not: still running or killed, interrupted, stopped by an error."""
-        ended, exit_status = self.connection.execute("SELECT ended, exit_status FROM runs WHERE id = ?", (run,)).fetchone()
+        ended, exit_status = self.connection.execute(
+            "SELECT ended, exit_status FROM runs WHERE id = ?", (run,)
+        ).fetchone()
         return run_status(ended, exit_status)
 
     def measurements(

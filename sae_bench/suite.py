@@ -218,9 +218,7 @@ class Suite:
             self.executor.done(case)
 
     # -- one item -----------------------------------------------------------------------------------------------
-    def check(
-        self, case_id: str, group: str, record_property: Callable[[str, str], None] | None = None
-    ) -> str | None:
+    def check(self, case_id: str, group: str, record_property: Callable[[str, str], None] | None = None) -> str | None:
         """Measure and judge one item; returns the message of an improvement beyond tolerance (the item passes,
         with a warning), raises on a skip, a failure or an SAE that cannot be evaluated."""
         case = self.as_run(self.registry.get(case_id))

@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from sae_bench.evaluate import EvalConfig, estimate_scaling_factor, evaluate_transfer
 from sae_bench.expectations import FLOAT_FLOOR_REL
 from sae_bench.metrics import FLOAT32_ROUNDING
-from sae_bench.evaluate import EvalConfig, estimate_scaling_factor, evaluate_transfer
 from sae_bench.outliers import OutlierPolicy
 from sae_bench.results import TransferReport
 from tests.conftest import D_MODEL, D_VOCAB, N_LAYERS, identity_sae, standard_sae, tiny_model, zero_sae

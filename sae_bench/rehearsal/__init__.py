@@ -15,7 +15,6 @@ A rehearsal proves plumbing and bookkeeping, never the published numbers: those 
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -79,12 +78,12 @@ def _recipe_digest() -> str:
 _active: Path | None = None
 
 
-def activate(root: Path | None = None, extra_saes: Sequence[str] = ()) -> Path:
+def activate(root: Path | None = None, extra_saes: Sequence[str] = (), extra_hook: str | None = None) -> Path:
     """Build the stand-ins (once per recipe) and point every hub source at them; returns their root.
 
-    `extra_saes`: further SAE specs to stand in for (a release gated with `sae-bench gate --rehearse`); local
-    folders and zoo specs are used as they are. Must run before huggingface_hub, transformers, datasets or wandb
-    are imported: they read these settings once.
+    `extra_saes`: further SAE specs to stand in for (a release gated with `sae-bench gate --rehearse`), reading
+    `extra_hook` (the gated cases' hook); local folders and zoo specs are used as they are. Must run before
+    huggingface_hub, transformers, datasets or wandb are imported: they read these settings once.
     """
     global _active
     in_cache = root is None and not os.environ.get(ROOT_ENV)
@@ -104,7 +103,7 @@ def activate(root: Path | None = None, extra_saes: Sequence[str] = ()) -> Path:
     os.environ.update(settings)
     for name in ("HF_TOKEN", "WANDB_API_KEY"):
         os.environ.pop(name, None)  # a rehearsal must never reach a hub, even with credentials at hand
-    _build_once(root, extra_saes)
+    _build_once(root, extra_saes, extra_hook or "blocks.0.hook_resid_pre")
     if in_cache:
         _prune_stale_builds(root)
     substitute_hard_coded_configs()
@@ -129,15 +128,16 @@ def environment(root: Path) -> dict[str, str]:
     }
 
 
-def _build_once(root: Path, extra_saes: Sequence[str]) -> None:
+def _build_once(root: Path, extra_saes: Sequence[str], extra_hook: str) -> None:
     """Build under an exclusive lock, so pytest-xdist workers wait for one build and then share it."""
     from sae_bench.cases import load_registry
     from sae_bench.rehearsal.stand_ins import build_stand_ins, needs_of, write_sae_stand_in
 
     root.mkdir(parents=True, exist_ok=True)
     done = root / "built.json"
-    with open(root / "build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    from filelock import FileLock
+
+    with FileLock(root / "build.lock", preserve_lock_file=True):
         if not done.is_file():
             needs = needs_of(load_registry(SHIPPED_CASES))
             build_stand_ins(root, needs)
@@ -145,7 +145,7 @@ def _build_once(root: Path, extra_saes: Sequence[str]) -> None:
             done.write_text(json.dumps(summary, indent=2))
         for spec in extra_saes:
             if spec.split(":")[0] in ("saelens", "wandb", "unreleased") and not Path(spec).is_dir():
-                write_sae_stand_in(root, spec, hook="blocks.0.hook_resid_pre")
+                write_sae_stand_in(root, spec, hook=extra_hook)
 
 
 STALE_AFTER_S = 7 * 24 * 3600
