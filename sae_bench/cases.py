@@ -12,7 +12,7 @@ import difflib
 import itertools
 import re
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -376,3 +376,33 @@ def load_registry(directory: Path) -> Registry:
     for path in sorted(directory.glob("*.toml")):
         registry.claims.update((claim.id, claim) for claim in read_claims(path, _parse_toml(path), registry))
     return registry
+
+
+def load_registries(directories: Sequence[Path]) -> Registry:
+    """The cases and claims of every case folder; an id defined in two folders is an error naming both."""
+    registry = None
+    for directory in directories:
+        if not Path(directory).is_dir():
+            raise BadInput(f"--cases-dir {directory}: no such folder")
+        loaded = load_registry(Path(directory))
+        if registry is None:
+            registry = loaded
+            continue
+        twice = sorted(set(registry.cases) & set(loaded.cases))
+        if twice:
+            raise BadInput(f"case {twice[0]} is defined in {registry.cases[twice[0]].file} and in {directory}")
+        registry = Registry(registry.cases | loaded.cases, registry.claims | loaded.claims)
+    return registry
+
+
+def item_ids(case: Case) -> list[str]:
+    """The id of each test item of a case, `CASE:GROUP`, as pytest shows it."""
+    return [f"{case.id}:{group}" for group in case.groups]
+
+
+def cases_selected_by(registry: Registry, expression: str) -> list[str]:
+    """The cases whose items (`CASE:GROUP`) the -k expression selects: the unit an SAE is replaced in."""
+    from sae_bench.gate import Selection
+
+    selection = Selection(expression)
+    return [case.id for case in registry if any(selection.matches(item) for item in item_ids(case))]

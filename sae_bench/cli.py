@@ -99,8 +99,7 @@ def _gate(args: argparse.Namespace) -> int:
 
 def _gated_hook(args: argparse.Namespace) -> str | None:
     """The hook of the first hub case the gate selects: where a stand-in for a new hub SAE must read."""
-    from sae_bench.cases import SHIPPED_CASES
-    from sae_bench.suite import cases_selected_by, load_registries
+    from sae_bench.cases import SHIPPED_CASES, cases_selected_by, load_registries
 
     registry = load_registries(tuple(args.cases_dir) or (SHIPPED_CASES,))
     hub = [cid for cid in cases_selected_by(registry, args.cases) if registry.get(cid).tier == "hub"]

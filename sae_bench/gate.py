@@ -150,10 +150,10 @@ def run_gate(
     """Run the gate; returns its exit code, having said on stderr why when it is not 0."""
     import pytest
 
+    from sae_bench.cases import cases_selected_by, load_registries
     from sae_bench.evaluate import non_finite_weights
     from sae_bench.execution import weights_sha256
     from sae_bench.sources import load_sae
-    from sae_bench.suite import cases_selected_by, load_registries
 
     problem = spec_problem(sae)
     if problem:

@@ -77,8 +77,9 @@ def _explained_variance_from_sums(
     """1 − SSE / SST, undefined when SST is at the rounding level of the activations (FLOAT32_ROUNDING)."""
     if total_sum_of_squares <= FLOAT32_ROUNDING**2 * raw_sum_of_squares or total_sum_of_squares <= 0.0:
         raise UndefinedMetric(
-            f"{name}: the activations' variance over the evaluated tokens ({total_sum_of_squares:.3g}) is at the "
-            f"level of float32 rounding of their size (Σ‖x‖² = {raw_sum_of_squares:.3g}); the ratio would be noise"
+            f"{name}: the activations have zero variance over the evaluated tokens, within float32 rounding "
+            f"(Σ‖x − x̄‖² = {total_sum_of_squares:.3g} against Σ‖x‖² = {raw_sum_of_squares:.3g}); the ratio would "
+            "be noise"
         )
     return 1.0 - sum_squared_error / total_sum_of_squares
 

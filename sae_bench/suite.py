@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from sae_bench import expectation_store, expectations
-from sae_bench.cases import SHIPPED_CASES, Case, Registry, load_registry
+from sae_bench.cases import SHIPPED_CASES, Case, Registry, cases_selected_by, load_registries
 from sae_bench.errors import BadInput, UnusableSAE
 from sae_bench.execution import CaseExecutor
 
@@ -93,36 +93,6 @@ def check_device(name: str) -> None:
         raise BadInput(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
     if device.type not in ("cpu", "cuda"):
         raise BadInput(f"--device {name}: the suite runs on cpu or cuda")
-
-
-def load_registries(directories: Sequence[Path]) -> Registry:
-    """The cases and claims of every case folder; an id defined in two folders is an error naming both."""
-    registry = None
-    for directory in directories:
-        if not Path(directory).is_dir():
-            raise BadInput(f"--cases-dir {directory}: no such folder")
-        loaded = load_registry(Path(directory))
-        if registry is None:
-            registry = loaded
-            continue
-        twice = sorted(set(registry.cases) & set(loaded.cases))
-        if twice:
-            raise BadInput(f"case {twice[0]} is defined in {registry.cases[twice[0]].file} and in {directory}")
-        registry = Registry(registry.cases | loaded.cases, registry.claims | loaded.claims)
-    return registry
-
-
-def item_ids(case: Case) -> list[str]:
-    """The id of each test item of a case, `CASE:GROUP`, as pytest shows it."""
-    return [f"{case.id}:{group}" for group in case.groups]
-
-
-def cases_selected_by(registry: Registry, expression: str) -> list[str]:
-    """The cases whose items (`CASE:GROUP`) the -k expression selects: the unit an SAE is replaced in."""
-    from sae_bench.gate import Selection
-
-    selection = Selection(expression)
-    return [case.id for case in registry if any(selection.matches(item) for item in item_ids(case))]
 
 
 class Suite:

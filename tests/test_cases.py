@@ -103,7 +103,7 @@ def test_unknown_case_id_suggests_close_ones():
 
 
 def test_hub_case_offline_skip_names_everything_it_lacks_at_once(monkeypatch, tmp_path):
-    from benchmarks.conftest import missing_for
+    from sae_bench.suite import missing_for
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache, whatever this machine holds

@@ -1,12 +1,17 @@
-"""`sae-bench gate` on a zoo pair: an unchanged SAE passes, a broken one fails with a readable table, bad input is 2."""
+"""`sae-bench gate` fails closed: an unchanged SAE passes, a regressing one is 1, one that cannot be evaluated (or
+stand in the selected cases) is 2, whatever the `--cases` expression's terms; every verdict row and JUnit entry
+names the SAE that was evaluated, by spec and sha256."""
 
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
+from sae_bench.cli import main as cli
+from sae_bench.execution import weights_sha256
 from sae_bench.expectations import read_expectations
 from sae_bench.sources import load_sae
 
@@ -21,33 +26,51 @@ def gate(*args: str, cwd) -> subprocess.CompletedProcess:
     )
 
 
+def saved(sae, path: Path) -> Path:
+    sae.save_model(path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def broken_sae(tmp_path_factory):
     """The base SAE with its decoder rows shuffled: every feature writes another feature's direction."""
     sae = load_sae("zoo:tiny-qwen2/base-sae")
     with torch.no_grad():
         sae.W_dec.copy_(sae.W_dec[torch.randperm(sae.W_dec.shape[0], generator=torch.Generator().manual_seed(0))])
-    path = tmp_path_factory.mktemp("broken-sae")
-    sae.save_model(path)
-    return path
+    return saved(sae, tmp_path_factory.mktemp("broken-sae"))
 
 
-def test_unchanged_sae_passes_its_gate(tmp_path):
-    table = tmp_path / "verdicts.csv"
-    result = gate("--sae", "zoo:tiny-qwen2/base-sae", "--cases", CASES, "--table", str(table), cwd=tmp_path)
+def test_unchanged_sae_passes_its_gate_and_every_row_names_it(tmp_path):
+    table, junit = tmp_path / "verdicts.csv", tmp_path / "gate.xml"
+    spec = "zoo:tiny-qwen2/base-sae"
+    result = gate("--sae", spec, "--cases", CASES, "--table", str(table), "--junit", str(junit), cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    assert "regression" not in table.read_text()
+    rows = pd.read_csv(table)
+    sha = weights_sha256(load_sae(spec))
+    assert len(rows) and (rows.verdict != "regression").all()
+    assert (rows.sae == spec).all() and (rows.sae_sha256 == sha).all()
+    xml = junit.read_text()
+    assert xml.count(f'name="sae_sha256" value="{sha}"') == xml.count("<testcase") > 0
+    assert f"ok: {spec} (sha256 {sha[:16]}" in result.stdout
 
 
-def test_broken_sae_fails_its_gate_with_a_verdict_table(tmp_path, broken_sae):
+def test_a_regressing_sae_fails_whatever_terms_the_expression_has(tmp_path, broken_sae):
+    """`… and kl` names a group: the SAE is replaced in the case the expression selects an item of, not only in
+    cases whose id matches the whole expression (which ran the old SAE and passed)."""
     table, junit = tmp_path / "verdicts.md", tmp_path / "gate.xml"
     result = gate(
-        "--sae", str(broken_sae), "--cases", CASES, "--table", str(table), "--junit", str(junit), cwd=tmp_path
-    )
+        "--sae", str(broken_sae), "--cases", "tiny-qwen2/base-sae@chat and kl", "--table", str(table),
+        "--junit", str(junit), cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-2000:]
     failure = result.stdout.split("FAILURES", 1)[1]
-    assert "| metric" in failure and "ce_loss_recovered" in failure and "| regression" in failure
-    assert "regression" in table.read_text() and "<testsuite" in junit.read_text()
+    assert "| metric" in failure and "kl_spliced" in failure and "| regression" in failure
+    text = table.read_text()
+    assert "regression" in text and "zoo:tiny-qwen2/base-sae" not in text
+    rows = [line for line in text.splitlines() if line.startswith("| tiny-qwen2/")]
+    sha = weights_sha256(load_sae(str(broken_sae)))
+    assert len(rows) == 12 and all(f"| {broken_sae} | {sha} |" in row for row in rows)  # 4 cases' kl items
+    assert "<testsuite" in junit.read_text() and str(broken_sae) in junit.read_text()
 
 
 def test_a_broken_sae_fails_the_claims_it_enters(tmp_path, broken_sae):
@@ -60,10 +83,70 @@ def test_a_broken_sae_fails_the_claims_it_enters(tmp_path, broken_sae):
     assert f"ce_loss_recovered(chat-sae@chat/filtered) = {kept.value:.6g}" in failure
 
 
-def test_bad_input_exits_2(tmp_path):
-    assert gate("--sae", "zoo:tiny-qwen2/base-saee", "--cases", CASES, cwd=tmp_path).returncode == 2
-    assert gate("--sae", "zoo:tiny-qwen2/base-sae", "--cases", "no-such-case", cwd=tmp_path).returncode == 2
-    offline = gate(
-        "--sae", "zoo:tiny-qwen2/base-sae", "--cases", "qwen1.5-0.5b/base-sae@chat and not rollout", cwd=tmp_path
+def test_an_sae_whose_output_overflows_is_bad_input_not_a_regression(capsys, tmp_path):
+    """Finite weights whose reconstruction overflows float32: exit 2, naming the SAE by its spec."""
+    sae = load_sae("zoo:tiny-qwen2/base-sae")
+    with torch.no_grad():
+        sae.W_enc.mul_(1e25)
+        sae.W_dec.mul_(1e25)
+    path = saved(sae, tmp_path / "overflowing")
+    assert cli(["gate", "--sae", str(path), "--cases", "tiny-qwen2/base-sae@chat and ce"]) == 2
+    err = capsys.readouterr().err
+    assert f"SAE {path}:" in err and "NaN/Inf" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("parameter", ["W_enc", "b_dec"])
+def test_an_sae_with_nan_or_inf_weights_is_refused_before_anything_runs(capsys, tmp_path, parameter):
+    sae = load_sae("zoo:tiny-qwen2/base-sae")
+    with torch.no_grad():
+        getattr(sae, parameter).view(-1)[:3] = float("nan") if parameter == "W_enc" else float("inf")
+    path = saved(sae, tmp_path / "bad")
+    assert cli(["gate", "--sae", str(path), "--cases", "tiny-qwen2/base-sae@chat and kl"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be evaluated" in err and parameter in err
+
+
+def _retrained(tmp_path, name: str, **changes) -> Path:
+    """The base SAE's weights under another config: another hook, width or training model."""
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    sae = load_sae("zoo:tiny-qwen2/base-sae")
+    cfg = sae.cfg.to_dict()
+    metadata = dict(cfg.pop("metadata"))
+    metadata.update(changes.pop("metadata", {}))
+    cfg.update(changes)
+    new = StandardSAE(StandardSAEConfig.from_dict(cfg | {"metadata": metadata}))
+    if new.cfg.d_sae == sae.cfg.d_sae:
+        new.load_state_dict(sae.state_dict())
+    return saved(new, tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    ("changes", "needles"),
+    [
+        ({"metadata": {"hook_name": "blocks.0.hook_resid_pre"}}, ["reads blocks.0.hook_resid_pre", "blocks.2"]),
+        ({"d_sae": 512}, ["d_sae is 512", "d_sae 1024"]),
+        ({"metadata": {"model_name": "zoo:tiny-mistral/base"}}, ["trained on zoo:tiny-mistral/base"]),
+    ],
+    ids=["hook", "width", "family"],
+)
+def test_an_sae_that_cannot_stand_in_the_selected_cases_is_refused_with_each_case(capsys, tmp_path, changes, needles):
+    path = _retrained(tmp_path, "other", **changes)
+    assert cli(["gate", "--sae", str(path), "--cases", "tiny-qwen2/base-sae@chat and kl"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot replace the SAE of 4 of the 4 selected cases" in err and "tiny-qwen2/base-sae@chat:" in err
+    for needle in needles:
+        assert needle in err
+
+
+def test_cases_that_cannot_run_here_never_pass(capsys, tmp_path):
+    """A hub case offline skips: a gate that ran nothing is bad input, never ok."""
+    path = _retrained(
+        tmp_path,
+        "qwen-sae",
+        d_in=128,
+        metadata={"hook_name": "blocks.13.hook_resid_pre", "model_name": "Qwen/Qwen1.5-0.5B"},
     )
-    assert offline.returncode == 2 and "skipped" in offline.stderr
+    assert cli(["gate", "--sae", str(path), "--cases", "qwen1.5-0.5b/base-sae@chat and not rollout"]) == 2
+    err = capsys.readouterr().err
+    assert "selected items did not run" in err and "so the gate cannot pass them" in err

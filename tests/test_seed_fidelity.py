@@ -135,7 +135,7 @@ def test_kutsyk_gemma_sae_reads_raw_activations_with_a_raw_threshold_of_290():
 
 
 def test_unreleased_kissane_gemma_saes_skip_with_how_to_supply_one(monkeypatch):
-    from benchmarks.conftest import missing_for
+    from sae_bench.suite import missing_for
 
     reason = missing_for(load_registry(SHIPPED_CASES).get("gemma-2b/base-sae@base"), "cuda")
     assert "never released" in reason and "--sae" in reason and "wandb credentials" not in reason
