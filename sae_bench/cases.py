@@ -117,6 +117,9 @@ class Case:
     slow: bool = False
     description: str = ""
     conventions: Mapping[str, Any] = field(default_factory=dict)  # how the published numbers were computed
+    drop_first_token: bool = False
+    """Rows lose their first token before any model runs (Kutsyk's exclude_bos on a BOS-prepending store): a
+    token-set transform, not a mask."""
     hook_mismatch_ok: str = ""
     """Why the SAE may be spliced at another hook than its config names (empty: it may not)."""
 
@@ -285,7 +288,7 @@ class _Reader:
             if not (isinstance(value, int | float) and value > 0):
                 raise bad(f"expected a positive number, got {value!r}", "scaling_factor = 7.93")
             return float(value)
-        if key in ("exclude_special_tokens", "gpu", "slow"):
+        if key in ("exclude_special_tokens", "gpu", "slow", "drop_first_token"):
             if not isinstance(value, bool):
                 raise bad(f"expected true or false, got {value!r}", f"{key} = true")
             return value

@@ -134,7 +134,7 @@ class CaseExecutor:
             tokenizer = self.model(reader).tokenizer
             self._tokenizer_ids[reader] = getattr(tokenizer, "name_or_path", None) or reader
         reads = case.model if case.mask in CHAT_MASKS else self._tokenizer_ids[reader]
-        return (case.dataset, case.tokens, case.context, case.mask, reads)
+        return (case.dataset, case.tokens, case.context, case.mask, case.drop_first_token, reads)
 
     def _load_tokens(self, case: Case, reader) -> CaseTokens:
         from sae_bench.sources import load_dataset_rows
@@ -142,6 +142,8 @@ class CaseExecutor:
         n_rows = max(1, case.tokens // case.context)
         if case.mask not in CHAT_MASKS:
             rows = load_dataset_rows(case.dataset, n_rows, case.context, reader)
+            if case.drop_first_token:  # the rows every model then runs on, not a mask over the full rows
+                rows = rows[:, 1:].contiguous()
             if case.mask == "all":
                 return CaseTokens(rows, None)
             mask = torch.ones_like(rows, dtype=torch.bool)
@@ -349,13 +351,13 @@ class CaseExecutor:
     def _release_prefixes(self) -> None:
         """Drop each kept prefix that no remaining planned case reads (same model, hook, batch size and text)."""
         needed = {
-            (spec, c.hook, c.batch_size, c.dataset, c.tokens, c.context, c.mask)
+            (spec, c.hook, c.batch_size, c.dataset, c.tokens, c.context, c.mask, c.drop_first_token)
             for c in self._planned.values()
             for spec in (c.model, c.base_model)
         }
         for key in list(self._prefixes):
-            spec, hook, batch_size, (dataset, n_tokens, context, mask, _) = key
-            if (spec, hook, batch_size, dataset, n_tokens, context, mask) not in needed:
+            spec, hook, batch_size, (dataset, n_tokens, context, mask, drop_first, _) = key
+            if (spec, hook, batch_size, dataset, n_tokens, context, mask, drop_first) not in needed:
                 del self._prefixes[key]
 
     def _shared_key(self, case: Case) -> tuple:

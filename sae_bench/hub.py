@@ -210,23 +210,32 @@ def load_hub_rows(dataset: str, n_rows: int, context: int, tokenizer) -> torch.T
     """`n_rows` rows of BOS + `context - 1` tokens of the dataset's text stream, documents joined by EOS.
 
     `?sep=bos` joins them by BOS instead, as the SAELens store of 2024 did with `prepend_bos` (each document
-    tokenised with BOS in front, rows cut from the stream, each row starting with BOS); `?bos=0` gives rows of
-    `context` tokens with no BOS (Kutsyk's Mistral SAE was trained without one)."""
+    tokenised with BOS in front, rows cut from the stream, each row starting with BOS); `?sep=none` is that store
+    with `prepend_bos = false` (SAELens 3.22 `get_batch_tokens`): documents concatenated with no separator at all
+    and rows of `context` tokens with no BOS (Kutsyk's Mistral SAE was trained so); `?bos=0` drops only the
+    row-start BOS."""
     from datasets import load_dataset
 
     parsed = parse_spec(dataset)
     path = local_dataset(parsed.body) or parsed.body
     stream = load_dataset(str(path), split=parsed.params.get("split", "train"), streaming=True)
     column = parsed.params.get("column", "text")
-    head = [tokenizer.bos_token_id] if parsed.params.get("bos", "1") != "0" else []
-    separator = {"eos": tokenizer.eos_token_id, "bos": tokenizer.bos_token_id}.get(parsed.params.get("sep", "eos"))
-    if separator is None:
-        raise ValueError(f"{dataset}: sep must be eos or bos, and the tokenizer must have that token")
-    by_bos = parsed.params.get("sep") == "bos"
+    sep = parsed.params.get("sep", "eos")
+    if sep not in ("eos", "bos", "none"):
+        raise ValueError(f"{dataset}: sep is eos, bos or none, not {sep!r}")
+    joined = sep != "none"
+    head = [tokenizer.bos_token_id] if parsed.params.get("bos", "1") != "0" and joined else []
+    separator = {"eos": tokenizer.eos_token_id, "bos": tokenizer.bos_token_id, "none": None}[sep]
+    if joined and separator is None:
+        raise ValueError(f"{dataset}: sep={sep} needs the tokenizer's {sep.upper()} token, and it has none")
+    by_bos = sep == "bos"
     buffer, rows = [], []
     for record in stream:
         document = tokenizer(record[column], add_special_tokens=False)["input_ids"]
-        buffer.extend([separator] + document if by_bos else document + [separator])
+        if not joined:
+            buffer.extend(document)
+        else:
+            buffer.extend([separator] + document if by_bos else document + [separator])
         while len(rows) < n_rows:
             # a row starts with BOS: a document's own, or one put before the rest of a document cut at a row end
             row_head = [] if by_bos and buffer[:1] == head else head

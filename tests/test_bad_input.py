@@ -336,3 +336,35 @@ def test_gate_names_a_file_or_a_folder_that_is_not_an_sae(capsys, tmp_path):
 def test_gate_names_a_selection_it_cannot_use(capsys, cases, needles):
     assert cli(["gate", "--sae", "zoo:tiny-qwen2/base-sae", "--cases", cases]) == 2
     assert_clear(capsys.readouterr().err, *needles)
+
+
+# --- interrupts --------------------------------------------------------------------------------------------------
+
+
+class _CtrlC:
+    """Presses Ctrl-C as the first item starts."""
+
+    def pytest_runtest_setup(self, item):
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_is_recorded_as_interrupted_and_reported_so(capsys, tmp_path):
+    from sae_bench.results_db import ResultsDB
+
+    path = tmp_path / "results.sqlite"
+    code = pytest.main(
+        [str(ROOT / "benchmarks" / "test_cases.py"), "-p", "no:cacheprovider", "-q", f"--results={path}", "-k", CASE],
+        plugins=[_CtrlC()],
+    )
+    capsys.readouterr()
+    assert code == pytest.ExitCode.INTERRUPTED
+    db = ResultsDB(path, read_only=True)
+    assert db.run_status(1) == "interrupted"
+
+
+def test_the_gate_says_interrupted_and_exits_130(capsys):
+    from sae_bench.gate import GatePlugin, Selection, _verdict
+
+    plugin = GatePlugin(Selection(CASE), {CASE})
+    assert _verdict(pytest.ExitCode.INTERRUPTED, plugin, "zoo:tiny-qwen2/base-sae", "0" * 64, False) == 130
+    assert "interrupted (Ctrl-C)" in capsys.readouterr().err

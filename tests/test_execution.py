@@ -103,3 +103,30 @@ def test_a_planned_family_shares_passes_at_the_floor_and_releases_each_model_aft
     assert executor.model_releases == executor.model_loads
     last_base = [c.id for c in cases if c.model_name == "base"][-1]
     assert live_after[last_base] == [] and live_after[cases[-1].id] == []
+
+
+def test_an_sae_that_fails_in_a_shared_pass_fails_only_its_own_cases(tmp_path):
+    """A reconstruction that overflows float32 fails its case, named by its spec; the other SAE of the same pass
+    gets the numbers it gets in a pass without it."""
+    import pytest
+
+    from sae_bench.cases import SHIPPED_CASES, load_registry
+    from sae_bench.errors import UnusableSAE
+    from sae_bench.sources import load_sae
+
+    case = replace(load_registry(SHIPPED_CASES).get("tiny-qwen2/base-sae@chat"), tokens=1024)
+    sae = load_sae(case.sae)
+    with torch.no_grad():
+        sae.W_enc.mul_(1e25)
+        sae.W_dec.mul_(1e25)
+    sae.save_model(tmp_path / "overflowing")
+    broken = replace(case, id="tiny-qwen2/overflowing@chat", sae=str(tmp_path / "overflowing"))
+    together = CaseExecutor()
+    together.plan([broken, case])
+    with pytest.raises(UnusableSAE, match=f"SAE {tmp_path / 'overflowing'}: SAE reconstruction: .* NaN/Inf"):
+        together.measure(broken)
+    assert together.shared_passes == [[case.id]]  # the pass of both failed on the broken SAE; it ran again without
+    alone = CaseExecutor()
+    alone.plan([case])
+    assert together.measure(case) == alone.measure(case)
+    assert alone.measure(case)["ce_loss_recovered"] is not None

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sae_bench import expectations
-from sae_bench.expectations import ExpectationError, MetricExpectation, read_expectations
+from sae_bench.expectations import ExpectationError, ExpectationFile, MetricExpectation, read_expectations
 
 
 def test_higher_is_better_direction():
@@ -184,3 +184,84 @@ def test_one_sided_needs_a_direction(tmp_path):
     path = _write(tmp_path, {"case": "f/s@m", "provenance": {}, "metrics": {"l0": {"value": 1, "one_sided": True}}})
     with pytest.raises(ExpectationError, match="one_sided"):
         read_expectations(path)
+
+
+def _increment_under_lock(path, times):
+    from sae_bench import expectation_store
+
+    for _ in range(times):
+        with expectation_store.locked(path):
+            value = int(path.read_text())
+            expectation_store.write_atomic(path, str(value + 1))
+
+
+def test_the_expectation_lock_excludes_and_leaves_nothing_beside_the_files(tmp_path):
+    """Two processes × 300 read-increment-writes under the lock lose none (an unlinked lock file let both in)."""
+    import multiprocessing
+
+    path = tmp_path / "expectations" / "case.json"
+    path.parent.mkdir()
+    path.write_text("0")
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_increment_under_lock, args=(path, 300)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    assert int(path.read_text()) == 600
+    assert sorted(p.name for p in path.parent.iterdir()) == ["case.json"]
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_whole(tmp_path, monkeypatch):
+    import os
+
+    from sae_bench import expectation_store
+
+    path = tmp_path / "case.json"
+    path.write_text("old")
+
+    def failing_replace(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        expectation_store.write_atomic(path, "new")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["case.json"]
+
+
+def test_update_keeps_every_replaced_value_in_the_metric_provenance(tmp_path):
+    old = ExpectationFile("f/s@m", {"kind": "measured", "date": "then"}, {"l0": MetricExpectation(10.0, "both", 0.5)})
+    new, diff = expectations.updated(old, "f/s@m", {"l0": 12.0}, ["l0"], {"kind": "measured", "date": "now"})
+    provenance = new.metrics["l0"].provenance
+    assert provenance["date"] == "now" and provenance["replaces"] == {"value": 10.0, "provenance": old.provenance}
+    again, _ = expectations.updated(new, "f/s@m", {"l0": 13.0}, ["l0"], {"kind": "measured", "date": "later"})
+    assert again.metrics["l0"].provenance["replaces"]["value"] == 12.0  # one level: the value it replaced
+    assert "replaces" not in again.metrics["l0"].provenance["replaces"]["provenance"]
+
+
+def test_update_expectations_prints_each_change_outside_the_capture(tmp_path, capsys):
+    """A case that regressed is updated: the run says so at the end (old → new, verdict before), and the file keeps
+    the old value in the metric's provenance."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    target = tmp_path / "expectations"
+    shutil.copytree(root / "expectations" / "tiny-qwen2", target / "tiny-qwen2")
+    path = target / "tiny-qwen2" / "base-sae@chat.json"
+    document = json.loads(path.read_text())
+    true_l0 = document["metrics"]["l0"]["value"]
+    document["metrics"]["l0"]["value"] = true_l0 + 5  # as if the case had moved away from its file
+    path.write_text(json.dumps(document))
+    args = [str(root / "benchmarks" / "test_cases.py"), "-p", "no:cacheprovider", "-q", "--no-results"]
+    args += ["--case-id", "tiny-qwen2/base-sae@chat", "-k", "reconstruction", f"--expectations-dir={target}"]
+    code = pytest.main([*args, "--update-expectations"])
+    out = capsys.readouterr().out
+    assert code == 0
+    summary = out.split("expectations updated", 1)[1]
+    assert "| l0 " in summary and "regression" in summary and str(path) in summary
+    updated = read_expectations(path).metrics["l0"]
+    assert abs(updated.value - true_l0) <= updated.threshold  # re-measured here: within the file's own tolerance
+    assert updated.provenance["replaces"]["value"] == true_l0 + 5
+    assert not list(target.rglob("*.lock")) and not list(target.rglob("*.tmp"))

@@ -23,7 +23,7 @@ from sae_bench.expectations import read_expectations
 REPO = Path(__file__).resolve().parents[1]
 EXPECTATIONS = REPO / "expectations"
 ROLLOUT_CASE = "mistral-7b/base-sae@instruct/rollout"
-PAIRED_CASE = "gemma-2b/res-jb-l6@base-vs-python-codes/all-but-first"
+PAIRED_CASE = "gemma-2b/res-jb-l6@base-vs-python-codes/without-bos"
 
 
 def _digest(directory: Path) -> dict[str, bytes]:

@@ -4,6 +4,7 @@ Gemma input; unreleased SAEs skip with a way to supply one; published files carr
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -115,6 +116,79 @@ def test_pile_rows_carry_bos_between_documents_where_the_case_says_so(tokenizers
     assert int((plain[:, 1:] == bos).sum()) == 0 and int((plain == eos).sum()) > 0
 
 
+def test_rows_of_a_store_without_prepend_bos_are_the_plain_concatenation(tokenizers, local_datasets):
+    """`?sep=none` (SAELens 3.22's store with prepend_bos = false): no BOS, no EOS, documents back to back."""
+    from sae_bench.hub import load_hub_rows
+
+    tokenizer = tokenizers["mistral"]
+    rows = load_hub_rows("hf:monology/pile-uncopyrighted?sep=none", 6, 256, tokenizer)
+    assert int((rows == tokenizer.bos_token_id).sum()) == 0 and int((rows == tokenizer.eos_token_id).sum()) == 0
+    documents = [
+        json.loads(line)["text"] for line in open(local_datasets / "monology/pile-uncopyrighted/train/00.jsonl")
+    ]
+    stream = [token for text in documents for token in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    assert rows.flatten().tolist() == stream[: rows.numel()]
+
+
+def test_every_case_of_an_sae_trained_without_bos_reads_rows_without_separators():
+    """The SAE's own store convention decides the rows: prepend_bos = false → `?sep=none` (the residual-similarity
+    case reads its own store, the LanguageModelSAERunnerConfig default with BOS)."""
+    from sae_bench.rehearsal.stand_ins import RELEASE_CONFIGS
+
+    for case in load_registry(SHIPPED_CASES):
+        release = case.sae.removeprefix("saelens:").split("/")[0]
+        if release in RELEASE_CONFIGS and case.variant != "residual":
+            separated = not RELEASE_CONFIGS[release]["prepend_bos"]
+            assert ("sep=none" in case.dataset) == separated, case.id
+
+
+def test_kutsyk_universality_rows_and_positions_are_his(monkeypatch):
+    """Mistral (no BOS in the store): every position, position 0 included. Gemma (a BOS-prepending store): the rows
+    lose their first token before any model runs, and every position of what is left counts."""
+    import sae_bench.sources
+    from sae_bench.execution import CaseExecutor
+
+    registry = load_registry(SHIPPED_CASES)
+    mistral = registry.get("mistral-7b/res-wg-l8@base-vs-math")
+    gemma = registry.get("gemma-2b/res-jb-l6@base-vs-python-codes/without-bos")
+    bos = 2
+    executor = CaseExecutor()
+    for spec in (mistral.base_model, gemma.base_model):
+        executor._models[spec] = SimpleNamespace(tokenizer=SimpleNamespace(name_or_path=spec))
+
+    def rows(dataset, n_rows, context, model):  # rows as the store cuts them: BOS first where it prepends one
+        head = [bos] if "sep=bos" in dataset else []
+        return torch.tensor([head + list(range(10, 10 + context - len(head)))] * n_rows)
+
+    monkeypatch.setattr(sae_bench.sources, "load_dataset_rows", rows)
+    mistral_rows = executor.tokens(mistral)
+    assert mistral.mask == "all" and mistral_rows.position_mask is None  # position 0 counts
+    gemma_rows = executor.tokens(gemma)
+    assert gemma.mask == "all" and gemma_rows.position_mask is None
+    assert gemma_rows.tokens.shape[1] == gemma.context - 1 and int((gemma_rows.tokens == bos).sum()) == 0
+    assert gemma_rows.tokens[0, 0] == 10  # the row's first token after the BOS it lost
+
+
+def test_stand_in_sae_configs_mirror_the_releases_the_cases_document():
+    """The fields that change the numbers: a stand-in with another prepend_bos or apply_b_dec_to_input would
+    rehearse another SAE."""
+    from sae_bench.rehearsal.stand_ins import RELEASE_CONFIGS, release_config
+
+    seen = set()
+    for case in load_registry(SHIPPED_CASES):
+        release, _, sae_id = case.sae.removeprefix("saelens:").partition("/")
+        if release not in RELEASE_CONFIGS or case.variant == "residual":
+            continue
+        seen.add(release)
+        config = release_config(release, "stand-in", sae_id)
+        assert config["hook_point"] == case.hook, case.id
+        assert config["context_size"] == case.context, case.id
+        assert config["dataset_path"] == case.dataset.removeprefix("hf:").split("?")[0], case.id
+        assert config["prepend_bos"] == ("sep=none" not in case.dataset), case.id
+        assert (config["apply_b_dec_to_input"], config["normalize_activations"]) == (False, "none"), case.id
+    assert seen == {"mistral-7b-res-wg", "gemma-2b-res-jb"}
+
+
 def test_kissane_pile_cases_read_rows_with_bos_separators():
     for case in load_registry(SHIPPED_CASES):
         if (
@@ -154,7 +228,7 @@ def test_kutsyk_figures_are_the_papers_tables():
     assert _published("gemma-2b/res-jb-l6@base").metrics["explained_variance_flattened"].value == 0.97
     assert _published("gemma-2b/res-jb-l6@base/all-tokens").metrics["l0"].value == 53.59
     assert _published("mistral-7b/res-wg-l8@math/all-tokens").metrics["dead_fraction"].value == 0.0064
-    features = _published("gemma-2b/res-jb-l6@base-vs-python-codes/all-but-first")
+    features = _published("gemma-2b/res-jb-l6@base-vs-python-codes/without-bos")
     assert features.metrics["activation_similarity_regular_mean"].value == 0.39  # section 5.2 (notebook: 0.43)
     # section 3's table: Gemma 0.6691, Mistral 0.9648
     assert _published("gemma-2b/res-jb-l6@base-vs-python-codes/residual").metrics["residual_cosine"].value == 0.6691

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from sae_bench.metrics import FLOAT32_ROUNDING
 from sae_bench.sources import load_model, load_sae, load_zoo_data, load_zoo_tokenizer
 from sae_bench.zoo.artifacts import ZooArtifactError, read_manifest, verified_directory
 from sae_bench.zoo.build import select
@@ -33,7 +34,11 @@ def test_zoo_model_log_probs_match_hf(name, heldout):
     with torch.no_grad():
         ours = torch.log_softmax(tl(tokens).double(), dim=-1)
         theirs = torch.log_softmax(hf(tokens).logits.double(), dim=-1)
-    assert (ours - theirs).abs().max().item() < 1e-4
+    # two float32 implementations agree to float32 rounding of each log-probability (metrics.FLOAT32_ROUNDING
+    # relative), not to a fixed 1e-4: the tiny-gemma chat model's log-probs of about −25 differ by 1.01e-4 on one
+    # machine's thread count; a plain bug moves them by whole units
+    bound = FLOAT32_ROUNDING * theirs.abs() + FLOAT32_ROUNDING
+    assert bool(((ours - theirs).abs() <= bound).all()), (ours - theirs).abs().max().item()
 
 
 @pytest.mark.parametrize("name", sae_names())

@@ -1,8 +1,9 @@
 """Kutsyk et al.'s published results, from the paper's own tables and text (seed-conventions §4.4 notes what the
 notebooks printed, which differs in places). Each file says which positions its figures cover: the CE and R²
 figures exclude outliers (section 4.2: raw norms above 290 for Gemma-2b, 200 for Mistral-7B, left un-spliced but
-scored), L0 and dead features count every token, the feature universality pass drops position 0, the residual
-similarity keeps every position.
+scored), L0 and dead features count every token, the feature universality pass counts every position of the rows
+the notebook ran (Gemma's with their leading BOS cut before the models ran; Mistral's, built with no separator,
+whole), the residual similarity keeps every position.
 """
 
 from __future__ import annotations
@@ -65,6 +66,16 @@ def _scores(model: str, case: str, row: tuple, outliers: tuple[float, int] | Non
     return [filtered, _file(f"{case}/all-tokens", table, "every position (no outlier filter)", everything)]
 
 
+UNIVERSALITY_ROWS = {
+    "mistral-7b": "every position of rows built as the SAE's prepend_bos = false store built them (documents "
+    "concatenated, no separator; the notebook's exclude_bos acts only on a BOS-prepending store, so it kept "
+    "position 0)",
+    "gemma-2b": "every position of rows whose leading BOS was cut before both models ran (the notebook's "
+    "exclude_bos: tokens[:, 1:])",
+}
+"""Which rows and positions the universality figures cover, per family (seed-conventions §3)."""
+
+
 def _universality(case: str, section: str, figures: dict, unchecked: dict) -> ExpectationFile:
     metrics = {
         name: (value if isinstance(value, MetricExpectation) else expectation(name, value))
@@ -73,9 +84,8 @@ def _universality(case: str, section: str, figures: dict, unchecked: dict) -> Ex
     dead = "the paper's dead fractions count every token: checked in the /all-tokens cases"
     unchecked = {"dead_fraction_base": dead, "dead_fraction_finetuned": dead} | unchecked
     positions = (
-        "every position but the first of each row (the universality notebook's exclude_bos); the paper "
-        "samples at most 1000 regular and 100 dead features, this suite takes every feature of a band; the "
-        "paper ran the models in fp16, this suite in the case's dtype"
+        f"{UNIVERSALITY_ROWS[case.split('/')[0]]}; the paper samples at most 1000 regular and 100 dead features, "
+        "this suite takes every feature of a band; the paper ran the models in fp16, this suite in the case's dtype"
     )
     return _file(case, section, positions, metrics, unchecked)
 
@@ -100,7 +110,7 @@ def kutsyk() -> list[ExpectationFile]:
     )
     files.append(
         _universality(
-            "mistral-7b/res-wg-l8@base-vs-math/all-but-first",
+            "mistral-7b/res-wg-l8@base-vs-math",
             "section 5.3 (similarities, dead-feature error); section 4.3 text (log-density correlation 0.94)",
             {
                 "activation_similarity_regular_mean": 0.958,
@@ -113,7 +123,7 @@ def kutsyk() -> list[ExpectationFile]:
     )
     files.append(
         _universality(
-            "gemma-2b/res-jb-l6@base-vs-python-codes/all-but-first",
+            "gemma-2b/res-jb-l6@base-vs-python-codes/without-bos",
             "section 5.2 (similarities, dead-feature errors); section 4.3 text (log-density correlation 0.47)",
             {
                 "activation_similarity_regular_mean": 0.39,

@@ -154,16 +154,43 @@ def kissane_config(hook: str, model_name: str) -> dict:
     }
 
 
-def release_config(release_model: str, hook: str, prepend_bos: bool) -> dict:
-    """A `cfg.json` of the SAELens releases of 2024 (`hook_point` keys, a `torch.` dtype string)."""
+RELEASE_CONFIGS: dict[str, dict] = {
+    "mistral-7b-res-wg": {
+        "context_size": 256,
+        "prepend_bos": False,
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",  # constant_norm_rescale comes from SAELens's registry (config_overrides)
+        "dataset_path": "monology/pile-uncopyrighted",
+    },
+    "gemma-2b-res-jb": {
+        "context_size": 1024,
+        "prepend_bos": True,
+        "apply_b_dec_to_input": False,
+        "normalize_activations": "none",
+        "dataset_path": "HuggingFaceFW/fineweb",
+    },
+}
+"""The fields of each SAELens-format release's own `cfg.json` that change the numbers, as published (Kutsyk et al.'s
+releases, seed-conventions §5 table T; their hook is the SAELens registry id). A stand-in mirrors them, or the
+rehearsal tests another SAE."""
+
+
+def release_config(release: str, release_model: str, hook: str) -> dict:
+    """A `cfg.json` of the SAELens releases of 2024 (`hook_point` keys, a `torch.` dtype string), with the
+    release's own settings (RELEASE_CONFIGS)."""
+    if release not in RELEASE_CONFIGS:
+        raise KeyError(
+            f"the rehearsal has no configuration for the SAELens release {release!r}: add its cfg.json fields "
+            "(context_size, prepend_bos, apply_b_dec_to_input, normalize_activations, dataset_path) to "
+            "RELEASE_CONFIGS"
+        )
     return {
         "model_name": release_model,
         "hook_point": hook,
         "hook_point_layer": _layer(hook),
         "hook_point_head_index": None,
-        "dataset_path": "stand-in",
         "is_dataset_tokenized": False,
-        "context_size": 1024,
+        **RELEASE_CONFIGS[release],
         "d_in": D_MODEL,
         "d_sae": D_SAE,
         "expansion_factor": D_SAE // D_MODEL,
@@ -172,8 +199,6 @@ def release_config(release_model: str, hook: str, prepend_bos: bool) -> dict:
         "l1_coefficient": 8e-05,
         "lp_norm": 1,
         "train_batch_size": 4096,
-        "prepend_bos": prepend_bos,
-        "apply_b_dec_to_input": True,
         "device": "cuda",
         "seed": 42,
         "dtype": "torch.float32",
@@ -206,7 +231,7 @@ def write_release_sae(hub_cache: Path, body: str) -> Path:
         write_llama_scope_sae(directory, body, hook=f"blocks.{_llama_scope_layer(sae_id)}.hook_resid_post")
     else:
         model = miniature_release_model(release)
-        write_sae(directory, body, release_config(model, sae_id, prepend_bos=True), leftover_scaling_factor=False)
+        write_sae(directory, body, release_config(release, model, sae_id), leftover_scaling_factor=False)
     (directory.parents[len(Path(folder).parts) - 1] / "README.md").write_text(f"Rehearsal stand-in for {repo}.\n")
     return directory
 
