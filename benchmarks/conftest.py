@@ -80,6 +80,10 @@ def pytest_configure(config):
     keep_freed_memory()  # batches reuse freed tensors instead of faulting fresh pages in (sae_bench/allocator.py)
     workerinput = getattr(config, "workerinput", None)
     with usage_errors():
+        from sae_bench.gate import output_problem
+
+        if problem := output_problem({"--verdict-table": config.getoption("verdict_table", None)}):
+            raise BadInput(problem)
         suite = Suite(
             options_of(config),
             selection_args=" ".join(config.invocation_params.args),
@@ -139,19 +143,28 @@ def run_item():
 
 
 def _run_item(check) -> None:
-    """Run one suite check and give its outcome to pytest."""
+    """Run one suite check and give its outcome to pytest (outside the except block: no chained traceback)."""
+    outcome, message = "passed", None
     try:
-        improved = check()
+        message = check()
     except ItemSkipped as skip:
-        pytest.skip(str(skip))
+        outcome, message = "skipped", str(skip)
     except ItemXfailed as xfail:
-        pytest.xfail(str(xfail))
+        outcome, message = "xfailed", str(xfail)
     except ItemFailed as failure:
-        pytest.fail(str(failure), pytrace=False)
+        outcome, message = "failed", str(failure)
     except UnusableSAE as err:
-        pytest.fail(f"cannot evaluate: {err}", pytrace=False)
-    if improved:
-        warnings.warn(ImprovedMetric(improved), stacklevel=2)
+        outcome, message = "failed", f"cannot evaluate: {err}"
+    except BadInput as err:
+        outcome, message = "failed", f"bad input: {err}"
+    if outcome == "skipped":
+        pytest.skip(message)
+    if outcome == "xfailed":
+        pytest.xfail(message)
+    if outcome == "failed":
+        pytest.fail(message, pytrace=False)
+    if message:  # passed, but improved beyond tolerance
+        warnings.warn(ImprovedMetric(message), stacklevel=2)
 
 
 def pytest_collection_modifyitems(config, items):

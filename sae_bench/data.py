@@ -13,6 +13,8 @@ from sae_lens.util import get_special_token_ids
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from sae_bench.errors import BadInput
+
 
 @dataclass(frozen=True)
 class TokenBatch:
@@ -30,7 +32,7 @@ def check_token_ids(tokens: Tensor, d_vocab: int) -> None:
     if bool(bad.any()):
         where = bad.nonzero()[:5].tolist()
         ids = sorted({int(tokens[s, p]) for s, p in where})
-        raise ValueError(
+        raise BadInput(
             f"{int(bad.sum())} token ids lie outside the model's vocabulary [0, {d_vocab}): ids {ids} first at "
             f"(sequence, position) {[tuple(w) for w in where]}. The tokens were made with another tokenizer, or "
             "the model's vocabulary was cut (a `vocab=N` spec)."
@@ -43,22 +45,20 @@ class TokenBatches:
 
     def __init__(self, tokens: Tensor, position_mask: Tensor | None, batch_size: int, *, causal: bool = False) -> None:
         if tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):
-            raise ValueError(
+            raise BadInput(
                 f"tokens must be an integer tensor of shape (n_sequences, pos), got {tuple(tokens.shape)} "
                 f"{tokens.dtype}"
             )
         if tokens.shape[0] == 0 or tokens.shape[1] < 2:
-            raise ValueError(
-                f"tokens must hold at least one sequence of at least 2 positions, got {tuple(tokens.shape)}"
-            )
+            raise BadInput(f"tokens must hold at least one sequence of at least 2 positions, got {tuple(tokens.shape)}")
         if position_mask is None:
             position_mask = torch.ones_like(tokens, dtype=torch.bool)
         if position_mask.shape != tokens.shape:
-            raise ValueError(
+            raise BadInput(
                 f"position_mask has shape {tuple(position_mask.shape)} but tokens have {tuple(tokens.shape)}"
             )
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise BadInput(f"batch_size must be >= 1, got {batch_size}")
         self.tokens = tokens.long()
         self.position_mask = position_mask.bool()
         self.batch_size = batch_size
@@ -89,7 +89,7 @@ def special_token_ids(model: HookedTransformer, given: tuple[int, ...] | None) -
     if given is not None:
         return torch.tensor(given, dtype=torch.long)
     if model.tokenizer is None:
-        raise ValueError(
+        raise BadInput(
             "exclude_special_tokens needs the special-token ids: the model has no tokenizer, so pass "
             "`special_token_ids`"
         )

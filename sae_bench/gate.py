@@ -104,6 +104,16 @@ def spec_problem(spec: str) -> str | None:
     return None
 
 
+def output_problem(paths: dict[str, str | None]) -> str | None:
+    """An output file whose folder is not there (checked before anything runs, not after the run)."""
+    for option, path in paths.items():
+        if path and not Path(path).absolute().parent.is_dir():
+            return f"{option} {path}: the folder {Path(path).absolute().parent} does not exist; create it first"
+        if path and Path(path).is_dir():
+            return f"{option} {path} is a folder; give a file path"
+    return None
+
+
 def replacement_problem(new_sae, case, old_sae=None) -> str | None:
     """Why `new_sae` cannot stand in `case` (whose own SAE is `old_sae`, when it can be loaded here): another hook
     than the case splices at, another input width or dictionary size, another model family."""
@@ -155,7 +165,7 @@ def run_gate(
     from sae_bench.execution import weights_sha256
     from sae_bench.sources import load_sae
 
-    problem = spec_problem(sae)
+    problem = spec_problem(sae) or output_problem({"--junit": junit, "--table": table})
     if problem:
         return _say(problem, EXIT_BAD_INPUT)
     try:
@@ -213,7 +223,7 @@ def _verdict(code, plugin: GatePlugin, sae: str, sha: str, rehearse: bool) -> in
     suite = plugin.config._sae_bench_suite
     if suite.unusable:
         reasons = sorted(set(suite.unusable.values()))
-        return _say(f"the SAE cannot be evaluated: {'; '.join(reasons)}", EXIT_BAD_INPUT)
+        return _say(f"bad input, so nothing is vouched for: {'; '.join(reasons)}", EXIT_BAD_INPUT)
     wrong = [
         e for e in suite.evaluated if (e.case, e.group) in set(plugin.kept) and (e.sae, e.sae_sha256) != (sae, sha)
     ]

@@ -26,6 +26,8 @@ from urllib.parse import parse_qs
 
 import torch
 
+from sae_bench.errors import BadInput
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -37,7 +39,7 @@ class Spec:
 def parse_spec(spec: str) -> Spec:
     scheme, sep, rest = spec.partition(":")
     if not sep or not rest:
-        raise ValueError(f"source spec {spec!r} has no scheme; write zoo:, hf:, saelens:, wandb: or alpaca:")
+        raise BadInput(f"source spec {spec!r} has no scheme; write zoo:, hf:, saelens:, wandb: or alpaca:")
     body, _, query = rest.partition("?")
     return Spec(scheme, body, {k: v[-1] for k, v in parse_qs(query).items()})
 
@@ -75,11 +77,11 @@ def saelens_release(body: str) -> tuple[str, str, str, str]:
     if release not in directory:
         close = difflib.get_close_matches(release, directory, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"saelens:{body}: release {release!r} is not in SAELens's registry{hint}")
+        raise BadInput(f"saelens:{body}: release {release!r} is not in SAELens's registry{hint}")
     if sae_id not in directory[release].saes_map:
         close = difflib.get_close_matches(sae_id, directory[release].saes_map, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"saelens:{body}: id {sae_id!r} is not in release {release!r}{hint}")
+        raise BadInput(f"saelens:{body}: id {sae_id!r} is not in release {release!r}{hint}")
     return release, sae_id, directory[release].repo_id, directory[release].saes_map[sae_id]
 
 
@@ -147,7 +149,7 @@ def missing(spec: str, *, dataset: bool = False) -> list[str]:
             ]
         reason = _unreachable("api.wandb.ai")
         return [] if reason is None else [f"wandb artifact {parsed.body} is not in {local.parent} and {reason}"]
-    raise ValueError(f"unknown source scheme {parsed.scheme!r} in {spec!r}")
+    raise BadInput(f"unknown source scheme {parsed.scheme!r} in {spec!r}")
 
 
 def unreleased_reason(why: str) -> str:
@@ -171,7 +173,7 @@ def load_hub_model(spec: str, *, device: str, dtype: torch.dtype):
 
     parsed = parse_spec(spec)
     if parsed.scheme != "hf":
-        raise ValueError(f"model spec {spec!r}: hub models are hf:ORG/NAME[?as=BASE&vocab=N]")
+        raise BadInput(f"model spec {spec!r}: hub models are hf:ORG/NAME[?as=BASE&vocab=N]")
     if "as" not in parsed.params:
         return HookedTransformer.from_pretrained(parsed.body, device=device, dtype=dtype)
     from transformers import AutoModelForCausalLM
@@ -200,8 +202,8 @@ def load_hub_sae(spec: str, *, device: str, dtype: str):
             directory = wandb.Api(timeout=30).artifact(parsed.body).download(root=str(directory))
         return SAE.load_from_disk(directory, device=device, dtype=dtype)
     if parsed.scheme == "unreleased":
-        raise ValueError(f"cannot load {spec!r}: {unreleased_reason(parsed.body)}")
-    raise ValueError(
+        raise BadInput(f"cannot load {spec!r}: {unreleased_reason(parsed.body)}")
+    raise BadInput(
         f"SAE spec {spec!r}: hub SAEs are saelens:RELEASE/ID, hf:ORG/REPO/FOLDER or wandb:ENTITY/PROJECT/NAME:V"
     )
 
@@ -222,12 +224,12 @@ def load_hub_rows(dataset: str, n_rows: int, context: int, tokenizer) -> torch.T
     column = parsed.params.get("column", "text")
     sep = parsed.params.get("sep", "eos")
     if sep not in ("eos", "bos", "none"):
-        raise ValueError(f"{dataset}: sep is eos, bos or none, not {sep!r}")
+        raise BadInput(f"{dataset}: sep is eos, bos or none, not {sep!r}")
     joined = sep != "none"
     head = [tokenizer.bos_token_id] if parsed.params.get("bos", "1") != "0" and joined else []
     separator = {"eos": tokenizer.eos_token_id, "bos": tokenizer.bos_token_id, "none": None}[sep]
     if joined and separator is None:
-        raise ValueError(f"{dataset}: sep={sep} needs the tokenizer's {sep.upper()} token, and it has none")
+        raise BadInput(f"{dataset}: sep={sep} needs the tokenizer's {sep.upper()} token, and it has none")
     by_bos = sep == "bos"
     buffer, rows = [], []
     for record in stream:
@@ -247,7 +249,7 @@ def load_hub_rows(dataset: str, n_rows: int, context: int, tokenizer) -> torch.T
         if len(rows) == n_rows:
             break
     if len(rows) < n_rows:
-        raise ValueError(f"{dataset} holds {len(rows)} rows of {context} tokens; the case asks for {n_rows}")
+        raise BadInput(f"{dataset} holds {len(rows)} rows of {context} tokens; the case asks for {n_rows}")
     return torch.tensor(rows, dtype=torch.long)
 
 

@@ -20,6 +20,8 @@ from transformer_lens.pretrained.weight_conversions import (
     convert_qwen2_weights,
 )
 
+from sae_bench.errors import BadInput
+
 
 def _common(hf: Any) -> dict[str, Any]:
     return {
@@ -95,7 +97,7 @@ def hooked_config_from_hf(
     """A HookedTransformerConfig mirroring an HF config of a supported architecture, norms folded."""
     architecture = (hf_config.architectures or [None])[0]
     if architecture not in _ARCHITECTURES:
-        raise ValueError(
+        raise BadInput(
             f"architecture {architecture!r} is not supported for local loading; supported: {', '.join(_ARCHITECTURES)}"
         )
     cfg = _ARCHITECTURES[architecture][0](hf_config) | {
@@ -141,7 +143,7 @@ def _zoo_name(spec: str, kind: str, known: list[str]) -> str:
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {', '.join(ZOO_PREFIX + c for c in close)}?" if close else ""
-        raise ValueError(f"no zoo {kind} {spec!r}{hint} (`sae-bench zoo list` shows every name)")
+        raise BadInput(f"no zoo {kind} {spec!r}{hint} (`sae-bench zoo list` shows every name)")
     return name
 
 
@@ -200,7 +202,7 @@ def load_zoo_data(name: str) -> dict[str, torch.Tensor]:
 
     known = ("heldout", "instructions-heldout")
     if name not in known:
-        raise ValueError(f"no zoo token set {name!r}; known: {', '.join(known)}")
+        raise BadInput(f"no zoo token set {name!r}; known: {', '.join(known)}")
     directory = verified_directory("data")
     return {key: value.long() for key, value in load_file(directory / f"{name}.safetensors").items()}
 
@@ -210,9 +212,14 @@ def load_dataset_rows(dataset: str, n_rows: int, context: int, model: HookedTran
     if dataset == "zoo:heldout":
         rows = load_zoo_data("heldout")["input_ids"]
         if context > rows.shape[1]:
-            raise ValueError(f"zoo:heldout rows hold {rows.shape[1]} tokens; the case asks for context {context}")
+            raise BadInput(
+                f"zoo:heldout rows hold {rows.shape[1]} tokens; the case asks for context {context}: lower context"
+            )
         if n_rows > rows.shape[0]:
-            raise ValueError(f"zoo:heldout holds {rows.shape[0]} rows; the case asks for {n_rows}")
+            raise BadInput(
+                f"zoo:heldout holds {rows.shape[0]} rows; the case asks for {n_rows} (tokens / context): lower tokens "
+                f"to at most {rows.shape[0] * context}"
+            )
         return rows[:n_rows, :context]
     from sae_bench.hub import load_hub_rows
 

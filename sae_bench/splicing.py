@@ -19,6 +19,8 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.utilities.activation_functions import apply_softcap
 
+from sae_bench.errors import BadInput
+
 _RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
 
 
@@ -49,7 +51,7 @@ def resolve_hook(model: HookedTransformer, hook_name: str) -> HookSite:
         close = difflib.get_close_matches(hook_name, valid, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         kind = "is not a residual-stream hook" if hook_name in model.hook_dict else "does not exist"
-        raise ValueError(
+        raise BadInput(
             f"hook {hook_name!r} {kind} on this {model.cfg.n_layers}-layer model.{hint} Valid hooks: "
             f"blocks.0.hook_resid_pre … blocks.{model.cfg.n_layers - 1}.hook_resid_post "
             f"(blocks.<layer>.hook_resid_pre or blocks.<layer>.hook_resid_post)."

@@ -1,7 +1,8 @@
 """What `pytest benchmarks` and `sae-bench gate` do with each (case, metric group): measure it, check it against its
 expectation file (written atomically under a lock when asked), record it, and keep every verdict with the SAE that
 produced it. No pytest here: an item's outcome is returned, or raised as `ItemSkipped` / `ItemFailed` /
-`ItemXfailed` / `UnusableSAE`, which `benchmarks/conftest.py` turns into pytest's.
+`ItemXfailed` / `BadInput` (an `UnusableSAE`, a dataset that cannot give the rows), which `benchmarks/conftest.py`
+turns into pytest's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pandas as pd
 
 from sae_bench import expectation_store, expectations
 from sae_bench.cases import SHIPPED_CASES, Case, Registry, cases_selected_by, load_registries
-from sae_bench.errors import BadInput, UnusableSAE
+from sae_bench.errors import BadInput
 from sae_bench.execution import CaseExecutor
 
 SHIPPED_EXPECTATIONS = SHIPPED_CASES.parents[1] / "expectations"
@@ -117,7 +118,8 @@ class Suite:
         self.verdicts: list[pd.DataFrame] = []
         self.evaluated: list[Evaluated] = []
         self.unusable: dict[str, str] = {}
-        """Items whose SAE could not be evaluated, with why (the gate's exit 2)."""
+        """Items that met bad input (an SAE that cannot be evaluated, rows a dataset cannot give), with why: the
+        gate's exit 2."""
         self.updates: list[UpdatedValue] = []
         self.claim_outcomes: list[tuple[str, bool, str]] = []
         self.first_run_cases: set[str] = set()
@@ -194,7 +196,7 @@ class Suite:
         case = self.as_run(self.registry.get(case_id))
         try:
             return self._check(case, group, record_property)
-        except UnusableSAE as err:
+        except BadInput as err:  # an SAE that cannot be evaluated, a dataset that cannot give the rows, …
             self.unusable[f"{case.id}:{group}"] = str(err)
             raise
         finally:
@@ -298,7 +300,7 @@ class Suite:
             case = by_id[term.case_id]
             try:
                 value = self.executor.measure(case).get(term.metric)
-            except UnusableSAE as err:
+            except BadInput as err:
                 self.unusable[claim.id] = str(err)
                 raise
             if value is None:

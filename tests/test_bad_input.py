@@ -325,6 +325,17 @@ def test_gate_names_a_file_or_a_folder_that_is_not_an_sae(capsys, tmp_path):
     assert_clear(capsys.readouterr().err, "holds no cfg.json or sae_weights.safetensors")
 
 
+def test_output_paths_are_checked_before_anything_runs(capsys, tmp_path):
+    missing = tmp_path / "no-such-folder" / "gate.md"
+    assert cli(["gate", "--sae", "zoo:tiny-qwen2/base-sae", "--cases", CASE, "--table", str(missing)]) == 2
+    assert_clear(capsys.readouterr().err, "--table", "does not exist; create it first")
+    assert cli(["gate", "--sae", "zoo:tiny-qwen2/base-sae", "--cases", CASE, "--junit", str(tmp_path)]) == 2
+    assert_clear(capsys.readouterr().err, "--junit", "is a folder")
+    code, text = suite(capsys, f"--verdict-table={missing}", "--no-results", "--collect-only")
+    assert code == pytest.ExitCode.USAGE_ERROR
+    assert_clear(text, "--verdict-table", "does not exist")
+
+
 @pytest.mark.parametrize(
     ("cases", "needles"),
     [
@@ -353,7 +364,15 @@ def test_an_interrupted_run_is_recorded_as_interrupted_and_reported_so(capsys, t
 
     path = tmp_path / "results.sqlite"
     code = pytest.main(
-        [str(ROOT / "benchmarks" / "test_cases.py"), "-p", "no:cacheprovider", "-q", f"--results={path}", "-k", CASE],
+        [
+            str(ROOT / "benchmarks" / "test_cases.py"),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            f"--results={path}",
+            "--case-id",
+            CASE,
+        ],
         plugins=[_CtrlC()],
     )
     capsys.readouterr()
@@ -368,3 +387,37 @@ def test_the_gate_says_interrupted_and_exits_130(capsys):
     plugin = GatePlugin(Selection(CASE), {CASE})
     assert _verdict(pytest.ExitCode.INTERRUPTED, plugin, "zoo:tiny-qwen2/base-sae", "0" * 64, False) == 130
     assert "interrupted (Ctrl-C)" in capsys.readouterr().err
+
+
+# --- a case's own settings, found when it runs -------------------------------------------------------------------
+
+
+def test_a_case_asking_more_rows_than_its_dataset_has_fails_with_the_fix(capsys, cases_copy):
+    path = cases_copy / "tiny-qwen2.toml"
+    path.write_text(path.read_text().replace("tokens = 16384", "tokens = 99999999", 1))
+    code, text = suite(capsys, f"--cases-dir={cases_copy}", "--case-id", CASE, "--no-results", "-k", "ce")
+    assert code == pytest.ExitCode.TESTS_FAILED
+    assert_clear(text, "bad input: zoo:heldout holds 256 rows", "lower tokens to at most 32768")
+    assert "During handling" not in text
+
+
+def test_an_sae_spliced_at_another_hook_than_its_own_needs_a_reason_the_table_shows(capsys, cases_copy, tmp_path):
+    path = cases_copy / "tiny-qwen2.toml"
+    path.write_text(path.read_text().replace('hook = "blocks.2.hook_resid_pre"', 'hook = "blocks.1.hook_resid_pre"'))
+    args = (f"--cases-dir={cases_copy}", "--case-id", CASE, "--no-results", "-k", "reconstruction")
+    code, text = suite(capsys, *args)
+    assert code == pytest.ExitCode.TESTS_FAILED
+    assert_clear(text, "reads blocks.2.hook_resid_pre", "splices it at blocks.1.hook_resid_pre", "hook_mismatch_ok")
+    path.write_text(
+        path.read_text().replace(
+            'hook = "blocks.1.hook_resid_pre"', 'hook = "blocks.1.hook_resid_pre"\nhook_mismatch_ok = "a probe"', 1
+        )
+    )
+    expectations, table = tmp_path / "expectations", tmp_path / "verdicts.csv"
+    code, text = suite(capsys, *args, f"--expectations-dir={expectations}")
+    assert code == pytest.ExitCode.TESTS_FAILED and "wrote new reconstruction expectations" in text  # first run
+    code, text = suite(capsys, *args, f"--expectations-dir={expectations}", f"--verdict-table={table}")
+    assert code == pytest.ExitCode.OK, text[-2000:]
+    import pandas as pd
+
+    assert set(pd.read_csv(table).hook_mismatch_ok) == {"a probe"}

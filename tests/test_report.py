@@ -50,7 +50,7 @@ def test_a_run_records_every_case_once_with_its_vectors(recorded):
     expected = {(c, m) for c in CASES for g in registry.get(c).groups for m in registry.get(c).metrics(g)}
     assert set(zip(rows.case_id, rows.metric, strict=True)) == expected and len(rows) == len(expected)
     assert set(rows.verdict) <= {"ok", "improved", "regression", "unchecked"}
-    assert rows.sae_fingerprint.str.len().min() == 16 and rows.model_fingerprint.str.contains("@").all()
+    assert rows.sae_fingerprint.str.len().min() == 64 and rows.model_fingerprint.str.contains("@").all()
     assert set(db.vectors(1, "tiny-qwen2/base-sae@chat")) == {"feature_density"}
     paired = db.vectors(1, "tiny-qwen2/base-sae@base-vs-chat")
     assert {"density_base", "density_finetuned", "activation_similarity", "logit_similarity", "regular"} <= set(paired)
@@ -97,7 +97,10 @@ def test_compare_passes_on_identical_runs_and_fails_on_a_move_beyond_tolerance(r
             shutil.copy(f"{recorded}{suffix}", f"{path}{suffix}")
     db = ResultsDB(path)
     with db.connection:
-        db.connection.execute("INSERT INTO runs (started, versions, device, selection) VALUES ('t', '{}', 'cpu', 'x')")
+        db.connection.execute(
+            "INSERT INTO runs (started, ended, versions, device, selection, exit_status) "
+            "VALUES ('t', 't', '{}', 'cpu', 'x', 0)"
+        )
         columns = "case_id, grp, metric, value, undefined_reason, expected, threshold, direction, verdict, sae, "
         columns += "sae_fingerprint, model, model_fingerprint, tokens"
         db.connection.execute(f"INSERT INTO measurements SELECT 2, {columns} FROM measurements WHERE run = 1")
