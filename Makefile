@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: bench test rehearse lint clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned, so pip takes the CPU build on disk rather than resolving a CUDA one.
 	$(PY) -m pip install --quiet "torch==2.13.0"

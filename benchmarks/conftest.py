@@ -23,6 +23,7 @@ from sae_bench.suite import (
     ItemXfailed,
     Suite,
     SuiteOptions,
+    git_commit,
 )
 
 
@@ -39,6 +40,7 @@ def device(request) -> str:
     return request.config.getoption("--device")  # checked when the suite was configured
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-benchmark's hook; the gate and an installed suite run without it
 def pytest_benchmark_update_machine_info(config, machine_info):
     from importlib.metadata import version
 
@@ -51,12 +53,10 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 
 def options_of(config) -> SuiteOptions:
-    from sae_bench.cases import SHIPPED_CASES
-
-    cases_dirs = tuple(Path(d) for d in config.getoption("cases_dir")) or (SHIPPED_CASES,)
+    expectations_dir = config.getoption("--expectations-dir")
     return SuiteOptions(
-        cases_dirs=cases_dirs,
-        expectations_dir=Path(config.getoption("--expectations-dir") or SHIPPED_EXPECTATIONS),
+        cases_dirs=tuple(Path(d) for d in config.getoption("cases_dir")),
+        expectations_dir=Path(expectations_dir) if expectations_dir else None,
         device=config.getoption("--device"),
         update=config.getoption("--update-expectations"),
         replace_published=config.getoption("--replace-published"),
@@ -93,11 +93,11 @@ def pytest_configure(config):
             config.getoption("--results"),
             disabled=config.getoption("--no-results"),
             run_id=None if workerinput is None else workerinput.get("sae_bench_run"),
-            git_commit=_git_commit(),
+            git_commit=git_commit(Path(__file__).parent),
         )
     config._sae_bench_suite = suite
     if suite.options.rehearse:
-        suite.digest = ExpectationsDigest(suite.options.expectations_dir)
+        suite.digest = ExpectationsDigest(suite.options.expectations_dir or SHIPPED_EXPECTATIONS)
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:  # share the cores between xdist workers instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
@@ -217,16 +217,6 @@ def _param(item, name: str):
     return None if callspec is None else callspec.params.get(name)
 
 
-def _git_commit() -> str | None:
-    import subprocess
-
-    try:
-        run = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
-    except OSError:
-        return None
-    return run.stdout.strip() or None
-
-
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
     """pytest-xdist: every worker records into the controller's run."""
@@ -239,7 +229,7 @@ def rehearsal_problems(suite: Suite) -> list[str]:
     """What a rehearsal must never do: write to expectations/, or load a model more than once."""
     problems = []
     if suite.digest.changed():
-        problems.append(f"{suite.options.expectations_dir} changed during the rehearsal")
+        problems.append(f"{suite.digest.directory} changed during the rehearsal")
     problems += [f"{spec} was loaded {n} times" for spec, n in suite.executor.model_loads.items() if n > 1]
     return problems
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_bench.errors import BadInput
+from sae_bench.shipped import shipped
 
 METRIC_GROUPS: dict[str, tuple[str, ...]] = {
     "reconstruction": (
@@ -58,8 +59,8 @@ METRIC_GROUPS: dict[str, tuple[str, ...]] = {
 }
 """Metrics checked per test item: one item per (case, group), so a failure names what regressed."""
 
-SHIPPED_CASES = Path(__file__).resolve().parents[1] / "benchmarks" / "cases"
-"""The suite's own case files."""
+SHIPPED_CASES = shipped("cases")
+"""The suite's own case files (the checkout's, or the installed copy)."""
 TRANSFER_GROUPS = ("reconstruction", "ce", "kl", "density", "outliers", "reconstruction-pooled")
 PAIRED_GROUPS = ("universality", "residual")
 CHAT_MASKS = ("rollout", "user-prompt")

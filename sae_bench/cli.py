@@ -76,6 +76,12 @@ def _add_zoo_commands(commands) -> None:
 def _write_published(args: argparse.Namespace) -> int:
     from sae_bench.cases import expectation_path
     from sae_bench.published import published_expectations
+    from sae_bench.shipped import in_checkout, shipped
+
+    if args.root is None:
+        if not in_checkout():  # an installed suite never writes into its own package or the current folder
+            raise BadInput("expectations published: pass --root DIR, the folder to write the files into")
+        args.root = shipped("expectations")
 
     for expected in published_expectations():
         path = expectation_path(args.root, expected.case)
@@ -92,8 +98,15 @@ def _gate(args: argparse.Namespace) -> int:
         activate(extra_saes=[args.sae], extra_hook=_gated_hook(args))
     from sae_bench.gate import run_gate
 
+    results = ["--no-results"] if args.no_results else [f"--results={args.results}"] if args.results else []
     return run_gate(
-        args.sae, args.cases, junit=args.junit, table=args.table, rehearse=args.rehearse, cases_dirs=args.cases_dir
+        args.sae,
+        args.cases,
+        junit=args.junit,
+        table=args.table,
+        rehearse=args.rehearse,
+        cases_dirs=args.cases_dir,
+        pytest_args=results,
     )
 
 
@@ -101,7 +114,7 @@ def _gated_hook(args: argparse.Namespace) -> str | None:
     """The hook of the first hub case the gate selects: where a stand-in for a new hub SAE must read."""
     from sae_bench.cases import SHIPPED_CASES, cases_selected_by, load_registries
 
-    registry = load_registries(tuple(args.cases_dir) or (SHIPPED_CASES,))
+    registry = load_registries((SHIPPED_CASES, *args.cases_dir))
     hub = [cid for cid in cases_selected_by(registry, args.cases) if registry.get(cid).tier == "hub"]
     return registry.get(hub[0]).hook if hub else None
 
@@ -125,10 +138,15 @@ def _add_gate_command(commands) -> None:
         default=[],
         type=Path,
         metavar="DIR",
-        help="case files from this folder instead of the shipped ones (repeatable)",
+        help="a folder of your own case files, added to the shipped ones (repeatable); its expectation files live "
+        "in its expectations/ subfolder",
     )
     gate.add_argument("--junit", metavar="FILE", help="write JUnit XML here (each entry names the SAE and its sha256)")
     gate.add_argument("--table", metavar="FILE", help="write the verdict table here (.md or .csv)")
+    gate.add_argument(
+        "--results", metavar="PATH", help="record the run in this results database (default: as pytest benchmarks)"
+    )
+    gate.add_argument("--no-results", action="store_true", help="record nothing")
     gate.add_argument(
         "--rehearse",
         action="store_true",
@@ -143,7 +161,9 @@ def _add_expectation_commands(commands) -> None:
         dest="expectations_command", required=True
     )
     published = group.add_parser("published", help="write the hub cases' expectations from the published results")
-    published.add_argument("--root", type=Path, default=Path("expectations"), help="expectations folder")
+    published.add_argument(
+        "--root", type=Path, help="expectations folder to write (default in a checkout: its expectations/)"
+    )
     published.set_defaults(run=_write_published)
 
 
@@ -230,6 +250,27 @@ def _add_result_commands(commands) -> None:
     hist.set_defaults(run=_history)
 
 
+PYTEST_EXIT = {0: EXIT_OK, 1: EXIT_REGRESSION, 2: EXIT_INTERRUPTED}
+"""pytest's exit codes in the suite's terms; everything else (internal error, usage error, no test selected) is 2."""
+
+
+def run_suite(pytest_args: list[str]) -> int:
+    """`sae-bench run ARGS`: the benchmark suite, wherever the package is (`pytest benchmarks ARGS` in a checkout,
+    the installed copy otherwise), with the suite's exit codes."""
+    import pytest
+
+    from sae_bench.shipped import in_checkout, shipped
+
+    benchmarks = shipped("benchmarks")
+    target = [str(benchmarks)]
+    if not in_checkout():  # the installed suite's own ini (its options plugin, markers, no cache in the package)
+        target += ["-c", str(benchmarks / "pytest.ini"), "--rootdir", str(benchmarks)]
+    code = int(pytest.main(target + pytest_args))
+    if code == pytest.ExitCode.NO_TESTS_COLLECTED:
+        print("sae-bench run: no test selected (check -k, -m or --case-id)", file=sys.stderr)
+    return PYTEST_EXIT.get(code, EXIT_BAD_INPUT)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sae-bench",
@@ -245,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_zoo_commands(commands)
     _add_expectation_commands(commands)
     _add_gate_command(commands)
+    commands.add_parser(
+        "run",
+        help="the benchmark suite, from any folder: `sae-bench run -k mistral` is `pytest benchmarks -k mistral` on "
+        "the installed suite (every pytest and suite option passes through)",
+        add_help=False,
+    )
     _add_result_commands(commands)
     return parser
 
@@ -252,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every known error becomes one line on stderr and its exit code (DESIGN §12)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run"]:  # pytest parses the rest
+        keep_freed_memory()
+        return run_suite(argv[1:])
     debug = "--debug" in argv  # accepted anywhere on the line, not only before the command
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
     args.debug = debug

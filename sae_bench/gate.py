@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION, BadInput
+from sae_bench.shipped import in_checkout, shipped
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = shipped("benchmarks")
 AT = "__at__"
 
 
@@ -155,6 +156,7 @@ def run_gate(
     table: str | None = None,
     rehearse: bool = False,
     cases_dirs: Sequence[Path] = (),
+    pytest_args: Sequence[str] = (),
     benchmarks: Path = BENCHMARKS,
 ) -> int:
     """Run the gate; returns its exit code, having said on stderr why when it is not 0."""
@@ -177,7 +179,7 @@ def run_gate(
     sha = weights_sha256(new_sae)
     from sae_bench.cases import SHIPPED_CASES
 
-    registry = load_registries(tuple(cases_dirs) or (SHIPPED_CASES,))
+    registry = load_registries((SHIPPED_CASES, *cases_dirs))
     selection = Selection(cases)
     selected = cases_selected_by(registry, cases)
     if rehearse:
@@ -202,11 +204,13 @@ def run_gate(
             EXIT_BAD_INPUT,
         )
     args = [str(benchmarks / "test_cases.py"), str(benchmarks / "test_claims.py"), "--sae", sae, "--sae-cases", cases]
-    args += ["-p", "no:cacheprovider", "-q"]
+    args += ["-p", "no:cacheprovider", "-p", "no:benchmark", "-q"]  # writes nothing where it runs but what it is told
     args += [f"--cases-dir={d}" for d in cases_dirs]
+    args += [] if in_checkout() else ["-c", str(benchmarks / "pytest.ini"), "--rootdir", str(benchmarks)]
     args += ["--junitxml", junit] if junit else []
     args += ["--verdict-table", table] if table else []
     args += ["--rehearse", "-m", "hub"] if rehearse else []
+    args += list(pytest_args)
     plugin = GatePlugin(selection, set(selected))
     code = pytest.main(args, plugins=[plugin])
     return _verdict(code, plugin, sae, sha, rehearse)

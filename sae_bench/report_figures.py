@@ -29,12 +29,13 @@ def heatmaps(grid: dict[str, pd.DataFrame], family: str, run: int) -> plt.Figure
     figure, axes = plt.subplots(1, len(grid), figsize=(5.2 * len(grid), 0.6 * len(next(iter(grid.values()))) + 2.4))
     for ax, (label, table) in zip(np.atleast_1d(axes), grid.items(), strict=True):
         values = table.astype(float).to_numpy()
-        image = ax.imshow(values, cmap="viridis", vmin=min(0.0, np.nanmin(values)), vmax=1.0, aspect="auto")
+        measured = values[~np.isnan(values)]  # a grid the run did not measure at all is drawn empty, not warned about
+        low = min(0.0, float(measured.min())) if measured.size else 0.0
+        image = ax.imshow(values, cmap="viridis", vmin=low, vmax=1.0, aspect="auto")
         ax.set_xticks(range(table.shape[1]), table.columns, rotation=30, ha="right")
         ax.set_yticks(range(table.shape[0]), table.index)
         ax.set_xlabel("model (activations from)")
         ax.set_ylabel("SAE (trained on)")
-        low = min(0.0, np.nanmin(values))
         for (i, j), value in np.ndenumerate(values):
             dark = not np.isnan(value) and (value - low) / (1.0 - low) > 0.6  # light cells of viridis get dark text
             text = "—" if np.isnan(value) else f"{value:.3f}"

@@ -22,7 +22,8 @@ import pandas as pd
 
 from sae_bench.errors import BadInput
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2 added measurements.registry (which case registry a case came from); a version-1 file is migrated in place."""
 DEFAULT_PATH = Path(".sae-bench") / "results.sqlite"
 ENV = "SAE_BENCH_RESULTS"
 
@@ -37,7 +38,7 @@ CREATE TABLE IF NOT EXISTS measurements (
     run INTEGER NOT NULL REFERENCES runs(id), case_id TEXT NOT NULL, grp TEXT NOT NULL, metric TEXT NOT NULL,
     value REAL, undefined_reason TEXT, expected REAL, threshold REAL, direction TEXT, verdict TEXT NOT NULL,
     sae TEXT NOT NULL, sae_fingerprint TEXT NOT NULL, model TEXT NOT NULL, model_fingerprint TEXT NOT NULL,
-    tokens INTEGER NOT NULL,
+    tokens INTEGER NOT NULL, registry TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run, case_id, metric)
 );
 CREATE TABLE IF NOT EXISTS vectors (
@@ -57,8 +58,14 @@ class ResultsFileError(BadInput):
 
 
 def default_path() -> Path:
-    """`$SAE_BENCH_RESULTS`, else .sae-bench/results.sqlite under the working directory."""
-    return Path(os.environ.get(ENV) or DEFAULT_PATH)
+    """`$SAE_BENCH_RESULTS`; else, in a checkout, .sae-bench/results.sqlite under the working directory; else (an
+    installed suite, which writes nothing into the folder it runs in) results.sqlite in the suite's cache."""
+    from sae_bench.cache import cache_dir
+    from sae_bench.shipped import in_checkout
+
+    if os.environ.get(ENV):
+        return Path(os.environ[ENV])
+    return DEFAULT_PATH if in_checkout() else cache_dir() / "results.sqlite"
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,8 @@ class CaseMeasurement:
     model: str
     model_fingerprint: str
     tokens: int
+    registry: str = ""
+    """Which case registry the case came from: the shipped one (with its version), or a user's folder and commit."""
 
 
 class ResultsDB:
@@ -107,9 +116,15 @@ class ResultsDB:
             if not read_only:
                 self.connection.executescript(_SCHEMA)
             found = self.connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if found is not None and found[0] == "1" and not read_only:  # version 1 lacked measurements.registry
+                self.connection.execute("ALTER TABLE measurements ADD COLUMN registry TEXT NOT NULL DEFAULT ''")
+                self.connection.execute(
+                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
+                )
+                found = (str(SCHEMA_VERSION),)
             if found is None and not read_only:
                 self.connection.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif found is None or int(found[0]) != SCHEMA_VERSION:
+            elif found is None or int(found[0]) not in (1, SCHEMA_VERSION):
                 raise ResultsSchemaError(
                     f"{self.path} holds results of schema version {found[0] if found else 'none'}; this suite writes "
                     f"version {SCHEMA_VERSION}. Move the file away (or pass --results with another path) to start a "
@@ -160,10 +175,11 @@ class ResultsDB:
                 _number(row["expected"]) if checked else None, float(row["threshold"]) if checked else None,
                 row["direction"] if checked else None, row["verdict"] if checked else "unchecked",
                 measured.sae, measured.sae_fingerprint, measured.model, measured.model_fingerprint, measured.tokens,
+                measured.registry,
             ))  # fmt: skip
         with self.connection:
             self.connection.executemany(
-                "INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                "INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
             )
 
     def record_vectors(self, run: int, case_id: str, vectors: Mapping[str, np.ndarray]) -> None:

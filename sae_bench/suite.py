@@ -19,8 +19,9 @@ from sae_bench import expectation_store, expectations
 from sae_bench.cases import SHIPPED_CASES, Case, Registry, cases_selected_by, load_registries
 from sae_bench.errors import BadInput
 from sae_bench.execution import CaseExecutor
+from sae_bench.shipped import shipped
 
-SHIPPED_EXPECTATIONS = SHIPPED_CASES.parents[1] / "expectations"
+SHIPPED_EXPECTATIONS = shipped("expectations")
 SPREAD_SUBSETS = 8
 PACKAGES = ("sae-transfer-bench", "torch", "sae-lens", "transformer-lens")
 VERDICT_COLUMNS = ["case", "group", "metric", "expected", "got", "threshold", "direction", "verdict", "sae"]
@@ -43,8 +44,10 @@ class ItemXfailed(Exception):
 class SuiteOptions:
     """Everything a run of the suite is told (pytest options, or the gate's)."""
 
-    cases_dirs: tuple[Path, ...] = (SHIPPED_CASES,)
-    expectations_dir: Path = SHIPPED_EXPECTATIONS
+    cases_dirs: tuple[Path, ...] = ()
+    """A user's case folders, added to the shipped cases; each keeps its expectation files in its `expectations/`."""
+    expectations_dir: Path | None = None
+    """Read (and write) every case's expectation files here instead (None: the shipped ones for shipped cases)."""
     device: str = "cpu"
     update: bool = False
     replace_published: bool = False
@@ -112,7 +115,7 @@ class Suite:
             )
         if not options.rehearse:  # the rehearsal runs on the CPU whatever --device says
             check_device(options.device)
-        self.shipped = load_registries(options.cases_dirs)
+        self.shipped = load_registries((SHIPPED_CASES, *options.cases_dirs))
         self.registry = self._with_override(self.shipped)
         self.executor = CaseExecutor(device=options.device)
         self.verdicts: list[pd.DataFrame] = []
@@ -153,7 +156,7 @@ class Suite:
 
     def expectation_problems(self, case_ids: Iterable[str]) -> list[str]:
         """One message per expectation file of these cases that cannot be used, read before any case runs."""
-        paths = {self.registry.get(cid).expectation_path(self.options.expectations_dir): cid for cid in case_ids}
+        paths = {self.expectation_path(self.registry.get(cid)): cid for cid in case_ids}
         files, problems = expectation_store.read_all(paths)
         for path, file in files.items():
             if file.case != paths[path]:
@@ -163,12 +166,35 @@ class Suite:
                 )
         return problems
 
+    def expectation_root(self, case: Case) -> Path:
+        """Where a case's expectation files live: --expectations-dir, else the shipped folder for a shipped case,
+        else the `expectations/` folder beside the user's case file."""
+        if self.options.expectations_dir is not None:
+            return self.options.expectations_dir
+        folder = Path(case.file).resolve().parent
+        return SHIPPED_EXPECTATIONS if folder == SHIPPED_CASES.resolve() else folder / "expectations"
+
+    def expectation_path(self, case: Case) -> Path:
+        return case.expectation_path(self.expectation_root(case))
+
     def orphan_expectations(self) -> list[Path]:
-        """Expectation files that no registered case reads."""
-        directory = self.options.expectations_dir
-        if not directory.is_dir():
-            return []
-        return expectation_store.orphans(directory, (case.expectation_path(directory) for case in self.shipped))
+        """Expectation files that no registered case reads, in every folder a registered case reads from."""
+        found = []
+        for root in sorted({self.expectation_root(case) for case in self.shipped}):
+            if root.is_dir():
+                paths = (self.expectation_path(c) for c in self.shipped if self.expectation_root(c) == root)
+                found += expectation_store.orphans(root, paths)
+        return found
+
+    def registry_source(self, case: Case) -> str:
+        """Which registry a case came from, for the results database: the shipped one (with the package version),
+        or a user's folder with its git commit."""
+        from importlib.metadata import version
+
+        folder = Path(case.file).resolve().parent
+        if folder == SHIPPED_CASES.resolve():
+            return f"shipped sae-transfer-bench {version('sae-transfer-bench')}"
+        return f"{folder} (git {git_commit(folder) or 'none'})"
 
     def plan(self, case_ids: Sequence[str]) -> list[str]:
         """Tell the executor which cases will run (each model's together); returns them model by model."""
@@ -216,7 +242,7 @@ class Suite:
             record_property("sae", case.sae)
             record_property("sae_sha256", sha)
         names = case.metrics(group)
-        path = case.expectation_path(self.options.expectations_dir)
+        path = self.expectation_path(case)
         if rehearsed and not path.exists():
             from sae_bench.published import NOT_PUBLISHED
 
@@ -361,6 +387,7 @@ class Suite:
                 case.model,
                 source_fingerprint(case.model),
                 int(measured.get("n_tokens_reconstructed") or measured.get("n_tokens") or 0),
+                self.registry_source(case),
             ),
         )
         if case.id not in self.vectors_recorded:
@@ -383,6 +410,17 @@ class Suite:
         """Every value --update-expectations changed: file, metric, old → new, and its verdict before."""
         rows = [vars(u) | {"path": str(u.path)} for u in self.updates]
         return pd.DataFrame(rows, columns=["path", "metric", "old", "new", "verdict_before"])
+
+
+def git_commit(folder: Path) -> str | None:
+    """The commit checked out in the git work tree holding `folder` (None outside one, or without git)."""
+    import subprocess
+
+    try:
+        run = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return run.stdout.strip() or None if run.returncode == 0 else None
 
 
 def _model_key(case: Case) -> tuple:

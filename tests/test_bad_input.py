@@ -55,11 +55,16 @@ def assert_clear(text: str, *needles: str) -> None:
         assert needle in text, f"{needle!r} not in:\n{text[-3000:]}"
 
 
+USER_CASE = "my-qwen2/base-sae@chat"
+"""The tiny-qwen2 base SAE case in a user's copy of the family file (`--cases-dir` adds to the shipped cases)."""
+
+
 @pytest.fixture
 def cases_copy(tmp_path) -> Path:
     target = tmp_path / "cases"
     target.mkdir()
-    shutil.copy(CASES / "tiny-qwen2.toml", target)
+    text = (CASES / "tiny-qwen2.toml").read_text().replace('family = "tiny-qwen2"', 'family = "my-qwen2"', 1)
+    (target / "tiny-qwen2.toml").write_text(text)
     return target
 
 
@@ -395,7 +400,7 @@ def test_the_gate_says_interrupted_and_exits_130(capsys):
 def test_a_case_asking_more_rows_than_its_dataset_has_fails_with_the_fix(capsys, cases_copy):
     path = cases_copy / "tiny-qwen2.toml"
     path.write_text(path.read_text().replace("tokens = 16384", "tokens = 99999999", 1))
-    code, text = suite(capsys, f"--cases-dir={cases_copy}", "--case-id", CASE, "--no-results", "-k", "ce")
+    code, text = suite(capsys, f"--cases-dir={cases_copy}", "--case-id", USER_CASE, "--no-results", "-k", "ce")
     assert code == pytest.ExitCode.TESTS_FAILED
     assert_clear(text, "bad input: zoo:heldout holds 256 rows", "lower tokens to at most 32768")
     assert "During handling" not in text
@@ -404,7 +409,7 @@ def test_a_case_asking_more_rows_than_its_dataset_has_fails_with_the_fix(capsys,
 def test_an_sae_spliced_at_another_hook_than_its_own_needs_a_reason_the_table_shows(capsys, cases_copy, tmp_path):
     path = cases_copy / "tiny-qwen2.toml"
     path.write_text(path.read_text().replace('hook = "blocks.2.hook_resid_pre"', 'hook = "blocks.1.hook_resid_pre"'))
-    args = (f"--cases-dir={cases_copy}", "--case-id", CASE, "--no-results", "-k", "reconstruction")
+    args = (f"--cases-dir={cases_copy}", "--case-id", USER_CASE, "--no-results", "-k", "reconstruction")
     code, text = suite(capsys, *args)
     assert code == pytest.ExitCode.TESTS_FAILED
     assert_clear(text, "reads blocks.2.hook_resid_pre", "splices it at blocks.1.hook_resid_pre", "hook_mismatch_ok")

@@ -102,7 +102,7 @@ def test_compare_passes_on_identical_runs_and_fails_on_a_move_beyond_tolerance(r
             "VALUES ('t', 't', '{}', 'cpu', 'x', 0)"
         )
         columns = "case_id, grp, metric, value, undefined_reason, expected, threshold, direction, verdict, sae, "
-        columns += "sae_fingerprint, model, model_fingerprint, tokens"
+        columns += "sae_fingerprint, model, model_fingerprint, tokens, registry"
         db.connection.execute(f"INSERT INTO measurements SELECT 2, {columns} FROM measurements WHERE run = 1")
     assert main(["compare", "--results", str(path)]) == 0
     assert "0 metrics moved" in capsys.readouterr().err
@@ -124,5 +124,28 @@ def test_a_database_of_another_schema_version_is_refused_with_what_to_do(tmp_pat
     ResultsDB(path).close()
     with sqlite3.connect(path) as connection:
         connection.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
-    with pytest.raises(ResultsSchemaError, match="schema version 0.*writes version 1.*Move the file away"):
+    with pytest.raises(ResultsSchemaError, match="schema version 0.*writes version 2.*Move the file away"):
         ResultsDB(path)
+
+
+def test_a_version_1_database_is_migrated_in_place_and_keeps_its_runs(tmp_path):
+    """Version 2 added measurements.registry; a version-1 file gains the column (empty) and keeps every row."""
+    path = tmp_path / "v1.sqlite"
+    with sqlite3.connect(path) as connection:
+        connection.executescript(
+            "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+            "INSERT INTO meta VALUES ('schema_version', '1');"
+            "CREATE TABLE runs (id INTEGER PRIMARY KEY AUTOINCREMENT, started TEXT NOT NULL, ended TEXT, git_commit "
+            "TEXT, versions TEXT NOT NULL, device TEXT NOT NULL, selection TEXT NOT NULL, exit_status INTEGER);"
+            "CREATE TABLE measurements (run INTEGER NOT NULL, case_id TEXT NOT NULL, grp TEXT NOT NULL, metric TEXT "
+            "NOT NULL, value REAL, undefined_reason TEXT, expected REAL, threshold REAL, direction TEXT, verdict TEXT "
+            "NOT NULL, sae TEXT NOT NULL, sae_fingerprint TEXT NOT NULL, model TEXT NOT NULL, model_fingerprint TEXT "
+            "NOT NULL, tokens INTEGER NOT NULL, PRIMARY KEY (run, case_id, metric));"
+            "INSERT INTO runs VALUES (1, 't', 't', NULL, '{}', 'cpu', '', 0);"
+            "INSERT INTO measurements VALUES (1, 'a/s@m', 'ce', 'ce_clean', 2.0, NULL, NULL, NULL, NULL, 'unchecked', "
+            "'s', 'f', 'm', 'f', 10);"
+        )
+    db = ResultsDB(path)
+    rows = db.measurements(1)
+    assert rows.value.tolist() == [2.0] and rows.registry.tolist() == [""]
+    assert db.connection.execute("SELECT value FROM meta").fetchone()[0] == "2"

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from pathlib import Path
 
 from sae_bench.cases import Case
 from sae_bench.expectations import DEFAULT_DIRECTION, ExpectationFile, MetricExpectation
+from sae_bench.shipped import shipped
 
-REFERENCES = Path(__file__).resolve().parents[2] / "references" / "kissane-sae-transfer"
+REFERENCES = shipped("references") / "kissane-sae-transfer"
 
 # (abs, rel, basis): what each kind of metric may move by on another token sample.
 _CE_BASIS = "2x the 4% spread of Kutsyk's Gemma-2B clean CE over three token samples (seed-conventions 4.4)"

@@ -8,18 +8,22 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sae_bench.errors import BadInput
+
 ZOO_ENV = "SAE_BENCH_ZOO"
 MANIFEST = "manifest.json"
 
 
-class ZooArtifactError(RuntimeError):
+class ZooArtifactError(BadInput):
     """A zoo file is missing, unlisted or not the file the manifest describes."""
 
 
 def zoo_root() -> Path:
-    """The zoo folder: `$SAE_BENCH_ZOO`, else `zoo/` at the root of the repository this package sits in."""
+    """The zoo folder: `$SAE_BENCH_ZOO`, else the shipped zoo (the checkout's zoo/, or the installed copy)."""
+    from sae_bench.shipped import shipped
+
     configured = os.environ.get(ZOO_ENV)
-    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "zoo"
+    return Path(configured) if configured else shipped("zoo")
 
 
 def sha256_file(path: Path) -> str:
@@ -35,7 +39,7 @@ def read_manifest(root: Path | None = None) -> dict[str, Any]:
     path = root / MANIFEST
     if not path.is_file():
         raise ZooArtifactError(
-            f"no zoo manifest at {path}: the zoo ships in the repository's zoo/ folder "
+            f"no zoo manifest at {path}: the zoo ships with the package (the repository's zoo/ folder) "
             f"(set {ZOO_ENV} to point elsewhere, or rebuild it with `sae-bench zoo build`)"
         )
     return json.loads(path.read_text())
