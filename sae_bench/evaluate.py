@@ -48,6 +48,7 @@ from sae_bench.splicing import (
     final_residual_from_hook,
     is_causal,
     resolve_hook,
+    run_keeping_hooks,
     spliced_residual,
     zero_ablated_residual,
 )
@@ -149,16 +150,19 @@ def evaluate_transfer(
     return evaluate_shared(model, [(sae, config)], tokens, position_mask=position_mask)[0]
 
 
-SHARED_SETTINGS = ("hook", "batch_size", "stack_continuations", "logit_rows_per_chunk", "device", "dtype")
-"""What every variant of one shared pass must agree on (they share batches and forward passes)."""
+SHARED_SETTINGS = ("batch_size", "stack_continuations", "logit_rows_per_chunk", "device", "dtype")
+"""What every variant of one shared pass must agree on (they share batches and forward passes); hooks may differ."""
 
 
 @dataclass
 class PassCost:
-    """What a shared pass ran from the hook on, summed over batches: the clean rows, each distinct spliced residual's
-    rows and the distinct zero-ablated rows (one, where every position of every row is ablated)."""
+    """What a shared pass ran, summed over batches. One hook: the rows continued from it (the clean rows, each
+    distinct spliced residual's rows, the distinct zero-ablated rows), its prefix being counted apart. Several hooks:
+    `block_rows`, every block row at the floor (one clean forward through every block; from each hook, its distinct
+    spliced and zero-ablated rows through the blocks after it)."""
 
     continued_rows: int = 0
+    block_rows: int = 0
 
 
 @dataclass
@@ -169,6 +173,7 @@ class _Variant:
     config: EvalConfig
     acc: TransferAccumulators
     special: Tensor | None
+    site: HookSite
 
 
 @torch.inference_mode()
@@ -184,12 +189,17 @@ def evaluate_shared(
     """Several SAEs, or several outlier / special-token / scaling variants of one, on one model and one token set
     in one pass; each report equals what `evaluate_transfer` gives for its pair alone.
 
-    Per batch the model runs to the hook once and the clean and zero-ablated continuations run once for every
-    variant; each distinct spliced residual (SAE, scale and splice positions) continues once. Each variant scores
-    its own counted predictions exactly as a single evaluation does (the same rows, chunks and float64 sums).
+    One hook: per batch the model runs to the hook once and the clean and zero-ablated continuations run once for
+    every variant; each distinct spliced residual (SAE, scale and splice positions) continues once. Each variant
+    scores its own counted predictions exactly as a single evaluation does (the same rows, chunks and float64 sums).
 
-    prefix: the residual at the hook for these batches, already computed (`sae_bench.prefix`); then the model
-    runs only the continuations. cost: filled with the rows continued, for the suite's forward-pass count.
+    Several hooks (the SAEs of a release): per batch one clean forward through every block keeps the residual at
+    every hook; from each hook its distinct spliced residuals and its distinct zero-ablated rows continue. A report
+    then equals its pair alone to float32 rounding (the clean run is one forward rather than a continuation stacked
+    with others, which reorders float32 sums), and memory holds one batch's hook residuals, not the token set's.
+
+    prefix: the residual at the hook for these batches, already computed (`sae_bench.prefix`; one hook only); then
+    the model runs only the continuations. cost: filled with what ran, for the suite's forward-pass count.
     """
     if not variants:
         raise ValueError("evaluate_shared: no (SAE, EvalConfig) variants given")
@@ -205,38 +215,83 @@ def evaluate_shared(
         special = special_token_ids(model, config.special_token_ids) if config.exclude_special_tokens else None
         acc = TransferAccumulators(sae.cfg.d_sae, _outlier_breakdown_stats(model))
         acc.ev_pooled = metrics.PooledPerTokenEVStats() if config.pooled_per_token_ev else None
-        states.append(_Variant(sae, config, acc, special))
+        states.append(_Variant(sae, config, acc, special, site))
+    sites = sorted({state.site for state in states}, key=lambda s: (s.blocks_before, s.name))
     batches = TokenBatches(tokens, position_mask, first.batch_size, causal=is_causal(model))
     check_token_ids(batches.tokens, model.cfg.d_vocab)
     if prefix is not None:
-        prefix.check_serves(site.name, batches)
+        if len(sites) > 1:
+            raise ValueError("evaluate_shared: a prefix serves one hook; variants at several hooks run their own")
+        prefix.check_serves(sites[0].name, batches)
     device = first.device or model.cfg.device
     chunk = logit_rows_per_chunk(first, device, model.cfg.d_vocab)
     progress = any(config.progress for _, config in variants)
-    for index, batch in enumerate(tqdm(batches, desc=f"evaluate {site.name}", disable=not progress, leave=False)):
+    label = sites[0].name if len(sites) == 1 else f"{len(sites)} hooks"
+    for index, batch in enumerate(tqdm(batches, desc=f"evaluate {label}", disable=not progress, leave=False)):
         toks, pos_mask = batch.tokens.to(device), batch.position_mask.to(device)
-        x = residual_at_hook(model, toks, site, prefix, index, device)  # (batch, pos, d_model)
-        check_finite(x, f"activations at {site.name}", batch.offset)
+        if len(sites) == 1:
+            at_hook = {sites[0]: residual_at_hook(model, toks, sites[0], prefix, index, device)}
+            clean_final = None  # continues from the hook, stacked with the others
+        else:  # one clean forward keeps every hook's residual: each hook's prefix comes free
+            at_hook, clean_final = run_keeping_hooks(model, toks, sites)
+            if cost is not None:
+                cost.block_rows += toks.shape[0] * model.cfg.n_layers
+        for site, x in at_hook.items():
+            check_finite(x, f"activations at {site.name}", batch.offset)
+        _evaluate_batch(model, states, at_hook, clean_final, toks, pos_mask, batch.offset, chunk, first, cost)
+    reports = []
+    for state in states:
+        if state.acc.reconstruction.n_tokens == 0:
+            raise ValueError(_nothing_left_message(batches, state.acc))
+        reports.append(
+            finalize_transfer_report(
+                state.acc, site=state.site, config=state.config, n_sequences=tokens.shape[0], d_sae=state.sae.cfg.d_sae
+            )
+        )
+    return reports
+
+
+def _evaluate_batch(
+    model: HookedTransformer,
+    states: list[_Variant],
+    at_hook: dict[HookSite, Tensor],
+    clean_final: Tensor | None,
+    toks: Tensor,
+    pos_mask: Tensor,
+    offset: int,
+    chunk: int,
+    first: EvalConfig,
+    cost: PassCost | None,
+) -> None:
+    """One batch of a shared pass: per hook, each variant's reconstruction statistics and distinct spliced residual,
+    then that hook's continuations (its spliced residuals and its zero-ablated rows; the clean one too when the
+    pass has one hook), then the scores of each variant against the clean and that hook's zero-ablated run."""
+    for site, x in at_hook.items():
+        members = [(i, state) for i, state in enumerate(states) if state.site == site]
         spliced: dict[tuple, tuple[str, Tensor]] = {}  # distinct spliced residuals of this batch: key → (name, x)
         plans = []
-        for index, state in enumerate(states):
+        for index, state in members:
             with _blamed_on_variant(index):
-                plans.append(_splice(state, x, toks, pos_mask, batch.offset, spliced))
-        residuals = {"clean": x, **dict(spliced.values()), "zero": zero_ablated_residual(x, pos_mask)}
+                plans.append(_splice(state, x, toks, pos_mask, offset, spliced))
+        residuals = ({"clean": x} if clean_final is None else {}) | dict(spliced.values())
+        residuals["zero"] = zero_ablated_residual(x, pos_mask)
         finals, continued = _final_residuals(model, site, residuals, first.stack_continuations)
+        if clean_final is not None:
+            finals["clean"] = clean_final
         if cost is not None:
             cost.continued_rows += continued
+            cost.block_rows += continued * (model.cfg.n_layers - site.blocks_before)
         # variants counting the same predictions share the clean and zero scores: one scoring per counted mask
         sharing: dict[bytes, set[str]] = {}
         for name, _, counted_key, _ in plans:
             sharing.setdefault(counted_key, set()).add(name)
         scored: dict[bytes, PredictionScores] = {}
-        for index, (state, (name, considered, counted_key, counted)) in enumerate(zip(states, plans, strict=True)):
+        for (index, state), (name, considered, counted_key, counted) in zip(members, plans, strict=True):
             with _blamed_on_variant(index):
                 check_finite(
                     finals[name][considered],
                     "the model's last residual with the SAE spliced in",
-                    batch.offset,
+                    offset,
                     f"The SAE {sae_name(state.sae)} reconstructs finite values that the model overflows on: compare "
                     "their norms with the activations' (scaling factor, dtype).",
                     positions=considered,
@@ -246,16 +301,6 @@ def evaluate_shared(
                 wanted |= {n: finals[n] for n in sorted(sharing[counted_key])}
                 scored[counted_key] = score_predictions(model, wanted, toks, counted, chunk)
             state.acc.add_scores(scored[counted_key], name)
-    reports = []
-    for state in states:
-        if state.acc.reconstruction.n_tokens == 0:
-            raise ValueError(_nothing_left_message(batches, state.acc))
-        reports.append(
-            finalize_transfer_report(
-                state.acc, site=site, config=state.config, n_sequences=tokens.shape[0], d_sae=state.sae.cfg.d_sae
-            )
-        )
-    return reports
 
 
 @contextmanager

@@ -308,9 +308,9 @@ class CaseExecutor:
 
     # -- shared passes and model lifetimes ------------------------------------------------------------------------
     def plan(self, cases: Sequence[Case]) -> None:
-        """The cases this session will measure: transfer cases on one model, token set, hook and batch size are
-        then evaluated together in one shared pass (`evaluate_shared`), and each model is released (`done`) once
-        every planned case that needs it has finished."""
+        """The cases this session will measure: transfer cases on one model, token set and batch size, at any hooks,
+        are then evaluated together in one shared pass (`evaluate_shared`), and each model is released (`done`)
+        once every planned case that needs it has finished."""
         self._planned = {case.id: case for case in cases}
         self._users = Counter()
         for case in self._planned.values():
@@ -363,7 +363,8 @@ class CaseExecutor:
                 del self._prefixes[key]
 
     def _shared_key(self, case: Case) -> tuple:
-        return (case.model, case.hook, case.batch_size, self._token_key(case))
+        """Cases with the same key share a pass: one model, batch size and token set, at any hooks."""
+        return (case.model, case.batch_size, self._token_key(case))
 
     def _measure_shared(self, case: Case) -> None:
         """Evaluate `case` with every planned, not yet measured transfer case that can share its pass."""
@@ -382,6 +383,7 @@ class CaseExecutor:
         tokens, model = self.tokens(case), self.model(case.model)
         while True:  # an SAE that fails mid-pass fails only its cases: run the pass again without it
             pairs = [(self.sae(c.sae), self._config(c, self.outlier_policy(c, tokens))) for c in group]
+            one_hook = len({c.hook for c in group}) == 1  # else one clean forward keeps every hook's residual
             cost = PassCost()
             try:
                 reports = evaluate_shared(
@@ -389,7 +391,7 @@ class CaseExecutor:
                     pairs,
                     tokens.tokens,
                     position_mask=tokens.position_mask,
-                    prefix=self.prefix(case, case.model),
+                    prefix=self.prefix(case, case.model) if one_hook else None,
                     cost=cost,
                 )
                 break
@@ -400,9 +402,11 @@ class CaseExecutor:
                 self._failures[(failed.id, failed.sae, 0)] = err.named(failed.sae)
                 if not group:
                     return
-        self.cost.add_floor(
-            case.model, cost.continued_rows, model.cfg.n_layers - resolve_hook(model, case.hook).blocks_before
-        )
+        if one_hook:  # the prefix is counted where it is run (`prefix`)
+            blocks_after = model.cfg.n_layers - resolve_hook(model, case.hook).blocks_before
+            self.cost.add_floor(case.model, cost.continued_rows, blocks_after)
+        else:
+            self.cost.add_floor(case.model, cost.block_rows, 1)
         self.shared_passes.append([c.id for c in group])
         for member, report in zip(group, reports, strict=True):
             values, details = _transfer_values(report)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -102,6 +102,28 @@ def is_causal(model: HookedTransformer) -> bool:
 def run_to_hook(model: HookedTransformer, tokens: Tensor, site: HookSite) -> Tensor:
     """Residual stream at the hook. tokens: (batch, pos) → (batch, pos, d_model)."""
     return _in_pieces(model, lambda piece: model(piece, stop_at_layer=site.blocks_before), tokens)
+
+
+def run_keeping_hooks(
+    model: HookedTransformer, tokens: Tensor, sites: Sequence[HookSite]
+) -> tuple[dict[HookSite, Tensor], Tensor]:
+    """One forward through every block, keeping the residual at each site: (residual at each hook, residual after
+    the last block), each (batch, pos, d_model). Each kept residual is the one `run_to_hook` gives (the same
+    operations, stopped later), so every hook's prefix comes with the clean run."""
+    step = rows_per_call(model, tokens.shape[1])
+    kept_pieces: dict[HookSite, list[Tensor]] = {site: [] for site in sites}
+    finals = []
+    kept: dict[str, Tensor] = {}
+
+    def keep(tensor: Tensor, hook) -> None:
+        kept[hook.name] = tensor
+
+    hooks = [(name, keep) for name in dict.fromkeys(site.name for site in sites)]
+    for piece in tokens.split(step):
+        finals.append(model.run_with_hooks(piece, stop_at_layer=model.cfg.n_layers, fwd_hooks=hooks))
+        for site in sites:
+            kept_pieces[site].append(kept[site.name])
+    return {site: torch.cat(pieces) for site, pieces in kept_pieces.items()}, torch.cat(finals)
 
 
 def final_residual_from_hook(model: HookedTransformer, residual: Tensor, site: HookSite) -> Tensor:

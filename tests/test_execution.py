@@ -130,3 +130,38 @@ def test_an_sae_that_fails_in_a_shared_pass_fails_only_its_own_cases(tmp_path):
     alone.plan([case])
     assert together.measure(case) == alone.measure(case)
     assert alone.measure(case)["ce_loss_recovered"] is not None
+
+
+def test_cases_at_several_hooks_share_one_pass_at_the_floor(tmp_path):
+    """A release's SAEs at different layers of one model and token set: one pass, one clean forward, each hook's
+    continuations once; every case's numbers those of its pair alone (to float32 rounding); run = floor."""
+    import pytest
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    from sae_bench.cases import SHIPPED_CASES, load_registry
+    from sae_bench.expectations import FLOAT_FLOOR_REL
+    from sae_bench.metrics import FLOAT32_ROUNDING
+
+    case = replace(load_registry(SHIPPED_CASES).get("tiny-mistral/base-sae@instruct"), tokens=2048)
+    others = []
+    for layer in (1, 3):
+        hook = f"blocks.{layer}.hook_resid_post"
+        torch.manual_seed(layer)
+        config = StandardSAEConfig(d_in=128, d_sae=256)
+        config.metadata.hook_name = hook
+        StandardSAE(config).save_model(tmp_path / f"layer-{layer}")
+        others.append(replace(case, id=f"{case.id}-l{layer}", sae=str(tmp_path / f"layer-{layer}"), hook=hook))
+    executor = CaseExecutor()
+    executor.plan([case, *others])
+    together = {c.id: executor.measure(c) for c in (case, *others)}
+    assert executor.shared_passes == [[case.id, *(o.id for o in others)]]
+    cost = executor.cost.table().set_index("model")
+    assert cost.loc["total", "fpe_run"] == cost.loc["total", "fpe_floor"]
+    for member in (case, *others):
+        alone = CaseExecutor()
+        alone.plan([member])
+        for name, value in alone.measure(member).items():
+            if isinstance(value, float):
+                assert together[member.id][name] == pytest.approx(value, rel=FLOAT_FLOOR_REL, abs=FLOAT32_ROUNDING)
+            else:  # the hook, counts, undefined metrics
+                assert together[member.id][name] == value, name

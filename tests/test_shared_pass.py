@@ -95,3 +95,76 @@ def test_variants_that_cannot_share_batches_are_refused(model, tokens):
             [(sae, EvalConfig(hook=HOOK, batch_size=2)), (sae, EvalConfig(hook=HOOK, batch_size=3))],
             tokens,
         )
+
+
+# --- several hooks in one pass (a release's SAEs at every layer) ---------------------------------------------------
+
+HOOKS = [f"blocks.{layer}.hook_resid_{kind}" for layer in range(N_LAYERS) for kind in ("pre", "post")]
+
+
+def close_report(shared: TransferReport, alone: TransferReport) -> None:
+    """Equal to float32 rounding: the clean run is one forward, not a continuation stacked with others."""
+    from sae_bench.expectations import FLOAT_FLOOR_REL
+    from sae_bench.metrics import FLOAT32_ROUNDING
+
+    for name in TransferReport.metric_docs():
+        got, expected = getattr(shared, name), getattr(alone, name)
+        assert (got is None) == (expected is None), name
+        if expected is not None:
+            assert got == pytest.approx(expected, rel=FLOAT_FLOOR_REL, abs=FLOAT32_ROUNDING), name
+    assert shared.outliers == alone.outliers and shared.undefined.keys() == alone.undefined.keys()
+    assert torch.equal(shared.feature_density, alone.feature_density)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    hooks=st.lists(st.sampled_from(HOOKS), min_size=2, max_size=4),
+    policies=st.lists(st.sampled_from(POLICIES), min_size=4, max_size=4),
+    batch_size=st.integers(1, 6),
+    masked=st.booleans(),
+)
+def test_a_pass_over_several_hooks_equals_each_pair_alone(model, tokens, hooks, policies, batch_size, masked):
+    mask = None
+    if masked:
+        mask = torch.ones_like(tokens, dtype=torch.bool)
+        mask[:, :3] = False
+        mask[1, 5:] = False
+    pairs = [
+        (
+            standard_sae(D_MODEL, 12, seed=i),
+            EvalConfig(hook=hook, batch_size=batch_size, outliers=policy, progress=False),
+        )
+        for i, (hook, policy) in enumerate(zip(hooks, policies, strict=False))
+    ]
+    try:
+        alone = [evaluate_transfer(model, sae, tokens, config, position_mask=mask) for sae, config in pairs]
+    except ValueError:  # an outlier threshold that leaves a hook nothing to evaluate: refused alone as together
+        with pytest.raises(ValueError, match="no positions left"):
+            evaluate_shared(model, pairs, tokens, position_mask=mask)
+        return
+    shared = evaluate_shared(model, pairs, tokens, position_mask=mask)
+    for (_, config), report, expected in zip(pairs, shared, alone, strict=True):
+        assert report.hook == config.hook
+        close_report(report, expected)
+
+
+def test_several_hooks_run_one_clean_forward_and_continue_each_hook_once(tokens):
+    """Counted, not timed. Hooks at layers 1 and 3: one clean forward through every block; from blocks.1 its two
+    SAEs' spliced residuals and one all-zero row; from blocks.3 one spliced residual and one all-zero row."""
+    from sae_bench.evaluate import PassCost
+
+    model = tiny_model()
+    n_seq, rows = tokens.shape[0], [0] * N_LAYERS
+
+    def count(tensor, hook):
+        rows[int(hook.name.split(".")[1])] += tensor.shape[0]
+
+    for i in range(N_LAYERS):
+        model.add_hook(f"blocks.{i}.hook_resid_post", count)
+    config = {layer: EvalConfig(hook=f"blocks.{layer}.hook_resid_pre", batch_size=n_seq) for layer in (1, 3)}
+    saes = [standard_sae(D_MODEL, 12, seed=i) for i in range(3)]
+    cost = PassCost()
+    evaluate_shared(model, [(saes[0], config[1]), (saes[1], config[1]), (saes[2], config[3])], tokens, cost=cost)
+    from_1, from_3 = 2 * n_seq + 1, n_seq + 1
+    assert rows == [n_seq, n_seq + from_1, n_seq + from_1, n_seq + from_1 + from_3][:N_LAYERS]
+    assert cost.block_rows == sum(rows)  # what the pass says it needed is what ran: the floor
