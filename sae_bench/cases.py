@@ -121,6 +121,8 @@ class Case:
     drop_first_token: bool = False
     """Rows lose their first token before any model runs (Kutsyk's exclude_bos on a BOS-prepending store): a
     token-set transform, not a mask."""
+    sweep: str = ""
+    """The sweep this case was expanded from (its expectations live in the sweep's file for its model)."""
     hook_mismatch_ok: str = ""
     """Why the SAE may be spliced at another hook than its config names (empty: it may not)."""
 
@@ -134,6 +136,9 @@ class Case:
         return self.base_model is not None
 
     def expectation_path(self, root: Path) -> Path:
+        """Its own file; a sweep's case shares one file per sweep and model (`expectations.read_bundle`)."""
+        if self.sweep:
+            return root / self.family / f"{self.sweep}@{self.model_name}.json"
         return expectation_path(root, self.id)
 
     def metrics(self, group: str) -> tuple[str, ...]:
@@ -153,6 +158,72 @@ def case_id(family: str, sae: str, model: str, base: str | None, mask: str, vari
 
 
 _CASE_KEYS = {f.name for f in fields(Case)} - {"id", "family", "file", "sae_name", "model_name", "base_model_name"}
+_SWEEP_KEYS = {"name", "releases", "models", "hook", "layers", "widths", "ids", "variants"}
+_LAYER = re.compile(r"layer_(\d+)")
+
+
+class _IdFilter:
+    """A sweep's filters over release ids: `layers = [first, last]`, `widths = ["16k", …]`, `ids = "regex"`."""
+
+    def __init__(self, path: Path, where: str, sweep: Mapping[str, Any]):
+        self.path, self.where = path, where
+        layers = sweep.get("layers")
+        if layers is not None and not (
+            isinstance(layers, list) and len(layers) == 2 and all(isinstance(x, int) for x in layers)
+        ):
+            raise CaseFileError(path, f"{where}.layers", f"expected [first, last], got {layers!r}", "layers = [0, 9]")
+        self.layers = layers
+        self.widths = sweep.get("widths")
+        try:
+            self.pattern = re.compile(sweep["ids"]) if "ids" in sweep else None
+        except (re.error, TypeError) as err:
+            raise CaseFileError(
+                path, f"{where}.ids", f"not a regular expression ({err})", 'ids = "layer_.*_16k"'
+            ) from None
+
+    def layer_of(self, sae_id: str) -> int:
+        match = _LAYER.search(sae_id)
+        if match is None:
+            raise CaseFileError(
+                self.path, self.where, f"release id {sae_id!r} names no layer_N", "filter it out with ids = …"
+            )
+        return int(match.group(1))
+
+    def __call__(self, sae_id: str, layer: int) -> bool:
+        if self.layers is not None and not self.layers[0] <= layer <= self.layers[1]:
+            return False
+        if self.widths is not None and not any(f"width_{w}" in sae_id for w in self.widths):
+            return False
+        return self.pattern is None or self.pattern.fullmatch(sae_id) is not None
+
+
+def release_members(source: str, base: Path, where: str) -> list[tuple[str, str]]:
+    """(id, SAE spec) of every SAE of a release: `saelens:RELEASE` (ids from SAELens's own registry),
+    `zoo:FAMILY/RELEASE` (the zoo's), or a folder with one SAE folder per id (relative to the case file)."""
+    if source.startswith("saelens:"):
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+        release = source.removeprefix("saelens:")
+        directory = get_pretrained_saes_directory()
+        if release not in directory:
+            close = difflib.get_close_matches(release, directory, n=3)
+            raise BadInput(f"{where}: {release!r} is not in SAELens's registry; close: {', '.join(close) or 'none'}")
+        return [(sae_id, f"saelens:{release}/{sae_id}") for sae_id in directory[release].saes_map]
+    if source.startswith("zoo:"):
+        from sae_bench.zoo.recipes import release_ids
+
+        family, _, release = source.removeprefix("zoo:").partition("/")
+        ids = release_ids(family, release)
+        if not ids:
+            raise BadInput(f"{where}: no zoo release {source!r} (`sae-bench zoo list` shows the zoo's SAEs)")
+        return [(sae_id, f"{source}/{sae_id}") for sae_id in ids]
+    folder = (base / source).resolve()
+    members = sorted(p for p in folder.iterdir() if (p / "cfg.json").is_file()) if folder.is_dir() else []
+    if not members:
+        raise BadInput(f"{where}: {source} is not a folder of SAE folders (each with cfg.json), nor saelens:/zoo:")
+    return [(p.name, str(p)) for p in members]
+
+
 _ENTRY_KEYS = (_CASE_KEYS - {"sae", "model", "base_model"}) | {"sae", "model", "base", "saes", "models"}
 
 
@@ -165,13 +236,13 @@ class _Reader:
         self.saes = self._table("saes")
         self.models = self._table("models")
         self.defaults = data.get("defaults", {})
-        unknown = set(data) - {"family", "description", "saes", "models", "defaults", "case", "grid", "claim"}
+        unknown = set(data) - {"family", "description", "saes", "models", "defaults", "case", "grid", "sweep", "claim"}
         if unknown:
             raise CaseFileError(
                 path,
                 "top level",
                 f"unknown keys {sorted(unknown)}",
-                "use family, description, saes, models, defaults, case, grid and claim",
+                "use family, description, saes, models, defaults, case, grid, sweep and claim",
             )
 
     def _string(self, table: Mapping[str, Any], key: str, where: str) -> str:
@@ -184,6 +255,8 @@ class _Reader:
 
     def _table(self, key: str) -> dict[str, str]:
         table = self.data.get(key)
+        if key == "saes" and table is None and self.data.get("sweep"):
+            return {}  # a family of sweeps only: its SAEs come from the releases
         if not isinstance(table, dict) or not table:
             raise CaseFileError(self.path, key, "missing or empty", f'add a [{key}] table of name = "source spec"')
         for name, spec in table.items():
@@ -216,6 +289,36 @@ class _Reader:
             for sae, model, variant in itertools.product(grid["saes"], grid["models"], variants):
                 rest = {k: v for k, v in grid.items() if k not in ("saes", "models", "variants")}
                 yield where, rest | {"sae": sae, "model": model} | variant
+        for index, sweep in enumerate(self.data.get("sweep", [])):
+            yield from self._sweep_entries(f"sweep[{index}]", sweep)
+
+    def _sweep_entries(self, where: str, sweep: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        """A release × the family's models, as ordinary entries: each id's SAE joins [saes] as RELEASE/ID, its hook
+        from the sweep's template (`{layer}` read off the id), filtered by layers, widths and an id pattern."""
+        name = self._string(sweep, "name", where)
+        releases = sweep.get("releases")
+        if not isinstance(releases, dict) or not releases:
+            raise CaseFileError(self.path, f"{where}.releases", "missing", 'releases = { pt = "saelens:…" }')
+        if not isinstance(sweep.get("models"), list) or not sweep["models"]:
+            raise CaseFileError(self.path, f"{where}.models", "expected a non-empty list", 'models = ["base", "it"]')
+        template = self._string(sweep, "hook", where)
+        keep = _IdFilter(self.path, where, sweep)
+        variants = sweep.get("variants", [{}])
+        rest = {k: v for k, v in sweep.items() if k not in _SWEEP_KEYS}
+        for label, source in releases.items():
+            if not _NAME.match(label) or not isinstance(source, str):
+                raise CaseFileError(
+                    self.path, f"{where}.releases.{label}", "labels are lowercase words, sources strings", "pt = …"
+                )
+            for sae_id, spec in release_members(source, self.path.parent, f"{self.path}: {where}.releases.{label}"):
+                layer = keep.layer_of(sae_id)
+                if not keep(sae_id, layer):
+                    continue
+                sae_name = f"{label}/{sae_id}"
+                self.saes[sae_name] = spec
+                for model, variant in itertools.product(sweep["models"], variants):
+                    entry = {"sae": sae_name, "model": model, "hook": template.format(layer=layer), "sweep": name}
+                    yield where, rest | entry | variant
 
     def case(self, where: str, entry: dict[str, Any]) -> Case:
         merged = dict(self.defaults) | entry

@@ -156,6 +156,38 @@ def _add_gate_command(commands) -> None:
     gate.set_defaults(run=_gate)
 
 
+def _cases(args: argparse.Namespace) -> int:
+    """The registered cases (a sweep's expanded ones with --sweep) as a table: id, SAE, model, hook."""
+    import pandas as pd
+
+    from sae_bench.cases import SHIPPED_CASES, cases_selected_by, load_registries
+
+    registry = load_registries((SHIPPED_CASES, *args.cases_dir))
+    chosen = [case for case in registry if not args.sweep or case.sweep == args.sweep]
+    if args.sweep and not chosen:
+        sweeps = sorted({case.sweep for case in registry if case.sweep})
+        raise BadInput(f"no sweep {args.sweep!r}; the sweeps: {', '.join(sweeps) or 'none'}")
+    if args.cases:
+        selected = set(cases_selected_by(registry, args.cases))
+        chosen = [case for case in chosen if case.id in selected]
+    table = pd.DataFrame(
+        [{"case": c.id, "sae": c.sae, "model": c.model, "hook": c.hook, "groups": ",".join(c.groups)} for c in chosen],
+        columns=["case", "sae", "model", "hook", "groups"],
+    )
+    _write_table(table, args.format)
+    print(f"{len(table)} cases", file=sys.stderr)
+    return EXIT_OK
+
+
+def _add_cases_command(commands) -> None:
+    cases = commands.add_parser("cases", help="list the registered cases (a sweep's expanded cases with --sweep)")
+    cases.add_argument("--sweep", help="only the cases this sweep expands to")
+    cases.add_argument("--cases", help="-k expression over CASE:GROUP ids ('@' allowed)")
+    cases.add_argument("--cases-dir", action="append", default=[], type=Path, metavar="DIR", help="your case files too")
+    cases.add_argument("--format", choices=("md", "csv"), default="md")
+    cases.set_defaults(run=_cases)
+
+
 def _add_expectation_commands(commands) -> None:
     group = commands.add_parser("expectations", help="expectation files").add_subparsers(
         dest="expectations_command", required=True
@@ -286,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_zoo_commands(commands)
     _add_expectation_commands(commands)
     _add_gate_command(commands)
+    _add_cases_command(commands)
     commands.add_parser(
         "run",
         help="the benchmark suite, from any folder: `sae-bench run -k mistral` is `pytest benchmarks -k mistral` on "

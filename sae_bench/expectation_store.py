@@ -16,8 +16,6 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from sae_bench.expectations import ExpectationError, ExpectationFile, read_expectations
-
 LOCK_DIR_ENV = "SAE_BENCH_LOCKS"
 
 
@@ -48,21 +46,6 @@ def write_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-def read_all(paths: Iterable[Path]) -> tuple[dict[Path, ExpectationFile], list[str]]:
-    """Every existing file of `paths`, parsed and checked, and one message per file that cannot be used."""
-    files, problems = {}, []
-    for path in dict.fromkeys(paths):
-        if not path.exists():
-            continue
-        try:
-            files[path] = read_expectations(path)
-        except ExpectationError as err:
-            problems.append(f"{err}. Fix the file, or delete it to measure the case afresh")
-        except (OSError, UnicodeDecodeError) as err:
-            problems.append(f"{path}: cannot be read ({err}). Fix its permissions or content")
-    return files, problems
 
 
 def orphans(directory: Path, paths_of_cases: Iterable[Path]) -> list[Path]:

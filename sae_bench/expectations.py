@@ -121,12 +121,41 @@ def _number(path: Path, where: str, value: Any, *, allow_none: bool = False) -> 
     return float(value)
 
 
-def read_expectations(path: Path) -> ExpectationFile:
-    """Parse and check one expectation file."""
+def _load_json(path: Path) -> Any:
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ExpectationError(f"{path}: not valid JSON ({err}); a truncated or hand-edited file?") from err
+
+
+def read_expectations(path: Path) -> ExpectationFile:
+    """Parse and check one expectation file."""
+    return parse_expectations(path, _load_json(path))
+
+
+def read_bundle(path: Path) -> dict[str, ExpectationFile]:
+    """A sweep's expectation file (one per sweep and model): each of its cases' expectations, by case id."""
+    data = _load_json(path)
+    if not isinstance(data, dict) or set(data) != {"sweep", "cases"} or not isinstance(data["cases"], dict):
+        raise ExpectationError(f"{path}: a sweep's expectation file is a JSON object with sweep and cases")
+    files = {}
+    for case_id, document in data["cases"].items():
+        files[case_id] = parse_expectations(path, document, inside=f"cases.{case_id}")
+        if files[case_id].case != case_id:
+            raise ExpectationError(f"{path}: cases.{case_id}.case says {files[case_id].case!r}")
+    return files
+
+
+def bundle_json(sweep: str, files: Mapping[str, ExpectationFile]) -> str:
+    """A sweep's expectation file: its cases in id order, each as its own file would hold it."""
+    cases = {case_id: json.loads(files[case_id].to_json()) for case_id in sorted(files)}
+    return json.dumps({"sweep": sweep, "cases": cases}, indent=2, ensure_ascii=False) + "\n"
+
+
+def parse_expectations(path: Path, data: Any, inside: str = "") -> ExpectationFile:
+    """Check one case's expectations (`inside`: where they sit in a sweep's file, named in errors)."""
+    if inside:
+        path = Path(f"{path}: {inside}")
     if not isinstance(data, dict):
         raise ExpectationError(f"{path}: expected a JSON object with case, provenance and metrics")
     for key in ("case", "provenance", "metrics"):

@@ -156,15 +156,43 @@ class Suite:
 
     def expectation_problems(self, case_ids: Iterable[str]) -> list[str]:
         """One message per expectation file of these cases that cannot be used, read before any case runs."""
-        paths = {self.expectation_path(self.registry.get(cid)): cid for cid in case_ids}
-        files, problems = expectation_store.read_all(paths)
-        for path, file in files.items():
-            if file.case != paths[path]:
+        problems, read = [], set()
+        for case_id in dict.fromkeys(case_ids):
+            case = self.registry.get(case_id)
+            path = self.expectation_path(case)
+            if path in read or not path.exists():
+                continue
+            read.add(path)
+            try:
+                found = self.read_expected(case, path)
+            except expectations.ExpectationError as err:
+                problems.append(f"{err}. Fix the file, or delete it to measure the case afresh")
+                continue
+            except (OSError, UnicodeDecodeError) as err:
+                problems.append(f"{path}: cannot be read ({err}). Fix its permissions or content")
+                continue
+            if found is not None and found.case != case_id:
                 problems.append(
-                    f"{path}: case: the file is for {file.case!r} but sits at the path of {paths[path]!r}. Move it, "
+                    f"{path}: case: the file is for {found.case!r} but sits at the path of {case_id!r}. Move it, "
                     "or delete it to measure the case afresh"
                 )
         return problems
+
+    def read_expected(self, case: Case, path: Path) -> expectations.ExpectationFile | None:
+        """The case's expectations at `path` (its own file, or its entry in its sweep's file), None if absent."""
+        if not path.exists():
+            return None
+        if case.sweep:
+            return expectations.read_bundle(path).get(case.id)
+        return expectations.read_expectations(path)
+
+    def write_expected(self, case: Case, path: Path, file: expectations.ExpectationFile) -> None:
+        """Write the case's expectations atomically (into its sweep's file, beside its other cases)."""
+        if not case.sweep:
+            expectation_store.write_atomic(path, file.to_json())
+            return
+        files = expectations.read_bundle(path) if path.exists() else {}
+        expectation_store.write_atomic(path, expectations.bundle_json(case.sweep, files | {case.id: file}))
 
     def expectation_root(self, case: Case) -> Path:
         """Where a case's expectation files live: --expectations-dir, else the shipped folder for a shipped case,
@@ -177,13 +205,25 @@ class Suite:
     def expectation_path(self, case: Case) -> Path:
         return case.expectation_path(self.expectation_root(case))
 
-    def orphan_expectations(self) -> list[Path]:
-        """Expectation files that no registered case reads, in every folder a registered case reads from."""
-        found = []
+    def orphan_expectations(self) -> list[str]:
+        """Expectation files that no registered case reads, in every folder a registered case reads from, and
+        entries of a sweep's file whose case the sweep no longer expands to."""
+        found: list[str] = []
         for root in sorted({self.expectation_root(case) for case in self.shipped}):
             if root.is_dir():
                 paths = (self.expectation_path(c) for c in self.shipped if self.expectation_root(c) == root)
-                found += expectation_store.orphans(root, paths)
+                found += [str(path) for path in expectation_store.orphans(root, paths)]
+        bundles: dict[Path, set[str]] = {}
+        for case in self.shipped:
+            if case.sweep:
+                bundles.setdefault(self.expectation_path(case), set()).add(case.id)
+        for path, known in bundles.items():
+            if path.exists():
+                try:
+                    entries = expectations.read_bundle(path)
+                except expectations.ExpectationError:
+                    continue  # said when a selected case reads it
+                found += [f"{path}: cases.{case_id}" for case_id in sorted(set(entries) - known)]
         return found
 
     def registry_source(self, case: Case) -> str:
@@ -251,7 +291,7 @@ class Suite:
             self.first_run_cases.add(case.id)  # measured end to end; a first real run writes its expectations
             return None
         with expectation_store.locked(path):
-            existing = expectations.read_expectations(path) if path.exists() else None
+            existing = self.read_expected(case, path)
             uncovered = [n for n in names if existing is None or not existing.covers(n)]
             published = existing is not None and expectations.is_published(existing)
             if (published or rehearsed) and uncovered:
@@ -268,7 +308,7 @@ class Suite:
                 self._write(case, path, existing, measured, names)
         if uncovered and not self.options.update:
             raise ItemFailed(f"wrote new {group} expectations to {path}; review the file and commit it")
-        table = expectations.compare(expectations.read_expectations(path), measured, names)
+        table = expectations.compare(self.read_expected(case, path), measured, names)
         table = table.assign(case=case.id, group=group, sae=case.sae, sae_sha256=sha)
         self.verdicts.append(table.assign(hook_mismatch_ok=case.hook_mismatch_ok or None))
         if self.results is not None:
@@ -302,7 +342,7 @@ class Suite:
             replace_published=self.options.replace_published,
         )
         before = {} if existing is None else expectations.compare(existing, measured, names).set_index("metric")
-        expectation_store.write_atomic(path, new.to_json())
+        self.write_expected(case, path, new)
         for row in diff.itertuples():
             verdict = before.verdict.get(row.metric, "new") if len(before) else "new"
             self.updates.append(UpdatedValue(path, row.metric, row.old, row.new, verdict))

@@ -1,5 +1,6 @@
 """Case files: the shipped registry is valid, ids read naturally, and malformed files fail with file, field, fix."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,106 @@ def test_uncached_hub_model_with_hub_offline_names_the_repo_and_the_fix(monkeypa
     [reason] = missing("hf:Qwen/Qwen1.5-0.5B-Chat")
     assert "HF_HUB_OFFLINE is set and Qwen/Qwen1.5-0.5B-Chat is not in the HF cache" in reason
     assert "huggingface-cli download Qwen/Qwen1.5-0.5B-Chat" in reason
+
+
+# --- sweeps: a release × the family's models, expanded into ordinary cases ---------------------------------------
+
+SWEEP_FAMILY = """family = "my-release"
+[models]
+base = "zoo:tiny-mistral/base"
+instruct = "zoo:tiny-mistral/instruct"
+[defaults]
+dataset = "zoo:heldout"
+tokens = 1024
+context = 128
+groups = ["reconstruction"]
+"""
+
+
+def _sae_folder(root, name: str, hook: str, width: int = 64):
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    config = StandardSAEConfig(d_in=128, d_sae=width)
+    config.metadata.hook_name = hook
+    StandardSAE(config).save_model(root / name)
+
+
+def test_a_sweep_expands_a_release_folder_into_cases_with_hooks_and_filters(tmp_path):
+    release = tmp_path / "my-release-saes"
+    for layer in range(4):
+        for width in ("1k", "4k"):
+            _sae_folder(release, f"layer_{layer}_width_{width}", f"blocks.{layer}.hook_resid_post")
+    (tmp_path / "my-release.toml").write_text(
+        SWEEP_FAMILY
+        + """
+[[sweep]]
+name = "rel"
+releases = { pt = "my-release-saes" }
+models = ["base", "instruct"]
+hook = "blocks.{layer}.hook_resid_post"
+layers = [1, 2]
+widths = ["1k"]
+variants = [{}, { variant = "filtered", outliers = { threshold = 3.0, norm = "mean-norm" } }]
+"""
+    )
+    registry = load_registry(tmp_path)
+    ids = sorted(registry.cases)
+    assert ids == sorted(
+        f"my-release/pt/layer_{layer}_width_1k@{model}{variant}"
+        for layer in (1, 2)
+        for model in ("base", "instruct")
+        for variant in ("", "/filtered")
+    )
+    case = registry.get("my-release/pt/layer_2_width_1k@instruct/filtered")
+    assert case.hook == "blocks.2.hook_resid_post" and case.sweep == "rel"
+    assert case.sae == str(release / "layer_2_width_1k")
+    assert case.expectation_path(tmp_path) == tmp_path / "my-release" / "rel@instruct.json"  # one file per model
+
+
+def test_a_sweep_takes_a_saelens_releases_ids_from_its_registry(tmp_path):
+    (tmp_path / "gemma.toml").write_text(
+        SWEEP_FAMILY
+        + """
+[[sweep]]
+name = "pt-res-all"
+releases = { pt-res-all = "saelens:gemma-scope-2-270m-pt-res-all" }
+models = ["base"]
+hook = "blocks.{layer}.hook_resid_post"
+ids = "layer_6_width_16k_.*"
+"""
+    )
+    ids = sorted(load_registry(tmp_path).cases)
+    assert ids == [
+        "my-release/pt-res-all/layer_6_width_16k_l0_big@base",
+        "my-release/pt-res-all/layer_6_width_16k_l0_small@base",
+    ]
+    assert load_registry(tmp_path).get(ids[0]).sae == "saelens:gemma-scope-2-270m-pt-res-all/layer_6_width_16k_l0_big"
+
+
+@pytest.mark.parametrize(
+    ("sweep", "needle"),
+    [
+        ('name = "x"\nmodels = ["base"]\nhook = "blocks.{layer}.hook_resid_post"', "sweep[0].releases: missing"),
+        (
+            'name = "x"\nreleases = { pt = "saelens:no-such-release" }\nmodels = ["base"]\nhook = "h"',
+            "is not in SAELens's registry",
+        ),
+        (
+            'name = "x"\nreleases = { pt = "zoo:tiny-mistral/release-a-pt" }\nmodels = ["base"]\n'
+            'hook = "blocks.{layer}.hook_resid_post"\nids = "(("',
+            "sweep[0].ids: not a regular expression",
+        ),
+        (
+            'name = "x"\nreleases = { pt = "zoo:tiny-mistral/release-a-pt" }\nmodels = ["base"]\n'
+            'hook = "blocks.{layer}.hook_resid_post"\nlayers = [3]',
+            "expected [first, last]",
+        ),
+    ],
+    ids=["no-releases", "unknown-release", "bad-pattern", "bad-layers"],
+)
+def test_a_bad_sweep_names_its_field(tmp_path, sweep, needle):
+    from sae_bench.errors import BadInput
+
+    (tmp_path / "bad.toml").write_text(SWEEP_FAMILY + "\n[[sweep]]\n" + sweep + "\n")
+    with pytest.raises(BadInput, match=re.escape(needle)):
+        load_registry(tmp_path)

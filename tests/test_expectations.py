@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -265,3 +266,43 @@ def test_update_expectations_prints_each_change_outside_the_capture(tmp_path, ca
     assert abs(updated.value - true_l0) <= updated.threshold  # re-measured here: within the file's own tolerance
     assert updated.provenance["replaces"]["value"] == true_l0 + 5
     assert not list(target.rglob("*.lock")) and not list(target.rglob("*.tmp"))
+
+
+def test_a_sweep_keeps_one_expectation_file_per_model_and_judges_each_case(tmp_path, capsys):
+    """First run: one file per (sweep, model) holding every case's values; second run: every case judged against
+    its entry; a case the sweep no longer expands to is an orphan entry (an error under --strict-expectations)."""
+    from pathlib import Path
+
+    from sae_lens import StandardSAE, StandardSAEConfig
+
+    root = Path(__file__).resolve().parents[1]
+    cases = tmp_path / "cases"
+    for layer in (1, 2):
+        torch.manual_seed(layer)
+        config = StandardSAEConfig(d_in=128, d_sae=64)
+        config.metadata.hook_name = f"blocks.{layer}.hook_resid_post"
+        StandardSAE(config).save_model(cases / "saes" / f"layer_{layer}")
+    text = (
+        'family = "my-release"\n[models]\nbase = "zoo:tiny-mistral/base"\ninstruct = "zoo:tiny-mistral/instruct"\n'
+        '[[sweep]]\nname = "rel"\nreleases = { pt = "saes" }\nmodels = ["base", "instruct"]\n'
+        'hook = "blocks.{layer}.hook_resid_post"\ndataset = "zoo:heldout"\ntokens = 1024\ncontext = 128\n'
+        'groups = ["reconstruction", "ce"]\n'
+    )
+    (cases / "my-release.toml").write_text(text)
+    args = [str(root / "benchmarks" / "test_cases.py"), "-p", "no:cacheprovider", "-q", "--no-results"]
+    args += [f"--cases-dir={cases}", "-k", "my-release"]
+    assert pytest.main(args) == pytest.ExitCode.TESTS_FAILED  # first run: wrote the files, to be reviewed
+    assert "wrote new" in capsys.readouterr().out
+    files = sorted((cases / "expectations" / "my-release").iterdir())
+    assert [f.name for f in files] == ["rel@base.json", "rel@instruct.json"]
+    bundle = expectations.read_bundle(files[0])
+    assert sorted(bundle) == ["my-release/pt/layer_1@base", "my-release/pt/layer_2@base"]
+    assert {"l0", "ce_loss_recovered"} <= set(bundle["my-release/pt/layer_1@base"].metrics)
+    assert pytest.main(args) == pytest.ExitCode.OK  # judged against them
+    capsys.readouterr()
+    (cases / "my-release.toml").write_text(
+        text.replace('models = ["base", "instruct"]', 'models = ["base"]\nlayers = [2, 2]')
+    )
+    assert pytest.main([*args, "--strict-expectations", "--collect-only"]) == pytest.ExitCode.USAGE_ERROR
+    out = capsys.readouterr()
+    assert "rel@instruct.json" in out.err + out.out and "cases.my-release/pt/layer_1@base" in out.err + out.out

@@ -108,7 +108,7 @@ def family_section(measurer: ZooMeasurer, family: Family, manifest: dict) -> str
     lines += ["### Models", "", _fmt(pd.DataFrame(rows)), ""]
 
     rows = []
-    for sae in family.saes:
+    for sae in (s for s in family.saes if not s.release):  # releases: `sae-bench report` of their sweep
         entry = manifest["saes"][f"{name}/{sae.name}"]
         report = measurer.evaluate(f"{name}/{sae.name}", f"{name}/{sae.model}", filter_outliers=False)
         rows.append(
@@ -127,7 +127,7 @@ def family_section(measurer: ZooMeasurer, family: Family, manifest: dict) -> str
 
     for filtered in (False, True):
         rows = []
-        for sae in family.saes:
+        for sae in (s for s in family.saes if not s.release):
             for model in grid_models:
                 report = measurer.evaluate(f"{name}/{sae.name}", f"{name}/{model}", filter_outliers=filtered)
                 rows.append({"SAE": sae.name, "model": model} | {m: getattr(report, m) for m in SEED_TABLE_COLUMNS})

@@ -40,6 +40,8 @@ class SaeRecipe:
     description: str
     finetune_of: str | None = None
     finetune_tokens: int = 0
+    release: str = ""
+    """The release this SAE belongs to (its name is `RELEASE/ID`); empty for the zoo's single SAEs."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,28 @@ def _modern_sae(family: str, name: str, model: str, seed: int, *, k: int = 0, ta
     return SaeRecipe(family, name, model, spec, f"{architecture} SAE ({sparsity}) trained on {model} activations")
 
 
+RELEASE_WIDTH, RELEASE_K, RELEASE_TOKENS = 512, 16, 1_000_000
+
+
+def _release(family: str, release: str, model: str, n_layers: int, seed: int) -> tuple[SaeRecipe, ...]:
+    """A release as Gemma Scope 2 lays one out: a TopK SAE at every layer's residual output (`layer_L`), trained on
+    `model`; a PT release and an IT release of one recipe share their ids, as `-pt-res-all` and `-it-res-all` do."""
+    recipes = []
+    for layer in range(n_layers):
+        spec = replace(
+            _base_sae_spec(seed + layer),
+            hook=f"blocks.{layer}.hook_resid_post",
+            d_sae=RELEASE_WIDTH,
+            architecture="topk",
+            k=RELEASE_K,
+            l1_coefficient=0.0,
+            training_tokens=RELEASE_TOKENS,
+        )
+        description = f"{release}: TopK SAE (k = {RELEASE_K}) on {model} activations at layer {layer}'s output"
+        recipes.append(SaeRecipe(family, f"{release}/layer_{layer}", model, spec, description, release=release))
+    return tuple(recipes)
+
+
 def _finetuned_base_sae(family: str, chat: str, seed: int) -> SaeRecipe:
     return SaeRecipe(
         family,
@@ -165,6 +189,11 @@ FAMILIES: dict[str, Family] = {
                 _modern_sae("tiny-mistral", "base-jumprelu", "base", 107, target_l0=32),
                 _modern_sae("tiny-mistral", "base-topk-k8", "base", 108, k=8),
                 _modern_sae("tiny-mistral", "base-topk-k16", "base", 109, k=16),
+                # two releases of one recipe (another seed each), PT (base) and IT (instruct) SAEs at every layer
+                *_release("tiny-mistral", "release-a-pt", "base", 4, 1100),
+                *_release("tiny-mistral", "release-a-it", "instruct", 4, 1200),
+                *_release("tiny-mistral", "release-b-pt", "base", 4, 1300),
+                *_release("tiny-mistral", "release-b-it", "instruct", 4, 1400),
             ),
             pairs=(("base", "instruct"), ("base", "math")),
             dose_series=("base", "dose-5", "dose-20", "instruct", "dose-400"),
@@ -222,5 +251,11 @@ def model_names() -> list[str]:
 
 
 def sae_names() -> list[str]:
-    """Every zoo SAE as `family/name`."""
+    """Every zoo SAE as `family/name` (a release's as `family/release/id`)."""
     return [f"{f.name}/{sae.name}" for f in FAMILIES.values() for sae in f.saes]
+
+
+def release_ids(family: str, release: str) -> list[str]:
+    """The ids of a zoo release (`layer_0` …), in layer order."""
+    saes = [sae for sae in FAMILIES[family].saes if sae.release == release] if family in FAMILIES else []
+    return [sae.name.removeprefix(f"{release}/") for sae in saes]
