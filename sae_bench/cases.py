@@ -158,7 +158,8 @@ def case_id(family: str, sae: str, model: str, base: str | None, mask: str, vari
 
 
 _CASE_KEYS = {f.name for f in fields(Case)} - {"id", "family", "file", "sae_name", "model_name", "base_model_name"}
-_SWEEP_KEYS = {"name", "releases", "models", "hook", "layers", "widths", "ids", "variants"}
+_SWEEP_KEYS = {"name", "releases", "models", "hook", "layers", "widths", "ids", "variants", "margins", "margin_basis"}
+"""A sweep's own keys; the others are case fields of every case it expands to. Margins serve the paired release gate."""
 _LAYER = re.compile(r"layer_(\d+)")
 
 

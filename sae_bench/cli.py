@@ -92,6 +92,10 @@ def _write_published(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
+    if args.release or args.baseline:
+        return _release_gate(args)
+    if not args.sae or not args.cases:
+        raise BadInput("gate: give --sae and --cases (one SAE), or --release, --baseline and --sweep (a release)")
     if args.rehearse:  # before anything imports huggingface_hub, which reads its settings once
         from sae_bench.rehearsal import activate
 
@@ -110,6 +114,46 @@ def _gate(args: argparse.Namespace) -> int:
     )
 
 
+def _release_gate(args: argparse.Namespace) -> int:
+    """The paired release gate: exit 0 when every shared id is shown not worse than the baseline by more than its
+    margin on every model, 1 on a regression, an inconclusive verdict at the budget or a removed id."""
+    from sae_bench.cases import SHIPPED_CASES, load_registries
+    from sae_bench.release_gate import paired_release_gate, sweep_plan
+
+    if not (args.release and args.baseline and args.sweep):
+        raise BadInput("gate: a release gate needs --release NEW, --baseline OLD and --sweep NAME")
+    plan = sweep_plan(load_registries((SHIPPED_CASES, *args.cases_dir)), args.sweep)
+    verdicts = paired_release_gate(
+        plan,
+        args.release,
+        args.baseline,
+        rows_per_unit=args.rows_per_unit,
+        start_rows=args.start_rows,
+        budget_rows=args.budget_rows,
+        alpha=args.alpha,
+    )
+    table = verdicts.table
+    if args.table:
+        Path(args.table).write_text(
+            table.to_csv(index=False) if args.table.endswith(".csv") else table.to_markdown(index=False) + "\n"
+        )
+    print(table.to_markdown(index=False, floatfmt=".4g"))
+    if args.report:
+        from sae_bench.report_figures import forest, save
+
+        Path(args.report).mkdir(parents=True, exist_ok=True)
+        title = f"{args.release} against {args.baseline} (sweep {args.sweep}, {verdicts.rows_used} rows per model)"
+        print(f"wrote {save(forest(table, title), Path(args.report) / 'forest.png')}", file=sys.stderr)
+    for kind, ids in (("added", verdicts.added), ("removed", verdicts.removed)):
+        if ids:
+            print(f"{kind} in --release: {', '.join(ids)}", file=sys.stderr)
+    counts = table.verdict.value_counts().to_dict()
+    print(
+        f"sae-bench gate: {verdicts.rows_used} rows per model, verdicts {counts} (alpha {args.alpha})", file=sys.stderr
+    )
+    return EXIT_REGRESSION if verdicts.regressed(allow_removed=args.allow_removed) else EXIT_OK
+
+
 def _gated_hook(args: argparse.Namespace) -> str | None:
     """The hook of the first hub case the gate selects: where a stand-in for a new hub SAE must read."""
     from sae_bench.cases import SHIPPED_CASES, cases_selected_by, load_registries
@@ -125,10 +169,9 @@ def _add_gate_command(commands) -> None:
         help="check a new SAE release against the expectations of the cases it replaces (exit 0 ok, 1 regression, "
         "2 bad input)",
     )
-    gate.add_argument("--sae", required=True, help="the new SAE: saelens:RELEASE/ID, hf:, wandb:, zoo:, or a folder")
+    gate.add_argument("--sae", help="the new SAE: saelens:RELEASE/ID, hf:, wandb:, zoo:, or a folder")
     gate.add_argument(
         "--cases",
-        required=True,
         help="-k expression ('@' allowed) over item ids CASE:GROUP; the SAE is replaced in every case it selects an "
         "item of",
     )
@@ -147,6 +190,16 @@ def _add_gate_command(commands) -> None:
         "--results", metavar="PATH", help="record the run in this results database (default: as pytest benchmarks)"
     )
     gate.add_argument("--no-results", action="store_true", help="record nothing")
+    release = gate.add_argument_group("a whole release against the one it replaces (paired, same tokens)")
+    release.add_argument("--release", help="the new release: saelens:RELEASE, zoo:FAMILY/RELEASE or a folder")
+    release.add_argument("--baseline", help="the release it replaces, in the same forms")
+    release.add_argument("--sweep", help="the sweep whose models, rows, hooks and margins to use")
+    release.add_argument("--alpha", type=float, default=0.05, help="false-alarm rate over the whole release")
+    release.add_argument("--rows-per-unit", type=int, default=4, help="rows per paired unit (one shared pass)")
+    release.add_argument("--start-rows", type=int, default=32, help="rows per model at the first look")
+    release.add_argument("--budget-rows", type=int, default=128, help="most rows per model (doubling per look)")
+    release.add_argument("--report", metavar="DIR", help="write the forest plot (forest.png) into this folder")
+    release.add_argument("--allow-removed", action="store_true", help="an id only the baseline has is not a failure")
     gate.add_argument(
         "--rehearse",
         action="store_true",

@@ -84,9 +84,33 @@ def seed_grid(frame: pd.DataFrame, cases: list[Case], metric: str | None = None)
     return table if metric is not None else table.fillna("not run")
 
 
+def _sweep_figures(section: Section, run: int, family: str, cases: list[Case], frame: pd.DataFrame, out: Path) -> None:
+    """Per sweep and id group (width / L0: the id without its layer), the per-layer curves of every SAE label on
+    every model; the points as a table too."""
+    import re
+
+    for sweep in dict.fromkeys(c.sweep for c in cases):
+        records = []
+        for case in (c for c in cases if c.sweep == sweep and c.mask == "all" and not c.variant):
+            label, _, sae_id = case.sae_name.partition("/")
+            values = frame[frame.case_id == case.id].set_index("metric").value
+            layer = int(re.search(r"layer_(\d+)", sae_id).group(1))
+            group = re.sub(r"layer_\d+_?", "", sae_id) or "every layer"
+            metrics = {m: values.get(m) for m in report_figures.RELEASE_METRICS}
+            records.append({"group": group, "label": label, "model": case.model_name, "layer": layer} | metrics)
+        points = pd.DataFrame(records)
+        for group, part in points.groupby("group", sort=True) if len(points) else []:
+            name = f"{family}-{sweep}-{group}.png".replace("/", "_").replace(" ", "-")
+            title = f"{family} sweep {sweep}, {group}: per-layer transfer"
+            report_figures.save(report_figures.release_curves(part, title, run), out / name)
+            section.figures.append(name)
+            section.tables.append((f"sweep {sweep}, {group}", part.drop(columns="group").set_index(["label", "model"])))
+
+
 def _family_section(db: ResultsDB, run: int, family: str, cases: list[Case], frame: pd.DataFrame, out: Path) -> Section:
     section = Section(family)
-    plain = [c for c in cases if not c.paired and c.mask == "all"]
+    _sweep_figures(section, run, family, [c for c in cases if c.sweep], frame, out)
+    plain = [c for c in cases if not c.paired and c.mask == "all" and not c.sweep]
     by_variant: dict[str, list[Case]] = {}
     for case in plain:
         by_variant.setdefault(case.variant or "as evaluated", []).append(case)

@@ -131,3 +131,53 @@ def regressions(rows: pd.DataFrame, run: int) -> plt.Figure:
     axes[0, 0].legend(fontsize=7, loc="best")
     figure.suptitle(f"regressions, run {run}", fontsize=10)
     return figure
+
+
+RELEASE_METRICS = {
+    "ce_loss_recovered": "CE loss recovered (1 = clean)",
+    "ce_delta": "ΔCE, spliced − clean (nats)",
+    "explained_variance": "explained variance",
+    "l0": "L0 (active features per token)",
+}
+
+
+def release_curves(points: pd.DataFrame, title: str, run: int) -> plt.Figure:
+    """Per-layer curves of a sweep: one panel per metric, one line per (SAE label, model) — PT-on-PT, PT-on-IT,
+    IT-on-IT, IT-on-PT for a PT and an IT release. points: label, model, layer and the metrics."""
+    figure, axes = plt.subplots(1, len(RELEASE_METRICS), figsize=(4.2 * len(RELEASE_METRICS), 3.6))
+    for ax, (metric, label) in zip(axes, RELEASE_METRICS.items(), strict=True):
+        for (sae, model), line in points.groupby(["label", "model"], sort=True):
+            line = line.sort_values("layer")
+            ax.plot(line.layer, line[metric], marker="o", label=f"{sae} on {model}")
+        ax.set_xlabel("layer")
+        ax.set_ylabel(label)
+        ax.set_xticks(sorted(points.layer.unique()))
+    axes[0].legend(fontsize=7)
+    figure.suptitle(f"{title} (run {run})", fontsize=10)
+    return figure
+
+
+def forest(table: pd.DataFrame, title: str) -> plt.Figure:
+    """The paired release gate: each id's difference (new − old) with its interval, against the margin, one panel
+    per metric; red where the verdict is a regression, grey where inconclusive."""
+    metrics = list(dict.fromkeys(table.metric))
+    rows = list(dict.fromkeys(f"{i}@{m}" for i, m in zip(table["id"], table["model"], strict=True)))
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 0.32 * len(rows) + 1.8), sharey=True)
+    colours = {"ok": "tab:blue", "regression": "tab:red", "inconclusive": "grey"}
+    for ax, metric in zip(np.atleast_1d(axes), metrics, strict=True):
+        part = table[table.metric == metric]
+        for row in part.itertuples():
+            y = rows.index(f"{row.id}@{row.model}")
+            if row.difference is None or pd.isna(row.difference):
+                continue
+            ax.errorbar(row.difference, y, xerr=[[row.difference - row.low], [row.high - row.difference]], fmt="o",
+                        color=colours[row.verdict], ms=4, capsize=2)  # fmt: skip
+            worse = row.margin if row.better == "lower" else -row.margin  # each row's own (a relative margin varies)
+            ax.plot(worse, y, marker="|", color="tab:red", ms=14, mew=2, label="margin" if y == 0 else None)
+        side = "worse →" if part.better.iloc[0] == "lower" else "← worse"
+        ax.legend(fontsize=7, loc="lower right", title=side, title_fontsize=7)
+        ax.axvline(0, color="black", lw=0.6)
+        ax.set_xlabel(f"{metric}: new − old")
+        ax.set_yticks(range(len(rows)), rows, fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    return figure

@@ -11,7 +11,7 @@ from sae_bench.metrics import FLOAT32_ROUNDING
 from sae_bench.sources import load_model, load_sae, load_zoo_data, load_zoo_tokenizer
 from sae_bench.zoo.artifacts import ZooArtifactError, read_manifest, verified_directory
 from sae_bench.zoo.build import select
-from sae_bench.zoo.recipes import CONTEXT, HOOK, model_names, sae_names
+from sae_bench.zoo.recipes import CONTEXT, FAMILIES, HOOK, model_names, sae_names
 from sae_bench.zoo.tokenizer import ASSISTANT, END_OF_TURN, SPECIAL_TOKENS, USER, chat_tokens
 
 
@@ -42,10 +42,14 @@ def test_zoo_model_log_probs_match_hf(name, heldout):
 
 
 @pytest.mark.parametrize("name", sae_names())
-def test_zoo_sae_loads_in_float32_at_the_zoo_hook(name):
+def test_zoo_sae_loads_in_float32_at_its_recipes_hook(name):
+    """The zoo's single SAEs read the zoo hook; a release's SAE the layer its id names."""
+    family, _, sae_name = name.partition("/")
+    [recipe] = [r for r in FAMILIES[family].saes if r.name == sae_name]
     sae = load_sae(f"zoo:{name}")
     assert sae.W_enc.dtype == torch.float32
-    assert sae.cfg.d_in == 128 and sae.cfg.metadata.hook_name == HOOK
+    assert sae.cfg.d_in == 128 and sae.cfg.metadata.hook_name == recipe.spec.hook
+    assert recipe.spec.hook == HOOK if not recipe.release else f"layer_{recipe.spec.hook.split('.')[1]}" in sae_name
 
 
 def test_held_out_rows_start_with_bos_and_fit_the_vocabulary(heldout):
