@@ -37,6 +37,10 @@ def _zoo_build(args: argparse.Namespace) -> int:
     from sae_bench.zoo.artifacts import zoo_root
     from sae_bench.zoo.build import build
 
+    from sae_bench.shipped import in_checkout
+
+    if args.root is None and not in_checkout():  # never into the installed package
+        raise BadInput("zoo build: pass --root DIR (an installed suite's zoo is part of the package)")
     build(zoo_root() if args.root is None else args.root, only=args.only)
     return 0
 
@@ -296,10 +300,12 @@ def _history(args: argparse.Namespace) -> int:
 
     table = history(_results(args), args.case, args.metric)
     _write_table(table, args.format)
-    out = args.out or Path(f"{args.case.replace('/', '_').replace('@', '-')}-{args.metric}.png")
-    save(history_figure(table, args.case, args.metric), out)
-    print(f"wrote {out}", file=sys.stderr)
-    return 0
+    if args.out is None:  # nothing is written where the command runs unless asked
+        print("pass --out FILE.png for the trend figure", file=sys.stderr)
+        return EXIT_OK
+    save(history_figure(table, args.case, args.metric), args.out)
+    print(f"wrote {args.out}", file=sys.stderr)
+    return EXIT_OK
 
 
 def _add_result_commands(commands) -> None:
@@ -331,7 +337,7 @@ def _add_result_commands(commands) -> None:
     hist.add_argument("--case", required=True, help="case id")
     hist.add_argument("--metric", required=True, help="metric name")
     hist.add_argument("--format", choices=("md", "csv"), default="md")
-    hist.add_argument("--out", type=Path, help="PNG path (default: CASE-METRIC.png here)")
+    hist.add_argument("--out", type=Path, help="write the trend figure (PNG) here")
     hist.set_defaults(run=_history)
 
 
