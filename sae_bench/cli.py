@@ -34,10 +34,9 @@ def _print_versions(_: argparse.Namespace) -> int:
 
 
 def _zoo_build(args: argparse.Namespace) -> int:
+    from sae_bench.shipped import in_checkout
     from sae_bench.zoo.artifacts import zoo_root
     from sae_bench.zoo.build import build
-
-    from sae_bench.shipped import in_checkout
 
     if args.root is None and not in_checkout():  # never into the installed package
         raise BadInput("zoo build: pass --root DIR (an installed suite's zoo is part of the package)")
