@@ -1,11 +1,13 @@
-"""A release's SAEs at every layer of one model, three ways, side by side in one run: counted forward-pass
+"""A release's SAEs at every layer of one model, four ways, side by side in one run: counted forward-pass
 equivalents (FPE: rows through every block) and wall time. `python benchmarks/release_pass.py [N_ROWS]`.
 
 (c) one shared pass across hooks (`evaluate_shared`: one clean forward keeps every hook's residual; from each hook
 its spliced and zero-ablated rows), against (a) one shared pass per hook (prefix, clean and zero-ablated
-continuations per hook) and (b) each SAE alone as SAELens's `get_recons_loss` shapes it: three full forwards
-(clean, spliced, zero-ablated). The SAEs are random StandardSAEs (two widths per layer, the hook each reads in its
-config) on the zoo's tiny-mistral base model and held-out rows: the count depends on the shapes, not the weights.
+continuations per hook), (b) each SAE alone as SAELens's `get_recons_loss` shapes it: three full forwards (clean,
+spliced, zero-ablated), and (d) SAELens's own `run_evals` looped over the SAEs on the same rows and batches (CE, KL,
+L0, EV and densities, as the engine measures them). The SAEs are random StandardSAEs (two widths per layer, the hook
+each reads in its config) on the zoo's tiny-mistral base model and held-out rows: the count depends on the shapes,
+not the weights.
 """
 
 import sys
@@ -50,6 +52,29 @@ def three_forwards(model, sae, config, tokens) -> None:
             model.run_with_hooks(rows, return_type="loss", fwd_hooks=[(config.hook, replace)])
 
 
+def saelens_run_evals(model, sae, config, tokens) -> None:
+    """(d): SAELens's run_evals with the engine's metrics on the same rows in the same batches."""
+    from sae_lens.evals import EvalConfig as SaeLensEvalConfig
+    from sae_lens.evals import run_evals
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    from tests.saelens_reference import FixedTokenBatches
+
+    n_batches = tokens.shape[0] // config.batch_size
+    settings = SaeLensEvalConfig(
+        batch_size_prompts=config.batch_size,
+        n_eval_reconstruction_batches=n_batches,
+        compute_kl=True,
+        compute_ce_loss=True,
+        n_eval_sparsity_variance_batches=n_batches,
+        compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
+        compute_featurewise_density_statistics=True,
+    )
+    store = FixedTokenBatches(tokens, config.batch_size)
+    run_evals(sae, store, model, ActivationScaler(), settings, exclude_special_tokens=False)
+
+
 def measure(label: str, model, run) -> tuple[float, float]:
     cost = ForwardCost()
     cost.watch(label, model)
@@ -74,6 +99,9 @@ def main(n_rows: int = 64) -> None:
         ),
         "(b) three full forwards per SAE": measure(
             "b", model, lambda: [three_forwards(model, sae, config, tokens) for sae, config in pairs]
+        ),
+        "(d) SAELens run_evals per SAE": measure(
+            "d", model, lambda: [saelens_run_evals(model, sae, config, tokens) for sae, config in pairs]
         ),
     }
     fpe_c, wall_c = results["(c) one pass across hooks"]

@@ -102,6 +102,7 @@ def _gate(args: argparse.Namespace) -> int:
     if args.rehearse:  # before anything imports huggingface_hub, which reads its settings once
         from sae_bench.rehearsal import activate
 
+        activate()  # then the registry (whose zoo sweeps import SAELens) names the hook a new SAE's stand-in reads
         activate(extra_saes=[args.sae], extra_hook=_gated_hook(args))
     from sae_bench.gate import run_gate
 

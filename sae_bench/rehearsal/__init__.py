@@ -91,6 +91,8 @@ def activate(root: Path | None = None, extra_saes: Sequence[str] = (), extra_hoo
     if _active is not None:
         if _active != root:
             raise RuntimeError(f"a rehearsal is already active on {_active}; cannot switch to {root}")
+        if extra_saes:  # stand-ins for SAEs named after the settings took effect (the gate's new SAE)
+            _build_once(root, extra_saes, extra_hook or "blocks.0.hook_resid_pre")
         return root
     loaded = [name for name in _LIBRARIES_READING_ENV if name in sys.modules]
     settings = environment(root)
