@@ -12,6 +12,7 @@ not the weights.
 
 import sys
 import time
+from pathlib import Path
 
 import torch
 from sae_lens import StandardSAE, StandardSAEConfig
@@ -58,6 +59,7 @@ def saelens_run_evals(model, sae, config, tokens) -> None:
     from sae_lens.evals import run_evals
     from sae_lens.training.activation_scaler import ActivationScaler
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the harness test_engine_speed.py shares
     from tests.saelens_reference import FixedTokenBatches
 
     n_batches = tokens.shape[0] // config.batch_size
