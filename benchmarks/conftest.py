@@ -142,13 +142,17 @@ def run_item():
     return _run_item
 
 
-def _run_item(check) -> None:
-    """Run one suite check and give its outcome to pytest (outside the except block: no chained traceback)."""
+def _run_item(check, record_property=None) -> None:
+    """Run one suite check and give its outcome to pytest (outside the except block: no chained traceback). A skip
+    records what each case lacks on the item's report, for the run's grouped summary (xdist carries it too)."""
     outcome, message = "passed", None
     try:
         message = check()
     except ItemSkipped as skip:
         outcome, message = "skipped", str(skip)
+        for case_id, reasons in skip.lacks.items():
+            for reason in reasons if record_property is not None else ():
+                record_property("lacks", f"{case_id}\t{reason}")
     except ItemXfailed as xfail:
         outcome, message = "xfailed", str(xfail)
     except ItemFailed as failure:
@@ -249,10 +253,28 @@ def pytest_sessionfinish(session, exitstatus):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def lacking_summary(reports) -> pd.DataFrame:
+    """What the skipped items' cases lack, grouped: per missing prerequisite (with how to get it), the number of
+    cases it blocks; most blocking first."""
+    blocked: dict[str, set[str]] = {}
+    for report in reports:
+        for key, value in getattr(report, "user_properties", ()):
+            if key == "lacks":
+                case_id, reason = value.split("\t", 1)
+                blocked.setdefault(reason, set()).add(case_id)
+    rows = [{"cases": len(cases), "missing here, and how to get it": reason} for reason, cases in blocked.items()]
+    table = pd.DataFrame(rows, columns=["cases", "missing here, and how to get it"])
+    return table.sort_values(["cases", "missing here, and how to get it"], ascending=[False, True])
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     suite = getattr(config, "_sae_bench_suite", None)
     if suite is None:
         return
+    lacking = lacking_summary(terminalreporter.stats.get("skipped", []))
+    if len(lacking):
+        terminalreporter.section("what the skipped cases lack here (each item's own reason: -rs)")
+        terminalreporter.write_line(lacking.to_markdown(index=False))
     if suite.updates:
         terminalreporter.section("expectations updated (old → new; verdict_before: how the case stood before)")
         terminalreporter.write_line(

@@ -5,4 +5,4 @@ mistake is one usage error at configuration, not an import error here."""
 
 
 def test_case(case_id: str, group: str, suite, run_item, record_property) -> None:
-    run_item(lambda: suite.check(case_id, group, record_property))
+    run_item(lambda: suite.check(case_id, group, record_property), record_property)

@@ -29,7 +29,12 @@ VERDICT_COLUMNS += ["sae_sha256", "hook_mismatch_ok"]
 
 
 class ItemSkipped(Exception):
-    """The item cannot run here (a missing GPU, repo, artifact or dataset); the message says which."""
+    """The item cannot run here (a missing GPU, repo, artifact or dataset); the message says which, and `lacks`
+    maps each case to what it lacks (for the run's grouped summary)."""
+
+    def __init__(self, message: str, lacks: dict[str, list[str]] | None = None):
+        super().__init__(message)
+        self.lacks = lacks or {}
 
 
 class ItemFailed(Exception):
@@ -274,7 +279,7 @@ class Suite:
         if reason:
             if rehearsed:  # a rehearsal that skips proves nothing
                 raise ItemFailed(f"rehearsal: a stand-in is missing: {reason}")
-            raise ItemSkipped(reason)
+            raise ItemSkipped(reason, {case.id: missing_reasons(case, self.options.device)})
         measured = self.executor.measure(case)
         sha = self.executor.sae_fingerprint(case.sae)
         self.evaluated.append(Evaluated(case.id, group, case.sae, sha))
@@ -359,7 +364,8 @@ class Suite:
         if reasons:
             if rehearsed:
                 raise ItemFailed(f"rehearsal: a stand-in is missing: {'; '.join(reasons)}")
-            raise ItemSkipped(f"claim {claim.id} relates cases that cannot run here: {'; '.join(reasons)}")
+            lacks = {case.id: lack for case in cases if (lack := missing_reasons(case, self.options.device))}
+            raise ItemSkipped(f"claim {claim.id} relates cases that cannot run here: {'; '.join(reasons)}", lacks)
         by_id = {case.id: case for case in cases}
         values, undefined = {}, []
         for term in claim.terms:
@@ -467,8 +473,8 @@ def _model_key(case: Case) -> tuple:
     return (case.family, case.model)
 
 
-def missing_for(case: Case, device: str) -> str | None:
-    """Everything this case lacks here, at once (None: it can run)."""
+def missing_reasons(case: Case, device: str) -> list[str]:
+    """Each thing this case lacks here, with how to get it (empty: it can run)."""
     from sae_bench.hub import missing
 
     reasons = (
@@ -478,7 +484,12 @@ def missing_for(case: Case, device: str) -> str | None:
     )
     for spec in dict.fromkeys(s for s in (case.sae, case.model, case.base_model) if s is not None):
         reasons += missing(spec)
-    reasons += missing(case.dataset, dataset=True)
+    return reasons + missing(case.dataset, dataset=True)
+
+
+def missing_for(case: Case, device: str) -> str | None:
+    """Everything this case lacks here, at once, as one sentence (None: it can run)."""
+    reasons = missing_reasons(case, device)
     if not reasons:
         return None
     return f"{case.id} needs " + "; ".join(f"({i}) {reason}" for i, reason in enumerate(reasons, 1))

@@ -246,3 +246,27 @@ def test_a_bad_sweep_names_its_field(tmp_path, sweep, needle):
     (tmp_path / "bad.toml").write_text(SWEEP_FAMILY + "\n[[sweep]]\n" + sweep + "\n")
     with pytest.raises(BadInput, match=re.escape(needle)):
         load_registry(tmp_path)
+
+
+def test_an_offline_run_ends_with_one_grouped_summary_of_what_is_missing(monkeypatch, tmp_path, capsys):
+    """Each missing prerequisite once, with the number of cases it blocks and how to get it; no per-item skip
+    lines unless -rs asks for them."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("WANDB_ARTIFACT_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("SAE_BENCH_DATASETS", raising=False)
+    monkeypatch.setattr("pathlib.Path.home", lambda: tmp_path)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    args = [str(CASES.parent / "test_cases.py"), "-p", "no:cacheprovider", "-q", "--no-results", "-k", "qwen1"]
+    assert pytest.main(args) == pytest.ExitCode.OK
+    out = capsys.readouterr().out
+    summary = out.split("what the skipped cases lack here", 1)[1]
+    assert "SKIPPED" not in out
+    assert "|       9 | HF_HUB_OFFLINE is set and Qwen/Qwen1.5-0.5B-Chat" in summary  # once, with its case count
+    assert summary.count("Qwen/Qwen1.5-0.5B-Chat is not in the HF cache") == 1
+    assert "huggingface-cli download Qwen/Qwen1.5-0.5B-Chat" in summary
+    assert pytest.main([*args, "-rs"]) == pytest.ExitCode.OK
+    assert "SKIPPED" in capsys.readouterr().out  # each item's own reason, when asked
