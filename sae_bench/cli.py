@@ -170,8 +170,8 @@ def _gated_hook(args: argparse.Namespace) -> str | None:
 def _add_gate_command(commands) -> None:
     gate = commands.add_parser(
         "gate",
-        help="check a new SAE release against the expectations of the cases it replaces (exit 0 ok, 1 regression, "
-        "2 bad input)",
+        help="check a new SAE against the expectations of the cases it replaces (--sae, --cases), or a whole "
+        "release against the one it replaces (--release, --baseline, --sweep); exit 0 ok, 1 regression, 2 bad input",
     )
     gate.add_argument("--sae", help="the new SAE: saelens:RELEASE/ID, hf:, wandb:, zoo:, or a folder")
     gate.add_argument(
@@ -321,7 +321,7 @@ def _add_result_commands(commands) -> None:
     compare = commands.add_parser(
         "compare",
         parents=[results],
-        help="metrics that moved between two runs (exit 1 on a regression beyond tolerance)",
+        help="metrics that moved between two runs (exit 1 on a regression beyond tolerance or a vanished case)",
     )
     compare.add_argument("--run", dest="run_id", default="latest", help="run id, or latest")
     compare.add_argument("--baseline", help="run id to compare with (default: the run before)")
@@ -333,7 +333,9 @@ def _add_result_commands(commands) -> None:
         "counts as vanished",
     )
     compare.set_defaults(run=_compare)
-    hist = commands.add_parser("history", parents=[results], help="one metric of one case across runs, and a PNG")
+    hist = commands.add_parser(
+        "history", parents=[results], help="one metric of one case across runs (and, with --out, its trend as a PNG)"
+    )
     hist.add_argument("--case", required=True, help="case id")
     hist.add_argument("--metric", required=True, help="metric name")
     hist.add_argument("--format", choices=("md", "csv"), default="md")
