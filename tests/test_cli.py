@@ -50,3 +50,20 @@ def test_published_expectations_are_what_is_committed(tmp_path):
     assert written
     for path in written:
         assert path.read_text() == (committed / path.relative_to(tmp_path)).read_text(), path
+
+
+def test_cases_lists_a_sweeps_expanded_cases(capsys):
+    assert main(["cases", "--sweep", "release-a", "--format", "csv"]) == 0
+    captured = capsys.readouterr()
+    rows = captured.out.strip().splitlines()[1:]
+    assert len(rows) == 16 and "16 cases" in captured.err
+    assert "tiny-mistral/release-a-pt/layer_3@instruct,zoo:tiny-mistral/release-a-pt/layer_3," in captured.out
+    assert main(["cases", "--sweep", "release-z"]) == 2
+    assert "no sweep 'release-z'; the sweeps: release-a" in capsys.readouterr().err
+
+
+def test_run_is_the_suite_with_the_suites_exit_codes(capsys):
+    """`sae-bench run ARGS` is `pytest benchmarks ARGS`: 0 when the selection holds, 2 when it selects nothing."""
+    assert main(["run", "--case-id", "tiny-qwen2/base-sae@chat", "-k", "kl", "--no-results", "-q"]) == 0
+    assert main(["run", "-k", "no-such-case-anywhere", "--no-results", "-q"]) == 2
+    assert "no test selected" in capsys.readouterr().err
