@@ -87,7 +87,6 @@ def pytest_configure(config):
         suite = Suite(
             options_of(config),
             selection_args=" ".join(config.invocation_params.args),
-            is_worker=workerinput is not None,
         )
         suite.open_results(
             config.getoption("--results"),

@@ -53,28 +53,13 @@ def three_forwards(model, sae, config, tokens) -> None:
             model.run_with_hooks(rows, return_type="loss", fwd_hooks=[(config.hook, replace)])
 
 
-def saelens_run_evals(model, sae, config, tokens) -> None:
-    """(d): SAELens's run_evals with the engine's metrics on the same rows in the same batches."""
-    from sae_lens.evals import EvalConfig as SaeLensEvalConfig
-    from sae_lens.evals import run_evals
-    from sae_lens.training.activation_scaler import ActivationScaler
+def saelens_loop(model, pairs, tokens) -> None:
+    """(d): SAELens's run_evals for each SAE in turn (the harness benchmarks/test_engine_speed.py uses)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the harness lives with the tests
+    from tests.saelens_reference import saelens_run_evals
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the harness test_engine_speed.py shares
-    from tests.saelens_reference import FixedTokenBatches
-
-    n_batches = tokens.shape[0] // config.batch_size
-    settings = SaeLensEvalConfig(
-        batch_size_prompts=config.batch_size,
-        n_eval_reconstruction_batches=n_batches,
-        compute_kl=True,
-        compute_ce_loss=True,
-        n_eval_sparsity_variance_batches=n_batches,
-        compute_sparsity_metrics=True,
-        compute_variance_metrics=True,
-        compute_featurewise_density_statistics=True,
-    )
-    store = FixedTokenBatches(tokens, config.batch_size)
-    run_evals(sae, store, model, ActivationScaler(), settings, exclude_special_tokens=False)
+    for sae, config in pairs:
+        saelens_run_evals(model, sae, tokens, config.batch_size)
 
 
 def measure(label: str, model, run) -> tuple[float, float]:
@@ -102,9 +87,7 @@ def main(n_rows: int = 64) -> None:
         "(b) three full forwards per SAE": measure(
             "b", model, lambda: [three_forwards(model, sae, config, tokens) for sae, config in pairs]
         ),
-        "(d) SAELens run_evals per SAE": measure(
-            "d", model, lambda: [saelens_run_evals(model, sae, config, tokens) for sae, config in pairs]
-        ),
+        "(d) SAELens run_evals per SAE": measure("d", model, lambda: saelens_loop(model, pairs, tokens)),
     }
     fpe_c, wall_c = results["(c) one pass across hooks"]
     print(f"{len(pairs)} SAEs at {len(hooks)} hooks of tiny-mistral/base, {n_rows} rows of {tokens.shape[1]} tokens")

@@ -12,9 +12,6 @@ parentheses beside each time, per group ("engine", "family-grid").
 
 import pytest
 import torch
-from sae_lens.evals import EvalConfig as SaeLensEvalConfig
-from sae_lens.evals import run_evals
-from sae_lens.training.activation_scaler import ActivationScaler
 
 from sae_bench.evaluate import EvalConfig, estimate_scaling_factor, evaluate_shared, evaluate_transfer
 from sae_bench.outliers import OutlierPolicy
@@ -27,7 +24,7 @@ from sae_bench.splicing import (
     spliced_residual,
     zero_ablated_residual,
 )
-from tests.saelens_reference import FixedTokenBatches
+from tests.saelens_reference import saelens_run_evals
 
 HOOK = "blocks.2.hook_resid_pre"
 BATCH = 8
@@ -58,19 +55,7 @@ def run_engine(model, sae, tokens):
 
 def run_saelens(model, sae, tokens):
     """SAELens's run_evals with the engine's metrics, on the same rows in the same batches, nothing excluded."""
-    n_batches = tokens.shape[0] // BATCH
-    config = SaeLensEvalConfig(
-        batch_size_prompts=BATCH,
-        n_eval_reconstruction_batches=n_batches,
-        compute_kl=True,
-        compute_ce_loss=True,
-        n_eval_sparsity_variance_batches=n_batches,
-        compute_sparsity_metrics=True,
-        compute_variance_metrics=True,
-        compute_featurewise_density_statistics=True,
-    )
-    store = FixedTokenBatches(tokens.to(model.cfg.device), BATCH)
-    metrics, _ = run_evals(sae, store, model, ActivationScaler(), config, exclude_special_tokens=False)
+    metrics = saelens_run_evals(model, sae, tokens, BATCH)
     synchronize()
     return metrics
 

@@ -265,7 +265,9 @@ def _evaluate_batch(
 ) -> None:
     """One batch of a shared pass: per hook, each variant's reconstruction statistics and distinct spliced residual,
     then that hook's continuations (its spliced residuals and its zero-ablated rows; the clean one too when the
-    pass has one hook), then the scores of each variant against the clean and that hook's zero-ablated run."""
+    pass has one hook), then the scores of each variant against the clean and that hook's zero-ablated run. Across
+    hooks the clean run is scored once per hook: one hook's continuations are live at a time (memory of one hook,
+    not of every hook of a release), at the price of re-normalising the clean logits per hook."""
     for site, x in at_hook.items():
         members = [(i, state) for i, state in enumerate(states) if state.site == site]
         spliced: dict[tuple, tuple[str, Tensor]] = {}  # distinct spliced residuals of this batch: key → (name, x)

@@ -216,7 +216,7 @@ class CaseExecutor:
         if (case.id, case.sae, 0) in self._failures:
             raise self._failures[(case.id, case.sae, 0)]
         self.check_fits(case)
-        if key not in self._results and not subsets and not case.paired:
+        if not subsets and not case.paired:
             self._measure_shared(case)
             if (case.id, case.sae, 0) in self._failures:
                 raise self._failures[(case.id, case.sae, 0)]

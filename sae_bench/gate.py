@@ -190,11 +190,12 @@ def run_gate(
             f"; close case ids: {', '.join(close)}" if close else " (`pytest benchmarks --collect-only -q` lists them)"
         )
         return _say(f"--cases {cases!r} selects no {'hub ' if rehearse else ''}case{hint}", EXIT_BAD_INPUT)
-    refused = {}
+    refused, olds = {}, {}
     for case_id in selected:
         case = registry.get(case_id)
-        old = load_sae(case.sae) if _locally_loadable(case.sae) else None
-        if why := replacement_problem(new_sae, case, old):
+        if case.sae not in olds:  # a family's cases share their SAEs: load each once
+            olds[case.sae] = load_sae(case.sae) if _locally_loadable(case.sae) else None
+        if why := replacement_problem(new_sae, case, olds[case.sae]):
             refused[case_id] = why
     if refused:
         lines = "\n".join(f"  {case_id}: {why}" for case_id, why in refused.items())

@@ -75,7 +75,7 @@ def _explained_variance_from_sums(
     sum_squared_error: float, total_sum_of_squares: float, raw_sum_of_squares: float, name: str
 ) -> float:
     """1 − SSE / SST, undefined when SST is at the rounding level of the activations (FLOAT32_ROUNDING)."""
-    if total_sum_of_squares <= FLOAT32_ROUNDING**2 * raw_sum_of_squares or total_sum_of_squares <= 0.0:
+    if total_sum_of_squares <= FLOAT32_ROUNDING**2 * raw_sum_of_squares:
         raise UndefinedMetric(
             f"{name}: the activations have zero variance over the evaluated tokens, within float32 rounding "
             f"(Σ‖x − x̄‖² = {total_sum_of_squares:.3g} against Σ‖x‖² = {raw_sum_of_squares:.3g}); the ratio would "

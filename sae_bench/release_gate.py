@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ def judge(differences: Sequence[float], margin: float, better: str) -> tuple[flo
     worse = [sign * d for d in differences]
     n = len(worse)
     mean = sum(worse) / n
-    sd = math.sqrt(sum((w - mean) ** 2 for w in worse) / (n - 1)) if n > 1 else math.inf
+    sd = statistics.stdev(worse) if n > 1 else math.inf
     se = sd / math.sqrt(n) if sd > 0 else 0.0
     if se == 0.0:
         p_regression = 0.0 if mean > margin else 1.0
@@ -170,18 +171,16 @@ def paired_release_gate(
     units: dict[tuple[str, str], list[dict]] = {}
     rows_used, table = 0, pd.DataFrame()
     models = {label: load_model(spec, device=device) for label, spec in plan.models.items()}
+    budget = {label: load_dataset_rows(plan.dataset, budget_rows, plan.context, m) for label, m in models.items()}
+    keys = [(which, sae_id) for sae_id in shared for which in ("old", "new")]
+    pairs = [
+        (saes[key], EvalConfig(hook=plan.hook.format(layer=_layer(key[1])), batch_size=rows_per_unit, progress=False))
+        for key in keys
+    ]
     while True:
         target = min(budget_rows, start_rows if rows_used == 0 else rows_used * 2)
         for label, model in models.items():
-            rows = load_dataset_rows(plan.dataset, target, plan.context, model)[rows_used:target]
-            pairs, keys = [], []
-            for sae_id in shared:
-                hook = plan.hook.format(layer=_layer(sae_id))
-                for which in ("old", "new"):
-                    pairs.append(
-                        (saes[(which, sae_id)], EvalConfig(hook=hook, batch_size=rows_per_unit, progress=False))
-                    )
-                    keys.append((which, sae_id))
+            rows = budget[label][rows_used:target]
             for start in range(0, rows.shape[0], rows_per_unit):
                 values = unit_values(model, pairs, rows[start : start + rows_per_unit])
                 by_key = dict(zip(keys, values, strict=True))
@@ -212,7 +211,7 @@ def _verdicts(units: dict, plan: SweepPlan, alpha_look: float) -> pd.DataFrame:
                 continue
             margin = _margin(plan.margins[metric], [p["old"][metric] for p in pairs if p["old"][metric] is not None])
             mean, p_regression, p_ok = judge(diffs, margin, better)
-            sd = statistics_sd(diffs)
+            sd = statistics.stdev(diffs)
             half = float(stats.t.ppf(1 - alpha_look, len(diffs) - 1)) * sd / math.sqrt(len(diffs))
             rows.append({
                 "id": sae_id, "model": model, "metric": metric, "units": len(diffs), "difference": mean,
@@ -231,8 +230,3 @@ def _margin(declared: float | str, old_values: Sequence[float]) -> float:
     if isinstance(declared, str):
         return float(declared.rstrip("%")) / 100 * abs(sum(old_values) / len(old_values))
     return float(declared)
-
-
-def statistics_sd(values: Sequence[float]) -> float:
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))

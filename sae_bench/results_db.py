@@ -252,14 +252,13 @@ def run_status(ended: str | None, exit_status: int | None) -> str:
 
 def _ranges(ids: list[int]) -> str:
     """1-4, 7, 9-10: run ids compactly."""
-    if not ids:
-        return "none"
-    spans, start = [], ids[0]
-    for previous, current in zip(ids, ids[1:] + [None], strict=True):
-        if current != previous + 1 if current is not None else True:
-            spans.append(f"{start}" if start == previous else f"{start}-{previous}")
-            start = current
-    return ", ".join(spans)
+    spans: list[list[int]] = []
+    for run in ids:
+        if spans and run == spans[-1][1] + 1:
+            spans[-1][1] = run
+        else:
+            spans.append([run, run])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans) or "none"
 
 
 def _now() -> str:

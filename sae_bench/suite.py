@@ -107,7 +107,7 @@ def check_device(name: str) -> None:
 class Suite:
     """Checks one (case, metric group) against its expectation file; collects every verdict of the session."""
 
-    def __init__(self, options: SuiteOptions, *, selection_args: str = "", is_worker: bool = False):
+    def __init__(self, options: SuiteOptions, *, selection_args: str = ""):
         self.options = options
         if options.rehearse and options.update:
             raise BadInput("--rehearse never writes expectations: drop --update-expectations")
@@ -133,7 +133,7 @@ class Suite:
         self.first_run_cases: set[str] = set()
         self.pending: Counter[str] = Counter()
         self.results, self.run_id, self.vectors_recorded = None, None, set()
-        self.selection_args, self.is_worker = selection_args, is_worker
+        self.selection_args = selection_args
 
     # -- selection ----------------------------------------------------------------------------------------------
     def _with_override(self, registry: Registry) -> Registry:
@@ -144,12 +144,6 @@ class Suite:
             return registry.with_sae(spec)
         replaced = set(cases_selected_by(registry, self.options.sae_cases))
         return registry.with_sae(spec, replaced.__contains__)
-
-    @property
-    def replaced_cases(self) -> set[str]:
-        """The cases whose SAE --sae replaced."""
-        spec = self.options.sae_override
-        return {case.id for case in self.registry if spec and case.sae == spec != self.shipped.get(case.id).sae}
 
     def as_run(self, case: Case) -> Case:
         """The case as this run evaluates it: a hub case scaled down under --rehearse, else as registered."""

@@ -1,7 +1,8 @@
 """SAELens's own eval functions run on our token tensors: the reference the engine is compared with."""
 
 import torch
-from sae_lens.evals import get_sparsity_and_variance_metrics
+from sae_lens.evals import EvalConfig as SaeLensEvalConfig
+from sae_lens.evals import get_sparsity_and_variance_metrics, run_evals
 from sae_lens.training.activation_scaler import ActivationScaler
 
 
@@ -32,6 +33,25 @@ class FixedTokenBatches:
 
     def reset_input_dataset(self) -> None:
         self.cursor = 0
+
+
+def saelens_run_evals(model, sae, tokens: torch.Tensor, batch_size: int) -> dict:
+    """SAELens's run_evals with the engine's metrics (CE, KL, L0, EV, densities) on the same rows in the same
+    batches, nothing excluded."""
+    n_batches = tokens.shape[0] // batch_size
+    config = SaeLensEvalConfig(
+        batch_size_prompts=batch_size,
+        n_eval_reconstruction_batches=n_batches,
+        compute_kl=True,
+        compute_ce_loss=True,
+        n_eval_sparsity_variance_batches=n_batches,
+        compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
+        compute_featurewise_density_statistics=True,
+    )
+    store = FixedTokenBatches(tokens.to(model.cfg.device), batch_size)
+    metrics, _ = run_evals(sae, store, model, ActivationScaler(), config, exclude_special_tokens=False)
+    return metrics
 
 
 def saelens_sparsity_and_variance(model, sae, tokens: torch.Tensor, *, densities: bool = False):
