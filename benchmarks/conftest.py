@@ -149,9 +149,9 @@ def _run_item(check, record_property=None) -> None:
         message = check()
     except ItemSkipped as skip:
         outcome, message = "skipped", str(skip)
-        for case_id, reasons in skip.lacks.items():
-            for reason in reasons if record_property is not None else ():
-                record_property("lacks", f"{case_id}\t{reason}")
+        for case_id, lacks in skip.lacks.items():
+            for lack in lacks if record_property is not None else ():
+                record_property("lacks", "\t".join((case_id, lack.prerequisite, lack.why, lack.fix, lack.member)))
     except ItemXfailed as xfail:
         outcome, message = "xfailed", str(xfail)
     except ItemFailed as failure:
@@ -253,17 +253,26 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def lacking_summary(reports) -> pd.DataFrame:
-    """What the skipped items' cases lack, grouped: per missing prerequisite (with how to get it), the number of
-    cases it blocks; most blocking first."""
-    blocked: dict[str, set[str]] = {}
+    """What the skipped items' cases lack, grouped: per missing prerequisite (a release once, with the number of its
+    SAEs), the number of cases it blocks, why, and the one command that gets it; most blocking first."""
+    blocked: dict[tuple[str, str, str], tuple[set[str], set[str]]] = {}
     for report in reports:
         for key, value in getattr(report, "user_properties", ()):
             if key == "lacks":
-                case_id, reason = value.split("\t", 1)
-                blocked.setdefault(reason, set()).add(case_id)
-    rows = [{"cases": len(cases), "missing here, and how to get it": reason} for reason, cases in blocked.items()]
-    table = pd.DataFrame(rows, columns=["cases", "missing here, and how to get it"])
-    return table.sort_values(["cases", "missing here, and how to get it"], ascending=[False, True])
+                case_id, prerequisite, why, fix, member = value.split("\t")
+                cases, members = blocked.setdefault((prerequisite, why, fix), (set(), set()))
+                cases.add(case_id)
+                members.update([member] if member else [])
+    columns = ["cases", "missing here", "why", "how to get it"]
+    rows = []
+    for (prerequisite, why, fix), (cases, members) in blocked.items():
+        if fix == "fetch":
+            families = sorted({case_id.split("/", 1)[0] for case_id in cases})
+            fix = f'sae-bench fetch -k "{" or ".join(families)}"'
+        what = f"{prerequisite}: {len(members)} SAE{'s' if len(members) > 1 else ''}" if members else prerequisite
+        rows.append(dict(zip(columns, (len(cases), what, why, fix), strict=True)))
+    table = pd.DataFrame(rows, columns=columns)
+    return table.sort_values(["cases", "missing here"], ascending=[False, True])
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):

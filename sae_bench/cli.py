@@ -236,6 +236,50 @@ def _cases(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _fetch(args: argparse.Namespace) -> int:
+    """Download what the selected hub cases need (models, SAEs, artifacts, dataset records); --dry-run lists it."""
+    import pandas as pd
+
+    from sae_bench.cases import SHIPPED_CASES, cases_selected_by, load_registries
+    from sae_bench.fetch import fetch, human_size
+
+    if not (args.k or args.case_id or args.sweep):
+        raise BadInput('fetch: say what to fetch for: -k EXPR (e.g. -k "gemma-3-270m"), --case-id ID or --sweep NAME')
+    registry = load_registries((SHIPPED_CASES, *args.cases_dir))
+    chosen = {case.id for case in registry if args.sweep and case.sweep == args.sweep}
+    chosen |= set(cases_selected_by(registry, args.k)) if args.k else set()
+    for case_id in args.case_id:
+        registry.get(case_id)  # an unknown id: a BadInput with close ids
+        chosen.add(case_id)
+    if args.sweep and not any(case.sweep == args.sweep for case in registry):
+        sweeps = sorted({case.sweep for case in registry if case.sweep})
+        raise BadInput(f"no sweep {args.sweep!r}; the sweeps: {', '.join(sweeps) or 'none'}")
+    cases = [case for case in registry if case.id in chosen]
+    hub = [case for case in cases if case.tier == "hub"]
+    print(f"{len(cases)} cases selected, {len(hub)} of them hub cases (zoo cases need nothing)", file=sys.stderr)
+    downloads, problems = fetch(hub, dry_run=args.dry_run)
+    rows = [{"what": d.what, "cases": len(d.cases), "size": human_size(d.size), "status": d.status} for d in downloads]
+    _write_table(pd.DataFrame(rows, columns=["what", "cases", "size", "status"]), "md")
+    known = [d.size for d in downloads if d.size is not None]
+    verb = "to fetch" if args.dry_run else "fetched"
+    print(f"{human_size(sum(known))} {verb} (sizes the hub states; datasets: once streamed)", file=sys.stderr)
+    for problem in problems:
+        print(f"not fetched: {problem}", file=sys.stderr)
+    return EXIT_BAD_INPUT if problems else EXIT_OK
+
+
+def _add_fetch_command(commands) -> None:
+    fetch = commands.add_parser(
+        "fetch", help="download what the selected hub cases need (models, SAE folders, artifacts, dataset records)"
+    )
+    fetch.add_argument("-k", metavar="EXPR", help="-k expression over CASE:GROUP ids, as pytest's")
+    fetch.add_argument("--case-id", action="append", default=[], metavar="ID", help="a case id (repeatable)")
+    fetch.add_argument("--sweep", help="every case a sweep expands to")
+    fetch.add_argument("--cases-dir", action="append", default=[], type=Path, metavar="DIR", help="your case files too")
+    fetch.add_argument("--dry-run", action="store_true", help="list what would be fetched, with sizes; fetch nothing")
+    fetch.set_defaults(run=_fetch)
+
+
 def _add_cases_command(commands) -> None:
     cases = commands.add_parser("cases", help="list the registered cases (a sweep's expanded cases with --sweep)")
     cases.add_argument("--sweep", help="only the cases this sweep expands to")
@@ -380,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_expectation_commands(commands)
     _add_gate_command(commands)
     _add_cases_command(commands)
+    _add_fetch_command(commands)
     commands.add_parser(
         "run",
         help="the benchmark suite, from any folder: `sae-bench run -k mistral` is `pytest benchmarks -k mistral` on "

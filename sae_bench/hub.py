@@ -45,10 +45,10 @@ def parse_spec(spec: str) -> Spec:
 
 
 @functools.cache
-def _unreachable(host: str) -> str | None:
-    """None when a TCP connection to host:443 opens within 3 s, else why not (probed once per process)."""
+def _unreachable(host: str, port: int = 443) -> str | None:
+    """None when a TCP connection to host:port opens within 3 s, else why not (probed once per process)."""
     try:
-        socket.create_connection((host, 443), timeout=3).close()
+        socket.create_connection((host, port), timeout=3).close()
         return None
     except OSError as err:
         return f"{host} is not reachable ({err.__class__.__name__}: {err})"
@@ -60,10 +60,8 @@ def _hf_missing(repo: str, filename: str, repo_type: str = "model") -> str | Non
 
     if isinstance(try_to_load_from_cache(repo, filename, repo_type=repo_type), str):
         return None
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
-        return f"HF_HUB_OFFLINE is set and {repo} is not in the HF cache"
-    reason = _unreachable("huggingface.co")
-    return None if reason is None else f"{repo} is not in the HF cache and {reason}"
+    reason = _offline_or_unreachable()
+    return None if reason is None else f"{reason} and {repo} is not in the HF cache"
 
 
 def saelens_release(body: str) -> tuple[str, str, str, str]:
@@ -85,13 +83,14 @@ def saelens_release(body: str) -> tuple[str, str, str, str]:
     return release, sae_id, directory[release].repo_id, directory[release].saes_map[sae_id]
 
 
-RELEASE_CONFIG_FILES = {"gemma_2": "params.npz", "llama_scope": "hyperparams.json"}
+RELEASE_CONFIG_FILES = {"gemma_2": "params.npz", "gemma_3": "params.safetensors", "llama_scope": "hyperparams.json"}
 """The first file SAELens's loader reads from a release's folder, by the release's loader (default: cfg.json)."""
 
 
 def release_config_file(release: str) -> str:
-    """What a release keeps in each SAE's folder that SAELens reads first: Gemma Scope's `params.npz`, Llama
-    Scope's `hyperparams.json`, else SAELens's own `cfg.json`."""
+    """What a release keeps in each SAE's folder that SAELens needs first: Gemma Scope's `params.npz`, Gemma Scope
+    2's `params.safetensors` (its `config.json` is optional to SAELens), Llama Scope's `hyperparams.json`, else
+    SAELens's own `cfg.json`."""
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     return RELEASE_CONFIG_FILES.get(get_pretrained_saes_directory()[release].conversion_func or "", "cfg.json")
@@ -106,14 +105,43 @@ def wandb_artifact_dir(body: str) -> Path:
 DATASETS_ENV = "SAE_BENCH_DATASETS"
 
 
+def datasets_dir() -> Path:
+    """Where local dataset copies live (what `sae-bench fetch` writes): `$SAE_BENCH_DATASETS`, else the suite's
+    cache folder's `datasets/`."""
+    from sae_bench.cache import cache_dir
+
+    return Path(os.environ.get(DATASETS_ENV) or cache_dir() / "datasets")
+
+
 def local_dataset(repo: str) -> Path | None:
-    """`$SAE_BENCH_DATASETS/ORG/NAME` when that folder exists: a local copy of the dataset repo."""
-    root = os.environ.get(DATASETS_ENV)
-    directory = Path(root) / repo if root else None
-    return directory if directory is not None and directory.is_dir() else None
+    """`datasets_dir()/ORG/NAME` when that folder exists: a local copy of the dataset repo."""
+    directory = datasets_dir() / repo
+    return directory if directory.is_dir() else None
 
 
-def missing(spec: str, *, dataset: bool = False) -> list[str]:
+@dataclass(frozen=True)
+class Lack:
+    """One prerequisite a case lacks here: what it is (one row of the skip summary), why it is missing, how to get
+    it (`fetch`: `sae-bench fetch` can), and the member of it the case needs (an SAE of a release)."""
+
+    prerequisite: str
+    why: str
+    fix: str = "fetch"
+    member: str = ""
+
+    def __str__(self) -> str:
+        fix = "`sae-bench fetch` downloads it" if self.fix == "fetch" else self.fix
+        member = f" {self.member}" if self.member else ""
+        return f"{self.prerequisite}{member}: {self.why}; {fix}"
+
+
+def _offline_or_unreachable() -> str | None:
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
+        return "HF_HUB_OFFLINE is set"
+    return _unreachable("huggingface.co")
+
+
+def missing(spec: str, *, dataset: bool = False) -> list[Lack]:
     """Everything `spec` lacks here, each with what to do about it; empty when it can be loaded (or tried)."""
     if Path(spec).is_dir():
         return []
@@ -124,31 +152,30 @@ def missing(spec: str, *, dataset: bool = False) -> list[str]:
         if local_dataset(parsed.body) is not None:
             return []
         # `datasets` does not read the HF hub cache offline: only a local copy or the hub itself will do
-        offline = os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True")
-        reason = "HF_HUB_OFFLINE is set" if offline else _unreachable("huggingface.co")
-        fix = f"put a copy under ${DATASETS_ENV}/{parsed.body}"
-        return [] if reason is None else [f"dataset {parsed.body}: {reason} and there is no local copy; {fix}"]
+        reason = _offline_or_unreachable()
+        why = f"{reason} and there is no local copy in {datasets_dir() / parsed.body}"
+        return [] if reason is None else [Lack(f"dataset {parsed.body}", why)]
     if parsed.scheme == "hf":
         repos = ["/".join(parsed.body.split("/")[:2])] + ([parsed.params["as"]] if "as" in parsed.params else [])
         reasons = [(repo, _hf_missing(repo, "config.json") and _hf_missing(repo, "cfg.json")) for repo in repos]
-        return [f"{why}; download it with `huggingface-cli download {repo}`" for repo, why in reasons if why]
+        return [Lack(f"HF repo {repo}", why) for repo, why in reasons if why]
     if parsed.scheme == "unreleased":
-        return [unreleased_reason(parsed.body)]
+        fix = "supply one with --sae SPEC (a local SAELens folder, saelens:RELEASE/ID, hf:… or wandb:…)"
+        return [Lack("an SAE that was never released", parsed.body, fix=fix)]
     if parsed.scheme == "saelens":
-        release, _, repo, folder = saelens_release(parsed.body)
+        release, sae_id, repo, folder = saelens_release(parsed.body)
         reason = _hf_missing(repo, f"{folder}/{release_config_file(release)}")
-        return [] if reason is None else [f"SAELens release {parsed.body} ({repo}/{folder}): {reason}"]
+        return [] if reason is None else [Lack(f"SAELens release {release} ({repo})", reason, member=sae_id)]
     if parsed.scheme == "wandb":
         local = wandb_artifact_dir(parsed.body)
         if (local / "cfg.json").is_file():
             return []
+        what = f"wandb artifact {parsed.body}"
         if not os.environ.get("WANDB_API_KEY") and not _netrc_has("api.wandb.ai"):
-            return [
-                f"wandb artifact {parsed.body} is not in {local.parent} and needs wandb credentials to download "
-                "(set WANDB_API_KEY or run `wandb login`; or `wandb artifact get` it once)"
-            ]
+            why = f"not in {local.parent}, and downloading it needs wandb credentials"
+            return [Lack(what, why, fix="set WANDB_API_KEY or run `wandb login`, then `sae-bench fetch`")]
         reason = _unreachable("api.wandb.ai")
-        return [] if reason is None else [f"wandb artifact {parsed.body} is not in {local.parent} and {reason}"]
+        return [] if reason is None else [Lack(what, f"not in {local.parent} and {reason}")]
     raise BadInput(f"unknown source scheme {parsed.scheme!r} in {spec!r}")
 
 
@@ -184,12 +211,37 @@ def load_hub_model(spec: str, *, device: str, dtype: torch.dtype):
     return HookedTransformer.from_pretrained(parsed.params["as"], hf_model=hf_model, device=device, dtype=dtype)
 
 
+def read_cached_safetensors_shapes() -> None:
+    """SAELens sizes a Gemma Scope 2 SAE by range requests to the hub for its `params.safetensors` header, even when
+    the file is in the HF cache and HF_HUB_OFFLINE is set; read the header from the cached file when there is one
+    (the hub otherwise), so that a fetched release loads offline."""
+    import sae_lens.loading.pretrained_sae_loaders as loaders
+
+    original = loaders.get_safetensors_tensor_shapes
+    if getattr(original, "_reads_cache", False):
+        return
+
+    def get_safetensors_tensor_shapes(repo_id: str, filename: str) -> dict[str, list[int]]:
+        from huggingface_hub import try_to_load_from_cache
+        from safetensors import safe_open
+
+        cached = try_to_load_from_cache(repo_id, filename)
+        if not isinstance(cached, str):
+            return original(repo_id, filename)
+        with safe_open(cached, framework="pt") as handle:
+            return {name: list(handle.get_slice(name).get_shape()) for name in handle.keys()}
+
+    get_safetensors_tensor_shapes._reads_cache = True  # type: ignore[attr-defined]
+    loaders.get_safetensors_tensor_shapes = get_safetensors_tensor_shapes
+
+
 def load_hub_sae(spec: str, *, device: str, dtype: str):
     from sae_lens import SAE
 
     parsed = parse_spec(spec)
     if parsed.scheme == "saelens":
         release, sae_id, _, _ = saelens_release(parsed.body)
+        read_cached_safetensors_shapes()
         return SAE.from_pretrained(release, sae_id, device=device, dtype=dtype)
     if parsed.scheme == "hf":
         parts = parsed.body.split("/")
@@ -221,6 +273,13 @@ def load_hub_rows(dataset: str, n_rows: int, context: int, tokenizer) -> torch.T
     parsed = parse_spec(dataset)
     path = local_dataset(parsed.body) or parsed.body
     stream = load_dataset(str(path), split=parsed.params.get("split", "train"), streaming=True)
+    return rows_from_records(stream, dataset, n_rows, context, tokenizer)
+
+
+def rows_from_records(records, dataset: str, n_rows: int, context: int, tokenizer) -> torch.Tensor:
+    """The rows `load_hub_rows` cuts from a stream of the dataset's records, reading no record past the last row
+    (so that `sae-bench fetch` keeps exactly the records a case reads)."""
+    parsed = parse_spec(dataset)
     column = parsed.params.get("column", "text")
     sep = parsed.params.get("sep", "eos")
     if sep not in ("eos", "bos", "none"):
@@ -232,7 +291,7 @@ def load_hub_rows(dataset: str, n_rows: int, context: int, tokenizer) -> torch.T
         raise BadInput(f"{dataset}: sep={sep} needs the tokenizer's {sep.upper()} token, and it has none")
     by_bos = sep == "bos"
     buffer, rows = [], []
-    for record in stream:
+    for record in records:
         document = tokenizer(record[column], add_special_tokens=False)["input_ids"]
         if not joined:
             buffer.extend(document)

@@ -151,8 +151,10 @@ def paired_release_gate(
     alpha: float = 0.05,
     device: str = "cpu",
     base: Path = Path("."),
+    first_row: int = 0,
 ) -> PairedVerdicts:
-    """Judge release `new` against `old` (release sources as a sweep takes them) on the sweep's models and rows."""
+    """Judge release `new` against `old` (release sources as a sweep takes them) on the sweep's models and rows
+    (from `first_row` of the sweep's dataset: another draw of rows)."""
     from sae_bench.evaluate import EvalConfig
     from sae_bench.sources import load_dataset_rows, load_model, load_sae
 
@@ -171,7 +173,10 @@ def paired_release_gate(
     units: dict[tuple[str, str], list[dict]] = {}
     rows_used, table = 0, pd.DataFrame()
     models = {label: load_model(spec, device=device) for label, spec in plan.models.items()}
-    budget = {label: load_dataset_rows(plan.dataset, budget_rows, plan.context, m) for label, m in models.items()}
+    budget = {
+        label: load_dataset_rows(plan.dataset, first_row + budget_rows, plan.context, m)[first_row:]
+        for label, m in models.items()
+    }
     keys = [(which, sae_id) for sae_id in shared for which in ("old", "new")]
     pairs = [
         (saes[key], EvalConfig(hook=plan.hook.format(layer=_layer(key[1])), batch_size=rows_per_unit, progress=False))

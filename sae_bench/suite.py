@@ -32,7 +32,7 @@ class ItemSkipped(Exception):
     """The item cannot run here (a missing GPU, repo, artifact or dataset); the message says which, and `lacks`
     maps each case to what it lacks (for the run's grouped summary)."""
 
-    def __init__(self, message: str, lacks: dict[str, list[str]] | None = None):
+    def __init__(self, message: str, lacks: dict[str, list] | None = None):
         super().__init__(message)
         self.lacks = lacks or {}
 
@@ -467,15 +467,12 @@ def _model_key(case: Case) -> tuple:
     return (case.family, case.model)
 
 
-def missing_reasons(case: Case, device: str) -> list[str]:
-    """Each thing this case lacks here, with how to get it (empty: it can run)."""
-    from sae_bench.hub import missing
+def missing_reasons(case: Case, device: str) -> list:
+    """Each thing this case lacks here (`hub.Lack`), with how to get it (empty: it can run)."""
+    from sae_bench.hub import Lack, missing
 
-    reasons = (
-        ["a CUDA GPU (run with --device cuda on a machine that has one)"]
-        if case.gpu and not device.startswith("cuda")
-        else []
-    )
+    gpu = Lack("a CUDA GPU", "this machine has none", fix="run with --device cuda on a machine that has one")
+    reasons = [gpu] if case.gpu and not device.startswith("cuda") else []
     for spec in dict.fromkeys(s for s in (case.sae, case.model, case.base_model) if s is not None):
         reasons += missing(spec)
     return reasons + missing(case.dataset, dataset=True)

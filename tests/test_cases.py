@@ -123,12 +123,12 @@ def test_hub_case_offline_skip_names_everything_it_lacks_at_once(monkeypatch, tm
         "shahdishank/gemma-2b-it-finetune-python-codes",
         "google/gemma-2b",
         "dataset HuggingFaceFW/fineweb",
-        "$SAE_BENCH_DATASETS/HuggingFaceFW/fineweb",
+        "no local copy in",
     ):
         assert lacking in reason
     reason = missing_for(registry.get("qwen1.5-0.5b/base-sae@chat"), "cpu")
     assert "(1) wandb artifact" in reason and "WANDB_API_KEY" in reason
-    assert "(2) HF_HUB_OFFLINE is set and Qwen/Qwen1.5-0.5B-Chat" in reason
+    assert "(2) HF repo Qwen/Qwen1.5-0.5B-Chat: HF_HUB_OFFLINE is set" in reason
     assert "(3) dataset monology/pile-uncopyrighted: HF_HUB_OFFLINE is set" in reason
     assert missing_for(registry.get("tiny-qwen2/base-sae@chat"), "cpu") is None
 
@@ -140,9 +140,10 @@ def test_uncached_hub_model_with_hub_offline_names_the_repo_and_the_fix(monkeypa
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    [reason] = missing("hf:Qwen/Qwen1.5-0.5B-Chat")
-    assert "HF_HUB_OFFLINE is set and Qwen/Qwen1.5-0.5B-Chat is not in the HF cache" in reason
-    assert "huggingface-cli download Qwen/Qwen1.5-0.5B-Chat" in reason
+    [lack] = missing("hf:Qwen/Qwen1.5-0.5B-Chat")
+    assert lack.prerequisite == "HF repo Qwen/Qwen1.5-0.5B-Chat" and lack.fix == "fetch"
+    assert "HF_HUB_OFFLINE is set and Qwen/Qwen1.5-0.5B-Chat is not in the HF cache" in str(lack)
+    assert "`sae-bench fetch` downloads it" in str(lack)
 
 
 # --- sweeps: a release × the family's models, expanded into ordinary cases ---------------------------------------
@@ -265,8 +266,9 @@ def test_an_offline_run_ends_with_one_grouped_summary_of_what_is_missing(monkeyp
     out = capsys.readouterr().out
     summary = out.split("what the skipped cases lack here", 1)[1]
     assert "SKIPPED" not in out
-    assert "|       9 | HF_HUB_OFFLINE is set and Qwen/Qwen1.5-0.5B-Chat" in summary  # once, with its case count
+    row = next(line for line in summary.splitlines() if "HF repo Qwen/Qwen1.5-0.5B-Chat " in line)
+    assert row.startswith("|       9 |")  # once, with the number of cases it blocks
     assert summary.count("Qwen/Qwen1.5-0.5B-Chat is not in the HF cache") == 1
-    assert "huggingface-cli download Qwen/Qwen1.5-0.5B-Chat" in summary
+    assert 'sae-bench fetch -k "qwen1.5-0.5b"' in row  # the one command that gets it
     assert pytest.main([*args, "-rs"]) == pytest.ExitCode.OK
     assert "SKIPPED" in capsys.readouterr().out  # each item's own reason, when asked

@@ -185,3 +185,76 @@ def test_update_refuses_to_overwrite_a_published_file(tmp_path):
     assert "holds published values; a measured run never overwrites them" in run.stdout
     assert "--replace-published" in run.stdout
     assert path.read_bytes() == before
+
+
+def _gemma3_hub(tmp_path, monkeypatch, repos):
+    """A hub cache holding Gemma 3 miniatures, read offline."""
+    from sae_bench.rehearsal.miniatures import miniature, save_miniature
+    from sae_bench.rehearsal.stand_ins import snapshot_dir
+
+    for repo in repos:
+        save_miniature(miniature(repo), snapshot_dir(tmp_path / "hub", repo), seed=7)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_gemma3_miniature_runs_in_transformer_lens_as_in_hf_sliding_windows_included(tmp_path, monkeypatch):
+    """TransformerLens's Gemma 3 (its table's pattern, resized to the miniature) against HF's own forward, on rows
+    longer than the local window; with the window ignored the two disagree, so the local layers are exercised."""
+    from transformer_lens import HookedTransformer
+    from transformers import AutoModelForCausalLM
+
+    from sae_bench.rehearsal import substitute_hard_coded_configs
+    from sae_bench.rehearsal.miniatures import GEMMA3_SLIDING_WINDOW
+
+    repo = "google/gemma-3-270m-it"
+    _gemma3_hub(tmp_path, monkeypatch, [repo])
+    substitute_hard_coded_configs()
+    model = HookedTransformer.from_pretrained(repo, device="cpu", dtype=torch.float32)
+    hf = AutoModelForCausalLM.from_pretrained(repo, dtype=torch.float32)
+    assert model.cfg.n_layers == 18 and model.cfg.attn_types[:6] == ["local"] * 5 + ["global"]
+    assert model.cfg.window_size == GEMMA3_SLIDING_WINDOW and model.cfg.use_qk_norm
+    tokens = torch.randint(110, model.cfg.d_vocab, (2, 3 * GEMMA3_SLIDING_WINDOW), generator=torch.Generator())
+    tokens[:, 0] = 2  # <bos>
+    reference = hf(tokens).logits.log_softmax(-1)
+    torch.testing.assert_close(model(tokens).log_softmax(-1), reference, rtol=0, atol=1e-4)
+    for block in model.blocks:
+        block.attn.cfg.window_size = 10 * GEMMA3_SLIDING_WINDOW
+    assert (model(tokens).log_softmax(-1) - reference).abs().max() > 1e-2
+    chat = model.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    chat = chat["input_ids"] if isinstance(chat, dict) or hasattr(chat, "keys") else chat
+    assert chat[:2] == [2, 105] and 106 in chat  # <bos><start_of_turn>user … <end_of_turn> … model
+
+
+def test_gemma_scope_2_stand_in_loads_offline_through_saelens_gemma_3_loader(tmp_path, monkeypatch):
+    """SAELens reads a Gemma Scope 2 SAE's sizes by HTTP range requests even offline; the suite reads them from the
+    cached file, and the rest (config, JumpReLU weights, hook) is SAELens's own loader."""
+    from safetensors.torch import load_file
+
+    from sae_bench.hub import saelens_release
+    from sae_bench.rehearsal.stand_ins import D_SAE, write_release_sae
+    from sae_bench.sources import load_sae
+
+    body = "gemma-scope-2-270m-it-res-all/layer_9_width_16k_l0_small"
+    directory = write_release_sae(tmp_path / "hub", body)
+    assert directory.as_posix().endswith("resid_post_all/layer_9_width_16k_l0_small")
+    assert saelens_release(body)[2] == "google/gemma-scope-2-270m-it"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sae = load_sae(f"saelens:{body}")
+    written = load_file(directory / "params.safetensors")
+    assert sae.cfg.metadata.hook_name == "blocks.9.hook_resid_post" and sae.cfg.d_sae == D_SAE
+    assert sae.cfg.metadata.model_name == "google/gemma-3-270m-it"
+    assert torch.equal(sae.W_enc, written["w_enc"]) and torch.equal(sae.threshold, written["threshold"])
+
+
+def test_gemma_scope_2_sweeps_expand_to_the_2x2_design_at_every_layer():
+    registry = load_registry(SHIPPED_CASES)
+    text = [c for c in registry if c.family == "gemma-3-270m" and c.sweep == "res-all"]
+    rollouts = [c for c in registry if c.family == "gemma-3-270m" and c.sweep == "res-all-rollouts"]
+    assert len(text) == 288 and len(rollouts) == 144  # 72 ids x (PT, IT) releases x (PT, IT) models; IT rollouts
+    assert {c.hook for c in text} == {f"blocks.{layer}.hook_resid_post" for layer in range(18)}
+    assert "gemma-3-270m/pt-res-all/layer_6_width_16k_l0_small@it" in registry.cases
+    assert len([c for c in registry if c.family == "gemma-3-1b" and c.sweep == "res-all"]) == 4 * 104

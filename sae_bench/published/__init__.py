@@ -15,7 +15,13 @@ from sae_bench.published.kutsyk import kutsyk
 from sae_bench.published.llama_scope import llama_scope
 
 _GEMMA_SCOPE = "no published figure matches these cases' settings; the family's claims carry Gemma Scope's findings"
-NOT_PUBLISHED = {"gemma-2-2b": _GEMMA_SCOPE, "gemma-2-9b": _GEMMA_SCOPE}
+_GEMMA_SCOPE_2 = "Gemma Scope 2 publishes no evaluation numbers for its SAEs; the family's claims carry its statements"
+NOT_PUBLISHED = {
+    "gemma-2-2b": _GEMMA_SCOPE,
+    "gemma-2-9b": _GEMMA_SCOPE,
+    "gemma-3-270m": _GEMMA_SCOPE_2,
+    "gemma-3-1b": _GEMMA_SCOPE_2,
+}
 """Hub families without published numbers, and why: a first real run writes their expectation files."""
 
 

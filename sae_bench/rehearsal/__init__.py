@@ -2,11 +2,13 @@
 
 `activate()` builds the stand-ins once (`stand_ins.py`), points the libraries at them through their own settings
 (`HF_HUB_CACHE` with `HF_HUB_OFFLINE=1`, `WANDB_ARTIFACT_DIR`, `SAE_BENCH_DATASETS`) and keeps rollouts and the
-stand-ins out of the user's caches. Three things are substituted inside a library, at the narrowest point:
-- TransformerLens takes Gemma's, Gemma 2's and Llama 3.1's configs from hard-coded full-size tables, not from the
-  hub config; for a repo the rehearsal stands in for, `convert_hf_model_config` has the table's size fields (and
-  Gemma 2's per-layer attention types) replaced by the miniature's config (everything else, the weight conversion
-  and processing included, is TransformerLens's own);
+stand-ins out of the user's caches (the suite itself reads Gemma Scope 2's safetensors headers from the HF cache,
+`hub.read_cached_safetensors_shapes`, so those releases load offline). Three things are substituted inside a
+library, at the narrowest point:
+- TransformerLens takes Gemma's, Gemma 2's, Gemma 3's and Llama 3.1's configs from hard-coded full-size tables, not
+  from the hub config; for a repo the rehearsal stands in for, `convert_hf_model_config` has the table's size fields
+  (and Gemma 2's and 3's per-layer attention types and local window) replaced by the miniature's config
+  (everything else, the weight conversion and processing included, is TransformerLens's own);
 - SAELens sizes a Gemma Scope SAE from its repo and folder names; for a rehearsed release `d_in` and `d_sae` come
   from the stand-in's `params.npz` (`substitute_gemma_scope_sizes`);
 - the case's token budget, context and batch size are scaled down in memory (`scaled_case`), never in the files.
@@ -165,13 +167,13 @@ def _prune_stale_builds(current: Path) -> None:
             shutil.rmtree(sibling, ignore_errors=True)
 
 
-HARD_CODED_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "LlamaForCausalLM")
+HARD_CODED_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM", "LlamaForCausalLM")
 """Architectures whose TransformerLens config comes from a full-size table, not from the hub config."""
 
 
 def substitute_hard_coded_configs() -> None:
-    """Make TransformerLens size a rehearsed Gemma, Gemma 2 or Llama 3.1 repo from the miniature's HF config instead
-    of its full-size table (TransformerLens reads Mistral's and Qwen2's sizes from the hub config already)."""
+    """Make TransformerLens size a rehearsed Gemma, Gemma 2, Gemma 3 or Llama 3.1 repo from the miniature's HF
+    config instead of its full-size table (TransformerLens reads Mistral's and Qwen2's sizes from the hub config)."""
     import transformer_lens.loading_from_pretrained as loading
 
     if getattr(loading.convert_hf_model_config, "_rehearsal", False):
@@ -200,7 +202,10 @@ def substitute_hard_coded_configs() -> None:
             "d_vocab": hf.vocab_size,
             "rotary_dim": hf.head_dim,
         }
-        if "attn_types" in cfg:  # Gemma 2 alternates local and global attention, one entry per layer
+        if getattr(hf, "layer_types", None):  # Gemma 3: five local layers to one global, its own window
+            sized["attn_types"] = ["global" if t == "full_attention" else "local" for t in hf.layer_types]
+            sized["window_size"] = hf.sliding_window
+        elif "attn_types" in cfg:  # Gemma 2 alternates local and global attention, one entry per layer
             sized["attn_types"] = (["local", "global"] * hf.num_hidden_layers)[: hf.num_hidden_layers]
         return sized
 

@@ -5,7 +5,8 @@ case names exists), grouped-query / multi-query attention, QKV biases, tied embe
 a case spec names it (MetaMath's `vocab=32000` cut), and each family's tokenizer conventions: special tokens at
 their real ids where they are low (Mistral's `<unk> <s> </s>`, Gemma's and Gemma 2's `<pad> <eos> <bos> <unk>` and
 turn markers at 106/107), after the merges where they are high (Qwen's, Llama 3's), Qwen1.5's missing BOS, and the
-real chat templates (Llama 3.1's without its default system turn). Widths are 64, weights random (seeded): a
+real chat templates (Llama 3.1's without its default system turn), Gemma 3's five sliding-window layers to one
+global layer, QK-norm and two rope bases. Widths are 64, weights random (seeded): a
 rehearsal proves plumbing, never the published numbers.
 """
 
@@ -43,6 +44,14 @@ GEMMA_CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
 )
 """Gemma-IT's template (Gemma 2 IT uses the same turns)."""
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{% set prefix = messages[0]['content'] + '\n\n' %}"
+    "{% set messages = messages[1:] %}{% else %}{% set prefix = '' %}{% endif %}{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim "
+    "+ '<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+"""Gemma 3 IT's template for text turns: Gemma 2's turns, a system message folded into the first user turn."""
 LLAMA3_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
     "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
@@ -65,6 +74,12 @@ GEMMA_SPECIAL_TOKENS = (
     + ["<start_of_turn>", "<end_of_turn>"]
 )
 """Gemma's first 108 ids, in the real order: <bos> is 2, <start_of_turn> 106, <end_of_turn> 107."""
+GEMMA3_SPECIAL_TOKENS = (
+    ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "[@BOS@]"]
+    + [f"<unused{i}>" for i in range(99)]
+    + ["<start_of_turn>", "<end_of_turn>"]
+)
+"""Gemma 3's first 107 ids, in the real order: <bos> is 2, <start_of_turn> 105, <end_of_turn> 106."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,7 @@ class Miniature:
             "Qwen2ForCausalLM": "qwen2",
             "GemmaForCausalLM": "gemma",
             "Gemma2ForCausalLM": "gemma2",
+            "Gemma3ForCausalLM": "gemma3_text",
             "LlamaForCausalLM": "llama",
         }
         fields = {
@@ -118,6 +134,8 @@ _QWEN_TOKENS = TokenizerKind("qwen", QWEN_CHAT_TEMPLATE, eos="<|endoftext|>", bo
 _QWEN_CHAT_TOKENS = TokenizerKind("qwen", QWEN_CHAT_TEMPLATE, eos="<|im_end|>", bos=None)
 _GEMMA_TOKENS = TokenizerKind("gemma", None, eos="<eos>", bos="<bos>")
 _GEMMA_IT_TOKENS = TokenizerKind("gemma", GEMMA_CHAT_TEMPLATE, eos="<eos>", bos="<bos>")
+_GEMMA3_TOKENS = TokenizerKind("gemma3", None, eos="<eos>", bos="<bos>")
+_GEMMA3_IT_TOKENS = TokenizerKind("gemma3", GEMMA3_CHAT_TEMPLATE, eos="<eos>", bos="<bos>")
 _LLAMA3_TOKENS = TokenizerKind("llama3", None, eos="<|end_of_text|>", bos="<|begin_of_text|>")
 _LLAMA3_CHAT_TOKENS = TokenizerKind("llama3", LLAMA3_CHAT_TEMPLATE, eos="<|eot_id|>", bos="<|begin_of_text|>")
 
@@ -167,6 +185,40 @@ _GEMMA2 = (
     ("eos_token_id", 1),
     ("bos_token_id", 2),
 )
+GEMMA3_SLIDING_WINDOW = 24
+"""The miniatures' local attention window: shorter than a rehearsed row (the real 512 is longer than all of them), so
+the rehearsal exercises the local layers' masks."""
+
+
+def _gemma3_layer_types(n_layers: int) -> list[str]:
+    """Gemma 3's pattern: five sliding-window layers, then one global layer."""
+    return ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n_layers)]
+
+
+def _gemma3(n_layers: int, eos: int | list[int]) -> tuple[tuple[str, object], ...]:
+    return (
+        ("num_key_value_heads", 1),  # multi-query attention, as 270M and 1B
+        ("max_position_embeddings", 32768),
+        (
+            "rope_parameters",
+            {
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+            },
+        ),
+        ("rms_norm_eps", 1e-6),
+        ("hidden_activation", "gelu_pytorch_tanh"),
+        ("query_pre_attn_scalar", D_HEAD),  # = head_dim, as in 270M and 1B
+        ("sliding_window", GEMMA3_SLIDING_WINDOW),
+        ("layer_types", _gemma3_layer_types(n_layers)),
+        ("tie_word_embeddings", True),
+        ("pad_token_id", 0),
+        ("eos_token_id", eos),
+        ("bos_token_id", 2),
+    )
+
+
+_GEMMA3_VOCAB = len(GEMMA3_SPECIAL_TOKENS) + TOKENIZER_VOCAB
 _LLAMA3 = (
     ("num_key_value_heads", 2),  # grouped-query attention, as Llama 3.1 8B's 32 / 8
     ("max_position_embeddings", 131072),
@@ -214,6 +266,15 @@ MINIATURES: dict[str, Miniature] = {
         Miniature("google/gemma-2-2b-it", "Gemma2ForCausalLM", 26, _GEMMA_VOCAB, _GEMMA_IT_TOKENS, _GEMMA2),
         Miniature("google/gemma-2-9b", "Gemma2ForCausalLM", 42, _GEMMA_VOCAB, _GEMMA_TOKENS, _GEMMA2),
         Miniature("google/gemma-2-9b-it", "Gemma2ForCausalLM", 42, _GEMMA_VOCAB, _GEMMA_IT_TOKENS, _GEMMA2),
+        # Gemma 3 270M and 1B: 18 and 26 layers; the IT models' generation ends at <end_of_turn> (106) too
+        Miniature("google/gemma-3-270m", "Gemma3ForCausalLM", 18, _GEMMA3_VOCAB, _GEMMA3_TOKENS, _gemma3(18, 1)),
+        Miniature(
+            "google/gemma-3-270m-it", "Gemma3ForCausalLM", 18, _GEMMA3_VOCAB, _GEMMA3_IT_TOKENS, _gemma3(18, [1, 106])
+        ),
+        Miniature("google/gemma-3-1b-pt", "Gemma3ForCausalLM", 26, _GEMMA3_VOCAB, _GEMMA3_TOKENS, _gemma3(26, 1)),
+        Miniature(
+            "google/gemma-3-1b-it", "Gemma3ForCausalLM", 26, _GEMMA3_VOCAB, _GEMMA3_IT_TOKENS, _gemma3(26, [1, 106])
+        ),
         Miniature("meta-llama/Llama-3.1-8B", "LlamaForCausalLM", 32, _LLAMA3_VOCAB, _LLAMA3_TOKENS, _LLAMA3),
         Miniature(
             "meta-llama/Llama-3.1-8B-Instruct", "LlamaForCausalLM", 32, _LLAMA3_VOCAB, _LLAMA3_CHAT_TOKENS, _LLAMA3
@@ -266,7 +327,9 @@ def build_tokenizer(kind: TokenizerKind, vocab_size: int | None = None):
             )
             special = {"eos_token": kind.eos, "bos_token": kind.bos}
     else:  # SentencePiece-style BPE: spaces as "▁", byte fallback, special tokens at the real low ids
-        specials = ["<unk>", "<s>", "</s>"] if kind.family == "llama" else GEMMA_SPECIAL_TOKENS
+        specials = {"llama": ["<unk>", "<s>", "</s>"], "gemma": GEMMA_SPECIAL_TOKENS, "gemma3": GEMMA3_SPECIAL_TOKENS}[
+            kind.family
+        ]
         tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
         # newlines never merge with text (SentencePiece keeps "\n" apart: Llama as a byte, Gemma as its own token)
         newline = pre_tokenizers.Split("\n", behavior="isolated")
@@ -274,7 +337,7 @@ def build_tokenizer(kind: TokenizerKind, vocab_size: int | None = None):
             metaspace = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
             tokenizer.pre_tokenizer = pre_tokenizers.Sequence([newline, metaspace])
             tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-        else:  # Gemma: spaces become "▁" that start the next piece, no prefix space
+        else:  # Gemma (1, 2 and 3): spaces become "▁" that start the next piece, no prefix space
             tokenizer.normalizer = normalizers.Replace(" ", "▁")
             word_starts = pre_tokenizers.Split("▁", behavior="merged_with_next")
             tokenizer.pre_tokenizer = pre_tokenizers.Sequence([newline, word_starts])
@@ -288,7 +351,7 @@ def build_tokenizer(kind: TokenizerKind, vocab_size: int | None = None):
             single=f"{kind.bos} $A", pair=f"{kind.bos} $A {kind.bos} $B", special_tokens=[(kind.bos, bos_id)]
         )
         special = {"eos_token": kind.eos, "bos_token": kind.bos, "unk_token": "<unk>"}
-        special |= {"pad_token": "<pad>"} if kind.family == "gemma" else {}
+        special |= {"pad_token": "<pad>"} if kind.family.startswith("gemma") else {}
     if vocab_size is not None and vocab_size > tokenizer.get_vocab_size():
         from tokenizers import AddedToken
 

@@ -216,8 +216,8 @@ def write_wandb_sae(artifacts: Path, body: str, hook: str) -> Path:
 
 def write_release_sae(hub_cache: Path, body: str) -> Path:
     """A SAELens release's files under its HF repo, at the folder SAELens's registry names, in the release's own
-    format: Gemma Scope's `params.npz`, Llama Scope's `hyperparams.json` + `checkpoints/final.safetensors`, else
-    SAELens's `cfg.json` + `sae_weights.safetensors`."""
+    format: Gemma Scope's `params.npz`, Gemma Scope 2's `config.json` + `params.safetensors`, Llama Scope's
+    `hyperparams.json` + `checkpoints/final.safetensors`, else SAELens's `cfg.json` + `sae_weights.safetensors`."""
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
     from sae_bench.hub import saelens_release
@@ -227,6 +227,8 @@ def write_release_sae(hub_cache: Path, body: str) -> Path:
     loader = get_pretrained_saes_directory()[release].conversion_func
     if loader == "gemma_2":
         write_gemma_scope_sae(directory, body)
+    elif loader == "gemma_3":
+        write_gemma_scope_2_sae(directory, body, repo=repo, folder=folder)
     elif loader == "llama_scope":
         write_llama_scope_sae(directory, body, hook=f"blocks.{_llama_scope_layer(sae_id)}.hook_resid_post")
     else:
@@ -247,6 +249,35 @@ def write_gemma_scope_sae(directory: Path, name: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     tensors = miniature_sae_tensors(name) | {"threshold": _jumprelu_threshold()}
     np.savez(directory / "params.npz", **{key: value.numpy() for key, value in tensors.items()})
+
+
+GEMMA_SCOPE_2_L0 = {"small": 15, "medium": 45, "big": 120}
+"""Gemma Scope 2's L0 labels as its announcement defines them ("small" 10–20, "medium" 30–60, "big" 90–150): the
+stand-in's `config.json` records the middle of each."""
+
+
+def write_gemma_scope_2_sae(directory: Path, name: str, *, repo: str, folder: str) -> None:
+    """Gemma Scope 2's layout: `config.json` (its keys: hook points in HF module names, width, target L0) and
+    `params.safetensors` (w_enc, w_dec, b_enc, b_dec, threshold), read by SAELens's `gemma_3` loader."""
+    import re
+
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = miniature_sae_tensors(name) | {"threshold": _jumprelu_threshold()}
+    save_file({key.lower(): value.contiguous() for key, value in tensors.items()}, directory / "params.safetensors")
+    layer = re.search(r"layer_(\d+)", folder).group(1)
+    label = re.search(r"l0_([a-z]+)", folder).group(1)
+    config = {
+        "architecture": "jump_relu",
+        "model_name": repo.replace("gemma-scope-2", "gemma-3"),
+        "hf_hook_point_in": f"model.layers.{layer}.output",
+        "hf_hook_point_out": f"model.layers.{layer}.output",
+        "width": D_SAE,
+        "l0": GEMMA_SCOPE_2_L0[label],
+        "type": "sae",
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
 
 
 def _llama_scope_layer(sae_id: str) -> int:
