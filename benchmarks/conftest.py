@@ -64,6 +64,7 @@ def options_of(config) -> SuiteOptions:
         sae_override=config.getoption("sae_override", None),
         sae_cases=config.getoption("sae_cases", None),
         strict_expectations=config.getoption("--strict-expectations"),
+        ray=config.getoption("--ray", None),
     )
 
 
@@ -244,6 +245,7 @@ def pytest_sessionfinish(session, exitstatus):
     target = session.config.getoption("verdict_table", None)
     if target:
         suite.write_table(target)
+    suite.close_remote()
     if suite.results is not None and not hasattr(session.config, "workerinput"):
         suite.results.finish_run(suite.run_id, int(session.exitstatus))
     if suite.options.rehearse:

@@ -19,14 +19,18 @@ from sae_bench.suite import SHIPPED_EXPECTATIONS
 DRAWS, ROWS = (0, 64, 128, 192), 64
 
 
-def stored_gate_alarms(kind: str) -> tuple[int, int]:
-    """(flagged, judged) (id, model) pairs of release B's `kind` SAEs against release A's stored values."""
+def stored_gate_alarms(kind: str, margins: dict | None = None) -> tuple[int, int]:
+    """(flagged, judged) (id, model) pairs of release B's `kind` SAEs against release A's stored values (with
+    `margins`: the sweep's margins as the tolerances)."""
+    from release_gate_power import with_margins
+
     registry, executor, flagged, judged = load_registry(SHIPPED_CASES), CaseExecutor(), 0, 0
     for case in registry:
         if case.sweep != "release-a" or not case.sae.startswith(f"zoo:tiny-mistral/release-a-{kind}/"):
             continue
         measured = executor.measure(replace(case, sae=case.sae.replace("release-a", "release-b")))
         expected = read_bundle(case.expectation_path(SHIPPED_EXPECTATIONS))[case.id]
+        expected = expected if margins is None else with_margins(expected, margins)
         flagged += bool((compare(expected, measured, list(JUDGED)).verdict == "regression").any())
         judged += 1
     return flagged, judged
@@ -50,6 +54,8 @@ def main() -> None:
         flagged, judged = stored_gate_alarms(kind)
         print(f"{kind} paired gate over {len(DRAWS)} draws: {sum(alarms)} of {len(DRAWS) * len(by_pair)} flagged")
         print(f"{kind} stored-expectation gate, rows 0-63: {flagged} of {judged} (id, model) flagged")
+        flagged, judged = stored_gate_alarms(kind, plan.margins)
+        print(f"{kind} stored gate with the sweep's margins, rows 0-63: {flagged} of {judged} (id, model) flagged")
 
 
 if __name__ == "__main__":

@@ -107,6 +107,7 @@ def _gate(args: argparse.Namespace) -> int:
     from sae_bench.gate import run_gate
 
     results = ["--no-results"] if args.no_results else [f"--results={args.results}"] if args.results else []
+    results += [] if args.ray is None else ["--ray", args.ray]
     return run_gate(
         args.sae,
         args.cases,
@@ -205,6 +206,13 @@ def _add_gate_command(commands) -> None:
     release.add_argument("--report", metavar="DIR", help="write the forest plot (forest.png) into this folder")
     release.add_argument("--allow-removed", action="store_true", help="an id only the baseline has is not a failure")
     gate.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="measure the selected cases on a Ray cluster (alone: a local Ray on 127.0.0.1), as pytest --ray",
+    )
+    gate.add_argument(
         "--rehearse",
         action="store_true",
         help="dry-run offline on the hub stand-ins: exit 0 when every selected case ran end to end with the SAE "
@@ -240,21 +248,9 @@ def _fetch(args: argparse.Namespace) -> int:
     """Download what the selected hub cases need (models, SAEs, artifacts, dataset records); --dry-run lists it."""
     import pandas as pd
 
-    from sae_bench.cases import SHIPPED_CASES, cases_selected_by, load_registries
     from sae_bench.fetch import fetch, human_size
 
-    if not (args.k or args.case_id or args.sweep):
-        raise BadInput('fetch: say what to fetch for: -k EXPR (e.g. -k "gemma-3-270m"), --case-id ID or --sweep NAME')
-    registry = load_registries((SHIPPED_CASES, *args.cases_dir))
-    chosen = {case.id for case in registry if args.sweep and case.sweep == args.sweep}
-    chosen |= set(cases_selected_by(registry, args.k)) if args.k else set()
-    for case_id in args.case_id:
-        registry.get(case_id)  # an unknown id: a BadInput with close ids
-        chosen.add(case_id)
-    if args.sweep and not any(case.sweep == args.sweep for case in registry):
-        sweeps = sorted({case.sweep for case in registry if case.sweep})
-        raise BadInput(f"no sweep {args.sweep!r}; the sweeps: {', '.join(sweeps) or 'none'}")
-    cases = [case for case in registry if case.id in chosen]
+    cases = _selected_cases(args, "fetch")
     hub = [case for case in cases if case.tier == "hub"]
     print(f"{len(cases)} cases selected, {len(hub)} of them hub cases (zoo cases need nothing)", file=sys.stderr)
     downloads, problems = fetch(hub, dry_run=args.dry_run)
@@ -268,14 +264,93 @@ def _fetch(args: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if problems else EXIT_OK
 
 
+def _selected_cases(args: argparse.Namespace, command: str) -> list:
+    """The cases of -k / --case-id / --sweep (at least one), from the shipped and the user's case files."""
+    from sae_bench.cases import SHIPPED_CASES, cases_selected_by, load_registries
+
+    if not (args.k or args.case_id or args.sweep):
+        raise BadInput(f'{command}: say which cases: -k EXPR (e.g. -k "gemma-3-270m"), --case-id ID or --sweep NAME')
+    registry = load_registries((SHIPPED_CASES, *args.cases_dir))
+    if args.sweep and not any(case.sweep == args.sweep for case in registry):
+        sweeps = sorted({case.sweep for case in registry if case.sweep})
+        raise BadInput(f"no sweep {args.sweep!r}; the sweeps: {', '.join(sweeps) or 'none'}")
+    chosen = {case.id for case in registry if args.sweep and case.sweep == args.sweep}
+    chosen |= set(cases_selected_by(registry, args.k)) if args.k else set()
+    for case_id in args.case_id:
+        try:
+            registry.get(case_id)
+        except KeyError as err:
+            raise BadInput(f"--case-id: {err.args[0]}") from None
+        chosen.add(case_id)
+    return [case for case in registry if case.id in chosen]
+
+
+def _add_selection(parser) -> None:
+    parser.add_argument("-k", metavar="EXPR", help="-k expression over CASE:GROUP ids, as pytest's ('@' allowed)")
+    parser.add_argument("--case-id", action="append", default=[], metavar="ID", help="a case id (repeatable)")
+    parser.add_argument("--sweep", help="every case a sweep expands to")
+    parser.add_argument("--cases-dir", action="append", default=[], type=Path, metavar="DIR", help="your case files")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """Per unit the FPE at the floor, peak memory and time (from a calibration); the packing onto N devices."""
+    from sae_bench.fetch import human_size
+    from sae_bench.plan import _duration, pack, plan_table, plan_units, read_calibration
+    from sae_bench.ray_execution import units_of
+
+    cases = _selected_cases(args, "plan")
+    calibration = read_calibration(args.calibration, args.device)
+    plans = plan_units(units_of(cases), calibration)
+    _write_table(plan_table(plans), "md")
+    fpe = sum(p.fpe for p in plans if p.fpe is not None)
+    print(f"{len(cases)} cases in {len(plans)} units; {fpe:.0f} FPE at the floor", file=sys.stderr)
+    if calibration is None:
+        print(
+            f"no time estimate: run `sae-bench calibrate --device {args.device}` on the device first", file=sys.stderr
+        )
+        return EXIT_OK
+    memory = None if args.gpu_memory is None else args.gpu_memory * 1e9
+    loads, too_big = pack(plans, args.gpus, memory)
+    print(
+        f"on {args.gpus} device(s) like '{calibration['device']}'"
+        + (f" with {args.gpu_memory:g} GB" if memory else "")
+        + f": {_duration(max(loads))} wall, {sum(loads) / 3600:.3g} device-hours",
+        file=sys.stderr,
+    )
+    for plan in too_big:
+        fix = "lower its batch_size, split its SAEs over passes (a sweep's widths or layers) or use a bigger device"
+        print(f"does not fit {args.gpu_memory:g} GB: {plan.cases[0].id} (peak {human_size(plan.peak_bytes)}); {fix}",
+              file=sys.stderr)  # fmt: skip
+    return EXIT_OK
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from sae_bench.plan import calibrate
+
+    result, path = calibrate(args.device)
+    print(f"{result['device']}: {result['seconds_per_param_token']:.3e} s per parameter-token ({result['model']})")
+    print(f"wrote {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _add_plan_commands(commands) -> None:
+    plan = commands.add_parser("plan", help="what the selected cases cost before they run: FPE, memory, time, packing")
+    _add_selection(plan)
+    plan.add_argument("--gpus", type=int, default=1, help="devices to pack the units onto (default 1)")
+    plan.add_argument("--gpu-memory", type=float, metavar="GB", help="memory of each device, in GB")
+    plan.add_argument("--device", default="cpu", help="whose calibration to read (default cpu)")
+    plan.add_argument("--calibration", metavar="FILE", help="a calibration file written by `sae-bench calibrate`")
+    plan.set_defaults(run=_plan)
+    calibrate = commands.add_parser("calibrate", help="measure this device's forward speed, for `sae-bench plan`")
+    calibrate.add_argument("--device", default="cpu")
+    calibrate.set_defaults(run=_calibrate)
+
+
 def _add_fetch_command(commands) -> None:
     fetch = commands.add_parser(
         "fetch", help="download what the selected hub cases need (models, SAE folders, artifacts, dataset records)"
     )
-    fetch.add_argument("-k", metavar="EXPR", help="-k expression over CASE:GROUP ids, as pytest's")
-    fetch.add_argument("--case-id", action="append", default=[], metavar="ID", help="a case id (repeatable)")
-    fetch.add_argument("--sweep", help="every case a sweep expands to")
-    fetch.add_argument("--cases-dir", action="append", default=[], type=Path, metavar="DIR", help="your case files too")
+    _add_selection(fetch)
     fetch.add_argument("--dry-run", action="store_true", help="list what would be fetched, with sizes; fetch nothing")
     fetch.set_defaults(run=_fetch)
 
@@ -301,9 +376,12 @@ def _add_expectation_commands(commands) -> None:
 
 
 def _results(args: argparse.Namespace):
-    from sae_bench.results_db import ResultsDB, default_path
+    from sae_bench.results_db import ResultsDB, default_path, is_postgres
 
-    path = Path(args.results) if args.results else default_path()
+    location = args.results or default_path()
+    if is_postgres(location):
+        return ResultsDB(location, read_only=True)
+    path = Path(location)
     if not path.exists():
         raise BadInput(f"no results database at {path}; run `pytest benchmarks` first (or pass --results PATH)")
     return ResultsDB(path, read_only=True)
@@ -355,7 +433,10 @@ def _history(args: argparse.Namespace) -> int:
 def _add_result_commands(commands) -> None:
     results = argparse.ArgumentParser(add_help=False)
     results.add_argument(
-        "--results", help="results database (default: $SAE_BENCH_RESULTS, else .sae-bench/results.sqlite)"
+        "--results",
+        metavar="PATH|URL",
+        help="results database: an SQLite file or a postgresql:// store (default: $SAE_BENCH_RESULTS, else "
+        ".sae-bench/results.sqlite)",
     )
     report = commands.add_parser("report", parents=[results], help="seed-style tables and figures of a recorded run")
     report.add_argument("--run", dest="run_id", default="latest", help="run id, or latest")
@@ -425,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gate_command(commands)
     _add_cases_command(commands)
     _add_fetch_command(commands)
+    _add_plan_commands(commands)
     commands.add_parser(
         "run",
         help="the benchmark suite, from any folder: `sae-bench run -k mistral` is `pytest benchmarks -k mistral` on "

@@ -306,6 +306,23 @@ class CaseExecutor:
             pooled_per_token_ev="reconstruction-pooled" in case.groups,
         )
 
+    def absorb(self, results) -> None:
+        """Take what units measured elsewhere (`ray_execution`: (unit, UnitResult) pairs) as if measured here: values,
+        details, failures and forward counts; those cases are then never measured again."""
+        from sae_bench.ray_execution import UnitFailed
+
+        for unit, result in results:
+            for (case_id, sae), values in result.values.items():
+                self._results[(case_id, sae, 0)] = values
+            for (case_id, sae), details in result.details.items():
+                self._details[(case_id, sae, 0)] = details
+            for (case_id, sae), why in result.failures.items():
+                self._failures[(case_id, sae, 0)] = UnitFailed(why)
+            self.cost.run.update(result.run)
+            self.cost.floor.update(result.floor)
+            self.cost.n_layers.update(result.n_layers)
+            self.shared_passes.append([case.id for case in unit])
+
     # -- shared passes and model lifetimes ------------------------------------------------------------------------
     def plan(self, cases: Sequence[Case]) -> None:
         """The cases this session will measure: transfer cases on one model, token set and batch size, at any hooks,

@@ -31,13 +31,21 @@ def pytest_addoption(parser):
     )
     group.addoption(
         "--results",
-        metavar="PATH",
-        help="record what this run measures in this SQLite database (default: $SAE_BENCH_RESULTS, else "
-        ".sae-bench/results.sqlite)",
+        metavar="PATH|URL",
+        help="record what this run measures in this SQLite file or postgresql:// store (default: "
+        "$SAE_BENCH_RESULTS, else .sae-bench/results.sqlite)",
     )
     group.addoption("--no-results", action="store_true", help="record nothing in the results database")
     group.addoption(
         "--sae", dest="sae_override", metavar="SPEC", help="run every selected case with this SAE instead of its own"
+    )
+    group.addoption(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="measure on a Ray cluster (its address, e.g. ray://head:10001 or auto); alone, a local Ray on 127.0.0.1",
     )
     group.addoption(
         "--sae-cases",

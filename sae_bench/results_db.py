@@ -1,18 +1,23 @@
-"""The results database: what every run measured, kept for reports, comparisons and history (stdlib sqlite3).
+"""The results database: what every run measured, kept for reports, comparisons and history.
 
-Tables: `runs` (one row a run of `pytest benchmarks` or `sae-bench gate`), `measurements` (one row a metric of a
-case's groups: value, or null with the reason it is undefined, and its verdict), `vectors` (per-feature arrays a
-figure needs, once per run and case, float32 + zlib). WAL and a busy timeout let pytest-xdist workers write at
-once. A database of another schema version is refused with what to do.
+A file path is an SQLite database (stdlib sqlite3; WAL and a busy timeout let pytest-xdist workers write at once);
+a `postgresql://` URL is a shared PostgreSQL store (psycopg) that several CI runners and Ray drivers write at once,
+with the same schema and the same commands. Tables: `runs` (one row a run of `pytest benchmarks` or `sae-bench
+gate`; its id is the database's own sequence, so concurrent runs never share one), `measurements` (one row a metric
+of a case's groups: value, or null with the reason it is undefined, and its verdict), `vectors` (per-feature arrays
+a figure needs, once per run and case, float32 + zlib). A database of another schema version is refused with what
+to do.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,26 +32,109 @@ SCHEMA_VERSION = 2
 DEFAULT_PATH = Path(".sae-bench") / "results.sqlite"
 ENV = "SAE_BENCH_RESULTS"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS runs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS runs (
+    id {serial},
     started TEXT NOT NULL, ended TEXT, git_commit TEXT, versions TEXT NOT NULL, device TEXT NOT NULL,
     selection TEXT NOT NULL, exit_status INTEGER
-);
-CREATE TABLE IF NOT EXISTS measurements (
+)""",
+    """CREATE TABLE IF NOT EXISTS measurements (
     run INTEGER NOT NULL REFERENCES runs(id), case_id TEXT NOT NULL, grp TEXT NOT NULL, metric TEXT NOT NULL,
-    value REAL, undefined_reason TEXT, expected REAL, threshold REAL, direction TEXT, verdict TEXT NOT NULL,
+    value {real}, undefined_reason TEXT, expected {real}, threshold {real}, direction TEXT, verdict TEXT NOT NULL,
     sae TEXT NOT NULL, sae_fingerprint TEXT NOT NULL, model TEXT NOT NULL, model_fingerprint TEXT NOT NULL,
     tokens INTEGER NOT NULL, registry TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (run, case_id, metric)
-);
-CREATE TABLE IF NOT EXISTS vectors (
+)""",
+    """CREATE TABLE IF NOT EXISTS vectors (
     run INTEGER NOT NULL REFERENCES runs(id), case_id TEXT NOT NULL, name TEXT NOT NULL, length INTEGER NOT NULL,
-    data BLOB NOT NULL,
+    data {blob} NOT NULL,
     PRIMARY KEY (run, case_id, name)
-);
-"""
+)""",
+)
+"""The tables, in each dialect's types (`_Dialect`): an 8-byte float, an auto-numbered key, bytes."""
+_MEASUREMENT_COLUMNS = (
+    "run, case_id, grp, metric, value, undefined_reason, expected, threshold, direction, verdict, sae, "
+    "sae_fingerprint, model, model_fingerprint, tokens, registry"
+)
+
+
+def is_postgres(location: str | Path) -> bool:
+    """Whether a `--results` value names a PostgreSQL store (a URL) rather than an SQLite file."""
+    return str(location).startswith(("postgresql://", "postgres://"))
+
+
+def _masked(url: str) -> str:
+    """The URL with its password hidden, for messages."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+class _SQLite:
+    """sqlite3 behind the two calls the database makes: run a statement, hold a transaction."""
+
+    types = {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL", "blob": "BLOB"}
+
+    def __init__(self, path: Path, read_only: bool):
+        if read_only:
+            self.connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.connection = sqlite3.connect(path, timeout=60)
+            self.connection.execute("PRAGMA journal_mode=WAL")
+        self.connection.execute("PRAGMA busy_timeout=60000")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.connection:
+            yield
+
+    def execute(self, sql: str, params: Iterable = ()):
+        return self.connection.execute(sql, tuple(params))
+
+    def executemany(self, sql: str, rows: list) -> None:
+        self.connection.executemany(sql, rows)
+
+    def lock_schema(self) -> None:
+        pass  # SQLite serialises writers itself
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class _Postgres:
+    """psycopg behind the same two calls; `?` placeholders become `%s`."""
+
+    types = {"serial": "BIGSERIAL PRIMARY KEY", "real": "DOUBLE PRECISION", "blob": "BYTEA"}
+
+    def __init__(self, url: str, read_only: bool):
+        try:
+            import psycopg
+        except ImportError:
+            raise BadInput("a postgresql:// results store needs psycopg: pip install 'psycopg[binary]'") from None
+        try:
+            self.connection = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as err:
+            raise ResultsFileError(f"cannot connect to the results store {_masked(url)}: {err}") from None
+        self.connection.read_only = True if read_only else None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.connection.transaction():
+            yield
+
+    def execute(self, sql: str, params: Iterable = ()):
+        return self.connection.execute(sql.replace("?", "%s"), tuple(params))
+
+    def executemany(self, sql: str, rows: list) -> None:
+        with self.connection.cursor() as cursor:
+            cursor.executemany(sql.replace("?", "%s"), rows)
+
+    def lock_schema(self) -> None:
+        """Writers that create the tables at once would collide in PostgreSQL's catalog: one at a time."""
+        self.connection.execute("SELECT pg_advisory_xact_lock(7160)")
+
+    def close(self) -> None:
+        self.connection.close()
 
 
 class ResultsSchemaError(BadInput):
@@ -57,14 +145,16 @@ class ResultsFileError(BadInput):
     """The results path is not a usable SQLite database (not SQLite, read-only, a folder)."""
 
 
-def default_path() -> Path:
-    """`$SAE_BENCH_RESULTS`; else, in a checkout, .sae-bench/results.sqlite under the working directory; else (an
-    installed suite, which writes nothing into the folder it runs in) results.sqlite in the suite's cache."""
+def default_path() -> Path | str:
+    """`$SAE_BENCH_RESULTS` (a path, or a `postgresql://` URL); else, in a checkout, .sae-bench/results.sqlite under
+    the working directory; else (an installed suite, which writes nothing into the folder it runs in)
+    results.sqlite in the suite's cache."""
     from sae_bench.cache import cache_dir
     from sae_bench.shipped import in_checkout
 
     if os.environ.get(ENV):
-        return Path(os.environ[ENV])
+        value = os.environ[ENV]
+        return value if is_postgres(value) else Path(value)
     return DEFAULT_PATH if in_checkout() else cache_dir() / "results.sqlite"
 
 
@@ -88,42 +178,47 @@ class CaseMeasurement:
 
 
 class ResultsDB:
-    """One sqlite file; every method opens its own short transaction, so several processes can share it."""
+    """An SQLite file or a PostgreSQL store; every method runs its own short transaction, so several processes (and
+    machines, with PostgreSQL) can share it."""
 
     def __init__(self, path: str | Path, *, read_only: bool = False):
-        """Open (for writing, creating it if needed) the database at `path`; `read_only` opens an existing one
-        for the report commands, so a read-only file can still be read. Anything that is not a usable SQLite file
-        raises ResultsFileError naming the path and the fix."""
+        """Open (for writing, creating its tables if needed) the database at `path`, an SQLite file path or a
+        `postgresql://` URL; `read_only` opens an existing one for the report commands. Anything unusable raises
+        ResultsFileError naming the place and the fix."""
+        if is_postgres(path):
+            self.path = _masked(str(path))
+            self.db: _SQLite | _Postgres = _Postgres(str(path), read_only)
+            self._check_schema(read_only)
+            return
         self.path = Path(path)
         if self.path.is_dir():
             raise ResultsFileError(f"{self.path} is a folder; --results takes a file path (e.g. {DEFAULT_PATH})")
         try:
-            if read_only:
-                self.connection = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.connection = sqlite3.connect(self.path, timeout=60)
-                self.connection.execute("PRAGMA journal_mode=WAL")
-            self.connection.execute("PRAGMA busy_timeout=60000")
+            self.db = _SQLite(self.path, read_only)
             self._check_schema(read_only)
         except sqlite3.DatabaseError as err:  # not SQLite, read-only, locked, unreadable
             raise ResultsFileError(self._unusable(err, read_only)) from err
         except OSError as err:
             raise ResultsFileError(f"cannot open the results database {self.path}: {err}") from err
 
+    @property
+    def connection(self):
+        """The driver's own connection (sqlite3 or psycopg), for tests that edit a database by hand."""
+        return self.db.connection
+
     def _check_schema(self, read_only: bool) -> None:
-        with self.connection:
+        with self.db.transaction():
             if not read_only:
-                self.connection.executescript(_SCHEMA)
-            found = self.connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                self.db.lock_schema()
+                for statement in _SCHEMA:
+                    self.db.execute(statement.format(**self.db.types))
+            found = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if found is not None and found[0] == "1" and not read_only:  # version 1 lacked measurements.registry
-                self.connection.execute("ALTER TABLE measurements ADD COLUMN registry TEXT NOT NULL DEFAULT ''")
-                self.connection.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),)
-                )
+                self.db.execute("ALTER TABLE measurements ADD COLUMN registry TEXT NOT NULL DEFAULT ''")
+                self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
                 found = (str(SCHEMA_VERSION),)
             if found is None and not read_only:
-                self.connection.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif found is None or int(found[0]) not in (1, SCHEMA_VERSION):
                 raise ResultsSchemaError(
                     f"{self.path} holds results of schema version {found[0] if found else 'none'}; this suite writes "
@@ -146,23 +241,31 @@ class ResultsDB:
             "suite. Move it away, or pass --results with another path"
         )
 
+    def _frame(self, sql: str, params: Iterable = ()) -> pd.DataFrame:
+        cursor = self.db.execute(sql, params)
+        return pd.DataFrame(cursor.fetchall(), columns=[column[0] for column in cursor.description])
+
+    def scalar(self, sql: str, params: Iterable = ()):
+        """The first column of the first row a query returns (None when it returns none)."""
+        row = self.db.execute(sql, params).fetchone()
+        return None if row is None else row[0]
+
     def close(self) -> None:
-        self.connection.close()
+        self.db.close()
 
     # -- writing ------------------------------------------------------------------------------------------------
     def start_run(self, *, selection: str, device: str, git_commit: str | None, versions: Mapping[str, str]) -> int:
-        with self.connection:
-            cursor = self.connection.execute(
-                "INSERT INTO runs (started, git_commit, versions, device, selection) VALUES (?, ?, ?, ?, ?)",
+        with self.db.transaction():
+            cursor = self.db.execute(
+                "INSERT INTO runs (started, git_commit, versions, device, selection) VALUES (?, ?, ?, ?, ?) "
+                "RETURNING id",
                 (_now(), git_commit, json.dumps(dict(versions), sort_keys=True), device, selection),
             )
-        return int(cursor.lastrowid)
+            return int(cursor.fetchone()[0])
 
     def finish_run(self, run: int, exit_status: int) -> None:
-        with self.connection:
-            self.connection.execute(
-                "UPDATE runs SET ended = ?, exit_status = ? WHERE id = ?", (_now(), exit_status, run)
-            )
+        with self.db.transaction():
+            self.db.execute("UPDATE runs SET ended = ?, exit_status = ? WHERE id = ?", (_now(), exit_status, run))
 
     def record(self, run: int, measured: CaseMeasurement) -> None:
         verdicts = measured.verdicts.set_index("metric") if not measured.verdicts.empty else None
@@ -177,9 +280,13 @@ class ResultsDB:
                 measured.sae, measured.sae_fingerprint, measured.model, measured.model_fingerprint, measured.tokens,
                 measured.registry,
             ))  # fmt: skip
-        with self.connection:
-            self.connection.executemany(
-                "INSERT OR REPLACE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+        columns = _MEASUREMENT_COLUMNS.split(", ")
+        update = ", ".join(f"{c} = excluded.{c}" for c in columns[3:])
+        with self.db.transaction():
+            self.db.executemany(
+                f"INSERT INTO measurements ({_MEASUREMENT_COLUMNS}) VALUES ({', '.join('?' * len(columns))}) "
+                f"ON CONFLICT (run, case_id, metric) DO UPDATE SET {update}",
+                rows,
             )
 
     def record_vectors(self, run: int, case_id: str, vectors: Mapping[str, np.ndarray]) -> None:
@@ -187,30 +294,32 @@ class ResultsDB:
             (run, case_id, name, int(array.size), zlib.compress(np.asarray(array, np.float32).tobytes(), 6))
             for name, array in vectors.items()
         ]
-        with self.connection:
-            self.connection.executemany("INSERT OR REPLACE INTO vectors VALUES (?, ?, ?, ?, ?)", rows)
+        with self.db.transaction():
+            self.db.executemany(
+                "INSERT INTO vectors VALUES (?, ?, ?, ?, ?) ON CONFLICT (run, case_id, name) "
+                "DO UPDATE SET length = excluded.length, data = excluded.data",
+                rows,
+            )
 
     # -- reading ------------------------------------------------------------------------------------------------
     def runs(self) -> pd.DataFrame:
-        return pd.read_sql_query("SELECT * FROM runs ORDER BY id", self.connection)
+        return self._frame("SELECT * FROM runs ORDER BY id")
 
     def resolve_run(self, run: str | int | None) -> int:
         """`latest` (or None) → the newest run that recorded measurements; else the id, checked."""
         if run in (None, "latest"):
-            found = self.connection.execute("SELECT MAX(run) FROM measurements").fetchone()[0]
+            found = self.scalar("SELECT MAX(run) FROM measurements")
             if found is None:
                 raise BadInput(f"{self.path} holds no measured run yet; run `pytest benchmarks` first")
             return int(found)
-        ids = {int(r) for (r,) in self.connection.execute("SELECT id FROM runs")}
+        ids = {int(r) for (r,) in self.db.execute("SELECT id FROM runs")}
         if not str(run).isdigit() or int(run) not in ids:
             raise BadInput(f"no run {run!r} in {self.path}; its runs: {_ranges(sorted(ids))}, or latest")
         return int(run)
 
     def run_status(self, run: int) -> str:
         """finished (passed or failed), or why not: still running or killed, interrupted, stopped by an error."""
-        ended, exit_status = self.connection.execute(
-            "SELECT ended, exit_status FROM runs WHERE id = ?", (run,)
-        ).fetchone()
+        ended, exit_status = self.db.execute("SELECT ended, exit_status FROM runs WHERE id = ?", (run,)).fetchone()
         return run_status(ended, exit_status)
 
     def measurements(
@@ -223,14 +332,14 @@ class ResultsDB:
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         query = f"SELECT * FROM measurements {where} ORDER BY run, case_id, grp, metric"
-        return pd.read_sql_query(query, self.connection, params=params)
+        return self._frame(query, params)
 
     def vectors(self, run: int, case_id: str) -> dict[str, np.ndarray]:
-        rows = self.connection.execute("SELECT name, data FROM vectors WHERE run = ? AND case_id = ?", (run, case_id))
+        rows = self.db.execute("SELECT name, data FROM vectors WHERE run = ? AND case_id = ?", (run, case_id))
         return {name: np.frombuffer(zlib.decompress(data), dtype=np.float32) for name, data in rows}
 
     def vector_cases(self, run: int) -> list[str]:
-        rows = self.connection.execute("SELECT DISTINCT case_id FROM vectors WHERE run = ? ORDER BY case_id", (run,))
+        rows = self.db.execute("SELECT DISTINCT case_id FROM vectors WHERE run = ? ORDER BY case_id", (run,))
         return [case for (case,) in rows]
 
 

@@ -17,7 +17,7 @@ REGRESSIONS = ("regression", VANISHED)
 
 def previous_run(db: ResultsDB, run: int) -> int:
     """The newest run before `run` that recorded measurements."""
-    found = db.connection.execute("SELECT MAX(run) FROM measurements WHERE run < ?", (run,)).fetchone()[0]
+    found = db.scalar("SELECT MAX(run) FROM measurements WHERE run < ?", (run,))
     if found is None:
         raise BadInput(f"no recorded run before run {run} to compare with; pass --baseline ID")
     return int(found)

@@ -62,6 +62,8 @@ class SuiteOptions:
     """-k expression ('@' allowed) over item ids `CASE:GROUP`: the SAE is replaced in every case it selects an item
     of (None: in every case)."""
     strict_expectations: bool = False
+    ray: str | None = None
+    """Measure on a Ray cluster at this address (`local`: one started on 127.0.0.1 for the run); None: here."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,9 @@ class Suite:
         self.pending: Counter[str] = Counter()
         self.results, self.run_id, self.vectors_recorded = None, None, set()
         self.selection_args = selection_args
+        self.remote = None
+        self.remote_cases: list[Case] = []
+        """--ray: the planned cases that can run, measured on the cluster before the first item is judged."""
 
     # -- selection ----------------------------------------------------------------------------------------------
     def _with_override(self, registry: Registry) -> Registry:
@@ -246,7 +251,25 @@ class Suite:
             family_order.setdefault(case.family, len(family_order))
         self.pending = Counter(case_ids)
         self.executor.plan(list(cases.values()))
+        if self.options.ray is not None:
+            self.remote_cases = [c for c in cases.values() if missing_for(c, self.options.device) is None]
         return sorted(cases, key=lambda cid: (family_order[cases[cid].family], first_seen[_model_key(cases[cid])]))
+
+    def _measure_remote(self) -> None:
+        """--ray: measure every planned case that can run on the cluster, unit by unit, once."""
+        if not self.remote_cases:
+            return
+        from sae_bench.ray_execution import RayUnits, units_of
+
+        cases, self.remote_cases = self.remote_cases, []
+        address = None if self.options.ray == "local" else self.options.ray
+        self.remote = self.remote or RayUnits(address, device=self.options.device)
+        self.executor.absorb(self.remote.run(units_of(cases)))
+
+    def close_remote(self) -> None:
+        if self.remote is not None:
+            self.remote.shutdown()
+            self.remote = None
 
     def finished(self, case: Case) -> None:
         """One item of `case` is done; after its last one the executor may release its models."""
@@ -274,6 +297,7 @@ class Suite:
             if rehearsed:  # a rehearsal that skips proves nothing
                 raise ItemFailed(f"rehearsal: a stand-in is missing: {reason}")
             raise ItemSkipped(reason, {case.id: missing_reasons(case, self.options.device)})
+        self._measure_remote()
         measured = self.executor.measure(case)
         sha = self.executor.sae_fingerprint(case.sae)
         self.evaluated.append(Evaluated(case.id, group, case.sae, sha))
@@ -352,6 +376,7 @@ class Suite:
         from sae_bench.claims import judge
 
         claim = self.registry.claim(claim_id)
+        self._measure_remote()
         cases = [self.as_run(self.registry.get(case_id)) for case_id in claim.case_ids]
         rehearsed = self.options.rehearse and any(case.tier == "hub" for case in cases)
         reasons = [reason for case in cases if (reason := missing_for(case, self.options.device))]

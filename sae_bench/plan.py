@@ -1,0 +1,214 @@
+"""`sae-bench plan` and `sae-bench calibrate`: what a selection will cost before it runs, and where.
+
+Per unit (`ray_execution.units_of`: what one shared pass, or a paired case with the prefixes it shares, runs): the
+forward passes at the engine's floor (DESIGN §5), counted from the cases alone; the peak memory (the model's
+weights, one batch's residuals and logits, every SAE's weights at the width its id or config states, and one SAE's
+feature activations at a time); and the time, from a
+calibration measured on the present device (`calibrate`, seconds per parameter-token of a forward pass, stored per
+device). The units are then packed onto N devices of a given memory (longest first, onto the least loaded device
+that holds it), for the wall time and the device-hours.
+
+The FPE of a transfer unit: R rows, batches of b, L layers; at a hook with l blocks before it, k SAEs spliced there
+and z distinct zero-ablated rows per batch (1 when every row is ablated at the same positions, b for chat masks):
+one hook, R·l/L + (R + k·R + z·⌈R/b⌉)·(L − l)/L; several hooks, R + Σ_hooks (k·R + z·⌈R/b⌉)·(L − l)/L. Exact when
+no two variants of one SAE coincide (outlier filtering that filters nothing shares a continuation: then an upper
+bound). A paired unit adds each model's prefix and continuations (`evaluate_universality`'s counts are not modelled:
+its FPE is left out and said so).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from sae_bench.cases import CHAT_MASKS, Case
+from sae_bench.errors import BadInput
+from sae_bench.ray_execution import _hf_config, model_bytes, unit_memory_bytes
+
+_WIDTH = re.compile(r"width_(\d+)([km])")
+
+
+@dataclass
+class UnitPlan:
+    cases: list[Case]
+    model: str
+    fpe: float | None
+    peak_bytes: int | None
+    seconds: float | None
+    why: str = ""
+
+
+def blocks_before(hook: str) -> int:
+    layer, kind = re.match(r"^blocks\.(\d+)\.hook_resid_(pre|post)$", hook).groups()
+    return int(layer) + (kind == "post")
+
+
+def unit_fpe(unit: Sequence[Case], n_layers: int) -> float:
+    """The floor's FPE of a transfer unit (module docstring)."""
+    case = unit[0]
+    rows = max(1, case.tokens // case.context)
+    batches = math.ceil(rows / case.batch_size)
+    zero_rows = case.batch_size if case.mask in CHAT_MASKS else 1
+    by_hook: dict[str, int] = {}
+    for member in unit:
+        by_hook[member.hook] = by_hook.get(member.hook, 0) + 1
+    if len(by_hook) == 1:
+        ((hook, k),) = by_hook.items()
+        before = blocks_before(hook)
+        after_rows = rows + k * rows + min(zero_rows * batches, rows)
+        return (rows * before + after_rows * (n_layers - before)) / n_layers
+    total = rows * n_layers
+    for hook, k in by_hook.items():
+        total += (k * rows + min(zero_rows * batches, rows)) * (n_layers - blocks_before(hook))
+    return total / n_layers
+
+
+def sae_bytes(case: Case, d_model: int) -> tuple[int, int] | None:
+    """An SAE's weights, and one batch of its feature activations plus its spliced residual, at the width its id or
+    zoo config states (None: unknown)."""
+    width = _WIDTH.search(case.sae)
+    if width:
+        d_sae = int(width.group(1)) * (1024 if width.group(2) == "k" else 1024 * 1024)
+    elif case.sae.startswith("zoo:"):
+        from sae_bench.zoo.artifacts import zoo_root
+
+        config = zoo_root() / "saes" / case.sae.removeprefix("zoo:") / "cfg.json"
+        if not config.is_file():
+            return None
+        d_sae = json.loads(config.read_text())["d_sae"]
+    else:
+        return None
+    rows = case.batch_size * case.context
+    return 4 * d_sae * 2 * d_model, 4 * rows * (d_sae + d_model)
+
+
+def plan_units(units: Sequence[Sequence[Case]], calibration: dict | None) -> list[UnitPlan]:
+    plans = []
+    for unit in units:
+        case = unit[0]
+        config = _hf_config(case.model)
+        if config is None:
+            plans.append(UnitPlan(list(unit), case.model, None, None, None, "model config not here: fetch it first"))
+            continue
+        n_layers, d_model = config["num_hidden_layers"], config["hidden_size"]
+        memory = unit_memory_bytes(unit)
+        saes = [sae_bytes(member, d_model) for member in unit]
+        peak = None
+        if memory is not None and None not in saes:  # every SAE's weights; one SAE's features at a time
+            peak = memory + sum(w for w, _ in saes) + max(a for _, a in saes)  # type: ignore[misc]
+        if case.paired:
+            plans.append(UnitPlan(list(unit), case.model, None, peak, None, "paired: FPE not modelled"))
+            continue
+        fpe = unit_fpe(unit, n_layers)
+        seconds = None
+        if calibration is not None:
+            params = model_bytes(config) / 4
+            seconds = fpe * case.context * params * calibration["seconds_per_param_token"]
+        plans.append(UnitPlan(list(unit), case.model, fpe, peak, seconds))
+    return plans
+
+
+def pack(plans: Sequence[UnitPlan], devices: int, memory_bytes: float | None) -> tuple[list[float], list[UnitPlan]]:
+    """Longest first onto the least-loaded device (LPT); returns each device's seconds and the units that fit none."""
+    loads = [0.0] * devices
+    too_big = []
+    for plan in sorted((p for p in plans if p.seconds is not None), key=lambda p: -p.seconds):
+        if memory_bytes is not None and plan.peak_bytes is not None and plan.peak_bytes > memory_bytes:
+            too_big.append(plan)
+            continue
+        device = loads.index(min(loads))
+        loads[device] += plan.seconds
+    return loads, too_big
+
+
+def plan_table(plans: Sequence[UnitPlan]) -> pd.DataFrame:
+    from sae_bench.fetch import human_size
+
+    rows = []
+    for plan in plans:
+        rows.append({
+            "unit": plan.cases[0].id + (f" (+{len(plan.cases) - 1})" if len(plan.cases) > 1 else ""),
+            "model": plan.model,
+            "fpe": None if plan.fpe is None else round(plan.fpe, 1),
+            "peak memory": human_size(plan.peak_bytes),
+            "time": "" if plan.seconds is None else _duration(plan.seconds),
+            "note": plan.why,
+        })  # fmt: skip
+    return pd.DataFrame(rows, columns=["unit", "model", "fpe", "peak memory", "time", "note"])
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+# -- calibration --------------------------------------------------------------------------------------------------
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    import platform
+
+    return f"cpu {platform.machine()} {torch.get_num_threads()} threads"
+
+
+def calibration_path(device: str) -> Path:
+    from sae_bench.cache import cache_dir
+
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name(device)).strip("-").lower()
+    return cache_dir() / "calibration" / f"{slug}.json"
+
+
+def calibrate(device: str = "cpu", *, d_model: int = 512, n_layers: int = 6, rows: int = 8, context: int = 256):
+    """Seconds per parameter-token of a forward pass on this device: a random decoder of the suite's kind (gated MLP,
+    RMS norm, rotary) timed over `rows` x `context` tokens, median of 5 after a warm-up; stored per device."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(
+        d_model=d_model, n_layers=n_layers, n_heads=d_model // 64, d_head=64, d_mlp=4 * d_model, d_vocab=32000,
+        n_ctx=context, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True,
+        device=device, seed=0,
+    )  # fmt: skip
+    model = HookedTransformer(cfg).eval()
+    tokens = torch.randint(0, cfg.d_vocab, (rows, context), generator=torch.Generator().manual_seed(0)).to(device)
+    params = sum(p.numel() for p in model.parameters())
+    times = []
+    with torch.inference_mode():
+        for _ in range(6):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(tokens)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+    seconds = sorted(times[1:])[2]
+    result = {
+        "device": device_name(device),
+        "seconds_per_param_token": seconds / (params * rows * context),
+        "model": f"d_model {d_model}, {n_layers} layers, {params} parameters",
+        "tokens": rows * context,
+        "torch": torch.__version__,
+    }
+    path = calibration_path(device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return result, path
+
+
+def read_calibration(path: str | None, device: str) -> dict | None:
+    """A stored calibration: the file given, else this device's (None when it was never calibrated)."""
+    target = Path(path) if path else calibration_path(device)
+    if path and not target.is_file():
+        raise BadInput(f"no calibration file {target}; `sae-bench calibrate` on the device writes one")
+    return json.loads(target.read_text()) if target.is_file() else None

@@ -1,0 +1,123 @@
+"""`--ray`: a zoo family measured on a real two-node Ray cluster on 127.0.0.1 gives exactly the local numbers, and
+the same forward passes at the floor; a worker killed mid-task is retried and the result is unchanged."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("ray")
+
+REPO = Path(__file__).resolve().parents[1]
+SELECTION = ["-m", "zoo", "-k", "tiny-qwen2 and not universality and not similarity"]
+
+
+def _pytest(*args: str, background: bool = False):
+    from tests.ray_cluster import ray_env
+
+    command = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "--benchmark-disable", "-q"]
+    command += ["--no-results", *SELECTION, *args]
+    env = ray_env()
+    if background:
+        return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from tests.ray_cluster import two_node_cluster
+
+    with two_node_cluster() as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def local_table(tmp_path_factory):
+    table = tmp_path_factory.mktemp("local") / "verdicts.csv"
+    run = _pytest("--verdict-table", str(table))
+    assert run.returncode == 0, run.stdout[-3000:]
+    return pd.read_csv(table), run.stdout
+
+
+def _fpe(stdout: str) -> str:
+    return next(line for line in stdout.splitlines() if line.startswith("| total"))
+
+
+def test_a_zoo_family_on_a_two_node_cluster_equals_the_local_run(cluster, local_table, tmp_path):
+    table = tmp_path / "verdicts.csv"
+    run = _pytest("--ray", cluster, "--verdict-table", str(table))
+    assert run.returncode == 0, run.stdout[-3000:]
+    local, local_out = local_table
+    remote = pd.read_csv(table)
+    pd.testing.assert_frame_equal(remote, local)  # every value, bit for bit, and every verdict
+    assert _fpe(run.stdout) == _fpe(local_out)  # the counted forward passes, at the floor, as locally
+
+
+def test_a_worker_killed_mid_task_is_retried_and_changes_nothing(cluster, local_table, tmp_path):
+    table = tmp_path / "verdicts.csv"
+    run = _pytest("--ray", cluster, "--verdict-table", str(table), background=True)
+    killed = None
+    deadline = time.monotonic() + 300
+    while killed is None and time.monotonic() < deadline and run.poll() is None:
+        found = subprocess.run(["pgrep", "-f", "ray::measure_unit"], capture_output=True, text=True).stdout.split()
+        if found:
+            killed = int(found[0])
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    out, _ = run.communicate(timeout=900)
+    assert killed is not None, "no task was seen running"
+    assert run.returncode == 0, out[-3000:]
+    pd.testing.assert_frame_equal(pd.read_csv(table), local_table[0])
+
+
+def test_ctrl_c_cancels_the_clusters_tasks_and_records_the_run_as_interrupted(cluster, tmp_path):
+    from sae_bench.results_db import ResultsDB
+
+    results = tmp_path / "results.sqlite"
+    command = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "--benchmark-disable", "-q"]
+    command += [*SELECTION, "--ray", cluster, "--results", str(results)]
+    from tests.ray_cluster import ray_env
+
+    run = subprocess.Popen(
+        command, cwd=REPO, env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and run.poll() is None:
+        if subprocess.run(["pgrep", "-f", "ray::measure_unit"], capture_output=True).returncode == 0:
+            run.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    out, _ = run.communicate(timeout=300)
+    assert run.returncode == 2, out[-3000:]  # pytest's "interrupted"
+    db = ResultsDB(results, read_only=True)
+    assert db.run_status(int(db.runs().id.iloc[-1])) == "interrupted"
+    time.sleep(3)
+    still = subprocess.run(["pgrep", "-f", "ray::measure_unit"], capture_output=True, text=True).stdout.split()
+    assert still == [], "a cancelled task is still running"
+
+
+def test_a_unit_out_of_memory_fails_only_its_cases_naming_the_unit_its_estimate_and_the_fix(monkeypatch):
+    import torch
+
+    from sae_bench.cases import SHIPPED_CASES, load_registry
+    from sae_bench.execution import CaseExecutor
+    from sae_bench.ray_execution import measure_unit, unit_memory_bytes, units_of
+
+    def out_of_memory(self, case, subsets=0):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    registry = load_registry(SHIPPED_CASES)
+    [unit] = units_of([registry.get("tiny-gemma/base-sae@base"), registry.get("tiny-gemma/it-sae@base")])
+    monkeypatch.setattr(CaseExecutor, "measure", out_of_memory)
+    result = measure_unit(unit, "cpu", 1, unit_memory_bytes(unit))
+    assert set(result.failures) == {(case.id, case.sae) for case in unit} and not result.values
+    message = next(iter(result.failures.values()))
+    assert "ran out of memory" in message and "estimated peak" in message and "MB" in message
+    assert "lower batch_size" in message
