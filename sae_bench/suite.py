@@ -113,6 +113,10 @@ class Suite:
         self.options = options
         if options.rehearse and options.update:
             raise BadInput("--rehearse never writes expectations: drop --update-expectations")
+        if options.rehearse and options.ray is not None:
+            raise BadInput(
+                "--rehearse runs in this process (its stand-ins are set up here, not on a cluster): drop --ray"
+            )
         if options.replace_published and not options.update:
             raise BadInput("--replace-published goes with --update-expectations")
         if options.update and options.sae_override:

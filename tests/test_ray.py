@@ -121,3 +121,16 @@ def test_a_unit_out_of_memory_fails_only_its_cases_naming_the_unit_its_estimate_
     message = next(iter(result.failures.values()))
     assert "ran out of memory" in message and "estimated peak" in message and "MB" in message
     assert "lower batch_size" in message
+
+
+def test_a_rehearsal_refuses_ray_before_anything_runs():
+    """The rehearsal's stand-ins are set up in the pytest process, not on a cluster."""
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "benchmarks", "-m", "hub", "--rehearse", "--ray", "-k", "gemma-2-2b", "-q"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 4 and "drop --ray" in run.stdout + run.stderr
+    assert "Traceback" not in run.stdout + run.stderr
