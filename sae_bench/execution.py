@@ -308,7 +308,7 @@ class CaseExecutor:
 
     def absorb(self, results) -> None:
         """Take what units measured elsewhere (`ray_execution`: (unit, UnitResult) pairs) as if measured here: values,
-        details, failures and forward counts; those cases are then never measured again."""
+        details, failures, SAE fingerprints and forward counts; those cases are then never measured again."""
         from sae_bench.ray_execution import UnitFailed
 
         for unit, result in results:
@@ -318,6 +318,7 @@ class CaseExecutor:
                 self._details[(case_id, sae, 0)] = details
             for (case_id, sae), why in result.failures.items():
                 self._failures[(case_id, sae, 0)] = UnitFailed(why)
+            self._sae_fingerprints.update(result.fingerprints)
             self.cost.run.update(result.run)
             self.cost.floor.update(result.floor)
             self.cost.n_layers.update(result.n_layers)

@@ -164,6 +164,8 @@ class UnitResult:
     values: dict[tuple, dict] = field(default_factory=dict)
     details: dict[tuple, tuple] = field(default_factory=dict)
     failures: dict[tuple, str] = field(default_factory=dict)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    """sha256 of each SAE's weights, as the task loaded them (the driver need not load them, nor have the device)."""
     run: dict[str, int] = field(default_factory=dict)
     floor: dict[str, int] = field(default_factory=dict)
     n_layers: dict[str, int] = field(default_factory=dict)
@@ -182,6 +184,7 @@ def measure_unit(cases: list[Case], device: str, threads: int, memory: int | Non
             result.values[key] = executor.measure(case)
             undefined, vectors = executor.details(case)
             result.details[key] = (undefined, {name: tensor.cpu() for name, tensor in vectors.items()})
+            result.fingerprints[case.sae] = executor.sae_fingerprint(case.sae)
         except BadInput as err:
             result.failures[key] = str(err)
         except (torch.OutOfMemoryError, MemoryError) as err:

@@ -87,14 +87,19 @@ class UpdatedValue:
     verdict_before: str
 
 
-def check_device(name: str) -> None:
-    """Refuse, before anything loads, a device torch cannot parse or does not have."""
+def check_device(name: str, *, here: bool = True) -> None:
+    """Refuse, before anything loads, a device torch cannot parse or (`here`: on this machine, not a Ray cluster's)
+    does not have."""
     import torch
 
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as err:
         raise BadInput(f"--device {name!r} is not a torch device ({err}); use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise BadInput(f"--device {name}: the suite runs on cpu or cuda")
+    if not here:
+        return
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BadInput(
             f"--device {name}: torch sees no CUDA device on this machine. Drop --device to run on the CPU (GPU cases "
@@ -102,8 +107,6 @@ def check_device(name: str) -> None:
         )
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise BadInput(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
-    if device.type not in ("cpu", "cuda"):
-        raise BadInput(f"--device {name}: the suite runs on cpu or cuda")
 
 
 class Suite:
@@ -125,7 +128,7 @@ class Suite:
                 "replaces: drop one (gate a new SAE without updating; update with the SAEs the case files name)"
             )
         if not options.rehearse:  # the rehearsal runs on the CPU whatever --device says
-            check_device(options.device)
+            check_device(options.device, here=options.ray is None)  # with --ray, the cluster's devices
         self.shipped = load_registries((SHIPPED_CASES, *options.cases_dirs))
         self.registry = self._with_override(self.shipped)
         self.executor = CaseExecutor(device=options.device)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +34,39 @@ def ray_env() -> dict[str, str]:
     return env | {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": _TOKEN}
 
 
+def _ours(match: bytes = b"") -> list[int]:
+    """Pids of this cluster's processes (its token in their environment; another Ray on the machine is not
+    touched) whose command line holds `match`."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if match in (proc / "cmdline").read_bytes() and (
+                f"RAY_AUTH_TOKEN={_TOKEN}".encode() in (proc / "environ").read_bytes()
+            ):
+                pids.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return [pid for pid in pids if pid != os.getpid()]
+
+
+def running_tasks(name: str) -> list[int]:
+    """Pids of this cluster's workers running task `name`."""
+    return _ours(f"ray::{name}".encode())
+
+
+def _stop(pids: list[int]) -> None:
+    """Stop this cluster's processes only (`ray stop` would stop every Ray of the user on the machine)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
+            time.sleep(0.1)
+
+
 @contextmanager
 def two_node_cluster() -> Iterator[str]:
     """Yields the head's address (127.0.0.1:PORT) of a running head + worker node."""
@@ -48,5 +83,5 @@ def two_node_cluster() -> Iterator[str]:
         run("start", f"--address=127.0.0.1:{port}", *common)
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop(_ours())
         shutil.rmtree(temp, ignore_errors=True)

@@ -15,6 +15,8 @@ import pytest
 
 pytest.importorskip("ray")
 
+from tests.ray_cluster import running_tasks  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SELECTION = ["-m", "zoo", "-k", "tiny-qwen2 and not universality and not similarity"]
 
@@ -66,9 +68,9 @@ def test_a_worker_killed_mid_task_is_retried_and_changes_nothing(cluster, local_
     killed = None
     deadline = time.monotonic() + 300
     while killed is None and time.monotonic() < deadline and run.poll() is None:
-        found = subprocess.run(["pgrep", "-f", "ray::measure_unit"], capture_output=True, text=True).stdout.split()
+        found = running_tasks("measure_unit")
         if found:
-            killed = int(found[0])
+            killed = found[0]
             os.kill(killed, signal.SIGKILL)
         time.sleep(0.05)
     out, _ = run.communicate(timeout=900)
@@ -90,7 +92,7 @@ def test_ctrl_c_cancels_the_clusters_tasks_and_records_the_run_as_interrupted(cl
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and run.poll() is None:
-        if subprocess.run(["pgrep", "-f", "ray::measure_unit"], capture_output=True).returncode == 0:
+        if running_tasks("measure_unit"):
             run.send_signal(signal.SIGINT)
             break
         time.sleep(0.05)
@@ -99,8 +101,7 @@ def test_ctrl_c_cancels_the_clusters_tasks_and_records_the_run_as_interrupted(cl
     db = ResultsDB(results, read_only=True)
     assert db.run_status(int(db.runs().id.iloc[-1])) == "interrupted"
     time.sleep(3)
-    still = subprocess.run(["pgrep", "-f", "ray::measure_unit"], capture_output=True, text=True).stdout.split()
-    assert still == [], "a cancelled task is still running"
+    assert running_tasks("measure_unit") == [], "a cancelled task is still running"
 
 
 def test_a_unit_out_of_memory_fails_only_its_cases_naming_the_unit_its_estimate_and_the_fix(monkeypatch):
