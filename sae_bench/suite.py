@@ -7,6 +7,7 @@ turns into pytest's.
 
 from __future__ import annotations
 
+import importlib.util
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -120,6 +121,8 @@ class Suite:
             raise BadInput(
                 "--rehearse runs in this process (its stand-ins are set up here, not on a cluster): drop --ray"
             )
+        if options.ray is not None and importlib.util.find_spec("ray") is None:
+            raise BadInput("--ray needs Ray: pip install 'sae-transfer-bench[ray]' (or pip install ray)")
         if options.replace_published and not options.update:
             raise BadInput("--replace-published goes with --update-expectations")
         if options.update and options.sae_override:

@@ -426,3 +426,15 @@ def test_an_sae_spliced_at_another_hook_than_its_own_needs_a_reason_the_table_sh
     import pandas as pd
 
     assert set(pd.read_csv(table).hook_mismatch_ok) == {"a probe"}
+
+
+def test_ray_without_ray_installed_is_said_before_anything_runs(monkeypatch):
+    import importlib.util
+
+    from sae_bench.errors import BadInput
+    from sae_bench.suite import Suite, SuiteOptions
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(BadInput, match=r"--ray needs Ray: pip install 'sae-transfer-bench\[ray\]'"):
+        Suite(SuiteOptions(ray="local"))
