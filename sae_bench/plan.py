@@ -31,7 +31,8 @@ import torch
 
 from sae_bench.cases import CHAT_MASKS, Case
 from sae_bench.errors import BadInput
-from sae_bench.ray_execution import _hf_config, model_bytes, unit_memory_bytes
+from sae_bench.ray_execution import model_bytes, model_config, unit_memory_bytes
+from sae_bench.splicing import HookSite
 
 _WIDTH = re.compile(r"width_(\d+)([km])")
 
@@ -46,11 +47,6 @@ class UnitPlan:
     why: str = ""
 
 
-def blocks_before(hook: str) -> int:
-    layer, kind = re.match(r"^blocks\.(\d+)\.hook_resid_(pre|post)$", hook).groups()
-    return int(layer) + (kind == "post")
-
-
 def unit_fpe(unit: Sequence[Case], n_layers: int) -> float:
     """The floor's FPE of a transfer unit (module docstring)."""
     case = unit[0]
@@ -62,12 +58,12 @@ def unit_fpe(unit: Sequence[Case], n_layers: int) -> float:
         by_hook[member.hook] = by_hook.get(member.hook, 0) + 1
     if len(by_hook) == 1:
         ((hook, k),) = by_hook.items()
-        before = blocks_before(hook)
+        before = HookSite.parse(hook).blocks_before
         after_rows = rows + k * rows + min(zero_rows * batches, rows)
         return (rows * before + after_rows * (n_layers - before)) / n_layers
     total = rows * n_layers
     for hook, k in by_hook.items():
-        total += (k * rows + min(zero_rows * batches, rows)) * (n_layers - blocks_before(hook))
+        total += (k * rows + min(zero_rows * batches, rows)) * (n_layers - HookSite.parse(hook).blocks_before)
     return total / n_layers
 
 
@@ -94,7 +90,7 @@ def plan_units(units: Sequence[Sequence[Case]], calibration: dict | None) -> lis
     plans = []
     for unit in units:
         case = unit[0]
-        config = _hf_config(case.model)
+        config = model_config(case.model)
         if config is None:
             plans.append(UnitPlan(list(unit), case.model, None, None, None, "model config not here: fetch it first"))
             continue

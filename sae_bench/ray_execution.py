@@ -85,7 +85,7 @@ def units_of(cases: Iterable[Case]) -> list[list[Case]]:
     return list(units.values())
 
 
-def _hf_config(spec: str) -> dict | None:
+def model_config(spec: str) -> dict | None:
     """A model's HF config, read where it already is (the zoo, a local folder, the HF cache); None elsewhere."""
     if spec.startswith("zoo:"):
         from sae_bench.zoo.artifacts import zoo_root
@@ -148,7 +148,7 @@ def unit_memory_bytes(unit: Sequence[Case]) -> int | None:
     case = unit[0]
     total = 0
     for spec in {case.model, case.base_model} - {None}:
-        config = _hf_config(spec)
+        config = model_config(spec)
         if config is None:
             return None
         total += model_bytes(config)

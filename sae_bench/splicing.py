@@ -32,6 +32,12 @@ class HookSite:
     layer: int
     kind: Literal["pre", "post"]
 
+    @classmethod
+    def parse(cls, name: str) -> HookSite | None:
+        """The site a residual-stream hook name names, read off the name alone (None: not such a name)."""
+        match = _RESID_HOOK.match(name)
+        return None if match is None else cls(name, int(match.group(1)), match.group(2))  # type: ignore[arg-type]
+
     @property
     def blocks_before(self) -> int:
         """Blocks that run before the hook: L for blocks.L.hook_resid_pre, L + 1 for blocks.L.hook_resid_post."""
@@ -46,8 +52,8 @@ def supported_hooks(model: HookedTransformer) -> list[str]:
 def resolve_hook(model: HookedTransformer, hook_name: str) -> HookSite:
     """Parse and check a hook name; an unknown or unsupported one raises with the valid names and close matches."""
     valid = supported_hooks(model)
-    match = _RESID_HOOK.match(hook_name)
-    if match is None or hook_name not in valid:
+    site = HookSite.parse(hook_name)
+    if site is None or hook_name not in valid:
         close = difflib.get_close_matches(hook_name, valid, n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         kind = "is not a residual-stream hook" if hook_name in model.hook_dict else "does not exist"
@@ -56,7 +62,7 @@ def resolve_hook(model: HookedTransformer, hook_name: str) -> HookSite:
             f"blocks.0.hook_resid_pre … blocks.{model.cfg.n_layers - 1}.hook_resid_post "
             f"(blocks.<layer>.hook_resid_pre or blocks.<layer>.hook_resid_post)."
         )
-    return HookSite(hook_name, int(match.group(1)), match.group(2))  # type: ignore[arg-type]
+    return site
 
 
 class SAEDoesNotFit(ValueError):
