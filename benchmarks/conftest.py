@@ -54,6 +54,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 
 def options_of(config) -> SuiteOptions:
     expectations_dir = config.getoption("--expectations-dir")
+    memory = config.getoption("--device-memory", None)
     return SuiteOptions(
         cases_dirs=tuple(Path(d) for d in config.getoption("cases_dir")),
         expectations_dir=Path(expectations_dir) if expectations_dir else None,
@@ -65,6 +66,7 @@ def options_of(config) -> SuiteOptions:
         sae_cases=config.getoption("sae_cases", None),
         strict_expectations=config.getoption("--strict-expectations"),
         ray=config.getoption("--ray", None),
+        device_memory=None if memory is None else memory * 1e9,
     )
 
 

@@ -108,6 +108,7 @@ def _gate(args: argparse.Namespace) -> int:
 
     results = ["--no-results"] if args.no_results else [f"--results={args.results}"] if args.results else []
     results += [] if args.ray is None else ["--ray", args.ray]
+    results += [] if args.device_memory is None else [f"--device-memory={args.device_memory}"]
     return run_gate(
         args.sae,
         args.cases,
@@ -206,6 +207,12 @@ def _add_gate_command(commands) -> None:
     release.add_argument("--report", metavar="DIR", help="write the forest plot (forest.png) into this folder")
     release.add_argument("--allow-removed", action="store_true", help="an id only the baseline has is not a failure")
     gate.add_argument(
+        "--device-memory",
+        type=float,
+        metavar="GB",
+        help="memory a shared pass may fill (default: the device's), as pytest --device-memory",
+    )
+    gate.add_argument(
         "--ray",
         nargs="?",
         const="local",
@@ -300,27 +307,36 @@ def _plan(args: argparse.Namespace) -> int:
 
     cases = _selected_cases(args, "plan")
     calibration = read_calibration(args.calibration, args.device)
-    plans = plan_units(units_of(cases), calibration)
+    memory = None if args.gpu_memory is None else args.gpu_memory * 1e9
+    plans = plan_units(units_of(cases), calibration, memory)
     _write_table(plan_table(plans), "md")
     fpe = sum(p.fpe for p in plans if p.fpe is not None)
-    print(f"{len(cases)} cases in {len(plans)} units; {fpe:.0f} FPE at the floor", file=sys.stderr)
+    passes = sum(p.passes for p in plans)
+    print(f"{len(cases)} cases in {len(plans)} units ({passes} passes); {fpe:.0f} FPE at the floor", file=sys.stderr)
+    for plan in plans:
+        if memory is not None and plan.peak_bytes is not None and plan.peak_bytes > memory:
+            fix = "lower its batch_size or use a bigger device"
+            print(f"does not fit {args.gpu_memory:g} GB: {plan.cases[0].id} (peak {human_size(plan.peak_bytes)}); "
+                  f"{fix}", file=sys.stderr)  # fmt: skip
     if calibration is None:
+        loads, _ = pack(plans, args.gpus, memory, by="work")
+        if sum(loads) and args.gpus > 1:
+            print(
+                f"on {args.gpus} device(s): the busiest carries {max(loads) / sum(loads):.0%} of the work "
+                f"({sum(loads) / max(loads):.2g}x faster than one device)",
+                file=sys.stderr,
+            )
         print(
             f"no time estimate: run `sae-bench calibrate --device {args.device}` on the device first", file=sys.stderr
         )
         return EXIT_OK
-    memory = None if args.gpu_memory is None else args.gpu_memory * 1e9
-    loads, too_big = pack(plans, args.gpus, memory)
+    loads, _ = pack(plans, args.gpus, memory)
     print(
         f"on {args.gpus} device(s) like '{calibration['device']}'"
         + (f" with {args.gpu_memory:g} GB" if memory else "")
         + f": {_duration(max(loads))} wall, {sum(loads) / 3600:.3g} device-hours",
         file=sys.stderr,
     )
-    for plan in too_big:
-        fix = "lower its batch_size, split its SAEs over passes (a sweep's widths or layers) or use a bigger device"
-        print(f"does not fit {args.gpu_memory:g} GB: {plan.cases[0].id} (peak {human_size(plan.peak_bytes)}); {fix}",
-              file=sys.stderr)  # fmt: skip
     return EXIT_OK
 
 
@@ -337,7 +353,13 @@ def _add_plan_commands(commands) -> None:
     plan = commands.add_parser("plan", help="what the selected cases cost before they run: FPE, memory, time, packing")
     _add_selection(plan)
     plan.add_argument("--gpus", type=int, default=1, help="devices to pack the units onto (default 1)")
-    plan.add_argument("--gpu-memory", type=float, metavar="GB", help="memory of each device, in GB")
+    plan.add_argument(
+        "--gpu-memory",
+        type=float,
+        metavar="GB",
+        help="memory of each device, in GB: a unit whose SAEs do not fit one pass is split over passes, as the run "
+        "splits it with --device-memory",
+    )
     plan.add_argument("--device", default="cpu", help="whose calibration to read (default cpu)")
     plan.add_argument("--calibration", metavar="FILE", help="a calibration file written by `sae-bench calibrate`")
     plan.set_defaults(run=_plan)

@@ -14,12 +14,14 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from sae_bench.cases import CHAT_MASKS, Case
 from sae_bench.chat import ChatRows, cached_rollouts, greedy_rollouts
 from sae_bench.errors import UnusableSAE
 from sae_bench.evaluate import EvalConfig, PassCost, estimate_scaling_factor, evaluate_shared, evaluate_transfer
 from sae_bench.forward_cost import ForwardCost
+from sae_bench.memory import batch_bytes, device_memory_bytes, sae_width, split_for_memory
 from sae_bench.outliers import OutlierPolicy
 from sae_bench.prefix import PREFIX_CACHE_BYTES, PrefixActivations, prefix_bytes, run_prefix
 from sae_bench.splicing import resolve_hook
@@ -51,8 +53,17 @@ def split_rows(tokens: CaseTokens, k: int) -> list[CaseTokens]:
 class CaseExecutor:
     """Evaluates cases, caching models, SAEs, token sets and results for the whole session."""
 
-    def __init__(self, *, device: str = "cpu", progress: bool = False, prefix_cache_bytes: int = PREFIX_CACHE_BYTES):
+    def __init__(
+        self,
+        *,
+        device: str = "cpu",
+        progress: bool = False,
+        prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
+        device_memory: float | None = None,
+    ):
         self.device = device
+        self.device_memory = device_memory if device_memory is not None else device_memory_bytes(device)
+        """Bytes a shared pass may fill (`memory.USABLE_FRACTION` of it); its SAEs are split over passes beyond."""
         self.progress = progress
         self.prefix_cache_bytes = prefix_cache_bytes
         self._models: dict[str, Any] = {}
@@ -385,7 +396,8 @@ class CaseExecutor:
         return (case.model, case.batch_size, self._token_key(case))
 
     def _measure_shared(self, case: Case) -> None:
-        """Evaluate `case` with every planned, not yet measured transfer case that can share its pass."""
+        """Evaluate `case` with every planned, not yet measured transfer case that can share its pass; their SAEs
+        split over passes where they do not fit the device's memory together (`memory.split_for_memory`)."""
         key = self._shared_key(case)
         group = [case] + [
             other
@@ -396,10 +408,29 @@ class CaseExecutor:
             and (other.id, other.sae, 0) not in self._results
             and (other.id, other.sae, 0) not in self._failures
             and self._shared_key(other) == key
-            and self._fits(other)  # one that does not fit fails alone when its own item runs
         ]
+        model = self.model(case.model)
+        passes = split_for_memory(
+            group,
+            self._sae_width,
+            base=self._pass_base_bytes(model, case),
+            d_model=model.cfg.d_model,
+            memory=self.device_memory,
+        )
+        for members in tqdm(passes, desc="passes (SAEs split to fit)", disable=not self.progress or len(passes) == 1):
+            if len(passes) > 1:  # only this pass's SAEs in memory
+                self._release_saes(set(self._saes) - {m.sae for m in members})
+            self._run_pass(case, [m for m in members if m is case or self._fits(m)])  # a misfit fails alone later
+        if len(passes) > 1:
+            self._release_saes(set(self._saes))
+
+    def _run_pass(self, case: Case, group: list[Case]) -> None:
+        """One shared pass over `group` (on `case`'s model and rows), each case's values recorded; an SAE that fails
+        mid-pass fails only its cases: the pass runs again without it."""
         tokens, model = self.tokens(case), self.model(case.model)
-        while True:  # an SAE that fails mid-pass fails only its cases: run the pass again without it
+        while True:
+            if not group:
+                return
             pairs = [(self.sae(c.sae), self._config(c, self.outlier_policy(c, tokens))) for c in group]
             one_hook = len({c.hook for c in group}) == 1  # else one clean forward keeps every hook's residual
             cost = PassCost()
@@ -409,7 +440,7 @@ class CaseExecutor:
                     pairs,
                     tokens.tokens,
                     position_mask=tokens.position_mask,
-                    prefix=self.prefix(case, case.model) if one_hook else None,
+                    prefix=self.prefix(group[0], case.model) if one_hook else None,
                     cost=cost,
                 )
                 break
@@ -418,10 +449,8 @@ class CaseExecutor:
                     raise
                 failed = group.pop(err.variant)
                 self._failures[(failed.id, failed.sae, 0)] = err.named(failed.sae)
-                if not group:
-                    return
         if one_hook:  # the prefix is counted where it is run (`prefix`)
-            blocks_after = model.cfg.n_layers - resolve_hook(model, case.hook).blocks_before
+            blocks_after = model.cfg.n_layers - resolve_hook(model, group[0].hook).blocks_before
             self.cost.add_floor(case.model, cost.continued_rows, blocks_after)
         else:
             self.cost.add_floor(case.model, cost.block_rows, 1)
@@ -430,6 +459,30 @@ class CaseExecutor:
             values, details = _transfer_values(report)
             self._results[(member.id, member.sae, 0)] = values
             self._details[(member.id, member.sae, 0)] = details
+
+    def _sae_width(self, case: Case) -> int:
+        """The SAE's width: from the loaded SAE, else as its id or config states it, else loaded to be read."""
+        if case.sae not in self._saes:
+            width = sae_width(case)
+            if width is not None:
+                return width
+        try:
+            return self.sae(case.sae).cfg.d_sae
+        except UnusableSAE:
+            return 0  # it fails alone when its own item runs, and takes no room in a pass
+
+    def _pass_base_bytes(self, model, case: Case) -> int:
+        """What a pass of `case`'s rows holds besides its SAEs: the model's weights and one batch through it."""
+        cfg = model.cfg
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())
+        config = {"hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers, "vocab_size": cfg.d_vocab}
+        return weights + batch_bytes(config, case.batch_size, case.context)
+
+    def _release_saes(self, specs: set[str]) -> None:
+        """Drop these SAEs from memory (their fingerprints kept): a pass split to fit holds only its own."""
+        for spec in specs:
+            self.sae_fingerprint(spec)
+            del self._saes[spec]
 
 
 def weights_sha256(sae) -> str:

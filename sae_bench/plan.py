@@ -1,16 +1,17 @@
 """`sae-bench plan` and `sae-bench calibrate`: what a selection will cost before it runs, and where.
 
 Per unit (`ray_execution.units_of`: what one shared pass, or a paired case with the prefixes it shares, runs): the
-forward passes at the engine's floor (DESIGN §5), counted from the cases alone; the peak memory (the model's
-weights, one batch's residuals and logits, every SAE's weights at the width its id or config states, and one SAE's
-feature activations at a time); and the time, from a
-calibration measured on the present device (`calibrate`, seconds per parameter-token of a forward pass, stored per
-device). The units are then packed onto N devices of a given memory (longest first, onto the least loaded device
-that holds it), for the wall time and the device-hours.
+forward passes at the engine's floor (DESIGN §5), counted from the cases alone; the peak memory (`sae_bench.memory`:
+the model's weights, one batch's residuals and logits, every SAE's weights at the width its id or config states, and
+one SAE's feature activations at a time); and the time, from a calibration measured on the present device
+(`calibrate`, seconds per parameter-token of a forward pass, stored per device). Given a device's memory, a unit
+whose SAEs do not fit one pass is split over passes as the executor splits it. The units are then packed onto N
+devices (longest first, onto the least loaded device), for the wall time and the device-hours.
 
 The FPE of a transfer unit: R rows, batches of b, L layers; at a hook with l blocks before it, k SAEs spliced there
 and z distinct zero-ablated rows per batch (1 when every row is ablated at the same positions, b for chat masks):
-one hook, R·l/L + (R + k·R + z·⌈R/b⌉)·(L − l)/L; several hooks, R + Σ_hooks (k·R + z·⌈R/b⌉)·(L − l)/L. Exact when
+one hook, R·l/L + (R + k·R + z·⌈R/b⌉)·(L − l)/L; several hooks, R + Σ_hooks (k·R + z·⌈R/b⌉)·(L − l)/L. Split over
+passes, each pass is priced so, a hook's prefix R·l/L counted once for the passes at that hook alone. Exact when
 no two variants of one SAE coincide (outlier filtering that filters nothing shares a continuation: then an upper
 bound). A paired unit adds each model's prefix and continuations (`evaluate_universality`'s counts are not modelled:
 its FPE is left out and said so).
@@ -22,6 +23,7 @@ import json
 import math
 import re
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +33,15 @@ import torch
 
 from sae_bench.cases import CHAT_MASKS, Case
 from sae_bench.errors import BadInput
-from sae_bench.ray_execution import model_bytes, model_config, unit_memory_bytes
+from sae_bench.memory import (
+    model_bytes,
+    model_config,
+    pass_peak_bytes,
+    sae_width,
+    split_for_memory,
+    unit_memory_bytes,
+)
 from sae_bench.splicing import HookSite
-
-_WIDTH = re.compile(r"width_(\d+)([km])")
 
 
 @dataclass
@@ -45,48 +52,41 @@ class UnitPlan:
     peak_bytes: int | None
     seconds: float | None
     why: str = ""
+    passes: int = 1
+    work: float | None = None
+    """Parameter-tokens of forward work (FPE x tokens per row x parameters): what packing weighs without a
+    calibration."""
 
 
-def unit_fpe(unit: Sequence[Case], n_layers: int) -> float:
-    """The floor's FPE of a transfer unit (module docstring)."""
-    case = unit[0]
+def passes_fpe(passes: Sequence[Sequence[Case]], n_layers: int) -> float:
+    """The floor's FPE of a transfer unit run as these passes (one, or its SAEs split to fit a device; module
+    docstring): a one-hook pass continues from its hook's prefix, run once for every pass at that hook; a pass
+    across hooks runs one clean forward."""
+    case = passes[0][0]
     rows = max(1, case.tokens // case.context)
-    batches = math.ceil(rows / case.batch_size)
-    zero_rows = case.batch_size if case.mask in CHAT_MASKS else 1
-    by_hook: dict[str, int] = {}
-    for member in unit:
-        by_hook[member.hook] = by_hook.get(member.hook, 0) + 1
-    if len(by_hook) == 1:
-        ((hook, k),) = by_hook.items()
-        before = HookSite.parse(hook).blocks_before
-        after_rows = rows + k * rows + min(zero_rows * batches, rows)
-        return (rows * before + after_rows * (n_layers - before)) / n_layers
-    total = rows * n_layers
-    for hook, k in by_hook.items():
-        total += (k * rows + min(zero_rows * batches, rows)) * (n_layers - HookSite.parse(hook).blocks_before)
+    zero = min((case.batch_size if case.mask in CHAT_MASKS else 1) * math.ceil(rows / case.batch_size), rows)
+    total, prefixes = 0.0, set()
+    for members in passes:
+        by_hook = Counter(member.hook for member in members)
+        if len(by_hook) == 1:
+            ((hook, k),) = by_hook.items()
+            before = HookSite.parse(hook).blocks_before
+            if hook not in prefixes:
+                prefixes.add(hook)
+                total += rows * before
+            total += (rows + k * rows + zero) * (n_layers - before)
+        else:
+            total += rows * n_layers
+            for hook, k in by_hook.items():
+                total += (k * rows + zero) * (n_layers - HookSite.parse(hook).blocks_before)
     return total / n_layers
 
 
-def sae_bytes(case: Case, d_model: int) -> tuple[int, int] | None:
-    """An SAE's weights, and one batch of its feature activations plus its spliced residual, at the width its id or
-    zoo config states (None: unknown)."""
-    width = _WIDTH.search(case.sae)
-    if width:
-        d_sae = int(width.group(1)) * (1024 if width.group(2) == "k" else 1024 * 1024)
-    elif case.sae.startswith("zoo:"):
-        from sae_bench.zoo.artifacts import zoo_root
-
-        config = zoo_root() / "saes" / case.sae.removeprefix("zoo:") / "cfg.json"
-        if not config.is_file():
-            return None
-        d_sae = json.loads(config.read_text())["d_sae"]
-    else:
-        return None
-    rows = case.batch_size * case.context
-    return 4 * d_sae * 2 * d_model, 4 * rows * (d_sae + d_model)
-
-
-def plan_units(units: Sequence[Sequence[Case]], calibration: dict | None) -> list[UnitPlan]:
+def plan_units(
+    units: Sequence[Sequence[Case]], calibration: dict | None, memory_bytes: float | None = None
+) -> list[UnitPlan]:
+    """Each unit's plan; with `memory_bytes`, a unit whose SAEs do not fit one pass is split over passes as the
+    executor splits it (`memory.split_for_memory`), its FPE and peak those of the split."""
     plans = []
     for unit in units:
         case = unit[0]
@@ -95,33 +95,43 @@ def plan_units(units: Sequence[Sequence[Case]], calibration: dict | None) -> lis
             plans.append(UnitPlan(list(unit), case.model, None, None, None, "model config not here: fetch it first"))
             continue
         n_layers, d_model = config["num_hidden_layers"], config["hidden_size"]
-        memory = unit_memory_bytes(unit)
-        saes = [sae_bytes(member, d_model) for member in unit]
+        base, widths = unit_memory_bytes(unit), [sae_width(member) for member in unit]
+        known = base is not None and None not in widths
+        passes = [list(unit)]
+        if known and not case.paired:
+            passes = split_for_memory(unit, sae_width, base=base, d_model=d_model, memory=memory_bytes)  # type: ignore[arg-type]
         peak = None
-        if memory is not None and None not in saes:  # every SAE's weights; one SAE's features at a time
-            peak = memory + sum(w for w, _ in saes) + max(a for _, a in saes)  # type: ignore[misc]
+        if known:
+            peak = max(
+                pass_peak_bytes(base, [sae_width(m) for m in members], d_model, case.batch_size, case.context)  # type: ignore[arg-type,misc]
+                for members in passes
+            )
+        why = "" if known else "SAE width not in its id: peak memory unknown, its SAEs not split"
         if case.paired:
             plans.append(UnitPlan(list(unit), case.model, None, peak, None, "paired: FPE not modelled"))
             continue
-        fpe = unit_fpe(unit, n_layers)
-        seconds = None
-        if calibration is not None:
-            params = model_bytes(config) / 4
-            seconds = fpe * case.context * params * calibration["seconds_per_param_token"]
-        plans.append(UnitPlan(list(unit), case.model, fpe, peak, seconds))
+        fpe = passes_fpe(passes, n_layers)
+        work = fpe * case.context * model_bytes(config) / 4
+        seconds = None if calibration is None else work * calibration["seconds_per_param_token"]
+        if len(passes) > 1:
+            why = f"{len(passes)} passes, its SAEs split to fit the memory"
+        plans.append(UnitPlan(list(unit), case.model, fpe, peak, seconds, why, len(passes), work))
     return plans
 
 
-def pack(plans: Sequence[UnitPlan], devices: int, memory_bytes: float | None) -> tuple[list[float], list[UnitPlan]]:
-    """Longest first onto the least-loaded device (LPT); returns each device's seconds and the units that fit none."""
+def pack(
+    plans: Sequence[UnitPlan], devices: int, memory_bytes: float | None, by: str = "seconds"
+) -> tuple[list[float], list[UnitPlan]]:
+    """Longest first onto the least-loaded device (LPT), weighed `by` seconds (or by work, without a calibration);
+    returns each device's load and the units that fit none."""
     loads = [0.0] * devices
     too_big = []
-    for plan in sorted((p for p in plans if p.seconds is not None), key=lambda p: -p.seconds):
+    for plan in sorted((p for p in plans if getattr(p, by) is not None), key=lambda p: -getattr(p, by)):
         if memory_bytes is not None and plan.peak_bytes is not None and plan.peak_bytes > memory_bytes:
             too_big.append(plan)
             continue
         device = loads.index(min(loads))
-        loads[device] += plan.seconds
+        loads[device] += getattr(plan, by)
     return loads, too_big
 
 
@@ -134,11 +144,12 @@ def plan_table(plans: Sequence[UnitPlan]) -> pd.DataFrame:
             "unit": plan.cases[0].id + (f" (+{len(plan.cases) - 1})" if len(plan.cases) > 1 else ""),
             "model": plan.model,
             "fpe": None if plan.fpe is None else round(plan.fpe, 1),
+            "passes": plan.passes,
             "peak memory": human_size(plan.peak_bytes),
             "time": "" if plan.seconds is None else _duration(plan.seconds),
             "note": plan.why,
         })  # fmt: skip
-    return pd.DataFrame(rows, columns=["unit", "model", "fpe", "peak memory", "time", "note"])
+    return pd.DataFrame(rows, columns=["unit", "model", "fpe", "passes", "peak memory", "time", "note"])
 
 
 def _duration(seconds: float) -> str:

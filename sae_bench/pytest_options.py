@@ -13,6 +13,13 @@ def pytest_addoption(parser):
     group = parser.getgroup("sae_bench")
     group.addoption("--device", default="cpu", help="torch device the models and SAEs run on (default: cpu)")
     group.addoption(
+        "--device-memory",
+        type=float,
+        metavar="GB",
+        help="memory a shared pass may fill, in GB (default: the device's): the SAEs of a pass that would not fit "
+        "are split over passes, as `sae-bench plan --gpu-memory` plans them",
+    )
+    group.addoption(
         "--update-expectations",
         action="store_true",
         help="rewrite the measured values of the selected cases' expectation files (tolerances are kept) and "

@@ -13,7 +13,6 @@ only its unit's cases, with the unit, its estimate and the fix; Ctrl-C cancels t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 from sae_bench.cases import CHAT_MASKS, Case
 from sae_bench.errors import BadInput
+from sae_bench.memory import unit_memory_bytes
 
 MAX_RETRIES = 3
 """Attempts after a worker dies mid-task (Ray's own retry of system failures)."""
@@ -85,78 +85,6 @@ def units_of(cases: Iterable[Case]) -> list[list[Case]]:
     return list(units.values())
 
 
-def model_config(spec: str) -> dict | None:
-    """A model's HF config, read where it already is (the zoo, a local folder, the HF cache); None elsewhere."""
-    if spec.startswith("zoo:"):
-        from sae_bench.zoo.artifacts import zoo_root
-
-        path = zoo_root() / "models" / spec.removeprefix("zoo:") / "config.json"
-    elif Path(spec).is_dir():
-        path = Path(spec) / "config.json"
-    else:
-        from huggingface_hub import try_to_load_from_cache
-
-        from sae_bench.hub import parse_spec
-
-        cached = try_to_load_from_cache(parse_spec(spec).body, "config.json")
-        path = Path(cached) if isinstance(cached, str) else None
-        if path is None:
-            return _transformer_lens_table(parse_spec(spec).params.get("as", parse_spec(spec).body))
-    return json.loads(path.read_text()) if path is not None and path.is_file() else None
-
-
-def _transformer_lens_table(repo: str) -> dict | None:
-    """The sizes TransformerLens keeps in its own tables (Gemma, Gemma 2 and 3, Llama 3.1), in HF config keys; None
-    for a model whose sizes only its hub config gives."""
-    from transformer_lens.loading_from_pretrained import convert_hf_model_config, get_official_model_name
-
-    if not any(name in repo.lower() for name in ("gemma", "llama")):  # the others' sizes come from the hub config
-        return None
-    try:
-        cfg = convert_hf_model_config(get_official_model_name(repo))
-    except Exception:  # not in TransformerLens's list of models
-        return None
-    return {
-        "hidden_size": cfg["d_model"],
-        "num_hidden_layers": cfg["n_layers"],
-        "vocab_size": cfg["d_vocab"],
-        "num_attention_heads": cfg["n_heads"],
-        "head_dim": cfg["d_head"],
-        "num_key_value_heads": cfg.get("n_key_value_heads") or cfg["n_heads"],
-        "intermediate_size": cfg["d_mlp"],
-        "tie_word_embeddings": "gemma" in repo.lower(),
-    }
-
-
-def model_bytes(config: dict) -> int:
-    """float32 bytes of a decoder's weights from its HF config: embeddings (and an untied unembedding), per layer
-    attention (grouped-query aware) and a gated MLP."""
-    d, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
-    heads = config["num_attention_heads"]
-    d_head = config.get("head_dim") or d // heads
-    kv = config.get("num_key_value_heads") or heads
-    attention = d * d_head * (2 * heads + 2 * kv)
-    mlp = 3 * d * config["intermediate_size"]
-    embeddings = vocab * d * (1 if config.get("tie_word_embeddings", True) else 2)
-    return 4 * (embeddings + layers * (attention + mlp))
-
-
-def unit_memory_bytes(unit: Sequence[Case]) -> int | None:
-    """Peak memory of a unit, estimated: its models' weights, one batch's residuals at every block and its logits
-    (twice, for the clean and a continued run), and its SAEs at the widths their configs give where known. None
-    when a model's config is not at hand (the task then declares no memory)."""
-    case = unit[0]
-    total = 0
-    for spec in {case.model, case.base_model} - {None}:
-        config = model_config(spec)
-        if config is None:
-            return None
-        total += model_bytes(config)
-        rows = case.batch_size * case.context
-        total += 2 * 4 * rows * (config["hidden_size"] * (config["num_hidden_layers"] + 1) + config["vocab_size"])
-    return total
-
-
 @dataclass
 class UnitResult:
     """What a task sends back: per case (id, SAE spec) its values and details, or its failure; forward counts."""
@@ -171,12 +99,15 @@ class UnitResult:
     n_layers: dict[str, int] = field(default_factory=dict)
 
 
-def measure_unit(cases: list[Case], device: str, threads: int, memory: int | None) -> UnitResult:
-    """The task's body: measure one unit's cases in a fresh executor, as a local run would."""
+def measure_unit(
+    cases: list[Case], device: str, threads: int, memory: int | None, device_memory: float | None = None
+) -> UnitResult:
+    """The task's body: measure one unit's cases in a fresh executor, as a local run would (`device_memory`: the
+    run's --device-memory, else the task's device's own)."""
     from sae_bench.execution import CaseExecutor
 
     torch.set_num_threads(threads)
-    executor, result = CaseExecutor(device=device), UnitResult()
+    executor, result = CaseExecutor(device=device, device_memory=device_memory), UnitResult()
     executor.plan(cases)
     for case in cases:
         key = (case.id, case.sae)
@@ -209,12 +140,12 @@ def out_of_memory(unit: Sequence[Case], memory: int | None, err: BaseException) 
 class RayUnits:
     """Runs units on a Ray cluster: `address` None starts a local one on 127.0.0.1 for this run."""
 
-    def __init__(self, address: str | None, *, device: str):
+    def __init__(self, address: str | None, *, device: str, device_memory: float | None = None):
         try:
             import ray
         except ImportError:
             raise BadInput("--ray needs Ray: pip install 'sae-transfer-bench[ray]' (or pip install ray)") from None
-        self.ray, self.device, self.started = ray, device, False
+        self.ray, self.device, self.device_memory, self.started = ray, device, device_memory, False
         if not ray.is_initialized():
             if address:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
@@ -242,7 +173,7 @@ class RayUnits:
                 options["num_gpus"] = 1
             if memory is not None:
                 options["memory"] = memory
-            ref = self.task.options(**options).remote(unit, self.device, threads, memory)
+            ref = self.task.options(**options).remote(unit, self.device, threads, memory, self.device_memory)
             submitted[ref] = (unit, memory)
         done: list[tuple[list[Case], UnitResult]] = []
         pending = list(submitted)

@@ -65,6 +65,8 @@ class SuiteOptions:
     strict_expectations: bool = False
     ray: str | None = None
     """Measure on a Ray cluster at this address (`local`: one started on 127.0.0.1 for the run); None: here."""
+    device_memory: float | None = None
+    """Bytes of memory a shared pass may fill, where its SAEs are split over passes beyond (None: the device's)."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class Suite:
             check_device(options.device, here=options.ray is None)  # with --ray, the cluster's devices
         self.shipped = load_registries((SHIPPED_CASES, *options.cases_dirs))
         self.registry = self._with_override(self.shipped)
-        self.executor = CaseExecutor(device=options.device)
+        self.executor = CaseExecutor(device=options.device, device_memory=options.device_memory)
         self.verdicts: list[pd.DataFrame] = []
         self.evaluated: list[Evaluated] = []
         self.unusable: dict[str, str] = {}
@@ -273,7 +275,9 @@ class Suite:
 
         cases, self.remote_cases = self.remote_cases, []
         address = None if self.options.ray == "local" else self.options.ray
-        self.remote = self.remote or RayUnits(address, device=self.options.device)
+        self.remote = self.remote or RayUnits(
+            address, device=self.options.device, device_memory=self.options.device_memory
+        )
         self.executor.absorb(self.remote.run(units_of(cases)))
 
     def close_remote(self) -> None:

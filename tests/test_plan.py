@@ -55,3 +55,47 @@ def test_packing_puts_the_longest_first_and_reports_what_fits_nowhere():
     plans = [UnitPlan([], "m", 1.0, peak, seconds) for seconds, peak in ((5, 1), (4, 1), (3, 1), (3, 10), (1, 1))]
     loads, too_big = pack(plans, devices=2, memory_bytes=5)
     assert sorted(loads) == [6, 7] and [p.seconds for p in too_big] == [3]
+
+
+def test_a_pass_beyond_the_device_memory_is_split_as_planned_with_equal_numbers():
+    """16 SAEs at 4 hooks on two models, given memory for about 3 SAEs a pass: the run splits each model's pass as
+    the plan does, the plan's FPE is the run's, no pass holds more SAEs than fit, and every value equals the
+    unsplit run's to float32 rounding (a pass across hooks runs one clean forward)."""
+    from sae_bench.expectations import FLOAT_FLOOR_REL
+    from sae_bench.memory import (
+        USABLE_FRACTION,
+        sae_activation_bytes,
+        sae_weight_bytes,
+        sae_width,
+        unit_memory_bytes,
+    )
+    from sae_bench.metrics import FLOAT32_ROUNDING
+
+    cases = [case for case in load_registry(SHIPPED_CASES) if case.sweep == "release-a"]
+    units = units_of(cases)
+    first = units[0][0]
+    d_model = 128  # the tiny-mistral family's
+    one_sae = sae_weight_bytes(sae_width(first), d_model)
+    activations = sae_activation_bytes(sae_width(first), d_model, first.batch_size, first.context)
+    memory = (unit_memory_bytes(units[0]) + 3.5 * one_sae + activations) / USABLE_FRACTION
+
+    plans = plan_units(units, calibration=None, memory_bytes=memory)
+    assert [p.passes for p in plans] == [3, 3]
+    split, whole = CaseExecutor(device_memory=memory), CaseExecutor()
+    for executor in (split, whole):
+        executor.plan(cases)
+        for case in cases:
+            executor.measure(case)
+    assert len(split.shared_passes) == 6 and max(len(p) for p in split.shared_passes) == 3
+    assert sum(p.fpe for p in plans) == pytest.approx(float(split.cost.table().iloc[-1].fpe_run), abs=1e-9)
+    assert float(split.cost.table().iloc[-1].fpe_run) > float(whole.cost.table().iloc[-1].fpe_run)
+    for case in cases:
+        got, expected = split.measure(case), whole.measure(case)
+        assert got.keys() == expected.keys()
+        for name, value in expected.items():
+            if value is None or isinstance(value, str):
+                assert got[name] == value, (case.id, name)
+            else:
+                assert got[name] == pytest.approx(value, rel=FLOAT_FLOOR_REL, abs=FLOAT32_ROUNDING), (case.id, name)
+    assert not split._saes  # each pass's SAEs were released after it (their fingerprints kept)
+    assert set(split._sae_fingerprints) == {case.sae for case in cases}
