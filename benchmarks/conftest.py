@@ -67,6 +67,7 @@ def options_of(config) -> SuiteOptions:
         strict_expectations=config.getoption("--strict-expectations"),
         ray=config.getoption("--ray", None),
         device_memory=None if memory is None else memory * 1e9,
+        backend=config.getoption("--backend", "hooked"),
     )
 
 

@@ -98,17 +98,7 @@ def greedy_rollouts(
     for size, indices in sorted(by_length.items()):
         batch = torch.tensor([prompts[i].ids for i in indices], device=model.cfg.device)
         new = min(max_new_tokens, context - size)
-        out = model.generate(
-            batch,
-            max_new_tokens=new,
-            do_sample=False,
-            stop_at_eos=True,
-            eos_token_id=stop_token,
-            use_past_kv_cache=True,
-            verbose=False,
-            prepend_bos=False,
-            return_type="tokens",
-        ).cpu()
+        out = _generate(model, batch, new, stop_token, pad_token).cpu()
         for row, index in zip(out, indices, strict=True):
             reply = row[size:].tolist()
             if stop_token in reply:
@@ -119,6 +109,37 @@ def greedy_rollouts(
     starts = torch.tensor([p.user_start for p in prompts])
     stops = torch.tensor([p.user_stop for p in prompts])
     return ChatRows(rows, prompt_length, length, starts, stops)
+
+
+def _generate(model, batch: Tensor, new: int, stop_token: int, pad_token: int) -> Tensor:
+    """Greedy tokens (prompt and continuation) of a batch of equal-length prompts. A TransformerBridge's model
+    generates through HF's own `generate` without its KV cache: TransformerLens 3.9's bridge components break the
+    cached path (on the zoo's Mistral the second new token already differs from the model's own full forward), and
+    an uncached greedy step is the full forward that HookedTransformer's cached one equals."""
+    from sae_bench.splicing import bridged_model
+
+    hf = bridged_model(model)
+    if hf is not None:
+        return hf.generate(
+            batch,
+            attention_mask=torch.ones_like(batch),
+            max_new_tokens=new,
+            do_sample=False,
+            use_cache=False,
+            eos_token_id=stop_token,
+            pad_token_id=pad_token,
+        )
+    return model.generate(
+        batch,
+        max_new_tokens=new,
+        do_sample=False,
+        stop_at_eos=True,
+        eos_token_id=stop_token,
+        use_past_kv_cache=True,
+        verbose=False,
+        prepend_bos=False,
+        return_type="tokens",
+    )
 
 
 def cached_rollouts(key: str, make) -> ChatRows:

@@ -60,8 +60,11 @@ class CaseExecutor:
         progress: bool = False,
         prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
         device_memory: float | None = None,
+        backend: str = "hooked",
     ):
         self.device = device
+        self.backend = backend
+        """How models run (`sources.BACKENDS`): HookedTransformer, or TransformerBridge over the HF model."""
         self.device_memory = device_memory if device_memory is not None else device_memory_bytes(device)
         """Bytes a shared pass may fill (`memory.USABLE_FRACTION` of it); its SAEs are split over passes beyond."""
         self.progress = progress
@@ -95,7 +98,7 @@ class CaseExecutor:
         if spec not in self._models:
             from sae_bench.sources import load_model
 
-            self._models[spec] = load_model(spec, device=self.device)
+            self._models[spec] = load_model(spec, device=self.device, backend=self.backend)
             self.model_loads[spec] += 1
             self.cost.watch(spec, self._models[spec])
         return self._models[spec]
@@ -174,6 +177,8 @@ class CaseExecutor:
         stop = end_of_turn_id(model.tokenizer, chat_template=template is None)
         digest = hashlib.sha256(repr(prompts).encode()).hexdigest()
         key = f"{source_fingerprint(case.model)}|{digest}|{ROLLOUT_TOKENS}|{case.context}|torch {torch.__version__}"
+        if self.backend != "hooked":  # another generator (`chat._generate`): its own rows, never the other's
+            key += f"|generator {self.backend}"
 
         def make() -> ChatRows:
             rows = greedy_rollouts(

@@ -14,9 +14,10 @@ the engine runs that full forward instead (`continue_from_hook(..., full_forward
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import Tensor, nn
 
 CONTINUED_ARCHITECTURES = (
@@ -90,22 +91,78 @@ def _first_layers_skipped(model, blocks: int) -> Iterator[None]:
             layers[i] = layer
 
 
-def run_to_hook(model, tokens: Tensor, blocks_before: int) -> Tensor:
-    """The residual after `blocks_before` decoder layers, (batch, pos, d_model); the layers after are not run."""
-    caught: list[Tensor] = []
+@contextmanager
+def _kept(model, blocks: Iterable[int], store: dict[int, Tensor], stop_at: int | None) -> Iterator[None]:
+    """Keep the residual after each of `blocks` layers in `store`; stop the forward at `stop_at` layers."""
+    handles = []
+    for at in sorted(set(blocks) | ({stop_at} - {None})):
 
-    def catch(module, args, kwargs):
-        caught.append(args[0] if args else kwargs["hidden_states"])
-        raise _Stop
+        def catch(module, args, kwargs, at=at):
+            store[at] = args[0] if args else kwargs["hidden_states"]
+            if at == stop_at:
+                raise _Stop
 
-    handle = _site(model, blocks_before).register_forward_pre_hook(catch, with_kwargs=True)
+        handles.append(_site(model, at).register_forward_pre_hook(catch, with_kwargs=True))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _run(model, tokens: Tensor) -> None:
     try:
         model(tokens, use_cache=False)
     except _Stop:
         pass
-    finally:
-        handle.remove()
-    return caught[0]
+
+
+def run_to_hook(model, tokens: Tensor, blocks_before: int) -> Tensor:
+    """The residual after `blocks_before` decoder layers, (batch, pos, d_model); the layers after are not run."""
+    store: dict[int, Tensor] = {}
+    with _kept(model, (), store, stop_at=blocks_before):
+        _run(model, tokens)
+    return store[blocks_before]
+
+
+def run_keeping(model, tokens: Tensor, blocks: Iterable[int]) -> tuple[dict[int, Tensor], Tensor]:
+    """One forward through every layer, keeping the residual after each of `blocks` layers: (those residuals, the
+    residual after the last layer, before the final norm); the norm and unembedding are not run."""
+    store: dict[int, Tensor] = {}
+    n_layers = len(model.model.layers)
+    with _kept(model, blocks, store, stop_at=n_layers):
+        _run(model, tokens)
+    return {at: store[at] for at in blocks}, store[n_layers]
+
+
+def final_residual_from_hook(model, residual: Tensor, blocks_before: int, *, full_forward: bool = False) -> Tensor:
+    """The residual after the last layer (before the final norm), continued from `residual` after `blocks_before`
+    layers. The token ids only shape the positions and masks (the layers that read embeddings are skipped); with
+    `full_forward` they run on placeholder ids and their output is replaced."""
+    n_layers = len(model.model.layers)
+    placeholder = torch.zeros(residual.shape[:2], dtype=torch.long, device=residual.device)
+    store: dict[int, Tensor] = {}
+    with _first_layers_skipped(model, 0 if full_forward else min(blocks_before, n_layers)):
+        with _residual_replaced(model, blocks_before, residual), _kept(model, (), store, stop_at=n_layers):
+            _run(model, placeholder)
+    return store[n_layers]
+
+
+def logits_of_final_rows(model, rows: Tensor) -> Tensor:
+    """Logits of (n, d_model) final-residual rows: the final norm, the LM head and the soft cap (Gemma 2 and 3), as
+    the model's forward applies them."""
+    logits = model.lm_head(model.model.norm(rows[None]))[0]
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return logits if not cap else torch.tanh(logits / cap) * cap
+
+
+def folded_unembedding(model) -> Tensor:
+    """The LM head as (d_model, d_vocab) with the final RMS norm's scale folded in, as HookedTransformer's `fold_ln`
+    folds it (Gemma's norms scale by 1 + weight); equal to its W_U up to the centring over the vocabulary."""
+    norm = model.model.norm
+    norm = getattr(norm, "original_component", norm)  # a bridge wraps the HF norm
+    scale = norm.weight + 1 if type(norm).__name__.startswith("Gemma") else norm.weight
+    return scale[:, None] * model.lm_head.weight.T
 
 
 def continue_from_hook(

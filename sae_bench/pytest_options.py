@@ -13,6 +13,13 @@ def pytest_addoption(parser):
     group = parser.getgroup("sae_bench")
     group.addoption("--device", default="cpu", help="torch device the models and SAEs run on (default: cpu)")
     group.addoption(
+        "--backend",
+        choices=("hooked", "bridge"),
+        default="hooked",
+        help="how models run: TransformerLens's HookedTransformer (default) or its TransformerBridge over the HF "
+        "model (zoo models and local folders; README: Performance)",
+    )
+    group.addoption(
         "--device-memory",
         type=float,
         metavar="GB",

@@ -100,14 +100,19 @@ class UnitResult:
 
 
 def measure_unit(
-    cases: list[Case], device: str, threads: int, memory: int | None, device_memory: float | None = None
+    cases: list[Case],
+    device: str,
+    threads: int,
+    memory: int | None,
+    device_memory: float | None = None,
+    backend: str = "hooked",
 ) -> UnitResult:
     """The task's body: measure one unit's cases in a fresh executor, as a local run would (`device_memory`: the
     run's --device-memory, else the task's device's own)."""
     from sae_bench.execution import CaseExecutor
 
     torch.set_num_threads(threads)
-    executor, result = CaseExecutor(device=device, device_memory=device_memory), UnitResult()
+    executor, result = CaseExecutor(device=device, device_memory=device_memory, backend=backend), UnitResult()
     executor.plan(cases)
     for case in cases:
         key = (case.id, case.sae)
@@ -140,12 +145,15 @@ def out_of_memory(unit: Sequence[Case], memory: int | None, err: BaseException) 
 class RayUnits:
     """Runs units on a Ray cluster: `address` None starts a local one on 127.0.0.1 for this run."""
 
-    def __init__(self, address: str | None, *, device: str, device_memory: float | None = None):
+    def __init__(
+        self, address: str | None, *, device: str, device_memory: float | None = None, backend: str = "hooked"
+    ):
         try:
             import ray
         except ImportError:
             raise BadInput("--ray needs Ray: pip install 'sae-transfer-bench[ray]' (or pip install ray)") from None
         self.ray, self.device, self.device_memory, self.started = ray, device, device_memory, False
+        self.backend = backend
         if not ray.is_initialized():
             if address:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
@@ -173,7 +181,9 @@ class RayUnits:
                 options["num_gpus"] = 1
             if memory is not None:
                 options["memory"] = memory
-            ref = self.task.options(**options).remote(unit, self.device, threads, memory, self.device_memory)
+            ref = self.task.options(**options).remote(
+                unit, self.device, threads, memory, self.device_memory, self.backend
+            )
             submitted[ref] = (unit, memory)
         done: list[tuple[list[Case], UnitResult]] = []
         pending = list(submitted)

@@ -155,23 +155,46 @@ def load_zoo_tokenizer():
     return load_tokenizer(verified_directory("tokenizer"))
 
 
-def load_model(spec: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> HookedTransformer:
+BACKENDS = ("hooked", "bridge")
+"""How a model runs: TransformerLens's HookedTransformer (folded norms, centred unembedding), or its
+TransformerBridge over the HF model itself (`sae_bench.hf_continuation` cuts it at a hook)."""
+
+
+def load_model(
+    spec: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu", backend: str = "hooked"
+) -> HookedTransformer:
     """A TransformerLens model by spec: `zoo:FAMILY/NAME`, a local HF `save_pretrained` directory, or a hub spec
-    (`hf:ORG/NAME[?as=BASE&vocab=N]`, see `sae_bench.hub`)."""
+    (`hf:ORG/NAME[?as=BASE&vocab=N]`, see `sae_bench.hub`), on the given backend (BACKENDS)."""
+    if backend not in BACKENDS:
+        raise BadInput(f"backend {backend!r}: one of {', '.join(BACKENDS)}")
     if spec.startswith(ZOO_PREFIX):
         from sae_bench.zoo.artifacts import verified_directory
         from sae_bench.zoo.recipes import model_names
 
         name = _zoo_name(spec, "model", model_names())
         directory = verified_directory(f"models/{name}")
+        if backend == "bridge":
+            return _bridge(str(directory), dtype=dtype, device=device, tokenizer=load_zoo_tokenizer())
         return load_hf_directory(directory, dtype=dtype, device=device, tokenizer=load_zoo_tokenizer())
     if Path(spec).is_dir():
         from transformers import AutoTokenizer
 
-        return load_hf_directory(spec, dtype=dtype, device=device, tokenizer=AutoTokenizer.from_pretrained(spec))
+        tokenizer = AutoTokenizer.from_pretrained(spec)
+        if backend == "bridge":
+            return _bridge(spec, dtype=dtype, device=device, tokenizer=tokenizer)
+        return load_hf_directory(spec, dtype=dtype, device=device, tokenizer=tokenizer)
     from sae_bench.hub import load_hub_model
 
+    if backend == "bridge":
+        raise BadInput(f"model {spec}: the bridge backend runs zoo models and local folders; hub models run hooked")
     return load_hub_model(spec, device=device, dtype=dtype)
+
+
+def _bridge(name_or_path: str, *, dtype: torch.dtype, device: str, tokenizer):
+    """A TransformerBridge over the HF model (its raw weights: no folding, no centring)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge.boot_transformers(name_or_path, device=device, dtype=dtype, tokenizer=tokenizer).eval()
 
 
 def load_sae(spec: str, *, device: str = "cpu", dtype: str = "float32"):

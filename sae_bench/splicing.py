@@ -2,7 +2,9 @@
 
 The model is cut at the hook: `run_to_hook` runs the blocks before it once, `final_residual_from_hook` runs the
 rest from any residual (clean, spliced or zero-ablated), so the shared prefix is never recomputed (DESIGN §5), and
-`logits_of_final_rows` unembeds only the predictions that are scored.
+`logits_of_final_rows` unembeds only the predictions that are scored. A TransformerBridge (`--backend bridge`)
+is cut the same way on the HF model it runs (`sae_bench.hf_continuation`); these four functions are the only places
+the engine runs a model, so they are where the backends differ.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.utilities.activation_functions import apply_softcap
 
+from sae_bench import hf_continuation
 from sae_bench.errors import BadInput
 
 _RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
@@ -105,8 +108,17 @@ def is_causal(model: HookedTransformer) -> bool:
     return model.cfg.attention_dir == "causal"
 
 
+def bridged_model(model):
+    """The HF causal LM a TransformerBridge runs, which `sae_bench.hf_continuation` runs to and from a hook (None
+    for a HookedTransformer, which does both itself)."""
+    return getattr(model, "original_model", None)
+
+
 def run_to_hook(model: HookedTransformer, tokens: Tensor, site: HookSite) -> Tensor:
     """Residual stream at the hook. tokens: (batch, pos) → (batch, pos, d_model)."""
+    hf = bridged_model(model)
+    if hf is not None:
+        return _in_pieces(model, lambda piece: hf_continuation.run_to_hook(hf, piece, site.blocks_before), tokens)
     return _in_pieces(model, lambda piece: model(piece, stop_at_layer=site.blocks_before), tokens)
 
 
@@ -125,8 +137,14 @@ def run_keeping_hooks(
         kept[hook.name] = tensor
 
     hooks = [(name, keep) for name in dict.fromkeys(site.name for site in sites)]
+    hf = bridged_model(model)
     for piece in tokens.split(step):
-        finals.append(model.run_with_hooks(piece, stop_at_layer=model.cfg.n_layers, fwd_hooks=hooks))
+        if hf is not None:
+            by_blocks, final = hf_continuation.run_keeping(hf, piece, [site.blocks_before for site in sites])
+            kept.update({site.name: by_blocks[site.blocks_before] for site in sites})
+        else:
+            final = model.run_with_hooks(piece, stop_at_layer=model.cfg.n_layers, fwd_hooks=hooks)
+        finals.append(final)
         for site in sites:
             kept_pieces[site].append(kept[site.name])
     return {site: torch.cat(pieces) for site, pieces in kept_pieces.items()}, torch.cat(finals)
@@ -134,6 +152,14 @@ def run_keeping_hooks(
 
 def final_residual_from_hook(model: HookedTransformer, residual: Tensor, site: HookSite) -> Tensor:
     """The residual after the last block (before the final norm), from a residual at the hook. (batch, pos, d)."""
+    hf = bridged_model(model)
+    if hf is not None:
+        full = hf_continuation.continuation_problem(hf) is not None  # then a full forward, its rows all counted
+        return _in_pieces(
+            model,
+            lambda piece: hf_continuation.final_residual_from_hook(hf, piece, site.blocks_before, full_forward=full),
+            residual,
+        )
     return _in_pieces(
         model,
         lambda piece: model(piece, start_at_layer=site.blocks_before, stop_at_layer=model.cfg.n_layers),
@@ -144,10 +170,20 @@ def final_residual_from_hook(model: HookedTransformer, residual: Tensor, site: H
 def logits_of_final_rows(model: HookedTransformer, rows: Tensor) -> Tensor:
     """Logits of (n, d_model) final-residual rows: final norm, unembedding and soft cap, as the model's forward
     applies them. Scoring only chosen rows, a chunk at a time, keeps memory at O(chunk × d_vocab)."""
+    hf = bridged_model(model)
+    if hf is not None:
+        return hf_continuation.logits_of_final_rows(hf, rows)
     residual = rows[None]  # (1, n, d_model): the shape TransformerLens's modules expect
     if model.cfg.normalization_type is not None:
         residual = model.ln_final(residual)
     return apply_softcap(model.unembed(residual), model.cfg.output_logits_soft_cap)[0]
+
+
+def unembedding(model: HookedTransformer) -> Tensor:
+    """The (d_model, d_vocab) map from the normalised final residual to logits, the final norm's scale folded in
+    (HookedTransformer's W_U; a bridge's is folded here the same way), for logit-weight similarity."""
+    hf = bridged_model(model)
+    return (model.W_U if hf is None else hf_continuation.folded_unembedding(hf)).detach()
 
 
 class SaePass(NamedTuple):

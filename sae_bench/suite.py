@@ -66,6 +66,8 @@ class SuiteOptions:
     ray: str | None = None
     """Measure on a Ray cluster at this address (`local`: one started on 127.0.0.1 for the run); None: here."""
     device_memory: float | None = None
+    backend: str = "hooked"
+    """How models run (`sources.BACKENDS`)."""
     """Bytes of memory a shared pass may fill, where its SAEs are split over passes beyond (None: the device's)."""
 
 
@@ -136,7 +138,9 @@ class Suite:
             check_device(options.device, here=options.ray is None)  # with --ray, the cluster's devices
         self.shipped = load_registries((SHIPPED_CASES, *options.cases_dirs))
         self.registry = self._with_override(self.shipped)
-        self.executor = CaseExecutor(device=options.device, device_memory=options.device_memory)
+        self.executor = CaseExecutor(
+            device=options.device, device_memory=options.device_memory, backend=options.backend
+        )
         self.verdicts: list[pd.DataFrame] = []
         self.evaluated: list[Evaluated] = []
         self.unusable: dict[str, str] = {}
@@ -276,7 +280,7 @@ class Suite:
         cases, self.remote_cases = self.remote_cases, []
         address = None if self.options.ray == "local" else self.options.ray
         self.remote = self.remote or RayUnits(
-            address, device=self.options.device, device_memory=self.options.device_memory
+            address, device=self.options.device, device_memory=self.options.device_memory, backend=self.options.backend
         )
         self.executor.absorb(self.remote.run(units_of(cases)))
 

@@ -23,7 +23,7 @@ from sae_bench.data import TokenBatches, special_token_ids
 from sae_bench.drift import ResidualSimilarity, ResidualSimilarityStats
 from sae_bench.evaluate import check_finite
 from sae_bench.prefix import PrefixActivations, residual_at_hook
-from sae_bench.splicing import check_sae_fits, is_causal, resolve_hook, sae_input
+from sae_bench.splicing import check_sae_fits, is_causal, resolve_hook, sae_input, unembedding
 
 REGULAR_LOG_DENSITY = (-5.0, -1.0)
 """Inclusive log10-density range of a "regular" feature in both models (Kutsyk)."""
@@ -201,8 +201,8 @@ def evaluate_universality(
         activation_similarity=pearson.compute(),
         logit_similarity=metrics.logit_similarity(
             sae.W_dec.detach(),
-            base.W_U.detach(),
-            finetuned.W_U.detach().to(base.W_U.device),
+            unembedding(base),
+            unembedding(finetuned).to(base.cfg.device),
             chunk_size=config.logit_chunk_size,
         ),
         dead_activation_error=dead_error.compute(),
