@@ -1,7 +1,9 @@
 """Speed of the one-pass engine against SAELens's evals and against the no-metrics floor on the same tokens, and of
 a shared pass over a family grid against its pairs one at a time; the numbers agree in each comparison.
 
-The engine group measures the issue's pair: tiny-mistral's instruct model with the base SAE at
+The engine group measures the issue's pair on each model backend (`sources.BACKENDS`: HookedTransformer and
+TransformerBridge; SAELens's `run_evals` runs on HookedTransformer, its own), tiny-mistral's instruct model with the
+base SAE at
 blocks.2.hook_resid_pre (layer 2 of 4), the 256 held-out rows of 128 tokens, batches of 8. SAELens's
 `run_evals` (CE, KL, L0, EV / MSE, feature density) runs the full model three times for CE and KL (clean,
 spliced, ablated) and once more to the hook for the rest: 3.5 forward passes. The engine runs the prefix once and
@@ -15,6 +17,7 @@ import torch
 
 from sae_bench.evaluate import EvalConfig, estimate_scaling_factor, evaluate_shared, evaluate_transfer
 from sae_bench.outliers import OutlierPolicy
+from sae_bench.sources import BACKENDS
 from sae_bench.splicing import (
     encode_decode,
     final_residual_from_hook,
@@ -31,15 +34,21 @@ BATCH = 8
 
 
 @pytest.fixture(scope="module")
-def setup(device):
-    """tiny-mistral instruct, the base SAE, the 256 held-out rows."""
+def pair(device):
+    """tiny-mistral instruct on each backend, the base SAE, the 256 held-out rows."""
     from sae_bench.sources import load_model, load_sae, load_zoo_data
 
-    model = load_model("zoo:tiny-mistral/instruct", device=device)
+    models = {backend: load_model("zoo:tiny-mistral/instruct", device=device, backend=backend) for backend in BACKENDS}
     sae = load_sae("zoo:tiny-mistral/base-sae", device=device)
     tokens = load_zoo_data("heldout")["input_ids"]
     assert tokens.shape == (256, 128) and sae.cfg.metadata.hook_name == HOOK
-    return model, sae, tokens
+    return models, sae, tokens
+
+
+@pytest.fixture(scope="module")
+def saelens_metrics(pair):
+    models, sae, tokens = pair
+    return run_saelens(models["hooked"], sae, tokens)
 
 
 def synchronize() -> None:
@@ -70,11 +79,12 @@ ROUNDS = {"rounds": 5, "warmup_rounds": 1, "iterations": 1}
 
 
 @pytest.mark.benchmark(group="engine")
-def test_one_pass_engine(benchmark, setup):
-    model, sae, tokens = setup
-    report = benchmark.pedantic(run_engine, args=(model, sae, tokens), **ROUNDS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_pass_engine(benchmark, pair, saelens_metrics, backend):
+    models, sae, tokens = pair
+    report = benchmark.pedantic(run_engine, args=(models[backend], sae, tokens), **ROUNDS)
     record_throughput(benchmark, tokens)
-    saelens = run_saelens(model, sae, tokens)
+    saelens = saelens_metrics
     # KL is left out: SAELens's also averages the last position, which predicts no token (tests/test_against_saelens.py
     # compares KL position by position)
     ce = saelens["model_performance_preservation"]
@@ -86,9 +96,9 @@ def test_one_pass_engine(benchmark, setup):
 
 
 @pytest.mark.benchmark(group="engine")
-def test_saelens_evals_same_tokens(benchmark, setup):
-    model, sae, tokens = setup
-    metrics = benchmark.pedantic(run_saelens, args=(model, sae, tokens), **ROUNDS)
+def test_saelens_evals_same_tokens(benchmark, pair):
+    models, sae, tokens = pair
+    metrics = benchmark.pedantic(run_saelens, args=(models["hooked"], sae, tokens), **ROUNDS)
     record_throughput(benchmark, tokens)
     assert metrics["token_stats"]["total_tokens_eval_reconstruction"] == tokens.numel()
 
@@ -109,9 +119,10 @@ def run_floor(model, sae, tokens):
 
 
 @pytest.mark.benchmark(group="engine")
-def test_no_metrics_floor(benchmark, setup):
-    model, sae, tokens = setup
-    benchmark.pedantic(run_floor, args=(model, sae, tokens), **ROUNDS)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_metrics_floor(benchmark, pair, backend):
+    models, sae, tokens = pair
+    benchmark.pedantic(run_floor, args=(models[backend], sae, tokens), **ROUNDS)
     record_throughput(benchmark, tokens)
 
 

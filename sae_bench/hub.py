@@ -194,21 +194,27 @@ def _netrc_has(host: str) -> bool:
 # -- loading ------------------------------------------------------------------------------------------------------
 
 
-def load_hub_model(spec: str, *, device: str, dtype: torch.dtype):
-    """A TransformerLens model from the hub, with TransformerLens's default processing."""
+def load_hub_model(spec: str, *, device: str, dtype: torch.dtype, backend: str = "hooked"):
+    """A TransformerLens model from the hub: a HookedTransformer with TransformerLens's default processing, or a
+    TransformerBridge over the HF model (`backend="bridge"`). `as=BASE` runs the repo's weights as BASE (its
+    config and tokenizer), resized to `vocab=N` rows."""
     from transformer_lens import HookedTransformer
+    from transformer_lens.model_bridge import TransformerBridge
 
     parsed = parse_spec(spec)
     if parsed.scheme != "hf":
         raise BadInput(f"model spec {spec!r}: hub models are hf:ORG/NAME[?as=BASE&vocab=N]")
-    if "as" not in parsed.params:
-        return HookedTransformer.from_pretrained(parsed.body, device=device, dtype=dtype)
-    from transformers import AutoModelForCausalLM
+    hf_model = None
+    if "as" in parsed.params:
+        from transformers import AutoModelForCausalLM
 
-    hf_model = AutoModelForCausalLM.from_pretrained(parsed.body, torch_dtype=dtype)
-    if "vocab" in parsed.params:
-        hf_model.resize_token_embeddings(int(parsed.params["vocab"]))
-    return HookedTransformer.from_pretrained(parsed.params["as"], hf_model=hf_model, device=device, dtype=dtype)
+        hf_model = AutoModelForCausalLM.from_pretrained(parsed.body, dtype=dtype)
+        if "vocab" in parsed.params:
+            hf_model.resize_token_embeddings(int(parsed.params["vocab"]))
+    name = parsed.params.get("as", parsed.body)
+    if backend == "bridge":
+        return TransformerBridge.boot_transformers(name, hf_model=hf_model, device=device, dtype=dtype).eval()
+    return HookedTransformer.from_pretrained(name, hf_model=hf_model, device=device, dtype=dtype)
 
 
 def read_cached_safetensors_shapes() -> None:

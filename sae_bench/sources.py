@@ -185,9 +185,7 @@ def load_model(
         return load_hf_directory(spec, dtype=dtype, device=device, tokenizer=tokenizer)
     from sae_bench.hub import load_hub_model
 
-    if backend == "bridge":
-        raise BadInput(f"model {spec}: the bridge backend runs zoo models and local folders; hub models run hooked")
-    return load_hub_model(spec, device=device, dtype=dtype)
+    return load_hub_model(spec, device=device, dtype=dtype, backend=backend)
 
 
 def _bridge(name_or_path: str, *, dtype: torch.dtype, device: str, tokenizer):
