@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -113,22 +115,21 @@ def greedy_rollouts(
 
 def _generate(model, batch: Tensor, new: int, stop_token: int, pad_token: int) -> Tensor:
     """Greedy tokens (prompt and continuation) of a batch of equal-length prompts. A TransformerBridge's model
-    generates through HF's own `generate` without its KV cache: TransformerLens 3.9's bridge components break the
-    cached path (on the zoo's Mistral the second new token already differs from the model's own full forward), and
-    an uncached greedy step is the full forward that HookedTransformer's cached one equals."""
+    generates through HF's own `generate`, its KV cache handed to the bridge's attention (`_bridge_sees_the_cache`)."""
     from sae_bench.splicing import bridged_model
 
     hf = bridged_model(model)
     if hf is not None:
-        return hf.generate(
-            batch,
-            attention_mask=torch.ones_like(batch),
-            max_new_tokens=new,
-            do_sample=False,
-            use_cache=False,
-            eos_token_id=stop_token,
-            pad_token_id=pad_token,
-        )
+        with _bridge_sees_the_cache(hf):
+            return hf.generate(
+                batch,
+                attention_mask=torch.ones_like(batch),
+                max_new_tokens=new,
+                do_sample=False,
+                use_cache=True,
+                eos_token_id=stop_token,
+                pad_token_id=pad_token,
+            )
     return model.generate(
         batch,
         max_new_tokens=new,
@@ -140,6 +141,29 @@ def _generate(model, batch: Tensor, new: int, stop_token: int, pad_token: int) -
         prepend_bos=False,
         return_type="tokens",
     )
+
+
+@contextmanager
+def _bridge_sees_the_cache(hf_model) -> Iterator[None]:
+    """transformers 5 hands each attention layer its KV cache as `cache=`; TransformerLens 3.9's attention bridges
+    read `past_key_values=` (or `layer_past=`) and, finding neither, attend to the new token alone: greedy decoding
+    then goes wrong from the second new token. Pass the cache under the name the bridge reads, while generating."""
+
+    def rename(module, args, kwargs):
+        if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
+            return args, {**kwargs, "past_key_values": kwargs["cache"]}
+        return args, kwargs
+
+    handles = [
+        module.register_forward_pre_hook(rename, with_kwargs=True)
+        for module in hf_model.modules()
+        if hasattr(module, "_update_kv_cache")
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def cached_rollouts(key: str, make) -> ChatRows:
