@@ -9,7 +9,7 @@ token embedding lookup, which is no block, runs before the hook. A hook's residu
 `blocks_before` (`blocks.L.hook_resid_pre` = L, `blocks.L.hook_resid_post` = L + 1), or of the final norm after the
 last layer. `tests/test_hf_continuation.py` proves the continuation equal, bit for bit, to a full forward with the
 residual replaced, from every hook of each architecture the suite uses (`CONTINUED_ARCHITECTURES`); for any other
-the engine runs that full forward instead (`continue_from_hook(..., full_forward=True)`), counted as such.
+the engine runs that full forward instead (`full_forward=True`), its blocks counted as run.
 """
 
 from __future__ import annotations
@@ -50,15 +50,18 @@ def continuation_problem(model) -> str | None:
             f"{architecture} is not one of the architectures whose continuation from a hook is proven "
             f"({', '.join(CONTINUED_ARCHITECTURES)}): each continuation is a full forward with the residual replaced"
         )
-    inner = getattr(model, "model", None)
-    if not isinstance(getattr(inner, "layers", None), nn.ModuleList) or not hasattr(inner, "norm"):
-        return f"{architecture} has no model.layers and model.norm to continue from"
     return None
 
 
 def _site(model, blocks_before: int) -> nn.Module:
     """The module whose input is the residual after `blocks_before` decoder layers."""
-    layers = model.model.layers
+    inner = getattr(model, "model", None)
+    if not isinstance(getattr(inner, "layers", None), nn.ModuleList) or not hasattr(inner, "norm"):
+        raise ValueError(
+            f"{type(model).__name__} has no model.layers and model.norm: the bridge backend cannot cut it at a hook "
+            "(run it with --backend hooked)"
+        )
+    layers = inner.layers
     if not 0 <= blocks_before <= len(layers):
         raise ValueError(f"a residual after {blocks_before} blocks: the model has {len(layers)}")
     return layers[blocks_before] if blocks_before < len(layers) else model.model.norm

@@ -138,25 +138,25 @@ def split_for_memory(
 ) -> list[list[Case]]:
     """The cases of one shared pass as passes that each fit `USABLE_FRACTION * memory` (one pass: all of them, when
     they fit or `memory` is None). In hook order, each pass as full as fits, so a hook's SAEs stay together and the
-    clean and zero-ablated rows are rerun as few times as may be; an SAE too big alone gets a pass of its own."""
+    clean and zero-ablated rows are rerun as few times as may be; an SAE too big alone gets a pass of its own. When
+    the model and one batch with the smallest SAE do not fit, splitting cannot help: one pass, which fits nowhere."""
     if memory is None:
         return [list(cases)]
     first = cases[0]
     widths = {case.id: width(case) for case in cases}
-    if (
-        pass_peak_bytes(base, list(widths.values()), d_model, first.batch_size, first.context)
-        <= USABLE_FRACTION * memory
-    ):
+
+    def fits(members: list[int]) -> bool:
+        return pass_peak_bytes(base, members, d_model, first.batch_size, first.context) <= USABLE_FRACTION * memory
+
+    if fits(list(widths.values())) or not fits([min(widths.values())]):
         return [list(cases)]
     ordered = sorted(cases, key=lambda c: (_depth(c.hook), c.hook))  # stable: case order within a hook
     passes: list[list[Case]] = []
     for case in ordered:
-        if passes:
-            trial = [widths[c.id] for c in passes[-1]] + [widths[case.id]]
-            if pass_peak_bytes(base, trial, d_model, first.batch_size, first.context) <= USABLE_FRACTION * memory:
-                passes[-1].append(case)
-                continue
-        passes.append([case])
+        if passes and fits([widths[c.id] for c in passes[-1]] + [widths[case.id]]):
+            passes[-1].append(case)
+        else:
+            passes.append([case])
     return passes
 
 

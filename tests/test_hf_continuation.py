@@ -93,6 +93,8 @@ def test_a_residual_of_another_shape_and_an_unproven_architecture_are_said():
         pass
 
     assert "full forward with the residual replaced" in continuation_problem(Phi3ForCausalLM())
+    with pytest.raises(ValueError, match="has no model.layers and model.norm: the bridge backend cannot cut it"):
+        run_to_hook(Phi3ForCausalLM(), tokens, 1)
 
 
 @pytest.mark.parametrize("name", ["tiny-mistral/base", "tiny-qwen2/chat", "tiny-gemma/it"])

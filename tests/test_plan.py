@@ -99,3 +99,15 @@ def test_a_pass_beyond_the_device_memory_is_split_as_planned_with_equal_numbers(
                 assert got[name] == pytest.approx(value, rel=FLOAT_FLOOR_REL, abs=FLOAT32_ROUNDING), (case.id, name)
     assert not split._saes  # each pass's SAEs were released after it (their fingerprints kept)
     assert set(split._sae_fingerprints) == {case.sae for case in cases}
+
+
+def test_a_unit_whose_model_alone_does_not_fit_is_not_split():
+    """Splitting SAEs cannot help when the model and one batch exceed the device: one pass, which plan reports as
+    fitting no device (the 27B sweep on 80 GB), not one pass per SAE."""
+    from sae_bench.memory import USABLE_FRACTION, split_for_memory
+
+    unit = [case for case in load_registry(SHIPPED_CASES) if case.sweep == "release-a"][:8]
+    split = split_for_memory(unit, lambda case: 512, base=10**9, d_model=128, memory=10**9 / USABLE_FRACTION - 1)
+    assert split == [unit]
+    roomy = split_for_memory(unit, lambda case: 512, base=10**6, d_model=128, memory=10**9)
+    assert roomy == [unit]
