@@ -183,8 +183,3 @@ def continue_from_hook(
     with _first_layers_skipped(model, min(skipped, len(model.model.layers))):
         with _residual_replaced(model, blocks_before, residual):
             return model(tokens, use_cache=False).logits
-
-
-def hf_model_of(model):
-    """The HF causal LM behind a TransformerBridge, or the model itself."""
-    return getattr(model, "original_model", model)

@@ -199,7 +199,6 @@ def load_hub_model(spec: str, *, device: str, dtype: torch.dtype, backend: str =
     TransformerBridge over the HF model (`backend="bridge"`). `as=BASE` runs the repo's weights as BASE (its
     config and tokenizer), resized to `vocab=N` rows."""
     from transformer_lens import HookedTransformer
-    from transformer_lens.model_bridge import TransformerBridge
 
     parsed = parse_spec(spec)
     if parsed.scheme != "hf":
@@ -213,6 +212,8 @@ def load_hub_model(spec: str, *, device: str, dtype: torch.dtype, backend: str =
             hf_model.resize_token_embeddings(int(parsed.params["vocab"]))
     name = parsed.params.get("as", parsed.body)
     if backend == "bridge":
+        from transformer_lens.model_bridge import TransformerBridge
+
         return TransformerBridge.boot_transformers(name, hf_model=hf_model, device=device, dtype=dtype).eval()
     return HookedTransformer.from_pretrained(name, hf_model=hf_model, device=device, dtype=dtype)
 

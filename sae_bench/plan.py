@@ -95,15 +95,17 @@ def plan_units(
             plans.append(UnitPlan(list(unit), case.model, None, None, None, "model config not here: fetch it first"))
             continue
         n_layers, d_model = config["num_hidden_layers"], config["hidden_size"]
-        base, widths = unit_memory_bytes(unit), [sae_width(member) for member in unit]
-        known = base is not None and None not in widths
+        base, widths = unit_memory_bytes(unit), {member.id: sae_width(member) for member in unit}
+        known = base is not None and None not in widths.values()
         passes = [list(unit)]
         if known and not case.paired:
-            passes = split_for_memory(unit, sae_width, base=base, d_model=d_model, memory=memory_bytes)  # type: ignore[arg-type]
+            passes = split_for_memory(
+                unit, lambda m, widths=widths: widths[m.id], base=base, d_model=d_model, memory=memory_bytes
+            )  # type: ignore[arg-type,return-value]
         peak = None
         if known:
             peak = max(
-                pass_peak_bytes(base, [sae_width(m) for m in members], d_model, case.batch_size, case.context)  # type: ignore[arg-type,misc]
+                pass_peak_bytes(base, [widths[m.id] for m in members], d_model, case.batch_size, case.context)  # type: ignore[arg-type,misc]
                 for members in passes
             )
         why = "" if known else "SAE width not in its id: peak memory unknown, its SAEs not split"
