@@ -1,7 +1,7 @@
 """Speed of the one-pass engine against SAELens's evals and against the no-metrics floor on the same tokens, and of
 a shared pass over a family grid against its pairs one at a time; the numbers agree in each comparison.
 
-The engine group measures the issue's pair on each model backend (`sources.BACKENDS`: HookedTransformer and
+The engine group measures the issue's pair on each model backend (`sae_bench.backends.BACKENDS`: HookedTransformer and
 TransformerBridge; SAELens's `run_evals` runs on HookedTransformer, its own), tiny-mistral's instruct model with the
 base SAE at
 blocks.2.hook_resid_pre (layer 2 of 4), the 256 held-out rows of 128 tokens, batches of 8. SAELens's

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from sae_bench.backends import backend_of
 from sae_bench.cache import cache_dir
 
 
@@ -98,9 +97,9 @@ def greedy_rollouts(
     for index, prompt in enumerate(prompts):
         by_length.setdefault(len(prompt.ids), []).append(index)
     for size, indices in sorted(by_length.items()):
-        batch = torch.tensor([prompts[i].ids for i in indices], device=model.cfg.device)
+        batch = torch.tensor([prompts[i].ids for i in indices], device=backend_of(model).device)
         new = min(max_new_tokens, context - size)
-        out = _generate(model, batch, new, stop_token, pad_token).cpu()
+        out = backend_of(model).generate(batch, new, stop_token, pad_token).cpu()
         for row, index in zip(out, indices, strict=True):
             reply = row[size:].tolist()
             if stop_token in reply:
@@ -111,59 +110,6 @@ def greedy_rollouts(
     starts = torch.tensor([p.user_start for p in prompts])
     stops = torch.tensor([p.user_stop for p in prompts])
     return ChatRows(rows, prompt_length, length, starts, stops)
-
-
-def _generate(model, batch: Tensor, new: int, stop_token: int, pad_token: int) -> Tensor:
-    """Greedy tokens (prompt and continuation) of a batch of equal-length prompts. A TransformerBridge's model
-    generates through HF's own `generate`, its KV cache handed to the bridge's attention (`_bridge_sees_the_cache`)."""
-    from sae_bench.splicing import bridged_model
-
-    hf = bridged_model(model)
-    if hf is not None:
-        with _bridge_sees_the_cache(hf):
-            return hf.generate(
-                batch,
-                attention_mask=torch.ones_like(batch),
-                max_new_tokens=new,
-                do_sample=False,
-                use_cache=True,
-                eos_token_id=stop_token,
-                pad_token_id=pad_token,
-            )
-    return model.generate(
-        batch,
-        max_new_tokens=new,
-        do_sample=False,
-        stop_at_eos=True,
-        eos_token_id=stop_token,
-        use_past_kv_cache=True,
-        verbose=False,
-        prepend_bos=False,
-        return_type="tokens",
-    )
-
-
-@contextmanager
-def _bridge_sees_the_cache(hf_model) -> Iterator[None]:
-    """transformers 5 hands each attention layer its KV cache as `cache=`; TransformerLens 3.9's attention bridges
-    read `past_key_values=` (or `layer_past=`) and, finding neither, attend to the new token alone: greedy decoding
-    then goes wrong from the second new token. Pass the cache under the name the bridge reads, while generating."""
-
-    def rename(module, args, kwargs):
-        if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
-            return args, {**kwargs, "past_key_values": kwargs["cache"]}
-        return args, kwargs
-
-    handles = [
-        module.register_forward_pre_hook(rename, with_kwargs=True)
-        for module in hf_model.modules()
-        if hasattr(module, "_update_kv_cache")
-    ]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def cached_rollouts(key: str, make) -> ChatRows:

@@ -13,6 +13,7 @@ from sae_lens.util import get_special_token_ids
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from sae_bench.backends import backend_of
 from sae_bench.errors import BadInput
 
 
@@ -88,9 +89,10 @@ def special_token_ids(model: HookedTransformer, given: tuple[int, ...] | None) -
     """The special-token ids to exclude: `given`, or every special id of the model's tokenizer (as SAELens)."""
     if given is not None:
         return torch.tensor(given, dtype=torch.long)
-    if model.tokenizer is None:
+    tokenizer = backend_of(model).tokenizer
+    if tokenizer is None:
         raise BadInput(
             "exclude_special_tokens needs the special-token ids: the model has no tokenizer, so pass "
             "`special_token_ids`"
         )
-    return torch.tensor(sorted(get_special_token_ids(model.tokenizer)), dtype=torch.long)
+    return torch.tensor(sorted(get_special_token_ids(tokenizer)), dtype=torch.long)

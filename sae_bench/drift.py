@@ -8,13 +8,14 @@ over the layer's parameters taken together, √(Σ‖ΔW‖²) / √(Σ‖W_b‖
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
+
+from sae_bench.backends import backend_of
 
 
 @dataclass(frozen=True)
@@ -96,17 +97,11 @@ class WeightDrift:
     overall: float
 
 
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
-
-
-def _layer_of(name: str) -> str:
-    match = _BLOCK.match(name)
-    return f"block {int(match.group(1)):03d}" if match else name.split(".")[0]
-
-
 def weight_drift(base: HookedTransformer, finetuned: HookedTransformer) -> WeightDrift:
-    """Per-parameter, per-layer and overall relative Frobenius drift between two models of one architecture."""
-    params_b, params_f = dict(base.named_parameters()), dict(finetuned.named_parameters())
+    """Per-parameter, per-layer and overall relative Frobenius drift between two models of one architecture, on
+    the weights their backend holds (HookedTransformer's processed ones, or a bridge's raw HF ones)."""
+    params_b = {name: (layer, w) for name, layer, w in backend_of(base).weights_by_layer()}
+    params_f = {name: w for name, _, w in backend_of(finetuned).weights_by_layer()}
     if params_b.keys() != params_f.keys():
         only_b, only_f = sorted(params_b.keys() - params_f.keys()), sorted(params_f.keys() - params_b.keys())
         raise ValueError(
@@ -114,7 +109,7 @@ def weight_drift(base: HookedTransformer, finetuned: HookedTransformer) -> Weigh
             f"fine-tune: {only_f[:5]}); they must share one architecture"
         )
     rows = []
-    for name, w_b in params_b.items():
+    for name, (layer, w_b) in params_b.items():
         w_f = params_f[name]
         if w_b.shape != w_f.shape:
             raise ValueError(
@@ -126,7 +121,7 @@ def weight_drift(base: HookedTransformer, finetuned: HookedTransformer) -> Weigh
         rows.append(
             {
                 "name": name,
-                "layer": _layer_of(name),
+                "layer": layer,
                 "norm_base": norm_base,
                 "norm_diff": norm_diff,
                 "relative": norm_diff / norm_base if norm_base > 0 else math.nan,

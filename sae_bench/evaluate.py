@@ -2,8 +2,9 @@
 
 Per batch the model runs to the hook once (or the prefix is given, `sae_bench.prefix`); each SAE encodes the
 evaluated positions; then the clean, spliced and zero-ablated residuals continue from the hook, stacked (DESIGN
-§5). Forward passes per batch: 1 + (k + 1 + z/b)·(L − l)/L full-model equivalents for k distinct spliced residuals
-(k = 1 for one SAE) and z distinct zero-ablated rows of b (z = 1 when every position is ablated). Every statistic
+§5). Forward passes per batch: 1 + (k + 1)·(L − l)/L full-model equivalents for k distinct spliced residuals
+(k = 1 for one SAE), plus each distinct zero-ablated row once: a row ablated at every position is all zeros in every
+batch, so it continues once per pass (chat masks ablate each row at its own positions: b per batch). Every statistic
 streams (metrics.py), so memory does not grow with tokens.
 
 Position sets, per batch (all (batch, pos) booleans):
@@ -27,6 +28,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from sae_bench import metrics
+from sae_bench.backends import backend_of
 from sae_bench.data import TokenBatches, check_token_ids, special_token_ids
 from sae_bench.errors import UnusableSAE
 from sae_bench.eval_config import EvalConfig
@@ -103,23 +105,51 @@ def non_finite_weights(sae: SAE) -> str:
     return f"its weights hold NaN/Inf in {bad}" + (f" (decoder rows {rows})" if rows else "") + "."
 
 
+@dataclass
+class _ZeroRows:
+    """A hook's distinct zero-ablated rows of the last batch and their final residuals: a row ablated at every
+    position is all zeros in every batch (and one ablated at all but the first is the first token's residual,
+    alike), so the next batch whose distinct zero-ablated rows are equal reuses their continuation."""
+
+    rows: Tensor
+    finals: Tensor
+
+
 def _final_residuals(
-    model: HookedTransformer, site: HookSite, residuals: dict[str, Tensor], stack: bool
+    model: HookedTransformer,
+    site: HookSite,
+    residuals: dict[str, Tensor],
+    stack: bool,
+    zero_memo: dict[HookSite, _ZeroRows],
 ) -> tuple[dict[str, Tensor | DistinctRows], int]:
     """The residual after the last block for each residual at the hook (one stacked call or one call each), and the
     rows continued. Identical rows of the zero-ablated residual (every row whose positions are all ablated is zeros)
     continue once: a row's continuation depends on that row alone, so each shares its copy's result (and scoring
-    unembeds it once)."""
-    zero_rows, row_of = torch.unique(residuals["zero"], dim=0, return_inverse=True)
-    inputs = {**residuals, "zero": zero_rows}
+    unembeds it once); and rows equal to the last batch's (`zero_memo`) are not continued again."""
+    zero_rows, row_of = _distinct_rows(residuals["zero"])
+    last = zero_memo.get(site)
+    reused = last is not None and last.rows.shape == zero_rows.shape and torch.equal(last.rows, zero_rows)
+    inputs = {k: r for k, r in residuals.items() if k != "zero"} | ({} if reused else {"zero": zero_rows})
     if stack:
         sizes = [r.shape[0] for r in inputs.values()]
         stacked = final_residual_from_hook(model, torch.cat(list(inputs.values())), site)
         finals = dict(zip(inputs, stacked.split(sizes), strict=True))
     else:
         finals = {k: final_residual_from_hook(model, r, site) for k, r in inputs.items()}
+    if reused:
+        finals["zero"] = last.finals
+    else:
+        zero_memo[site] = _ZeroRows(zero_rows, finals["zero"])
     finals["zero"] = DistinctRows(finals["zero"], row_of)
     return finals, sum(r.shape[0] for r in inputs.values())
+
+
+def _distinct_rows(rows: Tensor) -> tuple[Tensor, Tensor]:
+    """(the distinct rows, which of them each row is), as torch.unique(dim=0) gives them; rows all equal to the first
+    (the usual zero-ablated batch) are found without sorting."""
+    if bool((rows == rows[:1]).all()):
+        return rows[:1], torch.zeros(rows.shape[0], dtype=torch.long, device=rows.device)
+    return torch.unique(rows, dim=0, return_inverse=True)
 
 
 LOGITS_PER_CHUNK = {"cpu": 1 << 21, "cuda": 1 << 26}
@@ -217,16 +247,18 @@ def evaluate_shared(
         acc.ev_pooled = metrics.PooledPerTokenEVStats() if config.pooled_per_token_ev else None
         states.append(_Variant(sae, config, acc, special, site))
     sites = sorted({state.site for state in states}, key=lambda s: (s.blocks_before, s.name))
-    batches = TokenBatches(tokens, position_mask, first.batch_size, causal=is_causal(model))
-    check_token_ids(batches.tokens, model.cfg.d_vocab)
+    backend = backend_of(model)
+    batches = TokenBatches(tokens, position_mask, first.batch_size, causal=backend.is_causal)
+    check_token_ids(batches.tokens, backend.d_vocab)
     if prefix is not None:
         if len(sites) > 1:
             raise ValueError("evaluate_shared: a prefix serves one hook; variants at several hooks run their own")
         prefix.check_serves(sites[0].name, batches)
-    device = first.device or model.cfg.device
-    chunk = logit_rows_per_chunk(first, device, model.cfg.d_vocab)
+    device = first.device or backend.device
+    chunk = logit_rows_per_chunk(first, device, backend.d_vocab)
     progress = any(config.progress for _, config in variants)
     label = sites[0].name if len(sites) == 1 else f"{len(sites)} hooks"
+    zero_memo: dict[HookSite, _ZeroRows] = {}
     for index, batch in enumerate(tqdm(batches, desc=f"evaluate {label}", disable=not progress, leave=False)):
         toks, pos_mask = batch.tokens.to(device), batch.position_mask.to(device)
         if len(sites) == 1:
@@ -235,10 +267,12 @@ def evaluate_shared(
         else:  # one clean forward keeps every hook's residual: each hook's prefix comes free
             at_hook, clean_final = run_keeping_hooks(model, toks, sites)
             if cost is not None:
-                cost.block_rows += toks.shape[0] * model.cfg.n_layers
+                cost.block_rows += toks.shape[0] * backend.n_layers
         for site, x in at_hook.items():
             check_finite(x, f"activations at {site.name}", batch.offset)
-        _evaluate_batch(model, states, at_hook, clean_final, toks, pos_mask, batch.offset, chunk, first, cost)
+        _evaluate_batch(
+            model, states, at_hook, clean_final, toks, pos_mask, batch.offset, chunk, first, cost, zero_memo
+        )
     reports = []
     for state in states:
         if state.acc.reconstruction.n_tokens == 0:
@@ -262,6 +296,7 @@ def _evaluate_batch(
     chunk: int,
     first: EvalConfig,
     cost: PassCost | None,
+    zero_memo: dict[HookSite, _ZeroRows],
 ) -> None:
     """One batch of a shared pass: per hook, each variant's reconstruction statistics and distinct spliced residual,
     then that hook's continuations (its spliced residuals and its zero-ablated rows; the clean one too when the
@@ -277,12 +312,12 @@ def _evaluate_batch(
                 plans.append(_splice(state, x, toks, pos_mask, offset, spliced))
         residuals = ({"clean": x} if clean_final is None else {}) | dict(spliced.values())
         residuals["zero"] = zero_ablated_residual(x, pos_mask)
-        finals, continued = _final_residuals(model, site, residuals, first.stack_continuations)
+        finals, continued = _final_residuals(model, site, residuals, first.stack_continuations, zero_memo)
         if clean_final is not None:
             finals["clean"] = clean_final
         if cost is not None:
             cost.continued_rows += continued
-            cost.block_rows += continued * (model.cfg.n_layers - site.blocks_before)
+            cost.block_rows += continued * (backend_of(model).n_layers - site.blocks_before)
         # variants counting the same predictions share the clean and zero scores: one scoring per counted mask
         sharing: dict[bytes, set[str]] = {}
         for name, _, counted_key, _ in plans:
@@ -353,7 +388,7 @@ def _nothing_left_message(batches: TokenBatches, acc: TransferAccumulators) -> s
 
 
 def _outlier_breakdown_stats(model: HookedTransformer) -> OutlierBreakdownStats:
-    tokenizer = model.tokenizer
+    tokenizer = backend_of(model).tokenizer
     if tokenizer is None:
         return OutlierBreakdownStats()
     return OutlierBreakdownStats(bos_token_id=tokenizer.bos_token_id, newline_token_ids=newline_token_ids(tokenizer))
@@ -380,4 +415,4 @@ def estimate_scaling_factor(
     for index, batch in enumerate(batches):
         x = residual_at_hook(model, batch.tokens, site, prefix, index)
         norms.update(x[batch.position_mask.to(x.device)])
-    return norms.scaling_factor(model.cfg.d_model)
+    return norms.scaling_factor(backend_of(model).d_model)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sae_bench.backends import backend_of
 from sae_bench.cases import CHAT_MASKS, Case
 from sae_bench.chat import ChatRows, cached_rollouts, greedy_rollouts
 from sae_bench.errors import UnusableSAE
@@ -64,7 +65,7 @@ class CaseExecutor:
     ):
         self.device = device
         self.backend = backend
-        """How models run (`sources.BACKENDS`): HookedTransformer, or TransformerBridge over the HF model."""
+        """How models run (`sae_bench.backends`): HookedTransformer, or TransformerBridge over the HF model."""
         self.device_memory = device_memory if device_memory is not None else device_memory_bytes(device)
         """Bytes a shared pass may fill (`memory.USABLE_FRACTION` of it); its SAEs are split over passes beyond."""
         self.progress = progress
@@ -128,7 +129,7 @@ class CaseExecutor:
         than the model's, or another hook than the one its config names (unless the case says why in
         `hook_mismatch_ok`)."""
         sae, model = self.sae(case.sae), self.model(case.model)
-        problem = sae_fit_problem(sae, case, model.cfg.d_model)
+        problem = sae_fit_problem(sae, case, backend_of(model).d_model)
         if problem:
             raise UnusableSAE(problem, spec=case.sae)
 
@@ -172,12 +173,13 @@ class CaseExecutor:
         from sae_bench.sources import end_of_turn_id, load_chat_prompts, source_fingerprint
 
         model = self.model(case.model)
-        prompts = load_chat_prompts(case.dataset, model.tokenizer)[:n_rows]
+        tokenizer = backend_of(model).tokenizer
+        prompts = load_chat_prompts(case.dataset, tokenizer)[:n_rows]
         template = None if case.dataset.startswith("zoo:") else parse_spec(case.dataset).params.get("template")
-        stop = end_of_turn_id(model.tokenizer, chat_template=template is None)
+        stop = end_of_turn_id(tokenizer, chat_template=template is None)
         digest = hashlib.sha256(repr(prompts).encode()).hexdigest()
         key = f"{source_fingerprint(case.model)}|{digest}|{ROLLOUT_TOKENS}|{case.context}|torch {torch.__version__}"
-        if self.backend != "hooked":  # another generator (`chat._generate`): its own rows, never the other's
+        if self.backend != "hooked":  # another generator (`ModelBackend.generate`): its own rows, never the other's
             key += f"|generator {self.backend}"
 
         def make() -> ChatRows:
@@ -186,7 +188,7 @@ class CaseExecutor:
                 prompts,
                 max_new_tokens=ROLLOUT_TOKENS,
                 stop_token=stop,
-                pad_token=model.tokenizer.pad_token_id,
+                pad_token=tokenizer.pad_token_id,
                 context=case.context,
             )
             if template is None:
@@ -195,9 +197,7 @@ class CaseExecutor:
             from sae_bench.hub import load_alpaca_instructions
 
             instructions = load_alpaca_instructions(case.dataset)[:n_rows]
-            return kissane_prompts.rows(
-                rows, instructions, model.tokenizer, template, stop_token=stop, context=case.context
-            )
+            return kissane_prompts.rows(rows, instructions, tokenizer, template, stop_token=stop, context=case.context)
 
         with self.cost.uncounted():
             return cached_rollouts(key + (f"|kissane {template}" if template else ""), make)
@@ -220,7 +220,7 @@ class CaseExecutor:
                 position_mask=tokens.position_mask,
                 prefix=self.prefix(case, case.model),
             )
-            self._mean_norms[key] = model.cfg.d_model**0.5 / factor
+            self._mean_norms[key] = backend_of(model).d_model ** 0.5 / factor
         return OutlierPolicy(setting.threshold * self._mean_norms[key], norm="raw", count_in_ce=setting.count_in_ce)
 
     def measure(self, case: Case, subsets: int = 0) -> dict[str, float | None] | list[dict[str, float | None]]:
@@ -419,7 +419,7 @@ class CaseExecutor:
             group,
             self._sae_width,
             base=self._pass_base_bytes(model, case),
-            d_model=model.cfg.d_model,
+            d_model=backend_of(model).d_model,
             memory=self.device_memory,
         )
         for members in tqdm(passes, desc="passes (SAEs split to fit)", disable=not self.progress or len(passes) == 1):
@@ -455,7 +455,7 @@ class CaseExecutor:
                 failed = group.pop(err.variant)
                 self._failures[(failed.id, failed.sae, 0)] = err.named(failed.sae)
         if one_hook:  # the prefix is counted where it is run (`prefix`)
-            blocks_after = model.cfg.n_layers - resolve_hook(model, group[0].hook).blocks_before
+            blocks_after = backend_of(model).n_layers - resolve_hook(model, group[0].hook).blocks_before
             self.cost.add_floor(case.model, cost.continued_rows, blocks_after)
         else:
             self.cost.add_floor(case.model, cost.block_rows, 1)
@@ -478,10 +478,9 @@ class CaseExecutor:
 
     def _pass_base_bytes(self, model, case: Case) -> int:
         """What a pass of `case`'s rows holds besides its SAEs: the model's weights and one batch through it."""
-        cfg = model.cfg
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())
-        config = {"hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers, "vocab_size": cfg.d_vocab}
-        return weights + batch_bytes(config, case.batch_size, case.context)
+        backend = backend_of(model)
+        config = {"hidden_size": backend.d_model, "num_hidden_layers": backend.n_layers, "vocab_size": backend.d_vocab}
+        return backend.weight_bytes() + batch_bytes(config, case.batch_size, case.context)
 
     def _release_saes(self, specs: set[str]) -> None:
         """Drop these SAEs from memory (their fingerprints kept): a pass split to fit holds only its own."""

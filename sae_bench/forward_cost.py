@@ -2,9 +2,9 @@
 block counts them) against the floor of the passes the cases need.
 
 The floor, per model, token set and hook: one prefix to the hook; per shared transfer pass and batch: the clean
-continuation, one continuation per distinct spliced residual, and the zero-ablated continuation of each distinct
-row (a row ablated at every position is all zeros: one such row serves them all). One forward-pass equivalent (FPE)
-is one row through every block of its model.
+continuation and one continuation per distinct spliced residual; per pass, the zero-ablated continuation of each
+distinct row (a row ablated at every position is all zeros, in every batch: one such row serves the whole pass).
+One forward-pass equivalent (FPE) is one row through every block of its model.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 from transformer_lens import HookedTransformer
+
+from sae_bench.backends import backend_of
 
 
 @dataclass
@@ -29,14 +31,14 @@ class ForwardCost:
 
     def watch(self, spec: str, model: HookedTransformer) -> None:
         """Count every row that passes a block of `model` from now on (permanent hooks: they survive reset_hooks)."""
-        self.n_layers[spec] = model.cfg.n_layers
+        backend = backend_of(model)
+        self.n_layers[spec] = backend.n_layers
 
-        def count(tensor, hook) -> None:
+        def count(rows: int) -> None:
             if self.counting:
-                self.run[spec] += tensor.shape[0]
+                self.run[spec] += rows
 
-        for layer in range(model.cfg.n_layers):
-            model.add_hook(f"blocks.{layer}.hook_resid_post", count, is_permanent=True)
+        backend.count_block_rows(count)
 
     @contextmanager
     def uncounted(self) -> Iterator[None]:

@@ -9,8 +9,9 @@ whose SAEs do not fit one pass is split over passes as the executor splits it. T
 devices (longest first, onto the least loaded device), for the wall time and the device-hours.
 
 The FPE of a transfer unit: R rows, batches of b, L layers; at a hook with l blocks before it, k SAEs spliced there
-and z distinct zero-ablated rows per batch (1 when every row is ablated at the same positions, b for chat masks):
-one hook, R·l/L + (R + k·R + z·⌈R/b⌉)·(L − l)/L; several hooks, R + Σ_hooks (k·R + z·⌈R/b⌉)·(L − l)/L. Split over
+and z distinct zero-ablated rows per pass (1 when every row is ablated at the same positions: it continues once for
+the pass; R for chat masks): one hook, R·l/L + (R + k·R + z)·(L − l)/L; several hooks,
+R + Σ_hooks (k·R + z)·(L − l)/L. Split over
 passes, each pass is priced so, a hook's prefix R·l/L counted once for the passes at that hook alone. Exact when
 no two variants of one SAE coincide (outlier filtering that filters nothing shares a continuation: then an upper
 bound). A paired unit adds each model's prefix and continuations (`evaluate_universality`'s counts are not modelled:
@@ -20,7 +21,6 @@ its FPE is left out and said so).
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from collections import Counter
@@ -64,7 +64,7 @@ def passes_fpe(passes: Sequence[Sequence[Case]], n_layers: int) -> float:
     across hooks runs one clean forward."""
     case = passes[0][0]
     rows = max(1, case.tokens // case.context)
-    zero = min((case.batch_size if case.mask in CHAT_MASKS else 1) * math.ceil(rows / case.batch_size), rows)
+    zero = rows if case.mask in CHAT_MASKS else 1  # a pass continues each distinct zero-ablated row once
     total, prefixes = 0.0, set()
     for members in passes:
         by_hook = Counter(member.hook for member in members)

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from sae_bench.backends import backend_of
 from sae_bench.data import TokenBatches, check_token_ids
 from sae_bench.splicing import HookSite, is_causal, resolve_hook, run_to_hook
 
@@ -41,7 +42,8 @@ class PrefixActivations:
 
 def prefix_bytes(model: HookedTransformer, tokens: Tensor) -> int:
     """Host memory the prefix activations of `tokens` take, in the model's dtype."""
-    return tokens.numel() * model.cfg.d_model * torch.empty((), dtype=model.cfg.dtype).element_size()
+    backend = backend_of(model)
+    return tokens.numel() * backend.d_model * torch.empty((), dtype=backend.dtype).element_size()
 
 
 @torch.inference_mode()
@@ -52,11 +54,11 @@ def run_prefix(
     (cut as the passes it serves cut it: after the last position under `position_mask` that they read)."""
     site = resolve_hook(model, hook)
     batches = TokenBatches(tokens, position_mask, batch_size, causal=is_causal(model))
-    check_token_ids(batches.tokens, model.cfg.d_vocab)
+    check_token_ids(batches.tokens, backend_of(model).d_vocab)
     return PrefixActivations(
         site.name,
         batch_size,
-        [run_to_hook(model, batch.tokens.to(model.cfg.device), site).cpu() for batch in batches],
+        [run_to_hook(model, batch.tokens.to(backend_of(model).device), site).cpu() for batch in batches],
     )
 
 
@@ -70,5 +72,5 @@ def residual_at_hook(
 ) -> Tensor:
     """The residual at the hook for batch `index` (tokens: that batch), on `device` (default the model's): taken
     from `prefix` when given, else run."""
-    device = device or model.cfg.device
+    device = device or backend_of(model).device
     return run_to_hook(model, tokens.to(device), site) if prefix is None else prefix.batches[index].to(device)

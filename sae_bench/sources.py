@@ -20,6 +20,7 @@ from transformer_lens.pretrained.weight_conversions import (
     convert_qwen2_weights,
 )
 
+from sae_bench.backends import BACKENDS
 from sae_bench.errors import BadInput
 
 
@@ -153,11 +154,6 @@ def load_zoo_tokenizer():
     from sae_bench.zoo.tokenizer import load_tokenizer
 
     return load_tokenizer(verified_directory("tokenizer"))
-
-
-BACKENDS = ("hooked", "bridge")
-"""How a model runs: TransformerLens's HookedTransformer (folded norms, centred unembedding), or its
-TransformerBridge over the HF model itself (`sae_bench.hf_continuation` cuts it at a hook)."""
 
 
 def load_model(

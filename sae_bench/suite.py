@@ -67,7 +67,7 @@ class SuiteOptions:
     """Measure on a Ray cluster at this address (`local`: one started on 127.0.0.1 for the run); None: here."""
     device_memory: float | None = None
     backend: str = "hooked"
-    """How models run (`sources.BACKENDS`)."""
+    """How models run (`sae_bench.backends`)."""
     """Bytes of memory a shared pass may fill, where its SAEs are split over passes beyond (None: the device's)."""
 
 

@@ -1,4 +1,4 @@
-"""The two model backends (`sources.BACKENDS`) give the engine equal numbers: a transfer pass, a pass across hooks,
+"""The two model backends (`sae_bench.backends`) give the engine equal numbers: a transfer pass, a pass across hooks,
 a paired universality pass and chat rollouts on zoo models, each on HookedTransformer and on TransformerBridge; the
 bridge's forward passes are counted at the floor; a wrong backend is one message."""
 
@@ -73,7 +73,8 @@ def test_a_paired_pass_gives_equal_numbers_on_both_backends(models, tokens):
 
 
 def test_rollouts_are_the_same_tokens_on_both_backends(models):
-    """HookedTransformer's cached greedy decoding and HF's uncached one (`chat._generate`) pick the same tokens."""
+    """HookedTransformer's cached greedy decoding and the bridge's (HF's `generate`, its KV cache handed to the
+    bridge) pick the same tokens."""
     from sae_bench.chat import greedy_rollouts
     from sae_bench.sources import end_of_turn_id, load_chat_prompts
 
@@ -112,3 +113,49 @@ def test_the_bridge_runs_the_floor(tmp_path):
 def test_an_unknown_backend_is_one_message():
     with pytest.raises(BadInput, match="backend 'jax': one of hooked, bridge"):
         load_model("zoo:tiny-mistral/base", backend="jax")
+
+
+def test_each_model_gets_its_backend_and_both_report_the_same_model(models):
+    from sae_bench.backends import BridgeBackend, HookedBackend, backend_of
+
+    hooked, bridge = backend_of(models["hooked"]["base"]), backend_of(models["bridge"]["base"])
+    assert type(hooked) is HookedBackend and type(bridge) is BridgeBackend
+    for size in ("n_layers", "d_model", "d_vocab", "device", "dtype", "is_causal"):
+        assert getattr(hooked, size) == getattr(bridge, size), size
+    assert hooked.residual_hooks() == bridge.residual_hooks()
+    assert hooked.residual_hooks()[0] == "blocks.0.hook_resid_pre" and len(hooked.residual_hooks()) == 8
+
+
+def test_each_backend_keeps_the_residual_run_to_hook_gives(models, tokens):
+    """`run_keeping` keeps, at every cut, exactly the residual `run_to_hook` gives there, and its last residual is
+    the one every continuation ends in."""
+    from sae_bench.backends import backend_of
+
+    for backend in BACKENDS:
+        model = backend_of(models[backend]["base"])
+        kept, final = model.run_keeping(tokens[:4], [1, 3, 4])
+        for blocks_before, residual in kept.items():
+            assert torch.equal(residual, model.run_to_hook(tokens[:4], blocks_before)), (backend, blocks_before)
+        assert torch.allclose(model.final_residual_from(kept[1], 1), final, atol=1e-5), backend
+
+
+def test_weight_drift_reads_each_backends_weights_by_layer(models):
+    """On the bridge, drift reads the HF model's raw weights, each layer's tensors under "block NNN": equal to a
+    plain reference on the HF state dicts."""
+    from sae_bench.drift import weight_drift
+
+    base, instruct = models["bridge"]["base"], models["bridge"]["instruct"]
+    drift = weight_drift(base, instruct)
+    hf_base, hf_instruct = (
+        dict(base.original_model.named_parameters()),
+        dict(instruct.original_model.named_parameters()),
+    )
+    layer_2 = [name for name in hf_base if name.startswith("model.layers.2.")]
+    expected = torch.sqrt(sum((hf_instruct[n].double() - hf_base[n].double()).pow(2).sum() for n in layer_2))
+    expected /= torch.sqrt(sum(hf_base[n].double().pow(2).sum() for n in layer_2))
+    by_layer = dict(zip(drift.per_layer.layer, drift.per_layer.relative, strict=True))
+    assert by_layer["block 002"] == pytest.approx(float(expected), rel=1e-12)
+    assert {f"block {i:03d}" for i in range(4)} <= set(by_layer)
+    assert weight_drift(base, base).overall == 0.0
+    hooked = weight_drift(models["hooked"]["base"], models["hooked"]["instruct"]).per_layer
+    assert set(hooked.layer) >= {f"block {i:03d}" for i in range(4)}

@@ -173,9 +173,9 @@ def test_engine_structure_is_one_prefix_pass_and_three_continuations(tokens, ran
         for i in range(N_LAYERS):
             model.add_hook(f"blocks.{i}.hook_resid_post", count)
         run(model, random_sae, tokens, hook=f"blocks.{layer}.hook_resid_pre", stack_continuations=stack)
-        n_seq, n_batches = tokens.shape[0], -(-tokens.shape[0] // 4)  # run's default batch size
-        # clean and spliced rows; the zero-ablated rows are all zeros (every position ablated): one per batch
-        assert rows == [n_seq] * layer + [2 * n_seq + n_batches] * (N_LAYERS - layer), stack
+        n_seq = tokens.shape[0]
+        # clean and spliced rows; the zero-ablated rows are all zeros (every position ablated): one for the pass
+        assert rows == [n_seq] * layer + [2 * n_seq + 1] * (N_LAYERS - layer), stack
 
 
 def test_unknown_hook_lists_the_valid_ones(model, tokens, random_sae):

@@ -95,9 +95,8 @@ def test_a_planned_family_shares_passes_at_the_floor_and_releases_each_model_aft
     for spec in ("zoo:tiny-qwen2/base", "zoo:tiny-qwen2/chat"):
         # prefix (blocks 0, 1): once, shared by the mean-norm threshold of the filtered cases and the pass;
         # continuation (blocks 2, 3): clean + 3 spliced (tiny-qwen2 has no outliers: filtered = unfiltered) + one
-        # all-zero row per batch for the zero ablation (every position ablated)
-        n_batches = -(-n_rows // cases[0].batch_size)
-        assert [rows[(spec, layer)] for layer in range(4)] == [n_rows] * 2 + [4 * n_rows + n_batches] * 2, spec
+        # all-zero row for the pass's zero ablation (every position of every batch ablated)
+        assert [rows[(spec, layer)] for layer in range(4)] == [n_rows] * 2 + [4 * n_rows + 1] * 2, spec
         assert executor.cost.run[spec] == executor.cost.floor[spec] == sum(rows[(spec, i)] for i in range(4))
     assert executor.model_loads == Counter({"zoo:tiny-qwen2/base": 1, "zoo:tiny-qwen2/chat": 1})
     assert executor.model_releases == executor.model_loads

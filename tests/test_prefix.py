@@ -64,14 +64,15 @@ def test_a_prefix_of_other_batches_is_refused_with_both_shapes(model, tokens):
 
 def test_forward_cost_counts_block_rows_and_the_pass_reports_its_continuations(tokens):
     """The hooks count what ran; PassCost says what the pass continued: clean, one spliced residual per distinct one
-    (one SAE twice identically, one other: 3 × n rows) and one all-zero row per batch for the zero ablation."""
+    (one SAE twice identically, one other: 3 × n rows) and, for the zero ablation, one all-zero row for the whole pass
+    (every batch's, the shorter last one's included, is the same row)."""
     model, cost, pass_cost = tiny_model(), ForwardCost(), PassCost()
     cost.watch("m", model)
     a, b = standard_sae(D_MODEL, 12, seed=1), standard_sae(D_MODEL, 12, seed=2)
     config = EvalConfig(hook=HOOK, batch_size=3, progress=False)
     evaluate_shared(model, [(a, config), (b, config), (a, config)], tokens, cost=pass_cost)
     n_seq = tokens.shape[0]
-    continued = 3 * n_seq + -(-n_seq // 3)
+    continued = 3 * n_seq + 1
     assert pass_cost.continued_rows == continued
     assert cost.run["m"] == n_seq * 2 + continued * (N_LAYERS - 2)
     with cost.uncounted():
@@ -112,11 +113,19 @@ def test_identical_zero_ablated_rows_continue_once_with_the_same_result(model, t
     mask[0, 3] = False  # row 0 keeps one position: it is not all zeros
     zero = zero_ablated_residual(x, mask)
     for stack in (True, False):
-        finals, continued = _final_residuals(model, site, {"clean": x, "zero": zero}, stack)
+        memo = {}
+        finals, continued = _final_residuals(model, site, {"clean": x, "zero": zero}, stack, memo)
         assert continued == x.shape[0] + 2
         assert finals["zero"].rows.shape[0] == 2
         assert torch.equal(finals["zero"].expand(), final_residual_from_hook(model, zero, site))
         assert torch.equal(finals["clean"], final_residual_from_hook(model, x, site))
+        # the next batch: equal zero-ablated rows are not continued again, and keep their result; other ones are
+        again, continued = _final_residuals(model, site, {"clean": x, "zero": zero.clone()}, stack, memo)
+        assert continued == x.shape[0] and torch.equal(again["zero"].expand(), finals["zero"].expand())
+        other = zero_ablated_residual(x, torch.ones(x.shape[:2], dtype=torch.bool))
+        third, continued = _final_residuals(model, site, {"clean": x, "zero": other}, stack, memo)
+        assert continued == x.shape[0] + 1
+        assert torch.equal(third["zero"].expand(), final_residual_from_hook(model, other, site))
 
 
 def test_scoring_a_distinct_rows_continuation_equals_scoring_every_row(model, tokens):
@@ -128,9 +137,8 @@ def test_scoring_a_distinct_rows_continuation_equals_scoring_every_row(model, to
 
     site = resolve_hook(model, HOOK)
     x = run_to_hook(model, tokens, site)
-    finals, _ = _final_residuals(
-        model, site, {"clean": x, "zero": zero_ablated_residual(x, torch.ones(x.shape[:2], dtype=torch.bool))}, True
-    )
+    zero = zero_ablated_residual(x, torch.ones(x.shape[:2], dtype=torch.bool))
+    finals, _ = _final_residuals(model, site, {"clean": x, "zero": zero}, True, {})
     counted = torch.rand(tokens[:, 1:].shape, generator=torch.Generator().manual_seed(0)) < 0.7
     for chunk in (7, 1000):
         distinct = score_predictions(model, finals, tokens, counted, chunk)
