@@ -62,7 +62,7 @@ def _stop(pids: list[int]) -> None:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 3  # then SIGKILL: a test cluster holds nothing worth a longer wait
         while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in pids):
             time.sleep(0.1)
 

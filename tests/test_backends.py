@@ -146,10 +146,8 @@ def test_weight_drift_reads_each_backends_weights_by_layer(models):
 
     base, instruct = models["bridge"]["base"], models["bridge"]["instruct"]
     drift = weight_drift(base, instruct)
-    hf_base, hf_instruct = (
-        dict(base.original_model.named_parameters()),
-        dict(instruct.original_model.named_parameters()),
-    )
+    hf_base = {name: w.detach() for name, w in base.original_model.named_parameters()}
+    hf_instruct = {name: w.detach() for name, w in instruct.original_model.named_parameters()}
     layer_2 = [name for name in hf_base if name.startswith("model.layers.2.")]
     expected = torch.sqrt(sum((hf_instruct[n].double() - hf_base[n].double()).pow(2).sum() for n in layer_2))
     expected /= torch.sqrt(sum(hf_base[n].double().pow(2).sum() for n in layer_2))
