@@ -296,8 +296,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     cost = suite.executor.cost.table()
     if len(cost) > 1:
         terminalreporter.section(
-            "forward passes (FPE: one row through every block; floor: one prefix per model, token set and hook, "
-            "and per batch the clean, each distinct spliced and each distinct zero-ablated continuation)"
+            "forward passes (FPE: one row through every block; floor: one prefix per model, token set and hook; "
+            "per batch the clean and each distinct spliced continuation, per pass each distinct zero-ablated one)"
         )
         terminalreporter.write_line(cost.to_markdown(index=False, floatfmt=".2f"))
     if not suite.options.rehearse:
