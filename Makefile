@@ -18,7 +18,7 @@ bench: $(VENV)/.installed  ## the main job: the benchmark suite on what ships
 # one test file per process, up to 4 (pytest-xdist): the Ray, PostgreSQL and distribution tests wait on
 # subprocesses, so 2 processes on 2 cores took 10 min 51 s against 15 min 11 s in one
 test: $(VENV)/.installed  ## unit and property tests
-	$(PY) -m pytest tests -n auto --maxprocesses 4 --dist loadfile $(ARGS)
+	$(PY) -m pytest tests -n auto --maxprocesses 4 --dist loadfile --benchmark-disable $(ARGS)
 
 rehearse: $(VENV)/.installed  ## every hub case end to end, offline, on miniature stand-ins (README: the hub tier, rehearsed)
 	$(PY) -m pytest benchmarks -m hub --rehearse --benchmark-disable $(ARGS)
