@@ -75,7 +75,7 @@ class ModelBackend(ABC):
 
     def count_block_rows(self, count: Callable[[int], None]) -> None:
         """Call `count(rows)` for every call of every block from now on, with the rows it ran (permanent hooks:
-        they survive reset_hooks). Both backends name their blocks' outputs as TransformerLens does."""
+        they survive reset_hooks). Here on TransformerLens's block hook points; the bridge counts on HF's layers."""
         for layer in range(self.n_layers):
             self.model.add_hook(
                 f"blocks.{layer}.hook_resid_post", lambda tensor, hook: count(tensor.shape[0]), is_permanent=True
