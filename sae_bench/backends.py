@@ -135,11 +135,10 @@ class HookedBackend(ModelBackend):
 
     def run_keeping(self, tokens: Tensor, blocks: Sequence[int]) -> tuple[dict[int, Tensor], Tensor]:
         kept: dict[int, Tensor] = {}
-
-        def keep(tensor: Tensor, hook, at: int) -> None:
-            kept[at] = tensor
-
-        hooks = [(self._hook_after(at), lambda t, hook, at=at: keep(t, hook, at)) for at in dict.fromkeys(blocks)]
+        hooks = [
+            (self._hook_after(at), lambda tensor, hook, at=at: kept.__setitem__(at, tensor))
+            for at in dict.fromkeys(blocks)
+        ]
         final = self.model.run_with_hooks(tokens, stop_at_layer=self.n_layers, fwd_hooks=hooks)
         return {at: kept[at] for at in blocks}, final
 
