@@ -60,7 +60,7 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}; medians of {REPEATS}")
     print(f"{'model':22} {'rows x tokens':>14} {'HookedTransformer':>18} {'bridge (HF)':>12} {'ratio':>6}")
     for name in ("tiny-mistral/base", "tiny-qwen2/base", "tiny-gemma/base"):
-        hooked = load_model(f"zoo:{name}")
+        hooked = load_model(f"zoo:{name}", backend="hooked")
         bridge = TransformerBridge.boot_transformers(
             str(verified_directory(f"models/{name}")), device="cpu", tokenizer=load_zoo_tokenizer()
         )

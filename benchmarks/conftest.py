@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from sae_bench.allocator import keep_freed_memory
+from sae_bench.backends import DEFAULT_BACKEND
 from sae_bench.cases import Registry
 from sae_bench.errors import BadInput, UnusableSAE
 from sae_bench.suite import (
@@ -67,7 +68,7 @@ def options_of(config) -> SuiteOptions:
         strict_expectations=config.getoption("--strict-expectations"),
         ray=config.getoption("--ray", None),
         device_memory=None if memory is None else memory * 1e9,
-        backend=config.getoption("--backend", "hooked"),
+        backend=config.getoption("--backend", DEFAULT_BACKEND),
     )
 
 

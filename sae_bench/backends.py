@@ -13,6 +13,7 @@ through it.
 from __future__ import annotations
 
 import re
+import warnings
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
@@ -73,12 +74,15 @@ class ModelBackend(ABC):
         """Every residual-stream hook the engine can cut the model at, in forward order."""
         return [f"blocks.{i}.hook_resid_{kind}" for i in range(self.n_layers) for kind in ("pre", "post")]
 
-    def count_block_rows(self, count: Callable[[int], None]) -> None:
-        """Call `count(rows)` for every call of every block from now on, with the rows it ran (permanent hooks:
-        they survive reset_hooks). Here on TransformerLens's block hook points; the bridge counts on HF's layers."""
+    def count_block_rows(self, count: Callable[[int, int], None]) -> None:
+        """Call `count(layer, rows)` for every call of every block from now on, with the rows it ran (permanent
+        hooks: they survive reset_hooks). Here on TransformerLens's block hook points; the bridge counts on HF's
+        layers."""
         for layer in range(self.n_layers):
             self.model.add_hook(
-                f"blocks.{layer}.hook_resid_post", lambda tensor, hook: count(tensor.shape[0]), is_permanent=True
+                f"blocks.{layer}.hook_resid_post",
+                lambda tensor, hook, layer=layer: count(layer, tensor.shape[0]),
+                is_permanent=True,
             )
 
     @abstractmethod
@@ -192,10 +196,10 @@ class BridgeBackend(ModelBackend):
         """The HF causal LM the bridge runs."""
         return self.model.original_model
 
-    def count_block_rows(self, count: Callable[[int], None]) -> None:
-        for layer in self.hf.model.layers:
+    def count_block_rows(self, count: Callable[[int, int], None]) -> None:
+        for index, layer in enumerate(self.hf.model.layers):
             block = getattr(layer, "original_component", None) or layer  # counted bridged or not
-            block.register_forward_hook(lambda module, args, output: count(_first(output).shape[0]))
+            block.register_forward_hook(lambda module, args, output, index=index: count(index, _first(output).shape[0]))
 
     def run_to_hook(self, tokens: Tensor, blocks_before: int) -> Tensor:
         with unbridged(self.hf):
@@ -281,8 +285,19 @@ def unbridged(module: nn.Module) -> Iterator[None]:
             parent._modules[name] = bridge
 
 
-BACKENDS = (HookedBackend.name, BridgeBackend.name)
+BACKENDS = (BridgeBackend.name, HookedBackend.name)
 """The names `--backend` takes; the first is the default (README "Model backends" says why)."""
+
+DEFAULT_BACKEND = BACKENDS[0]
+
+
+@contextmanager
+def hooked_transformer_on_purpose() -> Iterator[None]:
+    """Build a HookedTransformer deliberately (the `hooked` backend, a reference, a calibration model) without
+    TransformerLens 3.9's deprecation warning; everywhere else the suite's tests turn that warning into an error."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"HookedTransformer(\.from_pretrained)? is deprecated", DeprecationWarning)
+        yield
 
 
 def backend_of(model) -> ModelBackend:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sae_bench.backends import backend_of
+from sae_bench.backends import DEFAULT_BACKEND, backend_of
 from sae_bench.cases import CHAT_MASKS, Case
 from sae_bench.chat import ChatRows, cached_rollouts, greedy_rollouts
 from sae_bench.errors import UnusableSAE
@@ -61,7 +61,7 @@ class CaseExecutor:
         progress: bool = False,
         prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
         device_memory: float | None = None,
-        backend: str = "hooked",
+        backend: str = DEFAULT_BACKEND,
     ):
         self.device = device
         self.backend = backend
@@ -179,8 +179,7 @@ class CaseExecutor:
         stop = end_of_turn_id(tokenizer, chat_template=template is None)
         digest = hashlib.sha256(repr(prompts).encode()).hexdigest()
         key = f"{source_fingerprint(case.model)}|{digest}|{ROLLOUT_TOKENS}|{case.context}|torch {torch.__version__}"
-        if self.backend != "hooked":  # another generator (`ModelBackend.generate`): its own rows, never the other's
-            key += f"|generator {self.backend}"
+        key += f"|generator {self.backend}"  # each backend generates its own rows (`ModelBackend.generate`)
 
         def make() -> ChatRows:
             rows = greedy_rollouts(

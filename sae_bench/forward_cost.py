@@ -34,7 +34,7 @@ class ForwardCost:
         backend = backend_of(model)
         self.n_layers[spec] = backend.n_layers
 
-        def count(rows: int) -> None:
+        def count(layer: int, rows: int) -> None:
             if self.counting:
                 self.run[spec] += rows
 

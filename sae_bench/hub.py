@@ -194,11 +194,13 @@ def _netrc_has(host: str) -> bool:
 # -- loading ------------------------------------------------------------------------------------------------------
 
 
-def load_hub_model(spec: str, *, device: str, dtype: torch.dtype, backend: str = "hooked"):
-    """A TransformerLens model from the hub: a HookedTransformer with TransformerLens's default processing, or a
-    TransformerBridge over the HF model (`backend="bridge"`). `as=BASE` runs the repo's weights as BASE (its
-    config and tokenizer), resized to `vocab=N` rows."""
+def load_hub_model(spec: str, *, device: str, dtype: torch.dtype, backend: str):
+    """A TransformerLens model from the hub: a TransformerBridge over the HF model (`backend="bridge"`), or a
+    HookedTransformer with TransformerLens's default processing (`backend="hooked"`). `as=BASE` runs the repo's
+    weights as BASE (its config and tokenizer), resized to `vocab=N` rows."""
     from transformer_lens import HookedTransformer
+
+    from sae_bench.backends import hooked_transformer_on_purpose
 
     parsed = parse_spec(spec)
     if parsed.scheme != "hf":
@@ -215,7 +217,8 @@ def load_hub_model(spec: str, *, device: str, dtype: torch.dtype, backend: str =
         from transformer_lens.model_bridge import TransformerBridge
 
         return TransformerBridge.boot_transformers(name, hf_model=hf_model, device=device, dtype=dtype).eval()
-    return HookedTransformer.from_pretrained(name, hf_model=hf_model, device=device, dtype=dtype)
+    with hooked_transformer_on_purpose():
+        return HookedTransformer.from_pretrained(name, hf_model=hf_model, device=device, dtype=dtype)
 
 
 def read_cached_safetensors_shapes() -> None:

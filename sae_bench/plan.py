@@ -183,12 +183,15 @@ def calibrate(device: str = "cpu", *, d_model: int = 512, n_layers: int = 6, row
     RMS norm, rotary) timed over `rows` x `context` tokens, median of 5 after a warm-up; stored per device."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+    from sae_bench.backends import hooked_transformer_on_purpose
+
     cfg = HookedTransformerConfig(
         d_model=d_model, n_layers=n_layers, n_heads=d_model // 64, d_head=64, d_mlp=4 * d_model, d_vocab=32000,
         n_ctx=context, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True,
         device=device, seed=0,
     )  # fmt: skip
-    model = HookedTransformer(cfg).eval()
+    with hooked_transformer_on_purpose():
+        model = HookedTransformer(cfg).eval()
     tokens = torch.randint(0, cfg.d_vocab, (rows, context), generator=torch.Generator().manual_seed(0)).to(device)
     params = sum(p.numel() for p in model.parameters())
     times = []

@@ -12,12 +12,14 @@ MARKERS = (
 def pytest_addoption(parser):
     group = parser.getgroup("sae_bench")
     group.addoption("--device", default="cpu", help="torch device the models and SAEs run on (default: cpu)")
+    from sae_bench.backends import BACKENDS, DEFAULT_BACKEND
+
     group.addoption(
         "--backend",
-        choices=("hooked", "bridge"),
-        default="hooked",
-        help="how models run: TransformerLens's HookedTransformer (default) or its TransformerBridge over the HF "
-        "model (zoo models and local folders; README: Performance)",
+        choices=BACKENDS,
+        default=DEFAULT_BACKEND,
+        help="how models run: TransformerLens's TransformerBridge over the HF model (bridge, the default) or its "
+        "deprecated HookedTransformer (hooked); README: Model backends",
     )
     group.addoption(
         "--device-memory",

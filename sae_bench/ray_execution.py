@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from sae_bench.backends import DEFAULT_BACKEND
 from sae_bench.cases import CHAT_MASKS, Case
 from sae_bench.errors import BadInput
 from sae_bench.memory import unit_memory_bytes
@@ -105,7 +106,7 @@ def measure_unit(
     threads: int,
     memory: int | None,
     device_memory: float | None = None,
-    backend: str = "hooked",
+    backend: str = DEFAULT_BACKEND,
 ) -> UnitResult:
     """The task's body: measure one unit's cases in a fresh executor, as a local run would (`device_memory`: the
     run's --device-memory, else the task's device's own)."""
@@ -146,7 +147,7 @@ class RayUnits:
     """Runs units on a Ray cluster: `address` None starts a local one on 127.0.0.1 for this run."""
 
     def __init__(
-        self, address: str | None, *, device: str, device_memory: float | None = None, backend: str = "hooked"
+        self, address: str | None, *, device: str, device_memory: float | None = None, backend: str = DEFAULT_BACKEND
     ):
         try:
             import ray

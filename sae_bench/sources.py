@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -20,8 +20,11 @@ from transformer_lens.pretrained.weight_conversions import (
     convert_qwen2_weights,
 )
 
-from sae_bench.backends import BACKENDS
+from sae_bench.backends import BACKENDS, DEFAULT_BACKEND, hooked_transformer_on_purpose
 from sae_bench.errors import BadInput
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def _common(hf: Any) -> dict[str, Any]:
@@ -125,7 +128,8 @@ def load_hf_directory(
     cfg = hooked_config_from_hf(hf_config, dtype=dtype, device=device)
     hf_model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32)
     state_dict = _ARCHITECTURES[cfg.original_architecture][1](hf_model, cfg)
-    model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+    with hooked_transformer_on_purpose():
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
     model.load_and_process_state_dict(
         state_dict, fold_ln=True, center_writing_weights=False, center_unembed=True, fold_value_biases=True
     )
@@ -157,10 +161,10 @@ def load_zoo_tokenizer():
 
 
 def load_model(
-    spec: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu", backend: str = "hooked"
-) -> HookedTransformer:
+    spec: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu", backend: str = DEFAULT_BACKEND
+) -> TransformerBridge | HookedTransformer:
     """A TransformerLens model by spec: `zoo:FAMILY/NAME`, a local HF `save_pretrained` directory, or a hub spec
-    (`hf:ORG/NAME[?as=BASE&vocab=N]`, see `sae_bench.hub`), on the given backend (BACKENDS)."""
+    (`hf:ORG/NAME[?as=BASE&vocab=N]`, see `sae_bench.hub`), on the given backend (BACKENDS; the bridge by default)."""
     if backend not in BACKENDS:
         raise BadInput(f"backend {backend!r}: one of {', '.join(BACKENDS)}")
     if spec.startswith(ZOO_PREFIX):

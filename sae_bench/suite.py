@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from sae_bench import expectation_store, expectations
+from sae_bench.backends import DEFAULT_BACKEND
 from sae_bench.cases import SHIPPED_CASES, Case, Registry, cases_selected_by, load_registries
 from sae_bench.errors import BadInput
 from sae_bench.execution import CaseExecutor
@@ -66,9 +67,9 @@ class SuiteOptions:
     ray: str | None = None
     """Measure on a Ray cluster at this address (`local`: one started on 127.0.0.1 for the run); None: here."""
     device_memory: float | None = None
-    backend: str = "hooked"
-    """How models run (`sae_bench.backends`)."""
     """Bytes of memory a shared pass may fill, where its SAEs are split over passes beyond (None: the device's)."""
+    backend: str = DEFAULT_BACKEND
+    """How models run (`sae_bench.backends`)."""
 
 
 @dataclass(frozen=True)

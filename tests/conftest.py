@@ -5,6 +5,8 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from sae_bench.backends import hooked_transformer_on_purpose
+
 D_MODEL = 16
 D_VOCAB = 61
 N_LAYERS = 4
@@ -27,7 +29,8 @@ def tiny_model(seed: int = 0, **overrides) -> HookedTransformer:
         seed=seed,
     )
     settings.update(overrides)
-    model = HookedTransformer(HookedTransformerConfig(**settings))
+    with hooked_transformer_on_purpose():
+        model = HookedTransformer(HookedTransformerConfig(**settings))
     with torch.no_grad():
         model.W_U.mul_(8.0)  # sharpen the predictions so sampled text has a clean loss well below ln(vocab)
     return model.eval()

@@ -111,7 +111,7 @@ def test_the_bridge_runs_the_floor(tmp_path):
 
 
 def test_an_unknown_backend_is_one_message():
-    with pytest.raises(BadInput, match="backend 'jax': one of hooked, bridge"):
+    with pytest.raises(BadInput, match="backend 'jax': one of bridge, hooked"):
         load_model("zoo:tiny-mistral/base", backend="jax")
 
 

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import torch
 
 import sae_bench.sources
+from sae_bench.backends import backend_of
 from sae_bench.cases import Case
 from sae_bench.execution import CaseExecutor, split_rows
 
@@ -75,12 +76,11 @@ def test_a_planned_family_shares_passes_at_the_floor_and_releases_each_model_aft
         model = load(spec)
         if not getattr(model, "_rows_counted", False):
             model._rows_counted = True
-            for i in range(model.cfg.n_layers):
 
-                def count(tensor, hook, spec=spec):
-                    rows[(spec, int(hook.name.split(".")[1]))] += tensor.shape[0]
+            def count(layer, n, spec=spec):
+                rows[(spec, layer)] += n
 
-                model.add_hook(f"blocks.{i}.hook_resid_post", count)
+            backend_of(model).count_block_rows(count)
         return model
 
     executor.model = counting_model

@@ -110,7 +110,7 @@ def test_on_the_zoo_the_residual_is_the_bridges_and_the_log_probs_hooked_transfo
     bridge = TransformerBridge.boot_transformers(
         str(verified_directory(f"models/{name}")), device="cpu", tokenizer=load_zoo_tokenizer()
     )
-    hooked = load_model(f"zoo:{name}")
+    hooked = load_model(f"zoo:{name}", backend="hooked")
     model = bridge.original_model
     hook, blocks_before = "blocks.2.hook_resid_pre", 2
     tokens = torch.randint(3, bridge.cfg.d_vocab, (ROWS, POSITIONS), generator=torch.Generator().manual_seed(3))

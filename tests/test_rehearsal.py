@@ -205,13 +205,15 @@ def test_gemma3_miniature_runs_in_transformer_lens_as_in_hf_sliding_windows_incl
     from transformer_lens import HookedTransformer
     from transformers import AutoModelForCausalLM
 
+    from sae_bench.backends import hooked_transformer_on_purpose
     from sae_bench.rehearsal import substitute_hard_coded_configs
     from sae_bench.rehearsal.miniatures import GEMMA3_SLIDING_WINDOW
 
     repo = "google/gemma-3-270m-it"
     _gemma3_hub(tmp_path, monkeypatch, [repo])
     substitute_hard_coded_configs()
-    model = HookedTransformer.from_pretrained(repo, device="cpu", dtype=torch.float32)
+    with hooked_transformer_on_purpose():
+        model = HookedTransformer.from_pretrained(repo, device="cpu", dtype=torch.float32)
     hf = AutoModelForCausalLM.from_pretrained(repo, dtype=torch.float32)
     assert model.cfg.n_layers == 18 and model.cfg.attn_types[:6] == ["local"] * 5 + ["global"]
     assert model.cfg.window_size == GEMMA3_SLIDING_WINDOW and model.cfg.use_qk_norm

@@ -28,7 +28,7 @@ def test_manifest_lists_every_recipe_artifact():
 
 @pytest.mark.parametrize("name", model_names())
 def test_zoo_model_log_probs_match_hf(name, heldout):
-    tl = load_model(f"zoo:{name}")
+    tl = load_model(f"zoo:{name}", backend="hooked")  # the conversion to TransformerLens; the bridge runs HF itself
     hf = AutoModelForCausalLM.from_pretrained(verified_directory(f"models/{name}"), dtype=torch.float32).eval()
     tokens = heldout[:4]
     with torch.no_grad():
