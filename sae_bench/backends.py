@@ -22,9 +22,14 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
+from transformer_lens import HookedTransformer
+from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 from sae_bench import hf_continuation
+
+Model = TransformerBridge | HookedTransformer
+"""A loaded model the engine runs, on either backend (`backend_of` gives its backend)."""
 
 
 class ModelBackend(ABC):

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
-from sae_bench.backends import backend_of
+from sae_bench.backends import Model, backend_of
 from sae_bench.cache import cache_dir
 
 
@@ -78,7 +77,7 @@ class ChatRows:
 
 @torch.inference_mode()
 def greedy_rollouts(
-    model: HookedTransformer,
+    model: Model,
     prompts: list[list[int]],
     *,
     max_new_tokens: int,

@@ -11,9 +11,8 @@ from dataclasses import dataclass
 import torch
 from sae_lens.util import get_special_token_ids
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
-from sae_bench.backends import backend_of
+from sae_bench.backends import Model, backend_of
 from sae_bench.errors import BadInput
 
 
@@ -85,7 +84,7 @@ def _width_read(mask: Tensor) -> int:
     return min(mask.shape[1], last + 2)
 
 
-def special_token_ids(model: HookedTransformer, given: tuple[int, ...] | None) -> Tensor:
+def special_token_ids(model: Model, given: tuple[int, ...] | None) -> Tensor:
     """The special-token ids to exclude: `given`, or every special id of the model's tokenizer (as SAELens)."""
     if given is not None:
         return torch.tensor(given, dtype=torch.long)

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
-from sae_bench.backends import backend_of
+from sae_bench.backends import Model, backend_of
 
 
 @dataclass(frozen=True)
@@ -97,7 +96,7 @@ class WeightDrift:
     overall: float
 
 
-def weight_drift(base: HookedTransformer, finetuned: HookedTransformer) -> WeightDrift:
+def weight_drift(base: Model, finetuned: Model) -> WeightDrift:
     """Per-parameter, per-layer and overall relative Frobenius drift between two models of one architecture, on
     the weights their backend holds (HookedTransformer's processed ones, or a bridge's raw HF ones)."""
     params_b = {name: (layer, w) for name, layer, w in backend_of(base).weights_by_layer()}

@@ -25,10 +25,9 @@ import torch
 from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from sae_bench import metrics
-from sae_bench.backends import backend_of
+from sae_bench.backends import Model, backend_of
 from sae_bench.data import TokenBatches, check_token_ids, special_token_ids
 from sae_bench.errors import UnusableSAE
 from sae_bench.eval_config import EvalConfig
@@ -56,7 +55,7 @@ from sae_bench.splicing import (
 )
 
 
-def prepare(model: HookedTransformer, sae: SAE, config: EvalConfig) -> HookSite:
+def prepare(model: Model, sae: SAE, config: EvalConfig) -> HookSite:
     """Check the hook and widths, and move model and SAE to the configured device and dtype."""
     site = resolve_hook(model, config.hook)
     check_sae_fits(model, sae, site)
@@ -116,7 +115,7 @@ class _ZeroRows:
 
 
 def _final_residuals(
-    model: HookedTransformer,
+    model: Model,
     site: HookSite,
     residuals: dict[str, Tensor],
     stack: bool,
@@ -166,7 +165,7 @@ def logit_rows_per_chunk(config: EvalConfig, device: torch.device | str, d_vocab
 
 @torch.inference_mode()
 def evaluate_transfer(
-    model: HookedTransformer,
+    model: Model,
     sae: SAE,
     tokens: Tensor,
     config: EvalConfig,
@@ -208,7 +207,7 @@ class _Variant:
 
 @torch.inference_mode()
 def evaluate_shared(
-    model: HookedTransformer,
+    model: Model,
     variants: Sequence[tuple[SAE, EvalConfig]],
     tokens: Tensor,
     *,
@@ -286,7 +285,7 @@ def evaluate_shared(
 
 
 def _evaluate_batch(
-    model: HookedTransformer,
+    model: Model,
     states: list[_Variant],
     at_hook: dict[HookSite, Tensor],
     clean_final: Tensor | None,
@@ -387,7 +386,7 @@ def _nothing_left_message(batches: TokenBatches, acc: TransferAccumulators) -> s
     )
 
 
-def _outlier_breakdown_stats(model: HookedTransformer) -> OutlierBreakdownStats:
+def _outlier_breakdown_stats(model: Model) -> OutlierBreakdownStats:
     tokenizer = backend_of(model).tokenizer
     if tokenizer is None:
         return OutlierBreakdownStats()
@@ -396,7 +395,7 @@ def _outlier_breakdown_stats(model: HookedTransformer) -> OutlierBreakdownStats:
 
 @torch.inference_mode()
 def estimate_scaling_factor(
-    model: HookedTransformer,
+    model: Model,
     tokens: Tensor,
     hook: str,
     *,

@@ -15,9 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pandas as pd
-from transformer_lens import HookedTransformer
 
-from sae_bench.backends import backend_of
+from sae_bench.backends import Model, backend_of
 
 
 @dataclass
@@ -29,7 +28,7 @@ class ForwardCost:
     n_layers: dict[str, int] = field(default_factory=dict)
     counting: bool = True
 
-    def watch(self, spec: str, model: HookedTransformer) -> None:
+    def watch(self, spec: str, model: Model) -> None:
         """Count every row that passes a block of `model` from now on (permanent hooks: they survive reset_hooks)."""
         backend = backend_of(model)
         self.n_layers[spec] = backend.n_layers

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
-from sae_bench.backends import backend_of
+from sae_bench.backends import Model, backend_of
 from sae_bench.data import TokenBatches, check_token_ids
 from sae_bench.splicing import HookSite, is_causal, resolve_hook, run_to_hook
 
@@ -40,7 +39,7 @@ class PrefixActivations:
             )
 
 
-def prefix_bytes(model: HookedTransformer, tokens: Tensor) -> int:
+def prefix_bytes(model: Model, tokens: Tensor) -> int:
     """Host memory the prefix activations of `tokens` take, in the model's dtype."""
     backend = backend_of(model)
     return tokens.numel() * backend.d_model * torch.empty((), dtype=backend.dtype).element_size()
@@ -48,7 +47,7 @@ def prefix_bytes(model: HookedTransformer, tokens: Tensor) -> int:
 
 @torch.inference_mode()
 def run_prefix(
-    model: HookedTransformer, tokens: Tensor, hook: str, batch_size: int, position_mask: Tensor | None = None
+    model: Model, tokens: Tensor, hook: str, batch_size: int, position_mask: Tensor | None = None
 ) -> PrefixActivations:
     """Run `model` to `hook` over `tokens` (n_sequences, pos), `batch_size` rows at a time, keeping each batch
     (cut as the passes it serves cut it: after the last position under `position_mask` that they read)."""
@@ -63,7 +62,7 @@ def run_prefix(
 
 
 def residual_at_hook(
-    model: HookedTransformer,
+    model: Model,
     tokens: Tensor,
     site: HookSite,
     prefix: PrefixActivations | None,

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from sae_bench import metrics
+from sae_bench.backends import Model
 from sae_bench.outliers import OutlierBreakdown, OutlierBreakdownStats
 from sae_bench.splicing import SaePass, logits_of_final_rows
 
@@ -150,7 +150,7 @@ class DistinctRows:
         return self.rows[self.row_of]
 
 
-def _float_logits(model: HookedTransformer, rows: Tensor) -> Tensor:
+def _float_logits(model: Model, rows: Tensor) -> Tensor:
     logits = logits_of_final_rows(model, rows)
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
@@ -160,7 +160,7 @@ class _CountedLogits:
     distinct (row, position) pairs fit one chunk is unembedded (and normalised) once, and each chunk gathers its
     rows' copies."""
 
-    def __init__(self, model: HookedTransformer, final: Tensor | DistinctRows, counted: Tensor, chunk: int) -> None:
+    def __init__(self, model: Model, final: Tensor | DistinctRows, counted: Tensor, chunk: int) -> None:
         self.model, self.distinct = model, None
         if isinstance(final, DistinctRows):
             batch_index, position = counted.nonzero(as_tuple=True)  # the order of final[:, :-1][counted]
@@ -183,7 +183,7 @@ class _CountedLogits:
 
 @torch.inference_mode()
 def score_predictions(
-    model: HookedTransformer,
+    model: Model,
     finals: dict[Hashable, Tensor | DistinctRows],
     tokens: Tensor,
     counted: Tensor,

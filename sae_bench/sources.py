@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -20,11 +20,8 @@ from transformer_lens.pretrained.weight_conversions import (
     convert_qwen2_weights,
 )
 
-from sae_bench.backends import BACKENDS, DEFAULT_BACKEND, hooked_transformer_on_purpose
+from sae_bench.backends import BACKENDS, DEFAULT_BACKEND, Model, hooked_transformer_on_purpose
 from sae_bench.errors import BadInput
-
-if TYPE_CHECKING:
-    from transformer_lens.model_bridge import TransformerBridge
 
 
 def _common(hf: Any) -> dict[str, Any]:
@@ -162,7 +159,7 @@ def load_zoo_tokenizer():
 
 def load_model(
     spec: str, *, dtype: torch.dtype = torch.float32, device: str = "cpu", backend: str = DEFAULT_BACKEND
-) -> TransformerBridge | HookedTransformer:
+) -> Model:
     """A TransformerLens model by spec: `zoo:FAMILY/NAME`, a local HF `save_pretrained` directory, or a hub spec
     (`hf:ORG/NAME[?as=BASE&vocab=N]`, see `sae_bench.hub`), on the given backend (BACKENDS; the bridge by default)."""
     if backend not in BACKENDS:

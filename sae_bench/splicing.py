@@ -17,9 +17,8 @@ from typing import Literal, NamedTuple
 import torch
 from sae_lens import SAE
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
-from sae_bench.backends import backend_of
+from sae_bench.backends import Model, backend_of
 from sae_bench.errors import BadInput
 
 _RESID_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_(pre|post)$")
@@ -45,12 +44,12 @@ class HookSite:
         return self.layer if self.kind == "pre" else self.layer + 1
 
 
-def supported_hooks(model: HookedTransformer) -> list[str]:
+def supported_hooks(model: Model) -> list[str]:
     """Every hook name `resolve_hook` accepts on this model."""
     return backend_of(model).residual_hooks()
 
 
-def resolve_hook(model: HookedTransformer, hook_name: str) -> HookSite:
+def resolve_hook(model: Model, hook_name: str) -> HookSite:
     """Parse and check a hook name; an unknown or unsupported one raises with the valid names and close matches."""
     valid = supported_hooks(model)
     n_layers = backend_of(model).n_layers
@@ -71,7 +70,7 @@ class SAEDoesNotFit(ValueError):
     """The SAE's input width is not the model's residual width at the hook."""
 
 
-def check_sae_fits(model: HookedTransformer, sae: SAE, site: HookSite) -> None:
+def check_sae_fits(model: Model, sae: SAE, site: HookSite) -> None:
     """Raise if the SAE's input width is not the model's residual width."""
     d_in, d_model = sae.cfg.d_in, backend_of(model).d_model
     if d_in != d_model:
@@ -87,13 +86,13 @@ attention scores and MLP activations in cache (1.8× faster than one call of 352
 larger calls keep it busy while bounding its memory."""
 
 
-def rows_per_call(model: HookedTransformer, pos: int) -> int:
+def rows_per_call(model: Model, pos: int) -> int:
     """How many rows of `pos` tokens one call of `model` runs (TOKENS_PER_CALL of its device, at least one)."""
     kind = "cuda" if backend_of(model).device.type == "cuda" else "cpu"
     return max(1, TOKENS_PER_CALL[kind] // pos)
 
 
-def _in_pieces(model: HookedTransformer, run: Callable[[Tensor], Tensor], rows: Tensor) -> Tensor:
+def _in_pieces(model: Model, run: Callable[[Tensor], Tensor], rows: Tensor) -> Tensor:
     """run(rows) in as few calls of at most `rows_per_call` rows as may be, of equal sizes (the same result: rows do
     not interact). Equal, because a call's fixed cost is large on a small model: 17 rows as 16 + 1 took 1.3× the
     time of 9 + 8 on the zoo (one call of one 128-token row through two blocks: 7 ms)."""
@@ -103,20 +102,18 @@ def _in_pieces(model: HookedTransformer, run: Callable[[Tensor], Tensor], rows: 
     return torch.cat([run(piece) for piece in rows.tensor_split(-(-rows.shape[0] // step))])
 
 
-def is_causal(model: HookedTransformer) -> bool:
+def is_causal(model: Model) -> bool:
     """Whether no position reads a later one (decoder LMs), so a row may be cut after the last position needed."""
     return backend_of(model).is_causal
 
 
-def run_to_hook(model: HookedTransformer, tokens: Tensor, site: HookSite) -> Tensor:
+def run_to_hook(model: Model, tokens: Tensor, site: HookSite) -> Tensor:
     """Residual stream at the hook. tokens: (batch, pos) → (batch, pos, d_model)."""
     backend = backend_of(model)
     return _in_pieces(model, lambda piece: backend.run_to_hook(piece, site.blocks_before), tokens)
 
 
-def run_keeping_hooks(
-    model: HookedTransformer, tokens: Tensor, sites: Sequence[HookSite]
-) -> tuple[dict[HookSite, Tensor], Tensor]:
+def run_keeping_hooks(model: Model, tokens: Tensor, sites: Sequence[HookSite]) -> tuple[dict[HookSite, Tensor], Tensor]:
     """One forward through every block, keeping the residual at each site: (residual at each hook, residual after
     the last block), each (batch, pos, d_model). Each kept residual is the one `run_to_hook` gives (the same
     operations, stopped later), so every hook's prefix comes with the clean run."""
@@ -131,19 +128,19 @@ def run_keeping_hooks(
     return {site: torch.cat(pieces) for site, pieces in kept_pieces.items()}, torch.cat(finals)
 
 
-def final_residual_from_hook(model: HookedTransformer, residual: Tensor, site: HookSite) -> Tensor:
+def final_residual_from_hook(model: Model, residual: Tensor, site: HookSite) -> Tensor:
     """The residual after the last block (before the final norm), from a residual at the hook. (batch, pos, d)."""
     backend = backend_of(model)
     return _in_pieces(model, lambda piece: backend.final_residual_from(piece, site.blocks_before), residual)
 
 
-def logits_of_final_rows(model: HookedTransformer, rows: Tensor) -> Tensor:
+def logits_of_final_rows(model: Model, rows: Tensor) -> Tensor:
     """Logits of (n, d_model) final-residual rows: final norm, unembedding and soft cap, as the model's forward
     applies them. Scoring only chosen rows, a chunk at a time, keeps memory at O(chunk × d_vocab)."""
     return backend_of(model).logits_of_final_rows(rows)
 
 
-def unembedding(model: HookedTransformer) -> Tensor:
+def unembedding(model: Model) -> Tensor:
     """The (d_model, d_vocab) map from the normalised final residual to logits, the final norm's scale folded in
     (HookedTransformer's W_U; a bridge's is folded here the same way), for logit-weight similarity."""
     return backend_of(model).unembedding()

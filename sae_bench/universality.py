@@ -16,9 +16,9 @@ import torch
 from sae_lens import SAE
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedTransformer
 
 from sae_bench import metrics
+from sae_bench.backends import Model
 from sae_bench.data import TokenBatches, special_token_ids
 from sae_bench.drift import ResidualSimilarity, ResidualSimilarityStats
 from sae_bench.evaluate import check_finite
@@ -127,7 +127,7 @@ class UniversalityReport:
         return row
 
 
-def check_same_vocabulary(base: HookedTransformer, finetuned: HookedTransformer) -> None:
+def check_same_vocabulary(base: Model, finetuned: Model) -> None:
     """Raise when the two models cannot read the same token ids."""
     if base.cfg.d_vocab != finetuned.cfg.d_vocab:
         raise ValueError(
@@ -146,8 +146,8 @@ def check_same_vocabulary(base: HookedTransformer, finetuned: HookedTransformer)
 
 @torch.inference_mode()
 def evaluate_universality(
-    base: HookedTransformer,
-    finetuned: HookedTransformer,
+    base: Model,
+    finetuned: Model,
     sae: SAE,
     tokens: Tensor,
     config: PairedConfig,
