@@ -73,7 +73,7 @@ def measure(label: str, model, run) -> tuple[float, float]:
 
 
 def main(n_rows: int = 64) -> None:
-    model = load_model("zoo:tiny-mistral/base")
+    model = load_model("zoo:tiny-mistral/base", backend="hooked")  # (b) and (d) run HookedTransformer's own forward
     tokens = load_zoo_data("heldout")["input_ids"][:n_rows]
     pairs = release(model.cfg.n_layers)
     hooks = sorted({config.hook for _, config in pairs})

@@ -1,6 +1,7 @@
 """The two model backends (`sae_bench.backends`) give the engine equal numbers: a transfer pass, a pass across hooks,
 a paired universality pass and chat rollouts on zoo models, each on HookedTransformer and on TransformerBridge; the
-bridge's forward passes are counted at the floor; a wrong backend is one message."""
+bridge's forward passes are counted at the floor; a wrong backend is one message; the bridge is the default, and a
+HookedTransformer built by accident fails the tests."""
 
 from __future__ import annotations
 
@@ -113,6 +114,23 @@ def test_the_bridge_runs_the_floor(tmp_path):
 def test_an_unknown_backend_is_one_message():
     with pytest.raises(BadInput, match="backend 'jax': one of bridge, hooked"):
         load_model("zoo:tiny-mistral/base", backend="jax")
+
+
+def test_the_bridge_is_the_default_and_a_hooked_transformer_is_built_only_on_purpose():
+    """pyproject.toml turns TransformerLens's deprecation of HookedTransformer into an error; the `hooked` backend and
+    the deliberate references build theirs under `hooked_transformer_on_purpose`."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from sae_bench.backends import BridgeBackend, backend_of, hooked_transformer_on_purpose
+
+    assert BACKENDS[0] == "bridge"
+    assert isinstance(backend_of(load_model("zoo:tiny-mistral/base")), BridgeBackend)
+    cfg = HookedTransformerConfig(n_layers=1, d_model=8, n_ctx=4, d_head=4, n_heads=2, d_vocab=5, act_fn="relu")
+    with pytest.raises(DeprecationWarning, match="HookedTransformer is deprecated"):
+        HookedTransformer(cfg)
+    with hooked_transformer_on_purpose():
+        assert HookedTransformer(cfg).cfg.n_layers == 1
+    load_model("zoo:tiny-mistral/base", backend="hooked")  # the hooked backend builds its own on purpose
 
 
 def test_each_model_gets_its_backend_and_both_report_the_same_model(models):
