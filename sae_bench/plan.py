@@ -179,20 +179,20 @@ def calibration_path(device: str) -> Path:
 
 
 def calibrate(device: str = "cpu", *, d_model: int = 512, n_layers: int = 6, rows: int = 8, context: int = 256):
-    """Seconds per parameter-token of a forward pass on this device: a random decoder of the suite's kind (gated MLP,
-    RMS norm, rotary) timed over `rows` x `context` tokens, median of 5 after a warm-up; stored per device."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    """Seconds per parameter-token of a forward pass on this device: a random decoder of the suite's kind (HF's
+    Mistral: gated MLP, RMS norm, rotary), run by HF's own forward as the default backend runs it, timed over `rows` x
+    `context` tokens, median of 5 after a warm-up; stored per device."""
+    from transformers import MistralConfig, MistralForCausalLM
 
-    from sae_bench.backends import hooked_transformer_on_purpose
-
-    cfg = HookedTransformerConfig(
-        d_model=d_model, n_layers=n_layers, n_heads=d_model // 64, d_head=64, d_mlp=4 * d_model, d_vocab=32000,
-        n_ctx=context, act_fn="silu", normalization_type="RMS", positional_embedding_type="rotary", gated_mlp=True,
-        device=device, seed=0,
+    config = MistralConfig(
+        hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=d_model // 64,
+        num_key_value_heads=d_model // 64, head_dim=64, intermediate_size=4 * d_model, vocab_size=32000,
+        max_position_embeddings=context,
     )  # fmt: skip
-    with hooked_transformer_on_purpose():
-        model = HookedTransformer(cfg).eval()
-    tokens = torch.randint(0, cfg.d_vocab, (rows, context), generator=torch.Generator().manual_seed(0)).to(device)
+    torch.manual_seed(0)
+    model = MistralForCausalLM(config).to(device).eval()
+    tokens = torch.randint(0, config.vocab_size, (rows, context), generator=torch.Generator().manual_seed(0))
+    tokens = tokens.to(device)
     params = sum(p.numel() for p in model.parameters())
     times = []
     with torch.inference_mode():
@@ -208,7 +208,7 @@ def calibrate(device: str = "cpu", *, d_model: int = 512, n_layers: int = 6, row
     result = {
         "device": device_name(device),
         "seconds_per_param_token": seconds / (params * rows * context),
-        "model": f"d_model {d_model}, {n_layers} layers, {params} parameters",
+        "model": f"HF Mistral, d_model {d_model}, {n_layers} layers, {params} parameters",
         "tokens": rows * context,
         "torch": torch.__version__,
     }
