@@ -298,8 +298,9 @@ DEFAULT_BACKEND = BACKENDS[0]
 
 @contextmanager
 def hooked_transformer_on_purpose() -> Iterator[None]:
-    """Build a HookedTransformer deliberately (the `hooked` backend, a reference, a calibration model) without
-    TransformerLens 3.9's deprecation warning; everywhere else the suite's tests turn that warning into an error."""
+    """Build a HookedTransformer deliberately (the `hooked` backend, a reference the bridge is checked against)
+    without TransformerLens 3.9's deprecation warning; everywhere else the suite's tests turn that warning into an
+    error."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", r"HookedTransformer(\.from_pretrained)? is deprecated", DeprecationWarning)
         yield

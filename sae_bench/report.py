@@ -168,15 +168,15 @@ def _dose_points(family: str, cases: list[Case], frame: pd.DataFrame) -> pd.Data
     from sae_bench.zoo.card import CARD_BACKEND  # drift as the zoo card measures it
 
     manifest = read_manifest()["models"]
-    base = load_model(f"zoo:{family}/base", backend=CARD_BACKEND)
+
+    def zoo_model(name: str):
+        return load_model(f"zoo:{family}/{name}", backend=CARD_BACKEND)
+
+    base = zoo_model("base")
     rows = []
     for model in models:
         values = frame[frame.case_id == by_model[model].id].set_index("metric").value
-        drift = (
-            0.0
-            if model == "base"
-            else weight_drift(base, load_model(f"zoo:{family}/{model}", backend=CARD_BACKEND)).overall
-        )
+        drift = 0.0 if model == "base" else weight_drift(base, zoo_model(model)).overall
         steps = 0 if manifest[f"{family}/{model}"]["parent"] is None else manifest[f"{family}/{model}"]["step"]
         rows.append(
             {
