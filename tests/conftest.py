@@ -5,7 +5,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from sae_bench.backends import hooked_transformer_on_purpose
+from sae_bench.backends import backend_of, hooked_transformer_on_purpose
 
 D_MODEL = 16
 D_VOCAB = 61
@@ -94,3 +94,15 @@ def results_database_outside_the_repo(tmp_path_factory):
     import os
 
     os.environ["SAE_BENCH_RESULTS"] = str(tmp_path_factory.mktemp("results") / "results.sqlite")
+
+
+def rows_per_layer(model) -> list[int]:
+    """Rows each block of `model` runs from now on, counted by its backend: a list that fills as the model runs."""
+    backend = backend_of(model)
+    rows = [0] * backend.n_layers
+
+    def count(layer: int, n: int) -> None:
+        rows[layer] += n
+
+    backend.count_block_rows(count)
+    return rows

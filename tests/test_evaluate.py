@@ -12,7 +12,7 @@ from sae_bench.expectations import FLOAT_FLOOR_REL
 from sae_bench.metrics import FLOAT32_ROUNDING
 from sae_bench.outliers import OutlierPolicy
 from sae_bench.results import TransferReport
-from tests.conftest import D_MODEL, D_VOCAB, N_LAYERS, identity_sae, standard_sae, tiny_model, zero_sae
+from tests.conftest import D_MODEL, D_VOCAB, N_LAYERS, identity_sae, rows_per_layer, standard_sae, tiny_model, zero_sae
 
 FLOAT32_FORWARD = {"rel": FLOAT_FLOOR_REL, "abs": FLOAT32_ROUNDING}
 """Two float32 forward passes that differ only in their shapes (rows cut, chunks split) reorder float32 sums: a CE
@@ -165,13 +165,7 @@ def test_engine_structure_is_one_prefix_pass_and_three_continuations(tokens, ran
     layer = 2
     for stack in (True, False):
         model = tiny_model()
-        rows = [0] * N_LAYERS
-
-        def count(act, hook, rows=rows):
-            rows[int(hook.name.split(".")[1])] += act.shape[0]
-
-        for i in range(N_LAYERS):
-            model.add_hook(f"blocks.{i}.hook_resid_post", count)
+        rows = rows_per_layer(model)
         run(model, random_sae, tokens, hook=f"blocks.{layer}.hook_resid_pre", stack_continuations=stack)
         n_seq = tokens.shape[0]
         # clean and spliced rows; the zero-ablated rows are all zeros (every position ablated): one for the pass

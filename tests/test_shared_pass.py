@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from sae_bench.evaluate import EvalConfig, evaluate_shared, evaluate_transfer
 from sae_bench.outliers import OutlierPolicy
 from sae_bench.results import TransferReport
-from tests.conftest import D_MODEL, N_LAYERS, identity_sae, standard_sae, tiny_model
+from tests.conftest import D_MODEL, N_LAYERS, identity_sae, rows_per_layer, standard_sae, tiny_model
 
 HOOK = "blocks.2.hook_resid_pre"
 POLICIES = [None, OutlierPolicy(3.5, norm="raw"), OutlierPolicy(3.5, norm="raw", count_in_ce=False)]
@@ -74,13 +74,7 @@ def test_the_clean_and_zero_continuations_run_once_for_every_variant(tokens):
     model, layer = tiny_model(), 2
     a, b = standard_sae(D_MODEL, 12, seed=1), standard_sae(D_MODEL, 12, seed=2)
     config = EvalConfig(hook=f"blocks.{layer}.hook_resid_pre", batch_size=tokens.shape[0], progress=False)
-    rows = [0] * N_LAYERS
-
-    def count(tensor, hook):
-        rows[int(hook.name.split(".")[1])] += tensor.shape[0]
-
-    for i in range(N_LAYERS):
-        model.add_hook(f"blocks.{i}.hook_resid_post", count)
+    rows = rows_per_layer(model)
     evaluate_shared(model, [(a, config), (b, config), (a, config)], tokens)
     n_seq = tokens.shape[0]
     # prefix once; then clean + two distinct spliced residuals (a's twice identical: shared) + one all-zero row
@@ -154,13 +148,7 @@ def test_several_hooks_run_one_clean_forward_and_continue_each_hook_once(tokens)
     from sae_bench.evaluate import PassCost
 
     model = tiny_model()
-    n_seq, rows = tokens.shape[0], [0] * N_LAYERS
-
-    def count(tensor, hook):
-        rows[int(hook.name.split(".")[1])] += tensor.shape[0]
-
-    for i in range(N_LAYERS):
-        model.add_hook(f"blocks.{i}.hook_resid_post", count)
+    n_seq, rows = tokens.shape[0], rows_per_layer(model)
     config = {layer: EvalConfig(hook=f"blocks.{layer}.hook_resid_pre", batch_size=n_seq) for layer in (1, 3)}
     saes = [standard_sae(D_MODEL, 12, seed=i) for i in range(3)]
     cost = PassCost()
