@@ -95,9 +95,10 @@ def pytest_configure(config):
         )
         suite.open_results(
             config.getoption("--results"),
-            disabled=config.getoption("--no-results"),
+            disabled=config.getoption("--no-results") or _shows_information(config),
             run_id=None if workerinput is None else workerinput.get("sae_bench_run"),
             git_commit=git_commit(Path(__file__).parent),
+            measures=not config.option.collectonly,
         )
     config._sae_bench_suite = suite
     if suite.options.rehearse:
@@ -105,6 +106,12 @@ def pytest_configure(config):
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:  # share the cores between xdist workers instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def _shows_information(config) -> bool:
+    """--help, --version, --markers, --fixtures: pytest shows text and runs nothing: nothing is opened or recorded."""
+    option = config.option
+    return any(getattr(option, name, False) for name in ("help", "version", "markers", "showfixtures"))
 
 
 def case_params(registry: Registry):
@@ -203,6 +210,16 @@ def pytest_collection_finish(session):
         raise pytest.UsageError(
             f"{len(problems)} expectation file(s) cannot be used; nothing was run:\n" + "\n".join(problems)
         )
+    stale = suite.stale_temporaries()
+    if stale:
+        message = (
+            f"{len(stale)} temporary file(s) left by an expectation writer that was killed mid-write: "
+            + ", ".join(str(p) for p in stale)
+            + ". Delete them (the next --update-expectations of their file removes them too)"
+        )
+        if suite.options.strict_expectations:
+            raise pytest.UsageError(message + " (--strict-expectations)")
+        warnings.warn(OrphanExpectation(message), stacklevel=1)
     orphans = suite.orphan_expectations()
     if orphans:
         message = (
@@ -251,7 +268,10 @@ def pytest_sessionfinish(session, exitstatus):
         suite.write_table(target)
     suite.close_remote()
     if suite.results is not None and not hasattr(session.config, "workerinput"):
-        suite.results.finish_run(suite.run_id, int(session.exitstatus))
+        if session.exitstatus == pytest.ExitCode.USAGE_ERROR:  # stopped before it ran: it leaves no run behind
+            suite.results.forget_run(suite.run_id)
+        else:
+            suite.results.finish_run(suite.run_id, int(session.exitstatus))
     if suite.options.rehearse:
         suite.problems = rehearsal_problems(suite)
         if suite.problems:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import math
 import re
+import string
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -161,6 +163,50 @@ _CASE_KEYS = {f.name for f in fields(Case)} - {"id", "family", "file", "sae_name
 _SWEEP_KEYS = {"name", "releases", "models", "hook", "layers", "widths", "ids", "variants", "margins", "margin_basis"}
 """A sweep's own keys; the others are case fields of every case it expands to. Margins serve the paired release gate."""
 _LAYER = re.compile(r"layer_(\d+)")
+HOOK_PLACEHOLDERS = ("layer",)
+"""What a sweep's hook template may name: `{layer}`, read off each release id."""
+JUDGED = {"ce_spliced": "lower", "kl_spliced": "lower", "explained_variance": "higher"}
+"""The metrics the paired release gate judges (a sweep's `margins` name some of them), and which way is better."""
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)%")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A `[[sweep]]` declaration: releases × the family's models, its hook template and the paired gate's margins."""
+
+    family: str
+    name: str
+    file: str
+    hook: str
+    """The hook template, `{layer}` read off each release id."""
+    margins: Mapping[str, float | str]
+    """Per judged metric: an absolute margin (finite, positive), or "N%" of the old SAE's own value (0 < N <= 100)."""
+    margin_basis: str = ""
+    hook_mismatch_ok: str = ""
+    """Why a release's SAE may be spliced at another hook than its config names (empty: it may not)."""
+
+    @property
+    def id(self) -> str:
+        return f"{self.family}/{self.name}"
+
+    def hook_at(self, layer: int) -> str:
+        return self.hook.format(layer=layer)
+
+
+def margin_problem(metric: str, value: Any) -> str | None:
+    """Why `value` is not a margin of the paired gate for `metric` (None: it is one)."""
+    if metric not in JUDGED:
+        return f"{metric!r} is not a judged metric ({', '.join(JUDGED)})"
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return f"{metric} = {value!r} is not a number or a percentage"
+    if isinstance(value, str):
+        match = _PERCENT.fullmatch(value)
+        if match is None or not 0 < float(match.group(1)) <= 100:
+            return f'{metric} = {value!r} is not a percentage "N%" with 0 < N <= 100'
+        return None
+    if not math.isfinite(value) or value <= 0:
+        return f"{metric} = {value!r} is not a finite positive number"
+    return None
 
 
 class _IdFilter:
@@ -175,7 +221,15 @@ class _IdFilter:
             raise CaseFileError(path, f"{where}.layers", f"expected [first, last], got {layers!r}", "layers = [0, 9]")
         self.layers = layers
         self.widths = sweep.get("widths")
+        if self.widths is not None and not (
+            isinstance(self.widths, list) and self.widths and all(isinstance(w, str) and w for w in self.widths)
+        ):
+            raise CaseFileError(
+                path, f"{where}.widths", f"expected a list of widths, got {self.widths!r}", 'widths = ["16k", "65k"]'
+            )
         try:
+            if "ids" in sweep and not isinstance(sweep["ids"], str):
+                raise TypeError(f"expected a string, got {sweep['ids']!r}")
             self.pattern = re.compile(sweep["ids"]) if "ids" in sweep else None
         except (re.error, TypeError) as err:
             raise CaseFileError(
@@ -190,12 +244,30 @@ class _IdFilter:
             )
         return int(match.group(1))
 
+    def checks(self, sae_id: str, layer: int) -> dict[str, bool]:
+        """Each declared filter (as the file writes it) and whether it keeps this id."""
+        kept = {}
+        if self.layers is not None:
+            kept[f"layers = {self.layers}"] = self.layers[0] <= layer <= self.layers[1]
+        if self.widths is not None:
+            kept[f"widths = {self.widths}"] = any(f"width_{w}" in sae_id for w in self.widths)
+        if self.pattern is not None:
+            kept[f"ids = {self.pattern.pattern!r}"] = self.pattern.fullmatch(sae_id) is not None
+        return kept
+
     def __call__(self, sae_id: str, layer: int) -> bool:
-        if self.layers is not None and not self.layers[0] <= layer <= self.layers[1]:
-            return False
-        if self.widths is not None and not any(f"width_{w}" in sae_id for w in self.widths):
-            return False
-        return self.pattern is None or self.pattern.fullmatch(sae_id) is not None
+        return all(self.checks(sae_id, layer).values())
+
+    def nothing_kept(self, label: str, checks: list[dict[str, bool]]) -> CaseFileError:
+        """The error for a release none of whose ids passes the filters, naming the ones that keep nothing."""
+        empty = [name for name in (checks[0] if checks else {}) if not any(c[name] for c in checks)]
+        which = "; ".join(empty) if empty else "the filters together"
+        return CaseFileError(
+            self.path,
+            self.where,
+            f"{which} keeps none of release {label}'s {len(checks)} ids",
+            "widen the filter (`sae-bench cases --sweep …` lists what a sweep expands to), or drop it",
+        )
 
 
 def release_members(source: str, base: Path, where: str) -> list[tuple[str, str]]:
@@ -226,6 +298,10 @@ def release_members(source: str, base: Path, where: str) -> list[tuple[str, str]
 
 
 _ENTRY_KEYS = (_CASE_KEYS - {"sae", "model", "base_model"}) | {"sae", "model", "base", "saes", "models"}
+_MARGINS_FIX = (
+    'margins = { ce_spliced = 0.05, kl_spliced = "30%", explained_variance = 0.03 } (each a finite positive number, '
+    'or a percentage "N%" of the old SAE\'s value with 0 < N <= 100)'
+)
 
 
 class _Reader:
@@ -237,6 +313,7 @@ class _Reader:
         self.saes = self._table("saes")
         self.models = self._table("models")
         self.defaults = data.get("defaults", {})
+        self.sweeps: dict[str, Sweep] = {}
         unknown = set(data) - {"family", "description", "saes", "models", "defaults", "case", "grid", "sweep", "claim"}
         if unknown:
             raise CaseFileError(
@@ -279,47 +356,123 @@ class _Reader:
         return table[name]
 
     def entries(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        for index, entry in enumerate(self.data.get("case", [])):
+        for index, entry in enumerate(self._tables("case")):
             yield f"case[{index}]", entry
-        for index, grid in enumerate(self.data.get("grid", [])):
+        for index, grid in enumerate(self._tables("grid")):
             where = f"grid[{index}]"
             for key in ("saes", "models"):
                 if not isinstance(grid.get(key), list) or not grid[key]:
                     raise CaseFileError(self.path, f"{where}.{key}", "expected a non-empty list", f'{key} = ["…", "…"]')
-            variants = grid.get("variants", [{}])
+            variants = self._variants(grid, where)
             for sae, model, variant in itertools.product(grid["saes"], grid["models"], variants):
                 rest = {k: v for k, v in grid.items() if k not in ("saes", "models", "variants")}
                 yield where, rest | {"sae": sae, "model": model} | variant
-        for index, sweep in enumerate(self.data.get("sweep", [])):
+        for index, sweep in enumerate(self._tables("sweep")):
             yield from self._sweep_entries(f"sweep[{index}]", sweep)
 
-    def _sweep_entries(self, where: str, sweep: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    def _tables(self, key: str) -> list[dict[str, Any]]:
+        """`[[case]]`, `[[grid]]` or `[[sweep]]` entries: an array of tables, nothing else."""
+        value = self.data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
+            raise CaseFileError(self.path, key, f"expected [[{key}]] tables, got {value!r}", f"write [[{key}]] entries")
+        return value
+
+    def _variants(self, entry: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
+        variants = entry.get("variants", [{}])
+        if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
+            raise CaseFileError(
+                self.path,
+                f"{where}.variants",
+                f"expected a list of tables, got {variants!r}",
+                'variants = [{ mask = "rollout" }, { variant = "filtered", outliers = { … } }]',
+            )
+        return variants
+
+    def _hook_template(self, sweep: Mapping[str, Any], where: str) -> str:
+        """The sweep's hook template, its placeholders checked against the ones a release id gives."""
+        template = self._string(sweep, "hook", where)
+        try:
+            names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        except ValueError as err:
+            raise CaseFileError(
+                self.path, f"{where}.hook", f"not a template ({err})", 'hook = "blocks.{layer}.hook_resid_post"'
+            ) from None
+        unknown = sorted(set(names) - set(HOOK_PLACEHOLDERS))
+        if unknown or "" in names:
+            raise CaseFileError(
+                self.path,
+                f"{where}.hook",
+                f"unknown placeholder {{{(unknown or [''])[0]}}} in {template!r}",
+                f"the known placeholders: {', '.join('{' + p + '}' for p in HOOK_PLACEHOLDERS)}",
+            )
+        return template
+
+    def sweep(self, where: str, declaration: Mapping[str, Any]) -> Sweep:
+        """The declaration of one `[[sweep]]`, each of its own fields checked."""
+        name = self._string(declaration, "name", where)
+        if not _NAME.match(name):
+            raise CaseFileError(
+                self.path,
+                f"{where}.name",
+                f"{name!r} is not a sweep name (lowercase letters, digits, '.' and '-'; it names expectation files)",
+                'name = "res-all"',
+            )
+        if name in self.sweeps:
+            raise CaseFileError(self.path, f"{where}.name", f"sweep {name!r} is declared twice", "rename one of them")
+        margins = declaration.get("margins", {})
+        if not isinstance(margins, dict):
+            raise CaseFileError(self.path, f"{where}.margins", f"expected a table, got {margins!r}", _MARGINS_FIX)
+        for metric, value in margins.items():
+            if problem := margin_problem(metric, value):
+                raise CaseFileError(self.path, f"{where}.margins", problem, _MARGINS_FIX)
+        for key in ("margin_basis", "hook_mismatch_ok"):
+            if not isinstance(declaration.get(key, ""), str):
+                raise CaseFileError(
+                    self.path, f"{where}.{key}", f"expected a string, got {declaration[key]!r}", f'{key} = "why"'
+                )
+        hook_mismatch_ok = declaration.get("hook_mismatch_ok", self.defaults.get("hook_mismatch_ok", ""))
+        return Sweep(
+            self.family,
+            name,
+            str(self.path),
+            self._hook_template(declaration, where),
+            {metric: float(v) if not isinstance(v, str) else v for metric, v in margins.items()},
+            declaration.get("margin_basis", ""),
+            hook_mismatch_ok if isinstance(hook_mismatch_ok, str) else "",
+        )
+
+    def _sweep_entries(self, where: str, declaration: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
         """A release × the family's models, as ordinary entries: each id's SAE joins [saes] as RELEASE/ID, its hook
         from the sweep's template (`{layer}` read off the id), filtered by layers, widths and an id pattern."""
-        name = self._string(sweep, "name", where)
-        releases = sweep.get("releases")
+        sweep = self.sweep(where, declaration)
+        self.sweeps[sweep.name] = sweep
+        releases = declaration.get("releases")
         if not isinstance(releases, dict) or not releases:
             raise CaseFileError(self.path, f"{where}.releases", "missing", 'releases = { pt = "saelens:…" }')
-        if not isinstance(sweep.get("models"), list) or not sweep["models"]:
+        models = declaration.get("models")
+        if not isinstance(models, list) or not models or not all(isinstance(m, str) for m in models):
             raise CaseFileError(self.path, f"{where}.models", "expected a non-empty list", 'models = ["base", "it"]')
-        template = self._string(sweep, "hook", where)
-        keep = _IdFilter(self.path, where, sweep)
-        variants = sweep.get("variants", [{}])
-        rest = {k: v for k, v in sweep.items() if k not in _SWEEP_KEYS}
+        keep = _IdFilter(self.path, where, declaration)
+        variants = self._variants(declaration, where)
+        rest = {k: v for k, v in declaration.items() if k not in _SWEEP_KEYS}
         for label, source in releases.items():
             if not _NAME.match(label) or not isinstance(source, str):
                 raise CaseFileError(
                     self.path, f"{where}.releases.{label}", "labels are lowercase words, sources strings", "pt = …"
                 )
+            checks = []
             for sae_id, spec in release_members(source, self.path.parent, f"{self.path}: {where}.releases.{label}"):
                 layer = keep.layer_of(sae_id)
+                checks.append(keep.checks(sae_id, layer))
                 if not keep(sae_id, layer):
                     continue
                 sae_name = f"{label}/{sae_id}"
                 self.saes[sae_name] = spec
-                for model, variant in itertools.product(sweep["models"], variants):
-                    entry = {"sae": sae_name, "model": model, "hook": template.format(layer=layer), "sweep": name}
+                for model, variant in itertools.product(models, variants):
+                    entry = {"sae": sae_name, "model": model, "hook": sweep.hook_at(layer), "sweep": sweep.name}
                     yield where, rest | entry | variant
+            if not any(all(c.values()) for c in checks):
+                raise keep.nothing_kept(label, checks)
 
     def case(self, where: str, entry: dict[str, Any]) -> Case:
         merged = dict(self.defaults) | entry
@@ -408,18 +561,23 @@ class _Reader:
 
 def _parse_toml(path: Path) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as err:
         raise CaseFileError(path, "syntax", str(err), "fix the TOML syntax") from err
+    except UnicodeDecodeError as err:
+        where = f"not UTF-8 text ({err.reason} at byte {err.start})"
+        raise CaseFileError(path, "encoding", where, "save it as UTF-8") from None
+    except OSError as err:
+        raise CaseFileError(path, "file", f"cannot be read ({err.strerror})", "fix its permissions") from None
 
 
-def read_case_file(path: Path) -> list[Case]:
-    """Every case of one TOML case file, validated."""
+def _read(path: Path) -> tuple[list[Case], dict[str, Sweep]]:
+    """Every case of one TOML case file and its sweeps, validated."""
     data = _parse_toml(path)
     reader = _Reader(path, data)
     cases = [reader.case(where, entry) for where, entry in reader.entries()]
     if not cases:
-        raise CaseFileError(path, "top level", "no cases", "add [[case]] or [[grid]] entries")
+        raise CaseFileError(path, "top level", "no cases", "add [[case]], [[grid]] or [[sweep]] entries")
     outlier_check = [c for c in cases if c.outliers and c.outliers.norm == "scaled" and c.scaling_factor is None]
     if outlier_check:
         raise CaseFileError(
@@ -428,15 +586,22 @@ def read_case_file(path: Path) -> list[Case]:
             "a threshold on scaled norms needs scaling_factor",
             'set scaling_factor, or outliers.norm = "raw" / "mean-norm"',
         )
-    return cases
+    return cases, {sweep.id: sweep for sweep in reader.sweeps.values()}
+
+
+def read_case_file(path: Path) -> list[Case]:
+    """Every case of one TOML case file, validated."""
+    return _read(path)[0]
 
 
 @dataclass(frozen=True)
 class Registry:
-    """All cases by id, in file order, and the claims (`sae_bench.claims`) relating cases of a family."""
+    """All cases by id, in file order, the sweeps they were expanded from (by `FAMILY/NAME`), and the claims
+    (`sae_bench.claims`) relating cases of a family."""
 
     cases: dict[str, Case]
     claims: dict[str, Any] = field(default_factory=dict)
+    sweeps: dict[str, Sweep] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Case]:
         return iter(self.cases.values())
@@ -455,7 +620,7 @@ class Registry:
         """The cases whose id `replaces` accepts (default: all) with their SAE replaced by `spec` (a new release
         gated against the old one's expectations); the others, and the claims, as they are."""
         cases = {cid: replace(case, sae=spec) if replaces(cid) else case for cid, case in self.cases.items()}
-        return Registry(cases, self.claims)
+        return Registry(cases, self.claims, self.sweeps)
 
     def claim(self, claim_id: str):
         if claim_id not in self.claims:
@@ -464,30 +629,68 @@ class Registry:
             raise KeyError(f"no claim {claim_id!r}{hint}")
         return self.claims[claim_id]
 
+    def sweep(self, name: str) -> Sweep:
+        """The sweep `FAMILY/NAME`, or `NAME` when one family alone declares it; else a BadInput with the
+        candidates."""
+        if name in self.sweeps:
+            return self.sweeps[name]
+        candidates = sorted(sid for sid, sweep in self.sweeps.items() if sweep.name == name)
+        if len(candidates) == 1:
+            return self.sweeps[candidates[0]]
+        if candidates:
+            raise BadInput(
+                f"--sweep {name!r} is declared by {len(candidates)} families: say which, --sweep "
+                + " or --sweep ".join(candidates)
+            )
+        raise BadInput(f"no sweep {name!r}; the sweeps: {', '.join(sorted(self.sweeps)) or 'none'}")
+
+    def sweep_cases(self, sweep: Sweep) -> list[Case]:
+        """The cases `sweep` expands to, in file order."""
+        return [case for case in self if case.family == sweep.family and case.sweep == sweep.name]
+
 
 def load_registry(directory: Path) -> Registry:
-    """Read every `*.toml` case file under `directory`, cases first, then the claims over them; duplicate ids are
-    an error naming both files."""
+    """Read every `*.toml` case file under `directory`, cases first, then the claims over them; duplicate ids (and
+    a sweep a family declares twice) are an error naming both files."""
     cases: dict[str, Case] = {}
-    for path in sorted(directory.glob("*.toml")):
-        for case in read_case_file(path):
+    sweeps: dict[str, Sweep] = {}
+    paths = sorted(directory.glob("*.toml"))
+    if not paths:
+        raise BadInput(
+            f"{directory} holds no case files (*.toml): give --cases-dir a folder of case files (README: Add a case)"
+        )
+    for path in paths:
+        found, declared = _read(path)
+        for case in found:
             if case.id in cases:
                 raise CaseFileError(
                     path, case.id, f"the id is also defined in {cases[case.id].file}", "give one of them a variant"
                 )
             cases[case.id] = case
-    if not cases:
-        raise FileNotFoundError(f"no case files (*.toml) in {directory}")
+        _add_sweeps(sweeps, declared)
     from sae_bench.claims import read_claims
 
-    registry = Registry(cases)
-    for path in sorted(directory.glob("*.toml")):
+    registry = Registry(cases, {}, sweeps)
+    for path in paths:
         registry.claims.update((claim.id, claim) for claim in read_claims(path, _parse_toml(path), registry))
     return registry
 
 
+def _add_sweeps(sweeps: dict[str, Sweep], new: Mapping[str, Sweep]) -> None:
+    """Add `new` to `sweeps`; a family's sweep declared twice (two files, two folders) is an error naming both."""
+    for sweep_id, sweep in new.items():
+        if sweep_id in sweeps:
+            raise CaseFileError(
+                sweep.file,
+                f"sweep {sweep.name!r}",
+                f"family {sweep.family} already declares it in {sweeps[sweep_id].file}",
+                "give one of them another name",
+            )
+        sweeps[sweep_id] = sweep
+
+
 def load_registries(directories: Sequence[Path]) -> Registry:
-    """The cases and claims of every case folder; an id defined in two folders is an error naming both."""
+    """The cases, sweeps and claims of every case folder; an id defined in two folders is an error naming both."""
     registry = None
     for directory in directories:
         if not Path(directory).is_dir():
@@ -499,7 +702,9 @@ def load_registries(directories: Sequence[Path]) -> Registry:
         twice = sorted(set(registry.cases) & set(loaded.cases))
         if twice:
             raise BadInput(f"case {twice[0]} is defined in {registry.cases[twice[0]].file} and in {directory}")
-        registry = Registry(registry.cases | loaded.cases, registry.claims | loaded.claims)
+        sweeps = dict(registry.sweeps)
+        _add_sweeps(sweeps, loaded.sweeps)
+        registry = Registry(registry.cases | loaded.cases, registry.claims | loaded.claims, sweeps)
     return registry
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sae_bench.allocator import keep_freed_memory
 from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION, BadInput
+from sae_bench.option_values import false_alarm_rate, gigabytes, positive_int
 
 
 def _print_metrics(_: argparse.Namespace) -> int:
@@ -72,7 +73,7 @@ def _add_zoo_commands(commands) -> None:
     build.set_defaults(run=_zoo_build)
     zoo.add_parser("list", help="every zoo model and SAE, as a source spec").set_defaults(run=_zoo_list)
     card = zoo.add_parser("card", help="measure the shipped zoo and rewrite zoo/CARD.md")
-    card.add_argument("--tokens", type=int, default=32768, help="held-out tokens per measurement")
+    card.add_argument("--tokens", type=positive_int, default=32768, help="held-out tokens per measurement")
     card.set_defaults(run=_zoo_card)
 
 
@@ -94,11 +95,46 @@ def _write_published(args: argparse.Namespace) -> int:
     return 0
 
 
+SINGLE_ONLY = {"sae": "--sae", "cases": "--cases", "rehearse": "--rehearse", "ray": "--ray"}
+SINGLE_ONLY |= {"device_memory": "--device-memory"}
+"""Options of the single-SAE gate that the release gate does not honour (it runs in this process, on the zoo or the
+hub as its sources say; it has no stand-ins)."""
+RELEASE_ONLY = {"sweep": "--sweep", "alpha": "--alpha", "rows_per_unit": "--rows-per-unit"}
+RELEASE_ONLY |= {"start_rows": "--start-rows", "budget_rows": "--budget-rows", "report": "--report"}
+RELEASE_ONLY |= {"allow_removed": "--allow-removed"}
+"""Options of the release gate that the single-SAE gate does not honour."""
+
+
+def _given(args: argparse.Namespace, options: dict[str, str]) -> list[str]:
+    return [flag for name, flag in options.items() if getattr(args, name) not in (None, False)]
+
+
+def _options(flags: list[str]) -> str:
+    return f"{flags[0]} is an option" if len(flags) == 1 else f"{', '.join(flags)} are options"
+
+
 def _gate(args: argparse.Namespace) -> int:
+    """One SAE (--sae, --cases) or a release (--release, --baseline, --sweep); each mode refuses the other's options
+    rather than ignore them."""
     if args.release or args.baseline:
+        if refused := _given(args, SINGLE_ONLY):
+            raise BadInput(
+                f"gate --release: {_options(refused)} of the single-SAE gate (--sae, --cases); the release gate "
+                "runs its paired passes in this process, on its own releases, and does not honour them. Drop them"
+            )
         return _release_gate(args)
+    if refused := _given(args, RELEASE_ONLY):
+        raise BadInput(
+            f"gate --sae: {_options(refused)} of the release gate (--release, --baseline, --sweep), which the "
+            "single-SAE gate does not honour. Drop them, or gate a whole release"
+        )
     if not args.sae or not args.cases:
         raise BadInput("gate: give --sae and --cases (one SAE), or --release, --baseline and --sweep (a release)")
+    _check_results_options(args)
+    if args.ray is not None:
+        from sae_bench.ray_execution import check_ray_address
+
+        check_ray_address(args.ray)
     if args.rehearse:  # before anything imports huggingface_hub, which reads its settings once
         from sae_bench.rehearsal import activate
 
@@ -120,35 +156,80 @@ def _gate(args: argparse.Namespace) -> int:
     )
 
 
+def _check_results_options(args: argparse.Namespace) -> None:
+    if args.results and args.no_results:
+        raise BadInput("gate: --results and --no-results contradict each other; give one")
+
+
 def _release_gate(args: argparse.Namespace) -> int:
     """The paired release gate: exit 0 when every shared id is shown not worse than the baseline by more than its
-    margin on every model, 1 on a regression, an inconclusive verdict at the budget or a removed id."""
+    margin on every model, 1 on a regression, an inconclusive verdict at the budget or a removed id. Everything
+    it is told is checked before anything runs; it records its run like every gate."""
     from sae_bench.cases import SHIPPED_CASES, load_registries
-    from sae_bench.release_gate import paired_release_gate, sweep_plan
+    from sae_bench.gate import output_problem
+    from sae_bench.release_gate import DEFAULTS, check_settings, load_releases, paired_release_gate, sweep_plan
 
     if not (args.release and args.baseline and args.sweep):
         raise BadInput("gate: a release gate needs --release NEW, --baseline OLD and --sweep NAME")
-    plan = sweep_plan(load_registries((SHIPPED_CASES, *args.cases_dir)), args.sweep)
-    verdicts = paired_release_gate(
-        plan,
-        args.release,
-        args.baseline,
-        rows_per_unit=args.rows_per_unit,
-        start_rows=args.start_rows,
-        budget_rows=args.budget_rows,
-        alpha=args.alpha,
+    for name, default in DEFAULTS.items():
+        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
+    check_settings(
+        rows_per_unit=args.rows_per_unit, start_rows=args.start_rows, budget_rows=args.budget_rows, alpha=args.alpha
     )
+    _check_results_options(args)
+    if problem := output_problem({"--junit": args.junit, "--table": args.table}) or _folder_problem(args.report):
+        raise BadInput(problem)
+    plan = sweep_plan(load_registries((SHIPPED_CASES, *args.cases_dir)), args.sweep)
+    new, old = load_releases(plan, args.release, args.baseline)
+    record = _ReleaseRecord.open(args, plan, new, old)
+    try:
+        verdicts = paired_release_gate(
+            plan,
+            new,
+            old,
+            rows_per_unit=args.rows_per_unit,
+            start_rows=args.start_rows,
+            budget_rows=args.budget_rows,
+            alpha=args.alpha,
+        )
+    except BaseException as err:
+        record.finish(EXIT_INTERRUPTED if isinstance(err, KeyboardInterrupt) else EXIT_BAD_INPUT)
+        raise
+    code = EXIT_REGRESSION if verdicts.regressed(allow_removed=args.allow_removed) else EXIT_OK
+    _write_release_outputs(args, plan, verdicts)
+    record.measurements(plan, verdicts)
+    record.finish(code)
+    return code
+
+
+def _folder_problem(folder: str | None) -> str | None:
+    """A --report folder that cannot be made: a file in its place, or under a file."""
+    if folder is None:
+        return None
+    path = Path(folder).absolute()
+    blocking = next((p for p in (path, *path.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        return f"--report {folder}: {blocking} is a file; give a folder path"
+    return None
+
+
+def _write_release_outputs(args: argparse.Namespace, plan, verdicts) -> None:
+    """The verdict table (stdout, --table), the JUnit file, the forest plot, and the run's summary on stderr."""
+    from sae_bench.release_gate import junit_xml
+
     table = verdicts.table
     if args.table:
         Path(args.table).write_text(
             table.to_csv(index=False) if args.table.endswith(".csv") else table.to_markdown(index=False) + "\n"
         )
+    if args.junit:
+        Path(args.junit).write_text(junit_xml(plan, verdicts, allow_removed=args.allow_removed))
     print(table.to_markdown(index=False, floatfmt=".4g"))
     if args.report:
         from sae_bench.report_figures import forest, save
 
         Path(args.report).mkdir(parents=True, exist_ok=True)
-        title = f"{args.release} against {args.baseline} (sweep {args.sweep}, {verdicts.rows_used} rows per model)"
+        title = f"{args.release} against {args.baseline} (sweep {plan.name}, {verdicts.rows_used} rows per model)"
         print(f"wrote {save(forest(table, title), Path(args.report) / 'forest.png')}", file=sys.stderr)
     for kind, ids in (("added", verdicts.added), ("removed", verdicts.removed)):
         if ids:
@@ -157,7 +238,61 @@ def _release_gate(args: argparse.Namespace) -> int:
     print(
         f"sae-bench gate: {verdicts.rows_used} rows per model, verdicts {counts} (alpha {args.alpha})", file=sys.stderr
     )
-    return EXIT_REGRESSION if verdicts.regressed(allow_removed=args.allow_removed) else EXIT_OK
+
+
+class _ReleaseRecord:
+    """The release gate's run in the results database (none with --no-results): the command line, both releases'
+    specs and per-id sha256, each judged difference, and the exit status."""
+
+    def __init__(self, db, run: int | None):
+        self.db, self.run = db, run
+
+    @classmethod
+    def open(cls, args: argparse.Namespace, plan, new, old) -> _ReleaseRecord:
+        import json
+        from importlib.metadata import version
+
+        from sae_bench.results_db import ResultsDB, default_path
+        from sae_bench.suite import PACKAGES
+
+        if args.no_results:
+            return cls(None, None)
+        db = ResultsDB(args.results or default_path())
+        releases = {r.option: {"source": r.source, "sha256": r.sha256} for r in (new, old)}
+        selection = json.dumps({"command": " ".join(["sae-bench", *sys.argv[1:]]), "sweep": plan.name} | releases)
+        versions = {p: version(p) for p in PACKAGES}
+        return cls(db, db.start_run(selection=selection, device="cpu", git_commit=None, versions=versions))
+
+    def measurements(self, plan, verdicts) -> None:
+        from sae_bench.results_db import CaseMeasurement
+        from sae_bench.sources import source_fingerprint
+
+        if self.db is None:
+            return
+        family, sweep = plan.name.split("/", 1)
+        for (sae_id, model), rows in verdicts.table.groupby(["id", "model"], sort=False):
+            spec = plan.models[model]
+            self.db.record(
+                self.run,
+                CaseMeasurement(
+                    f"{family}/{sweep}:{sae_id}@{model}",
+                    "paired-release",
+                    {f"{m}_paired_difference": v for m, v in zip(rows.metric, rows.difference, strict=True)},
+                    {},
+                    rows.assign(metric=rows.metric + "_paired_difference", expected=None, threshold=None,
+                                direction=None)[["metric", "expected", "threshold", "direction", "verdict"]],
+                    verdicts.new.specs[sae_id],
+                    verdicts.new.sha256[sae_id],
+                    spec,
+                    source_fingerprint(spec),
+                    verdicts.rows_used * plan.context,
+                    f"baseline {verdicts.old.specs[sae_id]} (sha256 {verdicts.old.sha256[sae_id]})",
+                ),
+            )  # fmt: skip
+
+    def finish(self, code: int) -> None:
+        if self.db is not None:
+            self.db.finish_run(self.run, {EXIT_OK: 0, EXIT_REGRESSION: 1, EXIT_INTERRUPTED: 2}.get(code, 3))
 
 
 def _gated_hook(args: argparse.Namespace) -> str | None:
@@ -200,15 +335,19 @@ def _add_gate_command(commands) -> None:
     release.add_argument("--release", help="the new release: saelens:RELEASE, zoo:FAMILY/RELEASE or a folder")
     release.add_argument("--baseline", help="the release it replaces, in the same forms")
     release.add_argument("--sweep", help="the sweep whose models, rows, hooks and margins to use")
-    release.add_argument("--alpha", type=float, default=0.05, help="false-alarm rate over the whole release")
-    release.add_argument("--rows-per-unit", type=int, default=4, help="rows per paired unit (one shared pass)")
-    release.add_argument("--start-rows", type=int, default=32, help="rows per model at the first look")
-    release.add_argument("--budget-rows", type=int, default=128, help="most rows per model (doubling per look)")
+    release.add_argument(
+        "--alpha", type=false_alarm_rate, help="false-alarm rate over the whole release, in (0, 0.5] (default 0.05)"
+    )
+    release.add_argument("--rows-per-unit", type=positive_int, help="rows per paired unit (one shared pass; default 4)")
+    release.add_argument("--start-rows", type=positive_int, help="rows per model at the first look (default 32)")
+    release.add_argument(
+        "--budget-rows", type=positive_int, help="most rows per model (doubling per look; default 128)"
+    )
     release.add_argument("--report", metavar="DIR", help="write the forest plot (forest.png) into this folder")
     release.add_argument("--allow-removed", action="store_true", help="an id only the baseline has is not a failure")
     gate.add_argument(
         "--device-memory",
-        type=float,
+        type=gigabytes,
         metavar="GB",
         help="memory a shared pass may fill (default: the device's), as pytest --device-memory",
     )
@@ -235,10 +374,7 @@ def _cases(args: argparse.Namespace) -> int:
     from sae_bench.cases import SHIPPED_CASES, cases_selected_by, load_registries
 
     registry = load_registries((SHIPPED_CASES, *args.cases_dir))
-    chosen = [case for case in registry if not args.sweep or case.sweep == args.sweep]
-    if args.sweep and not chosen:
-        sweeps = sorted({case.sweep for case in registry if case.sweep})
-        raise BadInput(f"no sweep {args.sweep!r}; the sweeps: {', '.join(sweeps) or 'none'}")
+    chosen = registry.sweep_cases(registry.sweep(args.sweep)) if args.sweep else list(registry)
     if args.cases:
         selected = set(cases_selected_by(registry, args.cases))
         chosen = [case for case in chosen if case.id in selected]
@@ -278,10 +414,7 @@ def _selected_cases(args: argparse.Namespace, command: str) -> list:
     if not (args.k or args.case_id or args.sweep):
         raise BadInput(f'{command}: say which cases: -k EXPR (e.g. -k "gemma-3-270m"), --case-id ID or --sweep NAME')
     registry = load_registries((SHIPPED_CASES, *args.cases_dir))
-    if args.sweep and not any(case.sweep == args.sweep for case in registry):
-        sweeps = sorted({case.sweep for case in registry if case.sweep})
-        raise BadInput(f"no sweep {args.sweep!r}; the sweeps: {', '.join(sweeps) or 'none'}")
-    chosen = {case.id for case in registry if args.sweep and case.sweep == args.sweep}
+    chosen = {case.id for case in registry.sweep_cases(registry.sweep(args.sweep))} if args.sweep else set()
     chosen |= set(cases_selected_by(registry, args.k)) if args.k else set()
     for case_id in args.case_id:
         try:
@@ -289,6 +422,8 @@ def _selected_cases(args: argparse.Namespace, command: str) -> list:
         except KeyError as err:
             raise BadInput(f"--case-id: {err.args[0]}") from None
         chosen.add(case_id)
+    if not chosen:
+        raise BadInput(f"{command}: -k {args.k!r} selects no case (`sae-bench cases` lists them)")
     return [case for case in registry if case.id in chosen]
 
 
@@ -304,7 +439,9 @@ def _plan(args: argparse.Namespace) -> int:
     from sae_bench.fetch import human_size
     from sae_bench.plan import _duration, pack, plan_table, plan_units, read_calibration
     from sae_bench.ray_execution import units_of
+    from sae_bench.suite import check_device
 
+    check_device(args.device, here=False)  # a plan is for a device, not necessarily this machine's
     cases = _selected_cases(args, "plan")
     calibration = read_calibration(args.calibration, args.device)
     memory = None if args.gpu_memory is None else args.gpu_memory * 1e9
@@ -342,7 +479,9 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     from sae_bench.plan import calibrate
+    from sae_bench.suite import check_device
 
+    check_device(args.device)  # calibration times this machine's device
     result, path = calibrate(args.device)
     print(f"{result['device']}: {result['seconds_per_param_token']:.3e} s per parameter-token ({result['model']})")
     print(f"wrote {path}", file=sys.stderr)
@@ -352,10 +491,10 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _add_plan_commands(commands) -> None:
     plan = commands.add_parser("plan", help="what the selected cases cost before they run: FPE, memory, time, packing")
     _add_selection(plan)
-    plan.add_argument("--gpus", type=int, default=1, help="devices to pack the units onto (default 1)")
+    plan.add_argument("--gpus", type=positive_int, default=1, help="devices to pack the units onto (default 1)")
     plan.add_argument(
         "--gpu-memory",
-        type=float,
+        type=gigabytes,
         metavar="GB",
         help="memory of each device, in GB: a unit whose SAEs do not fit one pass is split over passes, as the run "
         "splits it with --device-memory",

@@ -115,6 +115,31 @@ def output_problem(paths: dict[str, str | None]) -> str | None:
     return None
 
 
+def weights_problem(sae) -> str | None:
+    """Why an SAE's weights cannot be evaluated at all: NaN or Inf, or an encoder or decoder of zeros only (no
+    trained SAE; every feature dead, its reconstruction the decoder bias)."""
+    from sae_bench.evaluate import non_finite_weights
+
+    if any(not bool(p.isfinite().all()) for p in sae.parameters()):
+        return f"it cannot be evaluated: {non_finite_weights(sae)}"
+    zero = [name for name in ("W_enc", "W_dec") if not bool(getattr(sae, name).any())]
+    if zero:
+        return f"its {' and '.join(zero)} {'is' if len(zero) == 1 else 'are'} all zeros: not a trained SAE"
+    return None
+
+
+def load_checked(spec: str, what: str):
+    """(the SAE at `spec`, None), or (None, why it cannot be loaded or evaluated), `what` naming it in the message."""
+    from sae_bench.sources import load_sae
+
+    try:
+        sae = load_sae(spec)
+    except Exception as err:  # noqa: BLE001 - any load failure is bad input, reported as such
+        return None, f"cannot load {what}: {err}"
+    problem = weights_problem(sae)
+    return (None, f"{what}: {problem}") if problem else (sae, None)
+
+
 def replacement_problem(new_sae, case, old_sae=None) -> str | None:
     """Why `new_sae` cannot stand in `case` (whose own SAE is `old_sae`, when it can be loaded here): another hook
     than the case splices at, another input width or dictionary size, another model family."""
@@ -163,19 +188,15 @@ def run_gate(
     import pytest
 
     from sae_bench.cases import cases_selected_by, load_registries
-    from sae_bench.evaluate import non_finite_weights
     from sae_bench.execution import weights_sha256
     from sae_bench.sources import load_sae
 
     problem = spec_problem(sae) or output_problem({"--junit": junit, "--table": table})
     if problem:
         return _say(problem, EXIT_BAD_INPUT)
-    try:
-        new_sae = load_sae(sae)
-    except Exception as err:  # noqa: BLE001 - any load failure is bad input, reported as such
-        return _say(f"cannot load the SAE {sae!r}: {err}", EXIT_BAD_INPUT)
-    if any(not bool(p.isfinite().all()) for p in new_sae.parameters()):
-        return _say(f"the SAE {sae} cannot be evaluated: {non_finite_weights(new_sae)}", EXIT_BAD_INPUT)
+    new_sae, problem = load_checked(sae, f"the SAE {sae}")
+    if problem:
+        return _say(problem, EXIT_BAD_INPUT)
     sha = weights_sha256(new_sae)
     from sae_bench.cases import SHIPPED_CASES
 

@@ -1,6 +1,8 @@
 """The suite's pytest options and markers, in one place: the repository's conftest.py imports `pytest_addoption`;
 an installed suite (`sae-bench run`, the gate) loads this module with `-p sae_bench.pytest_options`."""
 
+from sae_bench.option_values import gigabytes
+
 MARKERS = (
     "zoo: runs on the shipped zoo models (everywhere, CI included)",
     "hub: needs models or SAEs from a hub (skips offline with the reason)",
@@ -23,7 +25,7 @@ def pytest_addoption(parser):
     )
     group.addoption(
         "--device-memory",
-        type=float,
+        type=gigabytes,
         metavar="GB",
         help="memory a shared pass may fill, in GB (default: the device's): the SAEs of a pass that would not fit "
         "are split over passes, as `sae-bench plan --gpu-memory` plans them",

@@ -65,12 +65,25 @@ def is_postgres(location: str | Path) -> bool:
     return str(location).startswith(("postgresql://", "postgres://"))
 
 
-def _masked(url: str) -> str:
-    """The URL with its password hidden, for messages."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+_USERINFO = re.compile(r"(://[^:/@\s]*:)[^@/\s]*@")
+_SECRET_PARAMETER = re.compile(r"([?&;](?:[\w-]*(?:pass|pwd|secret|token|key)[\w-]*)=)[^&;#\s]*", re.IGNORECASE)
+"""A query parameter that carries a secret: password, sslpassword, passfile, a token, a key."""
 
 
-def _switch_to_wal(connection: sqlite3.Connection, wait_s: float = 60.0) -> None:
+def redacted(text: str) -> str:
+    """`text` with every secret a results URL can carry replaced by ***: the password of user:password@, secret
+    query parameters (password=, sslpassword=, …), and the value of $PGPASSWORD wherever it appears. Used for
+    every message and for every value the database records (the command line of a run)."""
+    text = _SECRET_PARAMETER.sub(r"\1***", _USERINFO.sub(r"\1***@", str(text)))
+    password = os.environ.get("PGPASSWORD")
+    return text.replace(password, "***") if password else text
+
+
+BUSY_WAIT_S = 60.0
+"""How long a writer waits for another writer's lock on an SQLite results file before it says the file is busy."""
+
+
+def _switch_to_wal(connection: sqlite3.Connection, wait_s: float) -> None:
     """PRAGMA journal_mode=WAL, retried: on a new file it takes an exclusive lock without waiting for one, so
     writers opening the file at once saw "database is locked" (up to 8 of 90 openings, 6 at once, here) whatever the
     busy timeout."""
@@ -91,18 +104,23 @@ class _SQLite:
     types = {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL", "blob": "BLOB"}
 
     def __init__(self, path: Path, read_only: bool):
+        self.path, self.read_only = path, read_only
         if read_only:
-            self.connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)
+            self.connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_WAIT_S)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.connection = sqlite3.connect(path, timeout=60)
-            _switch_to_wal(self.connection)
-        self.connection.execute("PRAGMA busy_timeout=60000")
+            self.connection = sqlite3.connect(path, timeout=BUSY_WAIT_S)
+            _switch_to_wal(self.connection, BUSY_WAIT_S)
+        self.connection.execute(f"PRAGMA busy_timeout={int(BUSY_WAIT_S * 1000)}")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self.connection:
-            yield
+        """One transaction; SQLite's errors (busy, read-only, damaged) become a ResultsFileError that says which."""
+        try:
+            with self.connection:
+                yield
+        except sqlite3.DatabaseError as err:
+            raise ResultsFileError(unusable(self.path, err, self.read_only)) from None
 
     def execute(self, sql: str, params: Iterable = ()):
         return self.connection.execute(sql, tuple(params))
@@ -132,7 +150,7 @@ class _Postgres:
         try:
             self.connection = psycopg.connect(url, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as err:
-            raise ResultsFileError(f"cannot connect to the results store {_masked(url)}: {err}") from None
+            raise ResultsFileError(redacted(f"cannot connect to the results store {url}: {err}")) from None
         self.connection.read_only = True if read_only else None
 
     @contextmanager
@@ -195,6 +213,26 @@ class CaseMeasurement:
     """Which case registry the case came from: the shipped one (with its version), or a user's folder and commit."""
 
 
+def unusable(path: Path, err: sqlite3.DatabaseError, read_only: bool) -> str:
+    """What is wrong with an SQLite results file, from sqlite3's error: busy, read-only, not ours; and the fix."""
+    text = str(err)
+    if "locked" in text or "busy" in text:
+        return (
+            f"the results database {path} is busy: another process held its write lock for over {BUSY_WAIT_S:g} s. "
+            "Wait for that run to finish, or pass --results with another path (or --no-results)"
+        )
+    if "readonly" in text.replace(" ", "") or "unable to open" in text:
+        fix = "make it writable, or pass --results with a writable path (or --no-results)"
+        return f"cannot write the results database {path}: it is read-only ({text}): {fix}"
+    if "no such table" in text:
+        return f"{path} is an SQLite file but not a results database ({text}); pass --results with another path"
+    what = "read" if read_only else "use"
+    return (
+        f"cannot {what} {path} as a results database ({text}): it is not an SQLite file written by this suite. "
+        "Move it away, or pass --results with another path"
+    )
+
+
 class ResultsDB:
     """An SQLite file or a PostgreSQL store; every method runs its own short transaction, so several processes (and
     machines, with PostgreSQL) can share it."""
@@ -204,7 +242,7 @@ class ResultsDB:
         `postgresql://` URL; `read_only` opens an existing one for the report commands. Anything unusable raises
         ResultsFileError naming the place and the fix."""
         if is_postgres(path):
-            self.path = _masked(str(path))
+            self.path = redacted(str(path))
             self.db: _SQLite | _Postgres = _Postgres(str(path), read_only)
             self._check_schema(read_only)
             return
@@ -215,7 +253,7 @@ class ResultsDB:
             self.db = _SQLite(self.path, read_only)
             self._check_schema(read_only)
         except sqlite3.DatabaseError as err:  # not SQLite, read-only, locked, unreadable
-            raise ResultsFileError(self._unusable(err, read_only)) from err
+            raise ResultsFileError(unusable(self.path, err, read_only)) from err
         except OSError as err:
             raise ResultsFileError(f"cannot open the results database {self.path}: {err}") from err
 
@@ -244,21 +282,6 @@ class ResultsDB:
                     "new one."
                 )
 
-    def _unusable(self, err: sqlite3.DatabaseError, read_only: bool) -> str:
-        text = str(err)
-        if "readonly" in text.replace(" ", "") or "unable to open" in text:
-            fix = "make it writable, or pass --results with a writable path (or --no-results)"
-            return f"cannot write the results database {self.path} ({text}): {fix}"
-        if "no such table" in text:
-            return (
-                f"{self.path} is an SQLite file but not a results database ({text}); pass --results with another path"
-            )
-        what = "read" if read_only else "use"
-        return (
-            f"cannot {what} {self.path} as a results database ({text}): it is not an SQLite file written by this "
-            "suite. Move it away, or pass --results with another path"
-        )
-
     def _frame(self, sql: str, params: Iterable = ()) -> pd.DataFrame:
         cursor = self.db.execute(sql, params)
         return pd.DataFrame(cursor.fetchall(), columns=[column[0] for column in cursor.description])
@@ -273,13 +296,21 @@ class ResultsDB:
 
     # -- writing ------------------------------------------------------------------------------------------------
     def start_run(self, *, selection: str, device: str, git_commit: str | None, versions: Mapping[str, str]) -> int:
+        """A new run; its `selection` (the command line) is stored with every secret redacted."""
         with self.db.transaction():
             cursor = self.db.execute(
                 "INSERT INTO runs (started, git_commit, versions, device, selection) VALUES (?, ?, ?, ?, ?) "
                 "RETURNING id",
-                (_now(), git_commit, json.dumps(dict(versions), sort_keys=True), device, selection),
+                (_now(), git_commit, json.dumps(dict(versions), sort_keys=True), device, redacted(selection)),
             )
             return int(cursor.fetchone()[0])
+
+    def forget_run(self, run: int) -> None:
+        """Remove a run that measured nothing (a usage error stopped it): a run that never ran leaves no row."""
+        with self.db.transaction():
+            if self.scalar("SELECT COUNT(*) FROM measurements WHERE run = ?", (run,)) == 0:
+                self.db.execute("DELETE FROM vectors WHERE run = ?", (run,))
+                self.db.execute("DELETE FROM runs WHERE id = ?", (run,))
 
     def finish_run(self, run: int, exit_status: int) -> None:
         with self.db.transaction():
@@ -293,7 +324,7 @@ class ResultsDB:
             row = verdicts.loc[metric] if checked else None
             rows.append((
                 run, measured.case_id, measured.group, metric, _number(value), measured.undefined.get(metric),
-                _number(row["expected"]) if checked else None, float(row["threshold"]) if checked else None,
+                _number(row["expected"]) if checked else None, _number(row["threshold"]) if checked else None,
                 row["direction"] if checked else None, row["verdict"] if checked else "unchecked",
                 measured.sae, measured.sae_fingerprint, measured.model, measured.model_fingerprint, measured.tokens,
                 measured.registry,

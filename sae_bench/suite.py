@@ -128,6 +128,10 @@ class Suite:
             )
         if options.ray is not None and importlib.util.find_spec("ray") is None:
             raise BadInput("--ray needs Ray: pip install 'sae-transfer-bench[ray]' (or pip install ray)")
+        if options.ray is not None:
+            from sae_bench.ray_execution import check_ray_address
+
+            check_ray_address(options.ray)
         if options.replace_published and not options.update:
             raise BadInput("--replace-published goes with --update-expectations")
         if options.update and options.sae_override:
@@ -225,6 +229,11 @@ class Suite:
 
     def expectation_path(self, case: Case) -> Path:
         return case.expectation_path(self.expectation_root(case))
+
+    def stale_temporaries(self) -> list[Path]:
+        """Temporary files a killed writer left in any folder a registered case reads its expectations from."""
+        roots = sorted({self.expectation_root(case) for case in self.shipped})
+        return [path for root in roots if root.is_dir() for path in expectation_store.stale_temporaries(root)]
 
     def orphan_expectations(self) -> list[str]:
         """Expectation files that no registered case reads, in every folder a registered case reads from, and
@@ -431,9 +440,12 @@ class Suite:
             raise ItemFailed(f"{text}\n{why}")
 
     # -- results ------------------------------------------------------------------------------------------------
-    def open_results(self, path: str | None, *, disabled: bool, run_id: int | None, git_commit: str | None) -> None:
+    def open_results(
+        self, path: str | None, *, disabled: bool, run_id: int | None, git_commit: str | None, measures: bool = True
+    ) -> None:
         """The results database of this run (none for a rehearsal: miniature numbers are not results); a worker
-        of pytest-xdist records into its controller's `run_id`."""
+        of pytest-xdist records into its controller's `run_id`. A run that `measures` nothing (--collect-only)
+        checks the database is usable and records no run."""
         from importlib.metadata import version
 
         from sae_bench.results_db import ResultsDB, default_path
@@ -441,6 +453,10 @@ class Suite:
         if disabled or self.options.rehearse:
             return
         self.results = ResultsDB(path or default_path())
+        if not measures:
+            self.results.close()
+            self.results = None
+            return
         if run_id is not None:
             self.run_id = run_id
             return

@@ -59,7 +59,9 @@ def test_cases_lists_a_sweeps_expanded_cases(capsys):
     assert len(rows) == 16 and "16 cases" in captured.err
     assert "tiny-mistral/release-a-pt/layer_3@instruct,zoo:tiny-mistral/release-a-pt/layer_3," in captured.out
     assert main(["cases", "--sweep", "release-z"]) == 2
-    assert "no sweep 'release-z'; the sweeps: release-a" in capsys.readouterr().err
+    assert "no sweep 'release-z'; the sweeps: gemma-3-1b/res-all," in capsys.readouterr().err
+    assert main(["cases", "--sweep", "res-all"]) == 2  # two families declare it
+    assert "--sweep gemma-3-1b/res-all or --sweep gemma-3-270m/res-all" in capsys.readouterr().err
 
 
 def test_run_is_the_suite_with_the_suites_exit_codes(capsys):

@@ -82,4 +82,4 @@ def test_a_release_gate_needs_its_three_names(capsys):
     assert cli(["gate", "--release", "zoo:tiny-mistral/release-b-pt", "--sweep", "release-a"]) == 2
     assert "--release NEW, --baseline OLD and --sweep NAME" in capsys.readouterr().err
     assert cli(["gate", "--release", "a", "--baseline", "b", "--sweep", "no-such"]) == 2
-    assert "no sweep 'no-such'; the sweeps: release-a" in capsys.readouterr().err
+    assert "no sweep 'no-such'; the sweeps: gemma-3-1b/res-all," in capsys.readouterr().err

@@ -42,16 +42,36 @@ def read_manifest(root: Path | None = None) -> dict[str, Any]:
             f"no zoo manifest at {path}: the zoo ships with the package (the repository's zoo/ folder) "
             f"(set {ZOO_ENV} to point elsewhere, or rebuild it with `sae-bench zoo build`)"
         )
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ZooArtifactError(
+            f"the zoo manifest {path} is damaged ({err}); restore it with `git checkout -- zoo/manifest.json` or "
+            "rebuild the zoo with `sae-bench zoo build`"
+        ) from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ZooArtifactError(f"the zoo manifest {path} lists no files; restore it with `git checkout -- zoo/`")
+    return manifest
 
 
 def verified_directory(relative: str, root: Path | None = None) -> Path:
-    """The zoo directory `relative`, after checking each of its files against the manifest's sha256."""
+    """The zoo directory `relative`, after checking each of its files against the manifest's sha256: a file the
+    manifest does not list is refused too (it would load unchecked)."""
     root = zoo_root() if root is None else root
     files = read_manifest(root)["files"]
-    listed = {name: digest for name, digest in files.items() if name.startswith(relative.rstrip("/") + "/")}
+    prefix = relative.rstrip("/") + "/"
+    listed = {name: digest for name, digest in files.items() if name.startswith(prefix)}
     if not listed:
         raise ZooArtifactError(f"the zoo manifest lists no files under {relative!r}")
+    present = (root / relative).rglob("*") if (root / relative).is_dir() else ()
+    unlisted = sorted(p.relative_to(root).as_posix() for p in present if p.is_file())
+    unlisted = [name for name in unlisted if name not in listed]
+    if unlisted:
+        raise ZooArtifactError(
+            f"zoo file {unlisted[0]} is not in the manifest ({root / MANIFEST}), so it cannot be verified"
+            f"{f' (and {len(unlisted) - 1} more)' if len(unlisted) > 1 else ''}; restore the manifest with "
+            "`git checkout -- zoo/` or rebuild the zoo with `sae-bench zoo build`"
+        )
     for name, expected in sorted(listed.items()):
         path = root / name
         if not path.is_file():
