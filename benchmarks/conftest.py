@@ -210,31 +210,33 @@ def pytest_collection_finish(session):
         raise pytest.UsageError(
             f"{len(problems)} expectation file(s) cannot be used; nothing was run:\n" + "\n".join(problems)
         )
-    stale = suite.stale_temporaries()
-    if stale:
-        message = (
-            f"{len(stale)} temporary file(s) left by an expectation writer that was killed mid-write: "
-            + ", ".join(str(p) for p in stale)
-            + ". Delete them (the next --update-expectations of their file removes them too)"
-        )
-        if suite.options.strict_expectations:
-            raise pytest.UsageError(message + " (--strict-expectations)")
-        warnings.warn(OrphanExpectation(message), stacklevel=1)
-    orphans = suite.orphan_expectations()
-    if orphans:
-        message = (
-            f"{len(orphans)} expectation file(s) belong to no registered case (renamed or removed?): "
-            + ", ".join(str(p) for p in orphans)
-            + ". Move each to its case's new path, or delete it"
-        )
-        if suite.options.strict_expectations:
-            raise pytest.UsageError(message + " (--strict-expectations)")
-        warnings.warn(OrphanExpectation(message), stacklevel=1)
+    _left_over(
+        suite,
+        suite.stale_temporaries(),
+        "temporary file(s) left by an expectation writer that was killed mid-write",
+        "Delete them (the next --update-expectations of their file removes them too)",
+    )
+    _left_over(
+        suite,
+        suite.orphan_expectations(),
+        "expectation file(s) belong to no registered case (renamed or removed?)",
+        "Move each to its case's new path, or delete it",
+    )
     order = {case_id: i for i, case_id in enumerate(suite.plan(case_ids))}
     positions = [i for i, item in enumerate(session.items) if _param(item, "case_id") is not None]
     ordered = sorted(case_items, key=lambda item: order[_param(item, "case_id")])
     for position, item in zip(positions, ordered, strict=True):
         session.items[position] = item
+
+
+def _left_over(suite: Suite, paths: list, what: str, fix: str) -> None:
+    """Files in the expectation folders that no case owns: a warning, a usage error under --strict-expectations."""
+    if not paths:
+        return
+    message = f"{len(paths)} {what}: {', '.join(str(p) for p in paths)}. {fix}"
+    if suite.options.strict_expectations:
+        raise pytest.UsageError(message + " (--strict-expectations)")
+    warnings.warn(OrphanExpectation(message), stacklevel=2)
 
 
 def _param(item, name: str):

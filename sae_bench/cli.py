@@ -86,6 +86,8 @@ def _write_published(args: argparse.Namespace) -> int:
         if not in_checkout():  # an installed suite never writes into its own package or the current folder
             raise BadInput("expectations published: pass --root DIR, the folder to write the files into")
         args.root = shipped("expectations")
+    if args.root.exists() and not args.root.is_dir():
+        raise BadInput(f"expectations published --root {args.root} is a file; give a folder")
 
     for expected in published_expectations():
         path = expectation_path(args.root, expected.case)
@@ -374,7 +376,7 @@ def _cases(args: argparse.Namespace) -> int:
     from sae_bench.cases import SHIPPED_CASES, cases_selected_by, load_registries
 
     registry = load_registries((SHIPPED_CASES, *args.cases_dir))
-    chosen = registry.sweep_cases(registry.sweep(args.sweep)) if args.sweep else list(registry)
+    chosen = registry.sweep_cases(registry.sweep(args.sweep)) if args.sweep is not None else list(registry)
     if args.cases:
         selected = set(cases_selected_by(registry, args.cases))
         chosen = [case for case in chosen if case.id in selected]

@@ -5,36 +5,34 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
+
+
+def _checked(text: str, convert: Callable[[str], float], kind: str, ok: Callable[[float], bool], fix: str):
+    """`convert(text)` when it is a `kind` that is `ok`; else the ArgumentTypeError saying why and `fix`."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {kind}") from None
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{text} is out of range: {fix}")
+    return value
 
 
 def positive_int(text: str) -> int:
     """A count: 1 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not positive: give 1 or more")
-    return value
+    return _checked(text, int, "a whole number", lambda v: v >= 1, "give 1 or more")
 
 
 def gigabytes(text: str) -> float:
     """A memory size in GB: a finite positive number."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of GB") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} GB is not a memory size: give a positive number, e.g. 80")
-    return value
+    return _checked(
+        text, float, "a number of GB", lambda v: math.isfinite(v) and v > 0, "give a memory size in GB, e.g. 80"
+    )
 
 
 def false_alarm_rate(text: str) -> float:
     """A family-wise false-alarm rate: in (0, 0.5]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 0.5:
-        raise argparse.ArgumentTypeError(f"{text} is not a false-alarm rate in (0, 0.5]; the default is 0.05")
-    return value
+    return _checked(
+        text, float, "a number", lambda v: 0 < v <= 0.5, "a false-alarm rate is in (0, 0.5]; the default is 0.05"
+    )

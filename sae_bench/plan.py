@@ -223,4 +223,14 @@ def read_calibration(path: str | None, device: str) -> dict | None:
     target = Path(path) if path else calibration_path(device)
     if path and not target.is_file():
         raise BadInput(f"no calibration file {target}; `sae-bench calibrate` on the device writes one")
-    return json.loads(target.read_text()) if target.is_file() else None
+    if not target.is_file():
+        return None
+    try:
+        calibration = json.loads(target.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        calibration, why = None, str(err)
+    else:
+        why = "it holds no seconds_per_param_token"
+    if not isinstance(calibration, dict) or not isinstance(calibration.get("seconds_per_param_token"), float | int):
+        raise BadInput(f"{target} is not a calibration file ({why}); `sae-bench calibrate` on the device writes one")
+    return calibration

@@ -150,7 +150,8 @@ class _Postgres:
         try:
             self.connection = psycopg.connect(url, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as err:
-            raise ResultsFileError(redacted(f"cannot connect to the results store {url}: {err}")) from None
+            why = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+            raise ResultsFileError(f"cannot connect to the results store {redacted(url)}: {redacted(why)}") from None
         self.connection.read_only = True if read_only else None
 
     @contextmanager

@@ -25,7 +25,14 @@ from sae_bench.cases import SHIPPED_CASES, load_registries
 from sae_bench.cli import main as cli
 from sae_bench.release_gate import _verdicts, sweep_plan
 from tests.postgres_server import postgres_server
-from tests.test_bad_input import CASE, EXPECTATIONS, assert_clear, digest, suite
+from tests.test_bad_input import (  # noqa: F401 - the two fixtures: nothing here may change expectations/
+    CASE,
+    EXPECTATIONS,
+    assert_clear,
+    shipped_digest,
+    shipped_expectations_untouched,
+    suite,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ROOT / "zoo"
@@ -34,18 +41,6 @@ RG = ["gate", "--baseline", "zoo:tiny-mistral/release-a-pt", "--sweep", "release
 """The release gate against the zoo's release A on its shipped sweep."""
 QUICK = ["--rows-per-unit", "4", "--start-rows", "8", "--budget-rows", "8"]
 """Two units of four rows per model: enough for an interval, the least a real run of the gate costs."""
-
-
-@pytest.fixture(scope="module")
-def shipped_digest() -> str:
-    return digest(EXPECTATIONS)
-
-
-@pytest.fixture(autouse=True)
-def shipped_expectations_untouched(shipped_digest):
-    yield
-    assert digest(EXPECTATIONS) == shipped_digest, "a bad input changed the shipped expectations/"
-    assert not list(EXPECTATIONS.rglob("*.tmp"))
 
 
 def usage_error(capsys, argv: list[str]) -> str:
@@ -567,7 +562,7 @@ def test_numeric_options_are_range_checked_before_anything_loads(capsys, argv):
 def test_pytest_device_memory_is_range_checked(capsys):
     code, text = suite(capsys, "--device-memory=-1", "--no-results", "--collect-only")
     assert code == pytest.ExitCode.USAGE_ERROR
-    assert_clear(text, "argument --device-memory", "is not a memory size")
+    assert_clear(text, "argument --device-memory", "is out of range: give a memory size in GB")
 
 
 @pytest.mark.parametrize(
@@ -583,9 +578,21 @@ def test_pytest_device_memory_is_range_checked(capsys):
             ["--results and --no-results contradict"],
         ),
         (["plan", "-k", "no-such-case-anywhere"], ["selects no case"]),
+        (["plan", "--sweep", "tiny-mistral/release-a", "--calibration", __file__], ["is not a calibration file"]),
+        (["expectations", "published", "--root", __file__], ["--root", "is a file; give a folder"]),
+        (["cases", "--sweep", ""], ["no sweep ''"]),
         (["plan", "--sweep", "tiny-mistral/release-a", "--device", "banana"], ["--device 'banana' is not a torch"]),
     ],
-    ids=["start-over-budget", "one-unit", "results-and-no-results", "plan-selects-nothing", "plan-bad-device"],
+    ids=[
+        "start-over-budget",
+        "one-unit",
+        "results-and-no-results",
+        "plan-selects-nothing",
+        "not-a-calibration",
+        "published-root-file",
+        "empty-sweep-name",
+        "plan-bad-device",
+    ],
 )
 def test_option_combinations_are_refused_before_anything_runs(capsys, argv, needles):
     refused(capsys, argv, *needles)
