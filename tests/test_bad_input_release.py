@@ -1,8 +1,8 @@
 """Bad input to the release gate, the sweep declarations, the results store and the files the suite keeps, tried as a
 new user and a CI pipeline would: each is refused (or now correct) with one message naming what, where and the fix,
 the exit code of its class (the CLI's 2, argparse's usage error 2, pytest's usage error 4), no traceback, and nothing
-changed under expectations/ or in the results database (DESIGN §12). The release gate's refusals all happen before
-any model loads, so each costs an SAE load at most."""
+changed under expectations/ or in the results database (docs/design.md §12). The release gate's refusals all
+happen before any model loads, so each costs an SAE load at most."""
 
 from __future__ import annotations
 
@@ -705,3 +705,8 @@ def test_unusable_output_paths_of_the_release_gate_are_found_before_the_run(caps
     refused(capsys, [*base, "--table", str(tmp_path / "none" / "t.md")], "--table", "does not exist")
     refused(capsys, [*base, "--junit", str(tmp_path)], "--junit", "is a folder")
     refused(capsys, [*base, "--report", str(tmp_path / "file" / "report")], "--report", "is a file")
+
+
+def test_a_zoo_build_of_nothing_is_one_message(capsys, tmp_path):
+    refused(capsys, ["zoo", "build", "--only", "nothing", "--root", str(tmp_path)], "--only 'nothing' names nothing")
+    assert not list(tmp_path.iterdir())

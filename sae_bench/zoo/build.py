@@ -17,10 +17,21 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from sae_bench.errors import BadInput
 from sae_bench.zoo import artifacts
 from sae_bench.zoo.corpus import Corpus, build_corpus
 from sae_bench.zoo.lm_training import pack_documents, pack_exchanges, train_causal_lm
-from sae_bench.zoo.recipes import CONTEXT, FAMILIES, VOCAB_SIZE, Family, ModelRecipe, SaeRecipe, hf_config
+from sae_bench.zoo.recipes import (
+    CONTEXT,
+    FAMILIES,
+    VOCAB_SIZE,
+    Family,
+    ModelRecipe,
+    SaeRecipe,
+    hf_config,
+    model_names,
+    sae_names,
+)
 from sae_bench.zoo.tokenizer import chat_tokens, load_tokenizer, train_tokenizer
 
 HELDOUT_ROWS = 256
@@ -259,9 +270,7 @@ def select(only: str | None) -> tuple[bool, list[tuple[Family, ModelRecipe]], li
     chosen_runs = [(f, r) for f, r in runs if f.name == family and name in r.outputs.values()]
     chosen_saes = [(f, s) for f, s in saes if f.name == family and s.name == name]
     if not chosen_runs and not chosen_saes:
-        from sae_bench.zoo.recipes import model_names, sae_names
-
-        raise ValueError(
+        raise BadInput(
             f"--only {only!r} names nothing; choose data, a family, or one of {model_names() + sae_names()}"
         )
     return False, chosen_runs, chosen_saes
