@@ -1,4 +1,4 @@
-"""The pytest layer of the suite, kept thin (DESIGN §3): options → `sae_bench.suite.Suite`, its outcomes →
+"""The pytest layer of the suite, kept thin (docs/design.md §3): options → `sae_bench.suite.Suite`, its outcomes →
 pytest's, its errors → one usage error at collection (exit 4, no INTERNALERROR), and the end-of-run sections."""
 
 from __future__ import annotations

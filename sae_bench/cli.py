@@ -681,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; every known error becomes one line on stderr and its exit code (DESIGN §12)."""
+    """Run one command; every known error becomes one line on stderr and its exit code (docs/design.md §12)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["run"]:  # pytest parses the rest
         keep_freed_memory()

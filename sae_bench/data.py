@@ -1,6 +1,6 @@
 """Token batches: one materialised (n_sequences, pos) tensor and its position mask, cut into batches.
 
-The same tensors feed every model of a case, so paired metrics compare identical tokens (DESIGN §5).
+The same tensors feed every model of a case, so paired metrics compare identical tokens (docs/design.md §5).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The errors a user can fix, and the exit codes every entry point gives them (DESIGN §12).
+"""The errors a user can fix, and the exit codes every entry point gives them (docs/design.md §12).
 
 0 ok; 1 a regression (a metric beyond its tolerance, a broken claim, a case or metric that vanished); 2 bad input
 (`BadInput`: a spec, file, option or SAE that cannot be used); 130 interrupted. Entry points turn a `BadInput` into

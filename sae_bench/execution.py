@@ -1,6 +1,6 @@
 """Run a case: load its SAE, model(s) and tokens once, evaluate, and return flat metric values.
 
-The walk is case → sources + data → evaluate → report row (DESIGN §3); `CaseExecutor` caches each stage so the
+The walk is case → sources + data → evaluate → report row (docs/design.md §3); `CaseExecutor` caches each stage so the
 metric groups of one case (separate pytest items) share one evaluation, and cases share models and token sets.
 """
 

@@ -1,5 +1,5 @@
-"""Expectation files on disk (DESIGN §6, §12): checked before any case runs, each written atomically under a lock
-that excludes, never silently lost.
+"""Expectation files on disk (docs/design.md §6, §12): checked before any case runs, each written atomically under a
+lock that excludes, never silently lost.
 
 The locks live outside the expectations folder (one per file, under the system temp folder) and are never
 unlinked, so two processes cannot both hold one and no `*.lock` is ever left beside the files.

@@ -1,4 +1,4 @@
-"""Expectation files (DESIGN §6): read, compare, update; the verdict table.
+"""Expectation files (docs/design.md §6): read, compare, update; the verdict table.
 
 One JSON file per case: `{"case", "provenance", "metrics": {name: {value, abs, rel, direction, basis[, provenance]}}}`.
 A metric regresses when it moves beyond max(abs, rel·|value|) in the bad `direction` (`higher` is better, `lower` is
@@ -223,7 +223,7 @@ def compare(expected: ExpectationFile, measured: Mapping[str, float | None], nam
 
 
 def is_published(expected: ExpectationFile) -> bool:
-    """True when the file's values come from a paper (DESIGN §6: a measured run never overwrites them)."""
+    """True when the file's values come from a paper (docs/design.md §6: a measured run never overwrites them)."""
     return expected.provenance.get("kind") == "published"
 
 

@@ -1,5 +1,5 @@
 """`sae-bench gate`: run the cases a new SAE replaces, with the new SAE, against their stored expectations, and
-fail closed (DESIGN §12).
+fail closed (docs/design.md §12).
 
 The `--cases` expression selects test items (`CASE:GROUP`, '@' allowed); the new SAE replaces the SAE of every case
 it selects an item of, and those items run, with the claims that relate a selected case (the other cases as they

@@ -1,4 +1,4 @@
-"""Every tensor-only metric of DESIGN §4, defined once: a pure function on whole tensors and a streaming
+"""Every tensor-only metric of docs/design.md §4, defined once: a pure function on whole tensors and a streaming
 float64 accumulator that gives the same value whatever the batching.
 
 Shapes: N tokens, d model dims, F SAE features, V vocabulary. All reductions run in float64. A metric that is
@@ -128,7 +128,7 @@ def ce_loss_recovered(ce_clean: float, ce_spliced: float, ce_zero: float) -> flo
     """(ce_zero − ce_spliced) / (ce_zero − ce_clean): 1 when splicing costs nothing, 0 when it is as bad as zeros.
 
     Raises UndefinedMetric (a ValueError) when the clean loss is not at least CE_RECOVERED_MIN_GAP below the
-    zero-ablation loss: the ratio then measures nothing (DESIGN §8).
+    zero-ablation loss: the ratio then measures nothing (docs/design.md §8).
     """
     for name, value in (("ce_clean", ce_clean), ("ce_spliced", ce_spliced), ("ce_zero", ce_zero)):
         if not math.isfinite(value):

@@ -1,7 +1,8 @@
 """`sae-bench plan` and `sae-bench calibrate`: what a selection will cost before it runs, and where.
 
 Per unit (`ray_execution.units_of`: what one shared pass, or a paired case with the prefixes it shares, runs): the
-forward passes at the engine's floor (DESIGN §5), counted from the cases alone; the peak memory (`sae_bench.memory`:
+forward passes at the engine's floor (docs/design.md §5),
+counted from the cases alone; the peak memory (`sae_bench.memory`:
 the model's weights, one batch's residuals and logits, every SAE's weights at the width its id or config states, and
 one SAE's feature activations at a time); and the time, from a calibration measured on the present device
 (`calibrate`, seconds per parameter-token of a forward pass, stored per device). Given a device's memory, a unit

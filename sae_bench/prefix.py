@@ -1,5 +1,5 @@
 """The residual at a hook for every batch of a token set, computed once and handed to each pass that needs it (the
-mean-norm threshold, the shared transfer pass, the paired pass), so a token set's prefix runs once (DESIGN §5).
+mean-norm threshold, the shared transfer pass, the paired pass), so a token set's prefix runs once (docs/design.md §5).
 
 The batches are kept in host memory, where a GPU run has room for them and its own memory stays with the model.
 """

@@ -1,5 +1,5 @@
 """`sae-bench gate --release NEW --baseline OLD --sweep NAME`: a new release against the one it replaces, on the
-same tokens in the same passes, judged by paired differences with confidence intervals (DESIGN §10).
+same tokens in the same passes, judged by paired differences with confidence intervals (docs/design.md §10).
 
 Before anything runs, both releases are checked as the single-SAE gate checks one SAE (`gate.load_checked`,
 `gate.replacement_problem`): every SAE loads, its weights are finite and not all zeros, its config's hook is the

@@ -1,4 +1,4 @@
-"""`sae-bench report`: seed-style tables and figures for any selection of a recorded run (DESIGN §3 report.py).
+"""`sae-bench report`: seed-style tables and figures for any selection of a recorded run (docs/design.md §3).
 
 Reads the results database only (the dose figure's weight drift excepted: it loads the zoo models). Per family:
 the SAE × model grid of CE recovered / EV / L0 with the verdict marked, one grid per variant side by side (filtered

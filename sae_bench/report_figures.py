@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 LOG_EPS = 1e-10
-"""log10(density + 1e-10): a dead feature sits at −10 (DESIGN §4)."""
+"""log10(density + 1e-10): a dead feature sits at −10 (docs/design.md §4)."""
 
 
 def save(figure: plt.Figure, path: Path) -> Path:

@@ -11,7 +11,7 @@ from sae_bench.expectations import MetricExpectation
 from sae_bench.results_db import RUN_FINISHED, ResultsDB
 
 VANISHED = "vanished"
-"""The verdict of a case or metric the baseline measured and the run did not: a regression (DESIGN §12)."""
+"""The verdict of a case or metric the baseline measured and the run did not: a regression (docs/design.md §12)."""
 REGRESSIONS = ("regression", VANISHED)
 
 

@@ -3,7 +3,7 @@
 HF `save_pretrained` directory → `HookedTransformerConfig` mirroring its config → TransformerLens's own weight
 converter → the same processing `HookedTransformer.from_pretrained` applies (fold the norms, centre the
 unembedding, fold value biases). `from_pretrained(name, hf_model=...)` would still fetch the hub config for
-`name`, so the config is mirrored here (DESIGN §2, §8). Covered: Mistral, Qwen2 (Qwen1.5), Gemma (v1).
+`name`, so the config is mirrored here (docs/design.md §2, §8). Covered: Mistral, Qwen2 (Qwen1.5), Gemma (v1).
 """
 
 from __future__ import annotations

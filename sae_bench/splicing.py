@@ -1,7 +1,8 @@
 """Splicing an SAE into a TransformerLens model at a residual hook, under a position mask.
 
 The model is cut at the hook: `run_to_hook` runs the blocks before it once, `final_residual_from_hook` runs the
-rest from any residual (clean, spliced or zero-ablated), so the shared prefix is never recomputed (DESIGN §5), and
+rest from any residual (clean, spliced or zero-ablated), so the shared prefix is never recomputed
+(docs/design.md §5), and
 `logits_of_final_rows` unembeds only the predictions that are scored. Each runs the model through its backend
 (`sae_bench.backends`: HookedTransformer, or a TransformerBridge cut on the HF model it runs).
 """

@@ -3,7 +3,7 @@ fine-tuned model (Kutsyk et al.).
 
 Per batch both models run to the hook once; the SAE encodes both residuals; densities, per-feature Pearson
 correlations, dead-feature activation errors and residual similarity all stream in O(d_sae + pos) memory, for
-**every** feature. Bands are chosen at the end from the two density vectors (DESIGN §4):
+**every** feature. Bands are chosen at the end from the two density vectors (docs/design.md §4):
 - regular: log10 density in [−5, −1] in both models;
 - exclusively dead: density 0 in one model only (dead in both is neither).
 """

@@ -36,7 +36,7 @@ def test_l0_ev_and_mse_match_get_sparsity_and_variance_metrics(model, sae, token
     theirs, feature_metrics = saelens_sparsity_and_variance(model, sae, tokens, densities=True)
     assert ours.l0 == pytest.approx(theirs["l0"], abs=1e-5)
     assert ours.explained_variance_per_token == pytest.approx(theirs["explained_variance_legacy"], abs=1e-5)
-    # sae-lens 6.54 fixed the two definitions DESIGN §4 warned about: its EV is now centred and pooled, and its
+    # sae-lens 6.54 fixed the two definitions docs/design.md §4 warned about: its EV is now centred and pooled, and its
     # mse the per-token summed squared error. They agree with ours here; the differences left are below.
     assert ours.explained_variance == pytest.approx(theirs["explained_variance"], abs=1e-5)
     assert ours.mse == pytest.approx(theirs["mse"], rel=1e-5)

@@ -1,6 +1,6 @@
 """Bad input, tried as a user would: each gives one message that names the file or option and the fix, the exit code
 of its class (pytest usage error 4 at collection; the CLI's 2; 130 interrupted), no traceback, and nothing under
-expectations/ or in the results database changed or lost (DESIGN §12).
+expectations/ or in the results database changed or lost (docs/design.md §12).
 
 Suite runs are in-process `pytest.main` calls (a fresh configuration each, as pytester does), so each costs
 collection, not a Python start-up."""

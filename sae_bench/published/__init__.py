@@ -1,4 +1,4 @@
-"""Hub-case expectations from the published results (DESIGN §6): Kissane et al. (`kissane.py`), Kutsyk et al.
+"""Hub-case expectations from the published results (docs/design.md §6): Kissane et al. (`kissane.py`), Kutsyk et al.
 (`kutsyk.py`) and Llama Scope (`llama_scope.py`). Each value keeps the number as published, with provenance naming
 its table and the positions it covers; each tolerance says what it rests on (no hub or GPU here to measure one);
 every other metric of the case's groups is listed as unchecked with the reason. Hub cases no paper gives numbers

@@ -1,5 +1,5 @@
 """What every published expectation shares: tolerances with their basis, derived differences, collapsed transfers,
-and the `unchecked` list that makes a published file cover its case (DESIGN §6)."""
+and the `unchecked` list that makes a published file cover its case (docs/design.md §6)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from sae_bench.shipped import shipped
 REFERENCES = shipped("references") / "kissane-sae-transfer"
 
 # (abs, rel, basis): what each kind of metric may move by on another token sample.
-_CE_BASIS = "2x the 4% spread of Kutsyk's Gemma-2B clean CE over three token samples (seed-conventions 4.4)"
-_L0_BASIS = "2x the 2.4% spread of Kutsyk's Mistral-7B L0 over two token samples (seed-conventions 4.4)"
-_EV_BASIS = "2x the 0.021 spread of Kutsyk's Mistral-7B R2 over two token samples (seed-conventions 4.4)"
+_CE_BASIS = "2x the 4% spread of Kutsyk's Gemma-2B clean CE over three token samples (docs/seed-conventions.md §4.4)"
+_L0_BASIS = "2x the 2.4% spread of Kutsyk's Mistral-7B L0 over two token samples (docs/seed-conventions.md §4.4)"
+_EV_BASIS = "2x the 0.021 spread of Kutsyk's Mistral-7B R2 over two token samples (docs/seed-conventions.md §4.4)"
 _MSE_BASIS = "no replicate published; 2x the largest relative cross-sample spread above (L0's 2.4%, CE's 4%)"
 _REC_BASIS = (
     "2x the largest gap (0.016) between Kissane's two CE-recovered reductions of one run; sample spread unknown"
@@ -59,7 +59,7 @@ def expectation(name: str, value: float, provenance: dict | None = None) -> Metr
 
 def with_delta(metrics: dict[str, MetricExpectation], given: float | None = None) -> dict[str, MetricExpectation]:
     """Add ce_delta = SAE CE − clean CE (the published delta when `given`), its tolerance from its terms':
-    √(t_spliced² + t_clean²), the two samples' errors taken as independent (DESIGN §6)."""
+    √(t_spliced² + t_clean²), the two samples' errors taken as independent (docs/design.md §6)."""
     if "ce_spliced" not in metrics or "ce_clean" not in metrics:
         return metrics
     spliced, clean = metrics["ce_spliced"], metrics["ce_clean"]
@@ -73,7 +73,7 @@ def with_delta(metrics: dict[str, MetricExpectation], given: float | None = None
 
 def with_collapse(expected: ExpectationFile) -> ExpectationFile:
     """A collapsed transfer (published EV below 0) is reproduced by "at least this bad", not to four digits
-    (DESIGN §6): EV ≤ 0; CE recovered ≤ 0.5 where the published value is below it; the magnitudes that rest on
+    (docs/design.md §6): EV ≤ 0; CE recovered ≤ 0.5 where the published value is below it; the magnitudes that rest on
     the collapse (MSE; L0 and the spliced loss where CE recovered collapsed too) are listed with their value as
     unchecked."""
     metrics, unchecked = dict(expected.metrics), dict(expected.unchecked)
@@ -110,7 +110,7 @@ def _one_sided(published: MetricExpectation, bound: float, meaning: str) -> Metr
 
 def with_unchecked(expected: ExpectationFile, case: Case) -> ExpectationFile:
     """The file with every metric of the case's groups that the paper does not give listed as unchecked, so a
-    first real run compares every published value and writes nothing (DESIGN §6)."""
+    first real run compares every published value and writes nothing (docs/design.md §6)."""
     paper = expected.provenance["source"].split(",")[0]
     names = [name for group in case.groups for name in case.metrics(group) if name not in expected.metrics]
     unchecked = {name: f"not published by {paper}" for name in names} | dict(expected.unchecked)

@@ -1,4 +1,4 @@
-"""Kutsyk et al.'s published results, from the paper's own tables and text (seed-conventions §4.4 notes what the
+"""Kutsyk et al.'s published results, from the paper's own tables and text (docs/seed-conventions.md §4.4 notes what the
 notebooks printed, which differs in places). Each file says which positions its figures cover: the CE and R²
 figures exclude outliers (section 4.2: raw norms above 290 for Gemma-2b, 200 for Mistral-7B, left un-spliced but
 scored), L0 and dead features count every token, the feature universality pass counts every position of the rows
@@ -22,7 +22,7 @@ SAMPLE = 256_000
 """Tokens per experiment (section 4.2)."""
 
 _BUGGY_SPLICE = (
-    "published {value} (section 4.3 table) came from the flattened-splice code (seed-conventions §2.9: all "
+    "published {value} (section 4.3 table) came from the flattened-splice code (docs/seed-conventions.md §2.9: all "
     "non-outlier tokens of a batch run as one sequence), so a masked splice cannot reproduce it"
 )
 _L0_ELSEWHERE = "the paper's L0 and dead features count every token: checked in the case's /all-tokens variant"
@@ -73,7 +73,7 @@ UNIVERSALITY_ROWS = {
     "gemma-2b": "every position of rows whose leading BOS was cut before both models ran (the notebook's "
     "exclude_bos: tokens[:, 1:])",
 }
-"""Which rows and positions the universality figures cover, per family (seed-conventions §3)."""
+"""Which rows and positions the universality figures cover, per family (docs/seed-conventions.md §3)."""
 
 
 def _universality(case: str, section: str, figures: dict, unchecked: dict) -> ExpectationFile:

@@ -1,9 +1,9 @@
 """Llama Scope's published spliced-loss figures (He et al. 2024, section 4.5.2) for the base-model SAE L15R-32x.
 
-The paper gives the LM-loss increase alone (not its terms), so its tolerance cannot come from the terms' (DESIGN §6)
-and rests on a stated judgement until a first real run measures a spread. The Instruct figure was measured on chat
-histories the paper does not release; the case runs alpaca rollouts instead, so that figure is kept, unchecked,
-with the reason (a different token set is not like for like).
+The paper gives the LM-loss increase alone (not its terms), so its tolerance cannot come from the terms'
+(docs/design.md §6) and rests on a stated judgement until a first real run measures a spread. The Instruct figure
+was measured on chat histories the paper does not release; the case runs alpaca rollouts instead, so that figure is
+kept, unchecked, with the reason (a different token set is not like for like).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The hub tier, rehearsed offline (DESIGN §9): every hub case through the real loaders, on miniature stand-ins.
+"""The hub tier, rehearsed offline (docs/design.md §9): every hub case through the real loaders, on miniature stand-ins.
 
 `activate()` builds the stand-ins once (`stand_ins.py`), points the libraries at them through their own settings
 (`HF_HUB_CACHE` with `HF_HUB_OFFLINE=1`, `WANDB_ARTIFACT_DIR`, `SAE_BENCH_DATASETS`) and keeps rollouts and the

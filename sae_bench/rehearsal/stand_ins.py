@@ -171,7 +171,7 @@ RELEASE_CONFIGS: dict[str, dict] = {
     },
 }
 """The fields of each SAELens-format release's own `cfg.json` that change the numbers, as published (Kutsyk et al.'s
-releases, seed-conventions §5 table T; their hook is the SAELens registry id). A stand-in mirrors them, or the
+releases, docs/seed-conventions.md §5 table T; their hook is the SAELens registry id). A stand-in mirrors them, or the
 rehearsal tests another SAE."""
 
 

@@ -42,7 +42,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 
 
 def load_tokenizer(directory: str | Path):
-    """Load a saved zoo tokenizer; `from_pretrained` from a directory is what TransformerLens needs (DESIGN §8)."""
+    """Load a saved zoo tokenizer: TransformerLens needs `from_pretrained` from a folder (docs/design.md §8)."""
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(directory))
