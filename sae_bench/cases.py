@@ -19,7 +19,9 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from sae_bench.errors import BadInput
+from sae_bench.claims import read_claims
+from sae_bench.errors import BadInput, CaseFileError
+from sae_bench.selection import Selection
 from sae_bench.shipped import shipped
 
 METRIC_GROUPS: dict[str, tuple[str, ...]] = {
@@ -71,13 +73,6 @@ MASKS = ("all", "all-but-first", *CHAT_MASKS)
 """`all-but-first` drops position 0 of every row (Kutsyk's exclude_bos)."""
 NORMS = ("scaled", "raw", "mean-norm")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
-
-
-class CaseFileError(BadInput):
-    """A case file that cannot be used; the message names the file, the field and the fix."""
-
-    def __init__(self, path: Path | str, where: str, problem: str, fix: str):
-        super().__init__(f"{path}: {where}: {problem}. Fix: {fix}")
 
 
 @dataclass(frozen=True)
@@ -668,8 +663,6 @@ def load_registry(directory: Path) -> Registry:
                 )
             cases[case.id] = case
         _add_sweeps(sweeps, declared)
-    from sae_bench.claims import read_claims
-
     registry = Registry(cases, {}, sweeps)
     for path in paths:
         registry.claims.update((claim.id, claim) for claim in read_claims(path, _parse_toml(path), registry))
@@ -715,7 +708,5 @@ def item_ids(case: Case) -> list[str]:
 
 def cases_selected_by(registry: Registry, expression: str) -> list[str]:
     """The cases whose items (`CASE:GROUP`) the -k expression selects: the unit an SAE is replaced in."""
-    from sae_bench.gate import Selection
-
     selection = Selection(expression)
     return [case.id for case in registry if any(selection.matches(item) for item in item_ids(case))]

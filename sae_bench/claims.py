@@ -14,12 +14,21 @@ import ast
 import difflib
 import operator
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from sae_bench.cases import CaseFileError, Registry
+from sae_bench.errors import CaseFileError
+
+
+class CaseLookup(Protocol):
+    """What a claim needs of the registry whose cases it relates (`cases.Registry`): the cases by id, in order."""
+
+    cases: Mapping[str, Any]
+
+    def __iter__(self) -> Iterator[Any]: ...
+
 
 _TERM = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\(\s*([^()\s]+)\s*\)")
 _COMPARISONS = {ast.GtE: (">=", operator.ge), ast.LtE: ("<=", operator.le), ast.Gt: (">", operator.gt)}
@@ -123,7 +132,7 @@ def _check_side(node: ast.AST) -> str | None:
     return ast.unparse(node)
 
 
-def parse_claim(entry: Mapping[str, Any], family: str, registry: Registry, path: Path | str, index: int) -> Claim:
+def parse_claim(entry: Mapping[str, Any], family: str, registry: CaseLookup, path: Path | str, index: int) -> Claim:
     """One `[[claim]]` table, checked against the family's cases and their metric groups."""
     where = f"claim[{index}]"
     unknown = set(entry) - CLAIM_KEYS
@@ -187,7 +196,7 @@ def parse_claim(entry: Mapping[str, Any], family: str, registry: Registry, path:
     )
 
 
-def read_claims(path: Path, data: Mapping[str, Any], registry: Registry) -> list[Claim]:
+def read_claims(path: Path, data: Mapping[str, Any], registry: CaseLookup) -> list[Claim]:
     """The `[[claim]]` entries of one parsed case file; duplicate names are an error."""
     family = data["family"]
     claims = [parse_claim(entry, family, registry, path, i) for i, entry in enumerate(data.get("claim", []))]

@@ -25,3 +25,14 @@ class UnusableSAE(BadInput):
     def named(self, spec: str) -> UnusableSAE:
         """The same error, naming the SAE by its spec."""
         return UnusableSAE(self.reason, spec=spec, variant=self.variant)
+
+
+class CaseFileError(BadInput):
+    """A case file that cannot be used; the message names the file, the field and the fix."""
+
+    def __init__(self, path, where: str, problem: str, fix: str):
+        super().__init__(f"{path}: {where}: {problem}. Fix: {fix}")
+
+
+class UnitFailed(BadInput):
+    """A unit's task could not measure its cases (out of memory, its worker lost past the retries)."""

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from sae_bench.backends import DEFAULT_BACKEND, backend_of
 from sae_bench.cases import CHAT_MASKS, Case
 from sae_bench.chat import ChatRows, cached_rollouts, greedy_rollouts
-from sae_bench.errors import UnusableSAE
+from sae_bench.errors import UnitFailed, UnusableSAE
 from sae_bench.evaluate import EvalConfig, PassCost, estimate_scaling_factor, evaluate_shared, evaluate_transfer
 from sae_bench.forward_cost import ForwardCost
 from sae_bench.memory import batch_bytes, device_memory_bytes, sae_width, split_for_memory
@@ -324,7 +324,6 @@ class CaseExecutor:
     def absorb(self, results) -> None:
         """Take what units measured elsewhere (`ray_execution`: (unit, UnitResult) pairs) as if measured here: values,
         details, failures, SAE fingerprints and forward counts; those cases are then never measured again."""
-        from sae_bench.ray_execution import UnitFailed
 
         for unit, result in results:
             for (case_id, sae), values in result.values.items():

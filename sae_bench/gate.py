@@ -22,29 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION, BadInput
+from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION
+from sae_bench.selection import Selection
 from sae_bench.shipped import in_checkout, shipped
 
 BENCHMARKS = shipped("benchmarks")
-AT = "__at__"
-
-
-class Selection:
-    """`-k` semantics, with `@` allowed in names (pytest's own `-k` rejects it, and case ids contain it)."""
-
-    def __init__(self, expression: str):
-        from _pytest.mark.expression import Expression  # pytest's -k parser; public API has no equivalent
-
-        try:
-            self.expression = Expression.compile(expression.replace("@", AT))
-        except Exception as err:  # noqa: BLE001 - pytest's ParseError is private
-            raise BadInput(f"{expression!r} is not a -k expression: {err}") from None
-
-    def matches(self, name: str) -> bool:
-        text = name.replace("@", AT).lower()
-        return self.expression.evaluate(lambda word, /, **_: word.lower() in text)
-
-
 @dataclass
 class GatePlugin:
     """Keeps the selected items (and the claims over their cases), and counts what happened to them."""

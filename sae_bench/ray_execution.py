@@ -56,10 +56,6 @@ def check_ray_address(address: str) -> None:
         ) from None
 
 
-class UnitFailed(BadInput):
-    """A unit's task could not measure its cases (out of memory, its worker lost past the retries)."""
-
-
 def _tokenizer_of(spec: str) -> str:
     """Which tokenizer a model spec reads text with, as `CaseExecutor._token_key` tells them apart: the zoo's one
     tokenizer, a hub model's repo (or the `as=` repo whose tokenizer it takes), a folder's own."""

@@ -165,7 +165,7 @@ def _dose_points(family: str, cases: list[Case], frame: pd.DataFrame) -> pd.Data
     from sae_bench.drift import weight_drift
     from sae_bench.sources import load_model
     from sae_bench.zoo.artifacts import read_manifest
-    from sae_bench.zoo.card import CARD_BACKEND  # drift as the zoo card measures it
+    from sae_bench.zoo.recipes import CARD_BACKEND  # drift as the zoo card measures it
 
     manifest = read_manifest()["models"]
 

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from sae_bench.errors import BadInput
+from sae_bench.selection import Selection
 
 SCHEMA_VERSION = 2
 """2 added measurements.registry (which case registry a case came from); a version-1 file is migrated in place."""
@@ -435,7 +436,5 @@ def cases_matching(cases: Iterable[str], expression: str | None) -> list[str]:
     """The case ids a `-k`-style expression selects (`@` allowed), or all of them."""
     if not expression:
         return sorted(set(cases))
-    from sae_bench.gate import Selection
-
     selection = Selection(expression)
     return sorted({case for case in cases if selection.matches(case)})

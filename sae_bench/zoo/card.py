@@ -21,14 +21,11 @@ from sae_bench.outliers import OutlierPolicy
 from sae_bench.report import SEED_TABLE_COLUMNS, seed_table
 from sae_bench.sources import load_model, load_sae, load_zoo_data
 from sae_bench.zoo.artifacts import read_manifest, zoo_root
-from sae_bench.zoo.recipes import CONTEXT, FAMILIES, HOOK, Family
+from sae_bench.zoo.recipes import CARD_BACKEND, CONTEXT, FAMILIES, HOOK, Family
 
 OUTLIER_MEAN_NORMS = 3.0
 """Zoo outlier threshold: 3× the evaluated model's mean norm at the hook (Kissane's Mistral threshold, 200 on
 activations scaled to mean norm √4096 = 64, is 3.1× the mean norm)."""
-
-CARD_BACKEND = "hooked"
-"""The backend the card's models run on (the module docstring says why)."""
 
 KEPT_MARKER = "<!-- written by hand below this line; `sae-bench zoo card` keeps it -->"
 
