@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bench test rehearse lint clean
+.PHONY: bench test test-fast rehearse lint clean
 
 $(VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ bench: $(VENV)/.installed  ## the main job: the benchmark suite on what ships
 # subprocesses, so 2 processes on 2 cores took 10 min 51 s against 15 min 11 s in one
 test: $(VENV)/.installed  ## unit and property tests
 	$(PY) -m pytest tests -n auto --maxprocesses 4 --dist loadfile --benchmark-disable $(ARGS)
+
+# the tier to run before each commit: everything but the tests marked `full` (Ray, PostgreSQL, the built wheel, the
+# rehearsal's stand-ins, whole suite runs in a subprocess or of a whole family)
+test-fast: $(VENV)/.installed  ## the unit and property tests without the full tier's slowest
+	$(PY) -m pytest tests -n auto --maxprocesses 4 --dist loadfile --benchmark-disable -m "not full" $(ARGS)
 
 rehearse: $(VENV)/.installed  ## every hub case end to end, offline, on miniature stand-ins (README: the hub tier, rehearsed)
 	$(PY) -m pytest benchmarks -m hub --rehearse --benchmark-disable $(ARGS)

@@ -278,7 +278,7 @@ def release_members(source: str, base: Path, where: str) -> list[tuple[str, str]
             raise BadInput(f"{where}: {release!r} is not in SAELens's registry; close: {', '.join(close) or 'none'}")
         return [(sae_id, f"saelens:{release}/{sae_id}") for sae_id in directory[release].saes_map]
     if source.startswith("zoo:"):
-        from sae_bench.zoo.recipes import release_ids
+        from sae_bench.zoo.recipes import release_ids  # imports SAELens: cases stay light for the rehearsal
 
         family, _, release = source.removeprefix("zoo:").partition("/")
         ids = release_ids(family, release)

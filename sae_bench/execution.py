@@ -16,15 +16,32 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from sae_bench import kissane_prompts
 from sae_bench.backends import DEFAULT_BACKEND, backend_of
 from sae_bench.cases import CHAT_MASKS, Case
 from sae_bench.chat import ChatRows, cached_rollouts, greedy_rollouts
 from sae_bench.errors import UnitFailed, UnusableSAE
-from sae_bench.evaluate import EvalConfig, PassCost, estimate_scaling_factor, evaluate_shared, evaluate_transfer
+from sae_bench.evaluate import (
+    EvalConfig,
+    PassCost,
+    estimate_scaling_factor,
+    evaluate_shared,
+    evaluate_transfer,
+    non_finite_weights,
+)
 from sae_bench.forward_cost import ForwardCost
+from sae_bench.hub import load_alpaca_instructions, parse_spec
 from sae_bench.memory import batch_bytes, device_memory_bytes, sae_width, split_for_memory
 from sae_bench.outliers import OutlierPolicy
 from sae_bench.prefix import PREFIX_CACHE_BYTES, PrefixActivations, prefix_bytes, run_prefix
+from sae_bench.sources import (
+    end_of_turn_id,
+    load_chat_prompts,
+    load_dataset_rows,
+    load_model,
+    load_sae,
+    source_fingerprint,
+)
 from sae_bench.splicing import resolve_hook
 from sae_bench.universality import PairedConfig, evaluate_universality
 
@@ -97,8 +114,6 @@ class CaseExecutor:
     # -- sources ------------------------------------------------------------------------------------------------
     def model(self, spec: str):
         if spec not in self._models:
-            from sae_bench.sources import load_model
-
             self._models[spec] = load_model(spec, device=self.device, backend=self.backend)
             self.model_loads[spec] += 1
             self.cost.watch(spec, self._models[spec])
@@ -110,9 +125,6 @@ class CaseExecutor:
         if spec in self._unusable_saes:
             raise self._unusable_saes[spec]
         if spec not in self._saes:
-            from sae_bench.evaluate import non_finite_weights
-            from sae_bench.sources import load_sae
-
             try:
                 sae = load_sae(spec, device=self.device)
             except (OSError, ValueError, KeyError, RuntimeError) as err:
@@ -152,8 +164,6 @@ class CaseExecutor:
         return (case.dataset, case.tokens, case.context, case.mask, case.drop_first_token, reads)
 
     def _load_tokens(self, case: Case, reader) -> CaseTokens:
-        from sae_bench.sources import load_dataset_rows
-
         n_rows = max(1, case.tokens // case.context)
         if case.mask not in CHAT_MASKS:
             rows = load_dataset_rows(case.dataset, n_rows, case.context, reader)
@@ -169,9 +179,6 @@ class CaseExecutor:
 
     def rollouts(self, case: Case, n_rows: int) -> ChatRows:
         """Greedy rollouts of the case's model on the dataset's held-out prompts, cached on disk."""
-        from sae_bench.hub import parse_spec
-        from sae_bench.sources import end_of_turn_id, load_chat_prompts, source_fingerprint
-
         model = self.model(case.model)
         tokenizer = backend_of(model).tokenizer
         prompts = load_chat_prompts(case.dataset, tokenizer)[:n_rows]
@@ -192,8 +199,6 @@ class CaseExecutor:
             )
             if template is None:
                 return rows
-            from sae_bench import kissane_prompts
-            from sae_bench.hub import load_alpaca_instructions
 
             instructions = load_alpaca_instructions(case.dataset)[:n_rows]
             return kissane_prompts.rows(rows, instructions, tokenizer, template, stop_token=stop, context=case.context)

@@ -20,7 +20,16 @@ from pathlib import Path
 
 from sae_bench.cases import Case
 from sae_bench.errors import BadInput
-from sae_bench.hub import datasets_dir, parse_spec, saelens_release, wandb_artifact_dir
+from sae_bench.hub import (
+    _unreachable,
+    datasets_dir,
+    load_hub_rows,
+    local_dataset,
+    parse_spec,
+    rows_from_records,
+    saelens_release,
+    wandb_artifact_dir,
+)
 
 MODEL_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken")
 """What a model repo holds that loading it needs: configs, tokenizer files, safetensors weights (top level only)."""
@@ -150,8 +159,6 @@ def hub_records(repo: str, split: str) -> Iterator[dict]:
 
 def records_read(records: Iterable[dict], readers, tokenizer_for: Callable[[str], object]) -> list[dict]:
     """The leading records that every reader's rows are cut from (the longest reader decides)."""
-    from sae_bench.hub import rows_from_records
-
     taken: list[dict] = []
     source = iter(records)
 
@@ -186,8 +193,6 @@ def local_copy(repo: str, split: str) -> Path:
 
 def _dataset(download: Download, *, dry_run: bool, tokenizer_for: Callable[[str], object], records=hub_records) -> None:
     import pandas as pd
-
-    from sae_bench.hub import load_hub_rows, local_dataset
 
     repo, _, split = download.source.rpartition(":")
     target = local_copy(repo, split)
@@ -239,8 +244,6 @@ def fetch(cases: Iterable[Case], *, dry_run: bool = False, tokenizer_for=None, r
 
     from huggingface_hub import constants
     from tqdm.auto import tqdm
-
-    from sae_bench.hub import _unreachable
 
     endpoint = urlsplit(constants.ENDPOINT)
     default_port = 443 if endpoint.scheme == "https" else 80

@@ -22,9 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sae_bench.cases import SHIPPED_CASES, cases_selected_by, load_registries
 from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION
+from sae_bench.evaluate import non_finite_weights
+from sae_bench.execution import sae_fit_problem, weights_sha256
 from sae_bench.selection import Selection
 from sae_bench.shipped import in_checkout, shipped
+from sae_bench.sources import load_sae
 
 BENCHMARKS = shipped("benchmarks")
 @dataclass
@@ -100,8 +104,6 @@ def output_problem(paths: dict[str, str | None]) -> str | None:
 def weights_problem(sae) -> str | None:
     """Why an SAE's weights cannot be evaluated at all: NaN or Inf, or an encoder or decoder of zeros only (no
     trained SAE; every feature dead, its reconstruction the decoder bias)."""
-    from sae_bench.evaluate import non_finite_weights
-
     if any(not bool(p.isfinite().all()) for p in sae.parameters()):
         return f"it cannot be evaluated: {non_finite_weights(sae)}"
     zero = [name for name in ("W_enc", "W_dec") if not bool(getattr(sae, name).any())]
@@ -112,8 +114,6 @@ def weights_problem(sae) -> str | None:
 
 def load_checked(spec: str, what: str):
     """(the SAE at `spec`, None), or (None, why it cannot be loaded or evaluated), `what` naming it in the message."""
-    from sae_bench.sources import load_sae
-
     try:
         sae = load_sae(spec)
     except Exception as err:  # noqa: BLE001 - any load failure is bad input, reported as such
@@ -125,8 +125,6 @@ def load_checked(spec: str, what: str):
 def replacement_problem(new_sae, case, old_sae=None) -> str | None:
     """Why `new_sae` cannot stand in `case` (whose own SAE is `old_sae`, when it can be loaded here): another hook
     than the case splices at, another input width or dictionary size, another model family."""
-    from sae_bench.execution import sae_fit_problem
-
     problem = sae_fit_problem(new_sae, case)
     if problem:
         return problem
@@ -169,10 +167,6 @@ def run_gate(
     """Run the gate; returns its exit code, having said on stderr why when it is not 0."""
     import pytest
 
-    from sae_bench.cases import cases_selected_by, load_registries
-    from sae_bench.execution import weights_sha256
-    from sae_bench.sources import load_sae
-
     problem = spec_problem(sae) or output_problem({"--junit": junit, "--table": table})
     if problem:
         return _say(problem, EXIT_BAD_INPUT)
@@ -180,7 +174,6 @@ def run_gate(
     if problem:
         return _say(problem, EXIT_BAD_INPUT)
     sha = weights_sha256(new_sae)
-    from sae_bench.cases import SHIPPED_CASES
 
     registry = load_registries((SHIPPED_CASES, *cases_dirs))
     selection = Selection(cases)

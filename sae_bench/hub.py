@@ -26,6 +26,8 @@ from urllib.parse import parse_qs
 
 import torch
 
+from sae_bench.backends import hooked_transformer_on_purpose
+from sae_bench.cache import cache_dir
 from sae_bench.errors import BadInput
 
 
@@ -108,8 +110,6 @@ DATASETS_ENV = "SAE_BENCH_DATASETS"
 def datasets_dir() -> Path:
     """Where local dataset copies live (what `sae-bench fetch` writes): `$SAE_BENCH_DATASETS`, else the suite's
     cache folder's `datasets/`."""
-    from sae_bench.cache import cache_dir
-
     return Path(os.environ.get(DATASETS_ENV) or cache_dir() / "datasets")
 
 
@@ -199,8 +199,6 @@ def load_hub_model(spec: str, *, device: str, dtype: torch.dtype, backend: str):
     HookedTransformer with TransformerLens's default processing (`backend="hooked"`). `as=BASE` runs the repo's
     weights as BASE (its config and tokenizer), resized to `vocab=N` rows."""
     from transformer_lens import HookedTransformer
-
-    from sae_bench.backends import hooked_transformer_on_purpose
 
     parsed = parse_spec(spec)
     if parsed.scheme != "hf":

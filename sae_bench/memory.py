@@ -18,7 +18,9 @@ from pathlib import Path
 import torch
 
 from sae_bench.cases import Case
+from sae_bench.hub import parse_spec
 from sae_bench.splicing import HookSite
+from sae_bench.zoo.artifacts import zoo_root
 
 USABLE_FRACTION = 0.9
 """Of a device's memory, what the passes are planned to fill: the rest is the allocator's fragmentation, the CUDA
@@ -30,15 +32,11 @@ _WIDTH = re.compile(r"width_(\d+)([km])")
 def model_config(spec: str) -> dict | None:
     """A model's HF config, read where it already is (the zoo, a local folder, the HF cache); None elsewhere."""
     if spec.startswith("zoo:"):
-        from sae_bench.zoo.artifacts import zoo_root
-
         path = zoo_root() / "models" / spec.removeprefix("zoo:") / "config.json"
     elif Path(spec).is_dir():
         path = Path(spec) / "config.json"
     else:
         from huggingface_hub import try_to_load_from_cache
-
-        from sae_bench.hub import parse_spec
 
         cached = try_to_load_from_cache(parse_spec(spec).body, "config.json")
         path = Path(cached) if isinstance(cached, str) else None
@@ -108,8 +106,6 @@ def sae_width(case: Case) -> int | None:
     if width:
         return int(width.group(1)) * (1024 if width.group(2) == "k" else 1024 * 1024)
     if case.sae.startswith("zoo:"):
-        from sae_bench.zoo.artifacts import zoo_root
-
         config = zoo_root() / "saes" / case.sae.removeprefix("zoo:") / "cfg.json"
         return json.loads(config.read_text())["d_sae"] if config.is_file() else None
     return None

@@ -32,8 +32,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from sae_bench.cache import cache_dir
 from sae_bench.cases import CHAT_MASKS, Case
 from sae_bench.errors import BadInput
+from sae_bench.fetch import human_size
 from sae_bench.memory import (
     model_bytes,
     model_config,
@@ -139,8 +141,6 @@ def pack(
 
 
 def plan_table(plans: Sequence[UnitPlan]) -> pd.DataFrame:
-    from sae_bench.fetch import human_size
-
     rows = []
     for plan in plans:
         rows.append({
@@ -173,8 +173,6 @@ def device_name(device: str) -> str:
 
 
 def calibration_path(device: str) -> Path:
-    from sae_bench.cache import cache_dir
-
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name(device)).strip("-").lower()
     return cache_dir() / "calibration" / f"{slug}.json"
 

@@ -14,7 +14,7 @@ MARKERS = (
 def pytest_addoption(parser):
     group = parser.getgroup("sae_bench")
     group.addoption("--device", default="cpu", help="torch device the models and SAEs run on (default: cpu)")
-    from sae_bench.backends import BACKENDS, DEFAULT_BACKEND
+    from sae_bench.backends import BACKENDS, DEFAULT_BACKEND  # TransformerLens: after the rehearsal's set-up
 
     group.addoption(
         "--backend",

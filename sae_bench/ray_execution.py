@@ -13,8 +13,6 @@ only its unit's cases, with the unit, its estimate and the fix; Ctrl-C cancels t
 
 from __future__ import annotations
 
-import re
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,36 +22,13 @@ import torch
 from sae_bench.backends import DEFAULT_BACKEND
 from sae_bench.cases import CHAT_MASKS, Case
 from sae_bench.errors import BadInput
+from sae_bench.execution import CaseExecutor
+from sae_bench.fetch import human_size
+from sae_bench.hub import parse_spec
 from sae_bench.memory import unit_memory_bytes
 
 MAX_RETRIES = 3
 """Attempts after a worker dies mid-task (Ray's own retry of system failures)."""
-
-
-RAY_CONNECT_S = 5.0
-"""How long `--ray HOST:PORT` waits for the cluster's port to answer before the run is refused."""
-_RAY_ADDRESS = re.compile(r"(?:ray://)?(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})")
-
-
-def check_ray_address(address: str) -> None:
-    """Refuse, within seconds and before anything loads, a `--ray` value that is not a Ray address or whose port
-    does not answer (Ray itself retries an unreachable address for minutes). `local` and `auto` pass."""
-    if address in ("local", "auto"):
-        return
-    match = _RAY_ADDRESS.fullmatch(address)
-    if match is None or not 0 < int(match.group(2)) < 65536:
-        raise BadInput(
-            f"--ray {address!r} is not a Ray address: give HOST:PORT (the head's GCS port, e.g. 10.0.0.5:6379), "
-            "ray://HOST:PORT (Ray Client), auto (the cluster this machine belongs to), or --ray alone for a local one"
-        )
-    host, port = match.group(1).strip("[]"), int(match.group(2))
-    try:
-        socket.create_connection((host, port), timeout=RAY_CONNECT_S).close()
-    except OSError as err:
-        raise BadInput(
-            f"--ray {address}: nothing answers at {host}:{port} ({err.strerror or err}). Start the cluster "
-            "(`ray start --head`), fix the address, or drop --ray to measure here"
-        ) from None
 
 
 def _tokenizer_of(spec: str) -> str:
@@ -63,7 +38,6 @@ def _tokenizer_of(spec: str) -> str:
         return "zoo"
     if Path(spec).is_dir():
         return spec
-    from sae_bench.hub import parse_spec
 
     parsed = parse_spec(spec)
     return parsed.params.get("as", parsed.body)
@@ -134,8 +108,6 @@ def measure_unit(
 ) -> UnitResult:
     """The task's body: measure one unit's cases in a fresh executor, as a local run would (`device_memory`: the
     run's --device-memory, else the task's device's own)."""
-    from sae_bench.execution import CaseExecutor
-
     torch.set_num_threads(threads)
     executor, result = CaseExecutor(device=device, device_memory=device_memory, backend=backend), UnitResult()
     executor.plan(cases)
@@ -157,8 +129,6 @@ def measure_unit(
 
 
 def out_of_memory(unit: Sequence[Case], memory: int | None, err: BaseException) -> str:
-    from sae_bench.fetch import human_size
-
     case = unit[0]
     return (
         f"the unit of {len(unit)} case(s) on {case.model} (batch {case.batch_size} x {case.context} tokens) ran out "

@@ -35,9 +35,13 @@ import pandas as pd
 import torch
 from scipy import stats
 
+from sae_bench.backends import backend_of
 from sae_bench.cases import JUDGED, Case, Registry, release_members
 from sae_bench.errors import BadInput
+from sae_bench.evaluate import EvalConfig, evaluate_shared
+from sae_bench.execution import weights_sha256
 from sae_bench.gate import load_checked, replacement_problem
+from sae_bench.sources import load_dataset_rows, load_model
 
 REPORTED = ("l0",)
 """Reported with its interval, not judged."""
@@ -116,8 +120,6 @@ def _members(source: str, option: str, base: Path) -> tuple[dict[str, str], list
 def load_releases(plan: SweepPlan, new: str, old: str, base: Path = Path(".")) -> tuple[Release, Release]:
     """Both releases, every SAE loaded and checked (see the module's docstring); a BadInput listing every problem
     (each named by release and id) when one cannot be gated."""
-    from sae_bench.execution import weights_sha256
-
     if _same_source(new, old, base):
         raise BadInput(f"--release and --baseline are both {new}: nothing to compare. Give the release it replaces")
     loaded, problems = {}, []
@@ -189,8 +191,6 @@ class PairedVerdicts:
 
 def unit_values(model, pairs, tokens: torch.Tensor) -> list[dict[str, float | None]]:
     """One shared pass over `tokens` for every (SAE, config) pair: each pair's metrics on these rows."""
-    from sae_bench.evaluate import evaluate_shared
-
     reports = evaluate_shared(model, pairs, tokens)
     return [{name: getattr(report, name) for name in (*JUDGED, *REPORTED)} for report in reports]
 
@@ -241,10 +241,6 @@ def paired_release_gate(
 ) -> PairedVerdicts:
     """Judge release `new` against `old` (checked `Release`s, or release sources as a sweep takes them, loaded and
     checked here) on the sweep's models and rows (from `first_row` of the sweep's dataset: another draw of rows)."""
-    from sae_bench.backends import backend_of
-    from sae_bench.evaluate import EvalConfig
-    from sae_bench.sources import load_dataset_rows, load_model
-
     check_settings(rows_per_unit=rows_per_unit, start_rows=start_rows, budget_rows=budget_rows, alpha=alpha)
     if isinstance(new, str) or isinstance(old, str):
         new, old = load_releases(plan, str(getattr(new, "source", new)), str(getattr(old, "source", old)), base)

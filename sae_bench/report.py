@@ -17,8 +17,12 @@ import pandas as pd
 
 from sae_bench import report_figures
 from sae_bench.cases import SHIPPED_CASES, Case, load_registry
+from sae_bench.drift import weight_drift
 from sae_bench.errors import BadInput
 from sae_bench.results_db import RUN_FINISHED, ResultsDB, cases_matching
+from sae_bench.sources import load_model
+from sae_bench.zoo.artifacts import read_manifest
+from sae_bench.zoo.recipes import CARD_BACKEND, FAMILIES  # drift as the zoo card measures it
 
 MARKS = {"ok": "✓", "regression": "✗", "improved": "↑", "unchecked": "·"}
 GRID_METRICS = {"ce_loss_recovered": "CE rec.", "explained_variance": "EV", "l0": "L0"}
@@ -153,8 +157,6 @@ def _family_section(db: ResultsDB, run: int, family: str, cases: list[Case], fra
 
 def _dose_points(family: str, cases: list[Case], frame: pd.DataFrame) -> pd.DataFrame | None:
     """The base SAE on each model of a zoo family's dose series, with its fine-tune steps and weight drift."""
-    from sae_bench.zoo.recipes import FAMILIES
-
     recipe = FAMILIES.get(family)
     if recipe is None or not recipe.dose_series:
         return None
@@ -162,10 +164,6 @@ def _dose_points(family: str, cases: list[Case], frame: pd.DataFrame) -> pd.Data
     models = [m for m in recipe.dose_series if m in by_model]
     if len(models) < 3:
         return None
-    from sae_bench.drift import weight_drift
-    from sae_bench.sources import load_model
-    from sae_bench.zoo.artifacts import read_manifest
-    from sae_bench.zoo.recipes import CARD_BACKEND  # drift as the zoo card measures it
 
     manifest = read_manifest()["models"]
 

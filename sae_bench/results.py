@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import torch
@@ -17,12 +17,9 @@ from torch import Tensor
 
 from sae_bench import metrics
 from sae_bench.backends import Model
+from sae_bench.eval_config import EvalConfig
 from sae_bench.outliers import OutlierBreakdown, OutlierBreakdownStats
-from sae_bench.splicing import SaePass, logits_of_final_rows
-
-if TYPE_CHECKING:
-    from sae_bench.eval_config import EvalConfig
-    from sae_bench.splicing import HookSite
+from sae_bench.splicing import HookSite, SaePass, logits_of_final_rows
 
 
 def _metric(doc: str) -> Any:

@@ -26,8 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sae_bench.cache import cache_dir
 from sae_bench.errors import BadInput
 from sae_bench.selection import Selection
+from sae_bench.shipped import in_checkout
 
 SCHEMA_VERSION = 2
 """2 added measurements.registry (which case registry a case came from); a version-1 file is migrated in place."""
@@ -187,9 +189,6 @@ def default_path() -> Path | str:
     """`$SAE_BENCH_RESULTS` (a path, or a `postgresql://` URL); else, in a checkout, .sae-bench/results.sqlite under
     the working directory; else (an installed suite, which writes nothing into the folder it runs in)
     results.sqlite in the suite's cache."""
-    from sae_bench.cache import cache_dir
-    from sae_bench.shipped import in_checkout
-
     if os.environ.get(ENV):
         value = os.environ[ENV]
         return value if is_postgres(value) else Path(value)

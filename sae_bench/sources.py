@@ -20,8 +20,14 @@ from transformer_lens.pretrained.weight_conversions import (
     convert_qwen2_weights,
 )
 
+from sae_bench import kissane_prompts
 from sae_bench.backends import BACKENDS, DEFAULT_BACKEND, Model, hooked_transformer_on_purpose
+from sae_bench.chat import stored_prompt, template_prompt
 from sae_bench.errors import BadInput
+from sae_bench.hub import load_alpaca_instructions, load_hub_model, load_hub_rows, load_hub_sae, parse_spec
+from sae_bench.zoo.artifacts import read_manifest, verified_directory
+from sae_bench.zoo.recipes import model_names, sae_names
+from sae_bench.zoo.tokenizer import END_OF_TURN, USER, load_tokenizer
 
 
 def _common(hf: Any) -> dict[str, Any]:
@@ -151,9 +157,6 @@ def _zoo_name(spec: str, kind: str, known: list[str]) -> str:
 
 def load_zoo_tokenizer():
     """The zoo tokenizer, hash-checked."""
-    from sae_bench.zoo.artifacts import verified_directory
-    from sae_bench.zoo.tokenizer import load_tokenizer
-
     return load_tokenizer(verified_directory("tokenizer"))
 
 
@@ -165,9 +168,6 @@ def load_model(
     if backend not in BACKENDS:
         raise BadInput(f"backend {backend!r}: one of {', '.join(BACKENDS)}")
     if spec.startswith(ZOO_PREFIX):
-        from sae_bench.zoo.artifacts import verified_directory
-        from sae_bench.zoo.recipes import model_names
-
         name = _zoo_name(spec, "model", model_names())
         directory = verified_directory(f"models/{name}")
         if backend == "bridge":
@@ -180,7 +180,6 @@ def load_model(
         if backend == "bridge":
             return _bridge(spec, dtype=dtype, device=device, tokenizer=tokenizer)
         return load_hf_directory(spec, dtype=dtype, device=device, tokenizer=tokenizer)
-    from sae_bench.hub import load_hub_model
 
     return load_hub_model(spec, device=device, dtype=dtype, backend=backend)
 
@@ -198,16 +197,12 @@ def load_sae(spec: str, *, device: str = "cpu", dtype: str = "float32"):
     from sae_lens import SAE
 
     if spec.startswith(ZOO_PREFIX):
-        from sae_bench.zoo.artifacts import verified_directory
-        from sae_bench.zoo.recipes import sae_names
-
         directory = verified_directory(f"saes/{_zoo_name(spec, 'SAE', sae_names())}")
         return SAE.load_from_disk(directory, device=device, dtype=dtype)
     if Path(spec).is_dir():
         if not (Path(spec) / "cfg.json").is_file():
             raise FileNotFoundError(f"{spec} holds no cfg.json: not a SAELens SAE directory")
         return SAE.load_from_disk(spec, device=device, dtype=dtype)
-    from sae_bench.hub import load_hub_sae
 
     return load_hub_sae(spec, device=device, dtype=dtype)
 
@@ -215,8 +210,6 @@ def load_sae(spec: str, *, device: str = "cpu", dtype: str = "float32"):
 def load_zoo_data(name: str) -> dict[str, torch.Tensor]:
     """A shipped zoo token set, hash-checked, as int64 tensors: `heldout` or `instructions-heldout`."""
     from safetensors.torch import load_file
-
-    from sae_bench.zoo.artifacts import verified_directory
 
     known = ("heldout", "instructions-heldout")
     if name not in known:
@@ -239,7 +232,6 @@ def load_dataset_rows(dataset: str, n_rows: int, context: int, model: HookedTran
                 f"to at most {rows.shape[0] * context}"
             )
         return rows[:n_rows, :context]
-    from sae_bench.hub import load_hub_rows
 
     return load_hub_rows(dataset, n_rows, context, model.tokenizer)
 
@@ -252,8 +244,6 @@ def end_of_turn_id(tokenizer, *, chat_template: bool = True) -> int:
     """The token that ends the assistant's turn: the zoo's <|end|>; in a hub model's own chat template its turn
     marker (Gemma's <end_of_turn>, Llama 3's <|eot_id|>, ChatML's <|im_end|>); else the tokenizer's EOS (what
     Kissane's generation stopped at with his own templates)."""
-    from sae_bench.zoo.tokenizer import END_OF_TURN
-
     vocab = tokenizer.get_vocab()
     if END_OF_TURN in vocab:
         return tokenizer.convert_tokens_to_ids(END_OF_TURN)
@@ -264,22 +254,16 @@ def end_of_turn_id(tokenizer, *, chat_template: bool = True) -> int:
 def load_chat_prompts(dataset: str, tokenizer):
     """Chat prompts with the user's span: the zoo's held-out instructions, or Kissane's alpaca sample (in his
     templates with `?template=NAME`, else in the tokenizer's chat template)."""
-    from sae_bench.chat import stored_prompt, template_prompt
-
     if dataset == "zoo:instructions-heldout":
-        from sae_bench.zoo.tokenizer import END_OF_TURN, USER
-
         data = load_zoo_data("instructions-heldout")
         user, end = tokenizer.convert_tokens_to_ids(USER), tokenizer.convert_tokens_to_ids(END_OF_TURN)
         return [
             stored_prompt(row[:length].tolist(), user, end)
             for row, length in zip(data["input_ids"], data["prompt_length"].tolist(), strict=True)
         ]
-    from sae_bench.hub import load_alpaca_instructions, parse_spec
 
     template = parse_spec(dataset).params.get("template")
     if template is not None:  # `alpaca:ORG/NAME?template=mistral|qwen|gemma`: Kissane's own templates
-        from sae_bench import kissane_prompts
 
         return [kissane_prompts.prompt(tokenizer, template, i) for i in load_alpaca_instructions(dataset)]
     return [template_prompt(tokenizer, instruction) for instruction in load_alpaca_instructions(dataset)]
@@ -289,14 +273,10 @@ def source_fingerprint(spec: str) -> str:
     """What identifies a source's weights: the manifest sha256 of a zoo model's weights, the HF cache snapshot
     (commit) of a hub model's repo, else the spec itself."""
     if spec.startswith(ZOO_PREFIX):
-        from sae_bench.zoo.artifacts import read_manifest
-
         name = spec.removeprefix(ZOO_PREFIX)
         return f"{spec}@{read_manifest()['files'][f'models/{name}/model.safetensors']}"
     if spec.startswith("hf:"):
         from huggingface_hub import try_to_load_from_cache
-
-        from sae_bench.hub import parse_spec
 
         cached = try_to_load_from_cache(parse_spec(spec).body, "config.json")
         return f"{spec}@{Path(cached).parent.name}" if isinstance(cached, str) else spec

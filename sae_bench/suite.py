@@ -19,9 +19,17 @@ import pandas as pd
 from sae_bench import expectation_store, expectations
 from sae_bench.backends import DEFAULT_BACKEND
 from sae_bench.cases import SHIPPED_CASES, Case, Registry, cases_selected_by, load_registries
+from sae_bench.claims import judge
 from sae_bench.errors import BadInput
 from sae_bench.execution import CaseExecutor
+from sae_bench.hub import Lack, missing
+from sae_bench.option_values import check_ray_address
+from sae_bench.published import NOT_PUBLISHED
+from sae_bench.ray_execution import RayUnits, units_of
+from sae_bench.rehearsal import scaled_case
+from sae_bench.results_db import CaseMeasurement, ResultsDB, default_path
 from sae_bench.shipped import shipped
+from sae_bench.sources import source_fingerprint
 
 SHIPPED_EXPECTATIONS = shipped("expectations")
 SPREAD_SUBSETS = 8
@@ -129,8 +137,6 @@ class Suite:
         if options.ray is not None and importlib.util.find_spec("ray") is None:
             raise BadInput("--ray needs Ray: pip install 'sae-transfer-bench[ray]' (or pip install ray)")
         if options.ray is not None:
-            from sae_bench.ray_execution import check_ray_address
-
             check_ray_address(options.ray)
         if options.replace_published and not options.update:
             raise BadInput("--replace-published goes with --update-expectations")
@@ -174,8 +180,6 @@ class Suite:
     def as_run(self, case: Case) -> Case:
         """The case as this run evaluates it: a hub case scaled down under --rehearse, else as registered."""
         if self.options.rehearse and case.tier == "hub":
-            from sae_bench.rehearsal import scaled_case
-
             return scaled_case(case)
         return case
 
@@ -285,7 +289,6 @@ class Suite:
         """--ray: measure every planned case that can run on the cluster, unit by unit, once."""
         if not self.remote_cases:
             return
-        from sae_bench.ray_execution import RayUnits, units_of
 
         cases, self.remote_cases = self.remote_cases, []
         address = None if self.options.ray == "local" else self.options.ray
@@ -335,8 +338,6 @@ class Suite:
         names = case.metrics(group)
         path = self.expectation_path(case)
         if rehearsed and not path.exists():
-            from sae_bench.published import NOT_PUBLISHED
-
             if case.family not in NOT_PUBLISHED:
                 raise ItemFailed(f"rehearsal: {path} is missing and {case.family} is not in NOT_PUBLISHED")
             self.first_run_cases.add(case.id)  # measured end to end; a first real run writes its expectations
@@ -401,8 +402,6 @@ class Suite:
     # -- claims -------------------------------------------------------------------------------------------------
     def check_claim(self, claim_id: str) -> None:
         """Evaluate one claim over its cases' measurements (shared with the case items); print both sides."""
-        from sae_bench.claims import judge
-
         claim = self.registry.claim(claim_id)
         self._measure_remote()
         cases = [self.as_run(self.registry.get(case_id)) for case_id in claim.case_ids]
@@ -448,8 +447,6 @@ class Suite:
         checks the database is usable and records no run."""
         from importlib.metadata import version
 
-        from sae_bench.results_db import ResultsDB, default_path
-
         if disabled or self.options.rehearse:
             return
         self.results = ResultsDB(path or default_path())
@@ -469,9 +466,6 @@ class Suite:
 
     def _record(self, case: Case, group: str, measured: dict, table: pd.DataFrame) -> None:
         """Keep what this (case, group) measured in the results database; the case's vectors once a run."""
-        from sae_bench.results_db import CaseMeasurement
-        from sae_bench.sources import source_fingerprint
-
         undefined, vectors = self.executor.details(case)
         names = case.metrics(group)
         self.results.record(
@@ -529,8 +523,6 @@ def _model_key(case: Case) -> tuple:
 
 def missing_reasons(case: Case, device: str) -> list:
     """Each thing this case lacks here (`hub.Lack`), with how to get it (empty: it can run)."""
-    from sae_bench.hub import Lack, missing
-
     gpu = Lack("a CUDA GPU", "this machine has none", fix="run with --device cuda on a machine that has one")
     reasons = [gpu] if case.gpu and not device.startswith("cuda") else []
     for spec in dict.fromkeys(s for s in (case.sae, case.model, case.base_model) if s is not None):

@@ -291,12 +291,12 @@ def test_report_marks_a_partial_run_and_refuses_a_file_as_its_folder(capsys, res
 def test_debug_shows_the_traceback_and_interrupts_exit_130(capsys, results, monkeypatch):
     with pytest.raises(Exception, match="no run '999'"):
         cli(["compare", "--results", str(results), "--run", "999", "--debug"])
-    import sae_bench.run_history
+    import sae_bench.commands.results
 
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sae_bench.run_history, "compare_runs", interrupted)
+    monkeypatch.setattr(sae_bench.commands.results, "compare_runs", interrupted)
     assert cli(["compare", "--results", str(results), "--run", "2", "--baseline", "1"]) == 130
     assert "interrupted" in capsys.readouterr().err
 
@@ -406,6 +406,7 @@ def test_a_case_asking_more_rows_than_its_dataset_has_fails_with_the_fix(capsys,
     assert "During handling" not in text
 
 
+@pytest.mark.full
 def test_an_sae_spliced_at_another_hook_than_its_own_needs_a_reason_the_table_shows(capsys, cases_copy, tmp_path):
     path = cases_copy / "tiny-qwen2.toml"
     path.write_text(path.read_text().replace('hook = "blocks.2.hook_resid_pre"', 'hook = "blocks.1.hook_resid_pre"'))

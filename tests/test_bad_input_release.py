@@ -309,6 +309,7 @@ def test_9_the_single_sae_gate_refuses_the_release_gates_options(capsys, tmp_pat
     )
 
 
+@pytest.mark.full
 def test_9_the_release_gate_honours_junit_table_and_results_and_records_both_releases(capsys, tmp_path, monkeypatch):
     """--junit, --table and --results on a real (two-unit) gate of release B against release A; the run is recorded
     with both releases' specs and hashes, and each judged difference."""
@@ -336,6 +337,7 @@ def test_9_the_release_gate_honours_junit_table_and_results_and_records_both_rel
         assert db.execute(counts).fetchone() == (24, 8, 4)  # 3 differences of 8 (id, model) pairs; 4 new SAEs
 
 
+@pytest.mark.full
 def test_10_11_a_results_url_never_shows_or_stores_its_password(capsys, monkeypatch):
     """compare prints no secret of the URL; a run on the real PostgreSQL server the test starts stores its command
     line without them (the server trusts any password)."""
@@ -501,6 +503,7 @@ def test_a_busy_results_database_says_busy(capsys, tmp_path, monkeypatch):
     assert_clear(text, f"the results database {database} is busy", "another process held its write lock")
 
 
+@pytest.mark.full
 def test_a_read_only_results_database_says_read_only(tmp_path):
     """`sae-bench run` as a user that cannot write the file: the tests' user when it is not root; root without the
     capability that lets it write any file (`setpriv`) when it is."""

@@ -99,6 +99,7 @@ def run_pytest(*args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([*command, "-rsx", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+@pytest.mark.full
 def test_a_claim_over_a_case_that_cannot_run_skips_with_its_reason(tmp_path):
     result = run_pytest("-k", "qwen1.5-0.5b and base-sae-transfers-to-chat", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:]

@@ -64,6 +64,7 @@ def test_cases_lists_a_sweeps_expanded_cases(capsys):
     assert "--sweep gemma-3-1b/res-all or --sweep gemma-3-270m/res-all" in capsys.readouterr().err
 
 
+@pytest.mark.full
 def test_run_is_the_suite_with_the_suites_exit_codes(capsys):
     """`sae-bench run ARGS` is `pytest benchmarks ARGS`: 0 when the selection holds, 2 when it selects nothing."""
     assert main(["run", "--case-id", "tiny-qwen2/base-sae@chat", "-k", "kl", "--no-results", "-q"]) == 0

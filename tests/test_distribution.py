@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.full  # the full tier only: `make test-fast` leaves this file out
+
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "docs" / "gate-ci.sh"
 CASES = "tiny-qwen2/base-sae@chat and kl and not filtered and not rollout and not user"

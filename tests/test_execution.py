@@ -3,9 +3,10 @@
 from dataclasses import replace
 from types import SimpleNamespace
 
+import pytest
 import torch
 
-import sae_bench.sources
+import sae_bench.execution
 from sae_bench.backends import backend_of
 from sae_bench.cases import Case
 from sae_bench.execution import CaseExecutor, split_rows
@@ -34,7 +35,7 @@ def _executor(monkeypatch) -> CaseExecutor:
     def rows(dataset, n_rows, context, model):
         return torch.full((n_rows, context), 1 if model.tokenizer.name_or_path == "tok-a" else 2)
 
-    monkeypatch.setattr(sae_bench.sources, "load_dataset_rows", rows)
+    monkeypatch.setattr(sae_bench.execution, "load_dataset_rows", rows)
     return executor
 
 
@@ -59,6 +60,7 @@ def test_split_rows_gives_disjoint_equal_slices():
     assert torch.equal(torch.cat([p.tokens for p in parts]), tokens[:9])
 
 
+@pytest.mark.full
 def test_a_planned_family_shares_passes_at_the_floor_and_releases_each_model_after_its_last_case():
     """tiny-qwen2's grid (3 SAEs × 2 models, unfiltered and filtered): one shared pass per model, the clean and
     zero continuations once, one spliced continuation per distinct spliced residual, each model loaded once and

@@ -53,6 +53,7 @@ def _fetch(endpoint: str, cache: Path, *args: str) -> subprocess.CompletedProces
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.full
 def test_fetch_lists_then_fetches_only_what_the_case_loads_then_leaves_it(remote, tmp_path, monkeypatch):
     from tests.hub_server import local_hub
 
@@ -86,6 +87,7 @@ def test_fetch_lists_then_fetches_only_what_the_case_loads_then_leaves_it(remote
     assert load_sae(case.sae).cfg.metadata.hook_name == case.hook
 
 
+@pytest.mark.full
 def test_fetch_says_what_it_cannot_fetch_and_how(tmp_path):
     from tests.hub_server import local_hub
 

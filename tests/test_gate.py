@@ -40,6 +40,7 @@ def broken_sae(tmp_path_factory):
     return saved(sae, tmp_path_factory.mktemp("broken-sae"))
 
 
+@pytest.mark.full
 def test_unchanged_sae_passes_its_gate_and_every_row_names_it(tmp_path):
     table, junit = tmp_path / "verdicts.csv", tmp_path / "gate.xml"
     spec = "zoo:tiny-qwen2/base-sae"
@@ -54,6 +55,7 @@ def test_unchanged_sae_passes_its_gate_and_every_row_names_it(tmp_path):
     assert f"ok: {spec} (sha256 {sha[:16]}" in result.stdout
 
 
+@pytest.mark.full
 def test_a_regressing_sae_fails_whatever_terms_the_expression_has(tmp_path, broken_sae):
     """`… and kl` names a group: the SAE is replaced in the case the expression selects an item of, not only in
     cases whose id matches the whole expression (which ran the old SAE and passed)."""
@@ -73,6 +75,7 @@ def test_a_regressing_sae_fails_whatever_terms_the_expression_has(tmp_path, brok
     assert "<testsuite" in junit.read_text() and str(broken_sae) in junit.read_text()
 
 
+@pytest.mark.full
 def test_a_broken_sae_fails_the_claims_it_enters(tmp_path, broken_sae):
     """The gate runs the claims that relate a replaced case; the other side keeps its own SAE and value."""
     result = gate("--sae", str(broken_sae), "--cases", "tiny-qwen2/base-sae@chat/filtered", cwd=tmp_path)

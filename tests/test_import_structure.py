@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sae_bench"
-FUNCTION_LEVEL_CEILING = 122
+FUNCTION_LEVEL_CEILING = 9
 """Function-level imports of the package's own modules today; lower it as they move to the top (goal: 25, for the
 rehearsal's ordering rule and the command line's start-up only)."""
 
@@ -28,7 +28,8 @@ MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
 def own_imports(path: Path) -> list[tuple[str, bool]]:
-    """(imported module of the package, whether the import sits inside a function) for each import of `path`."""
+    """(imported module of the package, whether the import sits inside a function) for each module of the package
+    that an import statement of `path` names."""
     package = module_name(path) if path.name == "__init__.py" else module_name(path).rpartition(".")[0]
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
@@ -37,12 +38,13 @@ def own_imports(path: Path) -> list[tuple[str, bool]]:
             if node.level:
                 parts = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*parts, *([base] if base else [])])
-            targets = [f"{base}.{alias.name}" for alias in node.names] + [base]
+            submodules = {resolve(f"{base}.{alias.name}") for alias in node.names} - {resolve(base)}
+            targets = submodules if submodules - {None} else {resolve(base)}  # modules, or names of one module
         elif isinstance(node, ast.Import):
-            targets = [alias.name for alias in node.names]
+            targets = {resolve(alias.name) for alias in node.names}
         else:
             continue
-        resolved = {resolve(t) for t in targets} - {None, module_name(path)}
+        resolved = targets - {None, module_name(path)}
         found += [(target, node.col_offset > 0) for target in sorted(resolved)]
     return found
 

@@ -37,6 +37,7 @@ def test_the_plans_fpe_is_the_runs_counted_fpe(chosen):
     assert sum(p.fpe for p in plans) == pytest.approx(_counted(cases), abs=1e-9)
 
 
+@pytest.mark.full
 def test_calibration_is_stored_per_device_and_gives_the_plan_times(tmp_path, monkeypatch):
     monkeypatch.setenv("SAE_BENCH_CACHE", str(tmp_path))
     run = subprocess.run(
@@ -57,6 +58,7 @@ def test_packing_puts_the_longest_first_and_reports_what_fits_nowhere():
     assert sorted(loads) == [6, 7] and [p.seconds for p in too_big] == [3]
 
 
+@pytest.mark.full
 def test_a_pass_beyond_the_device_memory_is_split_as_planned_with_equal_numbers():
     """16 SAEs at 4 hooks on two models, given memory for about 3 SAEs a pass: the run splits each model's pass as
     the plan does, the plan's FPE is the run's, no pass holds more SAEs than fit, and every value equals the

@@ -83,6 +83,7 @@ def test_forward_cost_counts_block_rows_and_the_pass_reports_its_continuations(t
     assert cost.run["m"] == n_seq * 2 + continued * (N_LAYERS - 2) + n_seq * N_LAYERS
 
 
+@pytest.mark.full
 def test_a_planned_family_with_paired_and_chat_cases_runs_at_the_floor():
     """Every tiny-qwen2 case (filtered, unfiltered, rollouts, user prompts, the paired base-vs-chat case): the block
     rows run equal the floor, rollouts are not counted, and no prefix outlives its last case."""

@@ -20,6 +20,8 @@ import torch
 from sae_bench.cases import SHIPPED_CASES, load_registry
 from sae_bench.expectations import read_expectations
 
+pytestmark = pytest.mark.full  # the full tier only: `make test-fast` leaves this file out
+
 REPO = Path(__file__).resolve().parents[1]
 EXPECTATIONS = REPO / "expectations"
 ROLLOUT_CASE = "mistral-7b/base-sae@instruct/rollout"

@@ -50,6 +50,7 @@ def plan():
     return sweep_plan(load_registry(SHIPPED_CASES), "release-a")
 
 
+@pytest.mark.full
 def test_the_same_recipe_with_other_seeds_passes(plan):
     """False alarms: release B (release A's recipe, other seeds) against release A is not worse by the margins."""
     verdicts = paired_release_gate(plan, "zoo:tiny-mistral/release-b-pt", "zoo:tiny-mistral/release-a-pt")

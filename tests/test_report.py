@@ -41,6 +41,7 @@ def recorded(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.full
 def test_a_run_records_every_case_once_with_its_vectors(recorded):
     db = ResultsDB(recorded)
     runs = db.runs()

@@ -12,6 +12,8 @@ import pytest
 
 from sae_bench.results_db import CaseMeasurement, ResultsDB
 
+pytestmark = pytest.mark.full  # the full tier only: `make test-fast` leaves this file out
+
 WRITERS, CASES, METRICS = 6, 10, 5
 
 

@@ -26,7 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sae_bench.cases import CHAT_MASKS, SHIPPED_CASES
+from sae_bench.cache import cache_dir
+from sae_bench.cases import CHAT_MASKS, SHIPPED_CASES, load_registry
 
 ROOT_ENV = "SAE_BENCH_REHEARSAL_ROOT"
 _LIBRARIES_READING_ENV = ("huggingface_hub", "transformers", "datasets", "wandb")
@@ -54,6 +55,7 @@ def scaled_case(case, scale: RehearsalScale = SCALE):
     context = min(case.context, scale.chat_context if case.mask in CHAT_MASKS else scale.context)
     sae = case.sae
     if sae.startswith("unreleased:"):
+        # the rehearsal's ordering rule: stand_ins imports the hub libraries, which must load after activate()
         from sae_bench.rehearsal.stand_ins import unreleased_dir
 
         sae = str(unreleased_dir(stand_in_root(), sae))
@@ -64,8 +66,6 @@ def stand_in_root() -> Path:
     """`$SAE_BENCH_REHEARSAL_ROOT`, else a folder of the suite's cache keyed by the stand-in recipe."""
     if os.environ.get(ROOT_ENV):
         return Path(os.environ[ROOT_ENV])
-    from sae_bench.cache import cache_dir
-
     return cache_dir() / "rehearsal" / _recipe_digest()
 
 
@@ -134,7 +134,7 @@ def environment(root: Path) -> dict[str, str]:
 
 def _build_once(root: Path, extra_saes: Sequence[str], extra_hook: str) -> None:
     """Build under an exclusive lock, so pytest-xdist workers wait for one build and then share it."""
-    from sae_bench.cases import load_registry
+    # the rehearsal's ordering rule: stand_ins imports the hub libraries, which must load after activate()
     from sae_bench.rehearsal.stand_ins import build_stand_ins, needs_of, write_sae_stand_in
 
     root.mkdir(parents=True, exist_ok=True)
@@ -186,6 +186,7 @@ def substitute_hard_coded_configs() -> None:
             return cfg
         from transformers import AutoConfig
 
+        # the rehearsal's ordering rule: miniatures imports transformers, which must load after activate()
         from sae_bench.rehearsal.miniatures import MINIATURES
 
         official = loading.get_official_model_name(model_name)

@@ -38,7 +38,7 @@ class Needs:
 
 def needs_of(cases: Iterable) -> Needs:
     """What the hub cases among `cases` load from the hub."""
-    from sae_bench.hub import parse_spec
+    from sae_bench.hub import parse_spec  # hub: imports huggingface_hub, which the rehearsal must set up first
 
     needs = Needs()
     for case in cases:
@@ -220,7 +220,7 @@ def write_release_sae(hub_cache: Path, body: str) -> Path:
     `hyperparams.json` + `checkpoints/final.safetensors`, else SAELens's `cfg.json` + `sae_weights.safetensors`."""
     from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
 
-    from sae_bench.hub import saelens_release
+    from sae_bench.hub import saelens_release  # hub: imports huggingface_hub, which the rehearsal must set up first
 
     release, sae_id, repo, folder = saelens_release(body)
     directory = snapshot_dir(hub_cache, repo) / folder
@@ -365,7 +365,7 @@ def unreleased_dir(root: Path, spec: str) -> Path:
 def write_sae_stand_in(root: Path, spec: str, hook: str) -> Path:
     """A miniature SAE for a `wandb:` or `saelens:` spec, where and how that source keeps its files; for an
     `unreleased:` one, a local folder in Kissane's format (what a user would pass with --sae)."""
-    from sae_bench.hub import parse_spec
+    from sae_bench.hub import parse_spec  # hub: imports huggingface_hub, which the rehearsal must set up first
 
     parsed = parse_spec(spec)
     if parsed.scheme == "unreleased":

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_bench.errors import BadInput
+from sae_bench.shipped import shipped
 
 ZOO_ENV = "SAE_BENCH_ZOO"
 MANIFEST = "manifest.json"
@@ -20,8 +21,6 @@ class ZooArtifactError(BadInput):
 
 def zoo_root() -> Path:
     """The zoo folder: `$SAE_BENCH_ZOO`, else the shipped zoo (the checkout's zoo/, or the installed copy)."""
-    from sae_bench.shipped import shipped
-
     configured = os.environ.get(ZOO_ENV)
     return Path(configured) if configured else shipped("zoo")
 

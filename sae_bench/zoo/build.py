@@ -18,6 +18,8 @@ import torch
 from safetensors.torch import save_file
 
 from sae_bench.errors import BadInput
+from sae_bench.sae_training import finetune_sae, kissane_finetune, train_sae
+from sae_bench.sources import load_hf_directory
 from sae_bench.zoo import artifacts
 from sae_bench.zoo.corpus import Corpus, build_corpus
 from sae_bench.zoo.lm_training import pack_documents, pack_exchanges, train_causal_lm
@@ -167,9 +169,6 @@ class ZooBuilder:
     # -- SAEs ---------------------------------------------------------------------------------------------------
     def build_sae(self, family: Family, recipe: SaeRecipe) -> None:
         from sae_lens import TrainingSAE
-
-        from sae_bench.sae_training import finetune_sae, kissane_finetune, train_sae
-        from sae_bench.sources import load_hf_directory
 
         model = load_hf_directory(self.model_dir(family.name, recipe.model), tokenizer=self.tokenizer)
         model_spec = f"zoo:{family.name}/{recipe.model}"
