@@ -122,37 +122,12 @@ def load_releases(plan: SweepPlan, new: str, old: str, base: Path = Path(".")) -
     (each named by release and id) when one cannot be gated."""
     if _same_source(new, old, base):
         raise BadInput(f"--release and --baseline are both {new}: nothing to compare. Give the release it replaces")
-    loaded, problems = {}, []
-    for option, source in (("--release", new), ("--baseline", old)):
-        specs, missing = _members(source, option, base)
-        problems += missing
-        saes, hashes = {}, {}
-        for sae_id, spec in specs.items():
-            what = f"{option} {source}, id {sae_id} ({spec})"
-            try:
-                case = replace(plan.case, id=f"{plan.name} (id {sae_id})", hook=plan.hook_at(_layer(sae_id)))
-            except BadInput as err:
-                problems.append(f"{what}: {err}")
-                continue
-            sae, problem = load_checked(spec, what)
-            problem = problem or _prefixed(what, replacement_problem(sae, case))
-            if problem:
-                problems.append(problem)
-                continue
-            saes[sae_id], hashes[sae_id] = sae, weights_sha256(sae)
-        loaded[option] = Release(option, source, specs, saes, hashes)
-    new_release, old_release = loaded["--release"], loaded["--baseline"]
-    shared = [sae_id for sae_id in old_release.saes if sae_id in new_release.saes]
-    for sae_id in shared:
-        for what in ("d_in", "d_sae"):
-            widths = (getattr(r.saes[sae_id].cfg, what) for r in (new_release, old_release))
-            if len(set(widths)) > 1:
-                problems.append(
-                    f"{new_release.name(sae_id)}: its {what} is {getattr(new_release.saes[sae_id].cfg, what)}, the "
-                    f"SAE it replaces ({old_release.name(sae_id)}) has {getattr(old_release.saes[sae_id].cfg, what)}"
-                )
+    old_release, old_problems = _load_release(plan, "--baseline", old, base)
+    new_release, new_problems = _load_release(plan, "--release", new, base, replaces=old_release)
+    problems = new_problems + old_problems
     if problems:
         raise BadInput(f"{len(problems)} problem(s) with the releases, nothing was run:\n  " + "\n  ".join(problems))
+    shared = [sae_id for sae_id in old_release.saes if sae_id in new_release.saes]
     if not shared:
         raise BadInput(f"--release {new} and --baseline {old} share no id; nothing to compare")
     if all(new_release.sha256[i] == old_release.sha256[i] for i in shared):
@@ -161,6 +136,36 @@ def load_releases(plan: SweepPlan, new: str, old: str, base: Path = Path(".")) -
             "nothing to compare. Give the release it replaces"
         )
     return new_release, old_release
+
+
+def _load_release(
+    plan: SweepPlan, option: str, source: str, base: Path, replaces: Release | None = None
+) -> tuple[Release, list[str]]:
+    """One release, each SAE checked as the single-SAE gate checks one (`gate.load_checked`,
+    `gate.replacement_problem`) against the sweep's case at its id and the SAE of `replaces` with that id; with the
+    problems, each named by release and id."""
+    specs, problems = _members(source, option, base)
+    saes, hashes = {}, {}
+    for sae_id, spec in specs.items():
+        what = f"{option} {source}, id {sae_id} ({spec})"
+        old_sae = None if replaces is None else replaces.saes.get(sae_id)
+        try:
+            case = replace(
+                plan.case,
+                id=f"{plan.name} (id {sae_id})",
+                hook=plan.hook_at(_layer(sae_id)),
+                sae=replaces.specs[sae_id] if old_sae is not None else plan.case.sae,
+            )
+        except BadInput as err:
+            problems.append(f"{what}: {err}")
+            continue
+        sae, problem = load_checked(spec, what)
+        problem = problem or _prefixed(what, replacement_problem(sae, case, old_sae))
+        if problem:
+            problems.append(problem)
+            continue
+        saes[sae_id], hashes[sae_id] = sae, weights_sha256(sae)
+    return Release(option, source, specs, saes, hashes), problems
 
 
 def _same_source(new: str, old: str, base: Path) -> bool:
@@ -242,8 +247,8 @@ def paired_release_gate(
     """Judge release `new` against `old` (checked `Release`s, or release sources as a sweep takes them, loaded and
     checked here) on the sweep's models and rows (from `first_row` of the sweep's dataset: another draw of rows)."""
     check_settings(rows_per_unit=rows_per_unit, start_rows=start_rows, budget_rows=budget_rows, alpha=alpha)
-    if isinstance(new, str) or isinstance(old, str):
-        new, old = load_releases(plan, str(getattr(new, "source", new)), str(getattr(old, "source", old)), base)
+    if isinstance(new, str) or isinstance(old, str):  # sources: loaded and checked here
+        new, old = load_releases(plan, getattr(new, "source", new), getattr(old, "source", old), base)
     shared = [sae_id for sae_id in old.saes if sae_id in new.saes]
     looks = 1 + max(0, math.ceil(math.log2(budget_rows / start_rows)))  # the rows double at each look
     alpha_look = alpha / looks  # Bonferroni alpha spending over the looks the budget allows

@@ -47,4 +47,3 @@ def selected_cases(args: argparse.Namespace, command: str) -> list:
 
 def write_table(table, fmt: str) -> None:
     print(table.to_csv(index=False) if fmt == "csv" else table.to_markdown(index=False, floatfmt=".6g"))
-

@@ -24,4 +24,3 @@ def published(args: argparse.Namespace) -> int:
         path.write_text(expected.to_json())
         print(f"wrote {path}")
     return 0
-

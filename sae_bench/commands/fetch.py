@@ -26,4 +26,3 @@ def fetch_command(args: argparse.Namespace) -> int:
     for problem in problems:
         print(f"not fetched: {problem}", file=sys.stderr)
     return EXIT_BAD_INPUT if problems else EXIT_OK
-

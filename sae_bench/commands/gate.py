@@ -109,12 +109,12 @@ def write_release_outputs(args: argparse.Namespace, plan, verdicts) -> None:
 class ReleaseRecord:
     """The release gate's run in the results database (none with --no-results): the command line, both releases'
     specs and per-id sha256, each judged difference, and the exit status."""
+
     def __init__(self, db, run: int | None):
         self.db, self.run = db, run
 
     @classmethod
     def open(cls, args: argparse.Namespace, plan, new, old) -> ReleaseRecord:
-
         if args.no_results:
             return cls(None, None)
         db = ResultsDB(args.results or default_path())
@@ -126,18 +126,18 @@ class ReleaseRecord:
     def measurements(self, plan, verdicts) -> None:
         if self.db is None:
             return
-        family, sweep = plan.name.split("/", 1)
         for (sae_id, model), rows in verdicts.table.groupby(["id", "model"], sort=False):
             spec = plan.models[model]
             self.db.record(
                 self.run,
                 CaseMeasurement(
-                    f"{family}/{sweep}:{sae_id}@{model}",
+                    f"{plan.name}:{sae_id}@{model}",
                     "paired-release",
                     {f"{m}_paired_difference": v for m, v in zip(rows.metric, rows.difference, strict=True)},
                     {},
-                    rows.assign(metric=rows.metric + "_paired_difference", expected=None, threshold=None,
-                                direction=None)[["metric", "expected", "threshold", "direction", "verdict"]],
+                    rows.assign(
+                        metric=rows.metric + "_paired_difference", expected=None, threshold=None, direction=None
+                    )[["metric", "expected", "threshold", "direction", "verdict"]],
                     verdicts.new.specs[sae_id],
                     verdicts.new.sha256[sae_id],
                     spec,
@@ -145,9 +145,8 @@ class ReleaseRecord:
                     verdicts.rows_used * plan.context,
                     f"baseline {verdicts.old.specs[sae_id]} (sha256 {verdicts.old.sha256[sae_id]})",
                 ),
-            )  # fmt: skip
+            )
 
     def finish(self, code: int) -> None:
         if self.db is not None:
             self.db.finish_run(self.run, {EXIT_OK: 0, EXIT_REGRESSION: 1, EXIT_INTERRUPTED: 2}.get(code, 3))
-

@@ -26,4 +26,3 @@ def versions(_: argparse.Namespace) -> int:
     for package in ("sae-transfer-bench", "sae-lens", "transformer-lens", "torch"):
         print(f"{package} {version(package)}")
     return 0
-

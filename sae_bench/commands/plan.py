@@ -57,4 +57,3 @@ def calibrate_command(args: argparse.Namespace) -> int:
     print(f"{result['device']}: {result['seconds_per_param_token']:.3e} s per parameter-token ({result['model']})")
     print(f"wrote {path}", file=sys.stderr)
     return EXIT_OK
-

@@ -62,4 +62,3 @@ def history_command(args: argparse.Namespace) -> int:
     save(history_figure(table, args.case, args.metric), args.out)
     print(f"wrote {args.out}", file=sys.stderr)
     return EXIT_OK
-

@@ -25,4 +25,3 @@ def run_suite(pytest_args: list[str]) -> int:
     if code == pytest.ExitCode.NO_TESTS_COLLECTED:
         print("sae-bench run: no test selected (check -k, -m or --case-id)", file=sys.stderr)
     return PYTEST_EXIT.get(code, EXIT_BAD_INPUT)
-

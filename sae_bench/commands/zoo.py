@@ -29,4 +29,3 @@ def card(args: argparse.Namespace) -> int:
     path = write_card(tokens=args.tokens)
     print(f"wrote {path}")
     return 0
-
