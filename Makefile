@@ -29,7 +29,7 @@ rehearse: $(VENV)/.installed  ## every hub case end to end, offline, on miniatur
 	$(PY) -m pytest benchmarks -m hub --rehearse --benchmark-disable $(ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check sae_bench tests benchmarks conftest.py
+	$(VENV)/bin/ruff check sae_bench tests benchmarks measurements conftest.py setup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .benchmarks .hypothesis

@@ -4,7 +4,7 @@ import os
 
 from hypothesis import settings
 
-from sae_bench.pytest_options import pytest_addoption  # noqa: F401 - the suite's options, defined in one place
+from sae_bench.suite.pytest_options import pytest_addoption  # noqa: F401 - the suite's options, defined in one place
 
 # `dev` for quick local runs; `ci` (more examples, derandomized) is what .ci/run selects.
 settings.register_profile("dev", max_examples=50, deadline=None)

@@ -17,7 +17,7 @@ PYTEST_LAYER = ("conftest.py", "test_cases.py", "test_claims.py")
 def pytest_ini() -> str:
     """The repository's [tool.pytest.ini_options] as the installed suite's pytest.ini, with its options plugin."""
     options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
-    plugins = "-p sae_bench.pytest_options -p no:cacheprovider -p no:benchmark"  # nothing written where it runs
+    plugins = "-p sae_bench.suite.pytest_options -p no:cacheprovider -p no:benchmark"  # nothing written where it runs
     lines = ["[pytest]", f"addopts = {options['addopts']} {plugins}"]
     for key in ("markers", "filterwarnings"):
         lines += [f"{key} ="] + [f"    {value}" for value in options[key]]

@@ -1,4 +1,5 @@
-"""The pytest layer of the suite, kept thin (docs/design.md §3): options → `sae_bench.suite.Suite`, its outcomes →
+"""The pytest layer of the suite, kept thin (docs/design.md §3): options → `sae_bench.suite.runner.Suite`,
+its outcomes →
 pytest's, its errors → one usage error at collection (exit 4, no INTERNALERROR), and the end-of-run sections."""
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import pandas as pd
 import pytest
 import torch
 
-from sae_bench.allocator import keep_freed_memory
-from sae_bench.backends import DEFAULT_BACKEND
-from sae_bench.cases import Registry
+from sae_bench.cases.registry import Registry
+from sae_bench.engine.allocator import keep_freed_memory
+from sae_bench.engine.backends import DEFAULT_BACKEND
 from sae_bench.errors import BadInput, UnusableSAE
-from sae_bench.suite import (
+from sae_bench.suite.runner import (
     SHIPPED_EXPECTATIONS,
     ExpectationsDigest,
     ItemFailed,
@@ -82,10 +83,10 @@ def usage_errors():
 
 
 def pytest_configure(config):
-    keep_freed_memory()  # batches reuse freed tensors instead of faulting fresh pages in (sae_bench/allocator.py)
+    keep_freed_memory()  # batches reuse freed tensors instead of faulting fresh pages in (engine/allocator.py)
     workerinput = getattr(config, "workerinput", None)
     with usage_errors():
-        from sae_bench.gate import output_problem
+        from sae_bench.gates.single import output_problem
 
         if problem := output_problem({"--verdict-table": config.getoption("verdict_table", None)}):
             raise BadInput(problem)

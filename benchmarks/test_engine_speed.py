@@ -1,7 +1,7 @@
 """Speed of the one-pass engine against SAELens's evals and against the no-metrics floor on the same tokens, and of
 a shared pass over a family grid against its pairs one at a time; the numbers agree in each comparison.
 
-The engine group measures the issue's pair on each model backend (`sae_bench.backends`: HookedTransformer and
+The engine group measures the issue's pair on each model backend (`sae_bench.engine.backends`: HookedTransformer and
 TransformerBridge; SAELens's `run_evals` runs on HookedTransformer, its own), tiny-mistral's instruct model with the
 base SAE at blocks.2.hook_resid_pre (layer 2 of 4), the 256 held-out rows of 128 tokens, batches of 8. SAELens's
 `run_evals` (CE, KL, L0, EV / MSE, feature density) runs the full model three times for CE and KL (clean,
@@ -15,10 +15,9 @@ parentheses beside each time, per group ("engine", "family-grid").
 import pytest
 import torch
 
-from sae_bench.evaluate import EvalConfig, estimate_scaling_factor, evaluate_shared, evaluate_transfer
-from sae_bench.outliers import OutlierPolicy
-from sae_bench.sources import BACKENDS
-from sae_bench.splicing import (
+from sae_bench.engine.evaluate import EvalConfig, estimate_scaling_factor, evaluate_shared, evaluate_transfer
+from sae_bench.engine.outliers import OutlierPolicy
+from sae_bench.engine.splicing import (
     encode_decode,
     final_residual_from_hook,
     logits_of_final_rows,
@@ -27,6 +26,7 @@ from sae_bench.splicing import (
     spliced_residual,
     zero_ablated_residual,
 )
+from sae_bench.sources.loading import BACKENDS
 from tests.saelens_reference import saelens_run_evals
 
 HOOK = "blocks.2.hook_resid_pre"
@@ -36,7 +36,7 @@ BATCH = 8
 @pytest.fixture(scope="module")
 def pair(device):
     """tiny-mistral instruct on each backend, the base SAE, the 256 held-out rows."""
-    from sae_bench.sources import load_model, load_sae, load_zoo_data
+    from sae_bench.sources.loading import load_model, load_sae, load_zoo_data
 
     models = {backend: load_model("zoo:tiny-mistral/instruct", device=device, backend=backend) for backend in BACKENDS}
     sae = load_sae("zoo:tiny-mistral/base-sae", device=device)
@@ -139,7 +139,7 @@ GRID_HOOK = "blocks.2.hook_resid_pre"
 def grid(device):
     """tiny-mistral's 4 ReLU SAEs × 6 models, each pair unfiltered and filtered (> 3× the model's mean norm), on 32
     held-out rows."""
-    from sae_bench.sources import load_model, load_sae, load_zoo_data
+    from sae_bench.sources.loading import load_model, load_sae, load_zoo_data
 
     tokens = load_zoo_data("heldout")["input_ids"][:32]
     models = {name: load_model(f"zoo:tiny-mistral/{name}", device=device) for name in GRID_MODELS}

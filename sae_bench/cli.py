@@ -10,11 +10,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sae_bench.allocator import keep_freed_memory
-from sae_bench.cases import SHIPPED_CASES, cases_selected_by, load_registries
+from sae_bench.cases.registry import SHIPPED_CASES, cases_selected_by, load_registries
+from sae_bench.engine.allocator import keep_freed_memory
 from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, BadInput
 from sae_bench.option_values import check_ray_address, false_alarm_rate, gigabytes, positive_int
-from sae_bench.rehearsal import activate
+from sae_bench.sources.rehearsal import activate
 
 
 def command(name: str) -> Callable[[argparse.Namespace], int]:

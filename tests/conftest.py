@@ -5,7 +5,7 @@ import torch
 from sae_lens import StandardSAE, StandardSAEConfig
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from sae_bench.backends import backend_of, hooked_transformer_on_purpose
+from sae_bench.engine.backends import backend_of, hooked_transformer_on_purpose
 
 D_MODEL = 16
 D_VOCAB = 61

@@ -6,8 +6,8 @@ import torch
 from sae_lens.evals import ExplainedVarianceCalculator, _kl, get_recons_loss
 from sae_lens.training.activation_scaler import ActivationScaler
 
-from sae_bench import metrics
-from sae_bench.evaluate import EvalConfig, evaluate_transfer
+from sae_bench.engine import metrics
+from sae_bench.engine.evaluate import EvalConfig, evaluate_transfer
 from tests.saelens_reference import saelens_sparsity_and_variance
 
 HOOK = "blocks.2.hook_resid_pre"

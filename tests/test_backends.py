@@ -1,6 +1,6 @@
-"""The two model backends (`sae_bench.backends`) give the engine equal numbers: a transfer pass, a pass across hooks,
-a paired universality pass and chat rollouts on zoo models, each on HookedTransformer and on TransformerBridge; the
-bridge's forward passes are counted at the floor; a wrong backend is one message; the bridge is the default, and a
+"""The two model backends (`sae_bench.engine.backends`) give the engine equal numbers: a transfer pass, a pass across
+hooks, a paired universality pass and chat rollouts on zoo models, each on HookedTransformer and on TransformerBridge;
+the bridge's forward passes are counted at the floor; a wrong backend is one message; the bridge is the default, and a
 HookedTransformer built by accident fails the tests."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sae_bench.engine.evaluate import EvalConfig, evaluate_shared, evaluate_transfer
+from sae_bench.engine.metrics import FLOAT32_ROUNDING
+from sae_bench.engine.universality import PairedConfig, evaluate_universality
 from sae_bench.errors import BadInput
-from sae_bench.evaluate import EvalConfig, evaluate_shared, evaluate_transfer
-from sae_bench.expectations import FLOAT_FLOOR_REL
-from sae_bench.metrics import FLOAT32_ROUNDING
-from sae_bench.sources import BACKENDS, load_model, load_sae, load_zoo_data
-from sae_bench.universality import PairedConfig, evaluate_universality
+from sae_bench.expectations.rules import FLOAT_FLOOR_REL
+from sae_bench.sources.loading import BACKENDS, load_model, load_sae, load_zoo_data
 
 HOOK = "blocks.2.hook_resid_pre"
 
@@ -76,8 +76,8 @@ def test_a_paired_pass_gives_equal_numbers_on_both_backends(models, tokens):
 def test_rollouts_are_the_same_tokens_on_both_backends(models):
     """HookedTransformer's cached greedy decoding and the bridge's (HF's `generate`, its KV cache handed to the
     bridge) pick the same tokens."""
-    from sae_bench.chat import greedy_rollouts
-    from sae_bench.sources import end_of_turn_id, load_chat_prompts
+    from sae_bench.sources.chat import greedy_rollouts
+    from sae_bench.sources.loading import end_of_turn_id, load_chat_prompts
 
     rows = {}
     for backend in BACKENDS:
@@ -94,8 +94,8 @@ def test_rollouts_are_the_same_tokens_on_both_backends(models):
 def test_the_bridge_runs_the_floor(tmp_path):
     """The executor on the bridge: the blocks before a hook are skipped in every continuation, so the counted
     forward passes equal the floor, as on HookedTransformer."""
-    from sae_bench.cases import SHIPPED_CASES, load_registry
-    from sae_bench.execution import CaseExecutor
+    from sae_bench.cases.registry import SHIPPED_CASES, load_registry
+    from sae_bench.execution.executor import CaseExecutor
 
     cases = [c for c in load_registry(SHIPPED_CASES) if c.id in ("tiny-gemma/base-sae@base", "tiny-gemma/it-sae@base")]
     counted = {}
@@ -121,7 +121,7 @@ def test_the_bridge_is_the_default_and_a_hooked_transformer_is_built_only_on_pur
     the deliberate references build theirs under `hooked_transformer_on_purpose`."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from sae_bench.backends import BridgeBackend, backend_of, hooked_transformer_on_purpose
+    from sae_bench.engine.backends import BridgeBackend, backend_of, hooked_transformer_on_purpose
 
     assert BACKENDS[0] == "bridge"
     assert isinstance(backend_of(load_model("zoo:tiny-mistral/base")), BridgeBackend)
@@ -134,7 +134,7 @@ def test_the_bridge_is_the_default_and_a_hooked_transformer_is_built_only_on_pur
 
 
 def test_each_model_gets_its_backend_and_both_report_the_same_model(models):
-    from sae_bench.backends import BridgeBackend, HookedBackend, backend_of
+    from sae_bench.engine.backends import BridgeBackend, HookedBackend, backend_of
 
     hooked, bridge = backend_of(models["hooked"]["base"]), backend_of(models["bridge"]["base"])
     assert type(hooked) is HookedBackend and type(bridge) is BridgeBackend
@@ -147,7 +147,7 @@ def test_each_model_gets_its_backend_and_both_report_the_same_model(models):
 def test_each_backend_keeps_the_residual_run_to_hook_gives(models, tokens):
     """`run_keeping` keeps, at every cut, exactly the residual `run_to_hook` gives there, and its last residual is
     the one every continuation ends in."""
-    from sae_bench.backends import backend_of
+    from sae_bench.engine.backends import backend_of
 
     for backend in BACKENDS:
         model = backend_of(models[backend]["base"])
@@ -160,7 +160,7 @@ def test_each_backend_keeps_the_residual_run_to_hook_gives(models, tokens):
 def test_weight_drift_reads_each_backends_weights_by_layer(models):
     """On the bridge, drift reads the HF model's raw weights, each layer's tensors under "block NNN": equal to a
     plain reference on the HF state dicts."""
-    from sae_bench.drift import weight_drift
+    from sae_bench.engine.drift import weight_drift
 
     base, instruct = models["bridge"]["base"], models["bridge"]["instruct"]
     drift = weight_drift(base, instruct)

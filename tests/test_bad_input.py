@@ -229,7 +229,7 @@ def results(tmp_path) -> Path:
     """A results database with two finished runs of one case and an interrupted third that lost it."""
     import pandas as pd
 
-    from sae_bench.results_db import CaseMeasurement, ResultsDB
+    from sae_bench.results_store.database import CaseMeasurement, ResultsDB
 
     path = tmp_path / "results.sqlite"
     db = ResultsDB(path)
@@ -271,8 +271,8 @@ def test_compare_refuses_a_partial_run_and_counts_what_vanished(capsys, results)
 
 
 def test_report_marks_a_partial_run_and_refuses_a_file_as_its_folder(capsys, results, tmp_path):
-    from sae_bench.report import build_report
-    from sae_bench.results_db import ResultsDB
+    from sae_bench.reports.seed_report import build_report
+    from sae_bench.results_store.database import ResultsDB
 
     target = tmp_path / "report.html"
     target.write_text("keep me")
@@ -365,7 +365,7 @@ class _CtrlC:
 
 
 def test_an_interrupted_run_is_recorded_as_interrupted_and_reported_so(capsys, tmp_path):
-    from sae_bench.results_db import ResultsDB
+    from sae_bench.results_store.database import ResultsDB
 
     path = tmp_path / "results.sqlite"
     code = pytest.main(
@@ -387,7 +387,7 @@ def test_an_interrupted_run_is_recorded_as_interrupted_and_reported_so(capsys, t
 
 
 def test_the_gate_says_interrupted_and_exits_130(capsys):
-    from sae_bench.gate import GatePlugin, Selection, _verdict
+    from sae_bench.gates.single import GatePlugin, Selection, _verdict
 
     plugin = GatePlugin(Selection(CASE), {CASE})
     assert _verdict(pytest.ExitCode.INTERRUPTED, plugin, "zoo:tiny-qwen2/base-sae", "0" * 64, False) == 130
@@ -433,7 +433,7 @@ def test_ray_without_ray_installed_is_said_before_anything_runs(monkeypatch):
     import importlib.util
 
     from sae_bench.errors import BadInput
-    from sae_bench.suite import Suite, SuiteOptions
+    from sae_bench.suite.runner import Suite, SuiteOptions
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))

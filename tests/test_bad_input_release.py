@@ -20,10 +20,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sae_bench import expectation_store, results_db
-from sae_bench.cases import SHIPPED_CASES, load_registries
+from sae_bench.cases.registry import SHIPPED_CASES, load_registries
 from sae_bench.cli import main as cli
-from sae_bench.release_gate import _verdicts, sweep_plan
+from sae_bench.expectations import files as expectation_store
+from sae_bench.gates.release import _verdicts, sweep_plan
+from sae_bench.results_store import database as results_db
 from tests.postgres_server import postgres_server
 from tests.test_bad_input import (  # noqa: F401 - the two fixtures: nothing here may change expectations/
     CASE,
@@ -187,7 +188,7 @@ def test_4_a_release_trained_at_another_hook_is_refused_naming_each_id(capsys, t
 
 
 def test_4_a_sweep_that_declares_hook_mismatch_ok_lets_such_a_release_through_the_check(tmp_path):
-    from sae_bench.release_gate import load_releases
+    from sae_bench.gates.release import load_releases
 
     other_hook = release_copy(tmp_path, edit=edit_cfg(**{"metadata.hook_name": "blocks.{layer}.hook_resid_pre"}))
     folder = sweep_folder(tmp_path, a_sweep(extra='hook_mismatch_ok = "the pre and post residuals of a block"'))

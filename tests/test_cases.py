@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sae_bench.cases import CaseFileError, load_registry, read_case_file
+from sae_bench.cases.registry import CaseFileError, load_registry, read_case_file
 
 CASES = Path(__file__).parents[1] / "benchmarks" / "cases"
 EXPECTATIONS = Path(__file__).parents[1] / "expectations"
@@ -34,7 +34,7 @@ def _file(tmp_path, text: str) -> Path:
 
 def test_shipped_registry_has_every_family_and_an_expectation_for_every_hub_case():
     """Every hub case has an expectation file, except those of families no paper gives numbers for."""
-    from sae_bench.published import NOT_PUBLISHED
+    from sae_bench.expectations.published import NOT_PUBLISHED
 
     registry = load_registry(CASES)
     families = {case.family for case in registry}
@@ -104,7 +104,7 @@ def test_unknown_case_id_suggests_close_ones():
 
 
 def test_hub_case_offline_skip_names_everything_it_lacks_at_once(monkeypatch, tmp_path):
-    from sae_bench.suite import missing_for
+    from sae_bench.suite.runner import missing_for
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache, whatever this machine holds
@@ -136,7 +136,7 @@ def test_hub_case_offline_skip_names_everything_it_lacks_at_once(monkeypatch, tm
 def test_uncached_hub_model_with_hub_offline_names_the_repo_and_the_fix(monkeypatch, tmp_path):
     import huggingface_hub.constants
 
-    from sae_bench.hub import missing
+    from sae_bench.sources.hub import missing
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))

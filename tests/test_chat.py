@@ -2,9 +2,9 @@
 
 import torch
 
-from sae_bench.chat import ChatRows, cached_rollouts, stored_prompt, template_prompt
-from sae_bench.sources import load_zoo_tokenizer
-from sae_bench.zoo.tokenizer import END_OF_TURN, USER, chat_tokens
+from sae_bench.sources.chat import ChatRows, cached_rollouts, stored_prompt, template_prompt
+from sae_bench.sources.loading import load_zoo_tokenizer
+from sae_bench.sources.zoo.tokenizer import END_OF_TURN, USER, chat_tokens
 
 
 def test_rollout_mask_runs_from_the_last_prompt_token_to_the_second_to_last_reply_token():

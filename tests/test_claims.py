@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sae_bench.cases import SHIPPED_CASES, CaseFileError, load_registry
-from sae_bench.claims import Term, judge, parse_claim
+from sae_bench.cases.claims import Term, judge, parse_claim
+from sae_bench.cases.registry import SHIPPED_CASES, CaseFileError, load_registry
 
 REGISTRY = load_registry(SHIPPED_CASES)
 ROOT = Path(__file__).resolve().parents[1]

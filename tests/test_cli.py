@@ -3,11 +3,11 @@
 import pytest
 
 from sae_bench.cli import main
-from sae_bench.results import TransferReport
+from sae_bench.engine.transfer_report import TransferReport
 
 
 def test_metrics_lists_every_metric_of_every_group_with_its_definition(capsys):
-    from sae_bench.cases import METRIC_GROUPS
+    from sae_bench.cases.registry import METRIC_GROUPS
 
     assert main(["metrics"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -32,7 +32,7 @@ def test_unknown_command_is_a_usage_error():
 
 
 def test_zoo_list_names_every_model_and_sae_as_a_loadable_spec(capsys):
-    from sae_bench.zoo.recipes import model_names, sae_names
+    from sae_bench.sources.zoo.recipes import model_names, sae_names
 
     assert main(["zoo", "list"]) == 0
     listed = capsys.readouterr().out.split()

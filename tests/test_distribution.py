@@ -103,7 +103,7 @@ def test_the_readme_recipe_gates_a_zoo_sae_from_an_empty_folder(installed):
 
 
 def test_the_recipe_fails_a_broken_sae_and_bad_input(installed, tmp_path):
-    from sae_bench.sources import load_sae
+    from sae_bench.sources.loading import load_sae
 
     sae = load_sae("zoo:tiny-qwen2/base-sae")
     with torch.no_grad():

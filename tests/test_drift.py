@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sae_bench.drift import ResidualSimilarityStats, weight_drift
+from sae_bench.engine.drift import ResidualSimilarityStats, weight_drift
 from tests.conftest import tiny_model
 
 

@@ -7,11 +7,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sae_bench.evaluate import EvalConfig, estimate_scaling_factor, evaluate_transfer
-from sae_bench.expectations import FLOAT_FLOOR_REL
-from sae_bench.metrics import FLOAT32_ROUNDING
-from sae_bench.outliers import OutlierPolicy
-from sae_bench.results import TransferReport
+from sae_bench.engine.evaluate import EvalConfig, estimate_scaling_factor, evaluate_transfer
+from sae_bench.engine.metrics import FLOAT32_ROUNDING
+from sae_bench.engine.outliers import OutlierPolicy
+from sae_bench.engine.transfer_report import TransferReport
+from sae_bench.expectations.rules import FLOAT_FLOOR_REL
 from tests.conftest import D_MODEL, D_VOCAB, N_LAYERS, identity_sae, rows_per_layer, standard_sae, tiny_model, zero_sae
 
 FLOAT32_FORWARD = {"rel": FLOAT_FLOOR_REL, "abs": FLOAT32_ROUNDING}
@@ -280,8 +280,8 @@ def test_pooled_per_token_ev_does_not_depend_on_batch_size(model, tokens, random
 def test_a_causal_model_runs_each_batch_only_as_far_as_its_mask_reads(model, tokens, random_sae, monkeypatch):
     """Batches are cut after the token that follows their last evaluated position: the report is the one the
     whole rows give."""
-    from sae_bench import evaluate
-    from sae_bench.data import TokenBatches
+    from sae_bench.engine import evaluate
+    from sae_bench.engine.token_batches import TokenBatches
 
     mask = torch.zeros_like(tokens, dtype=torch.bool)
     mask[:, 1:4] = True

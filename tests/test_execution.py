@@ -6,10 +6,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import sae_bench.execution
-from sae_bench.backends import backend_of
-from sae_bench.cases import Case
-from sae_bench.execution import CaseExecutor, split_rows
+import sae_bench.execution.executor
+from sae_bench.cases.registry import Case
+from sae_bench.engine.backends import backend_of
+from sae_bench.execution.executor import CaseExecutor, split_rows
 
 CASE = Case(
     id="f/s@m",
@@ -35,7 +35,7 @@ def _executor(monkeypatch) -> CaseExecutor:
     def rows(dataset, n_rows, context, model):
         return torch.full((n_rows, context), 1 if model.tokenizer.name_or_path == "tok-a" else 2)
 
-    monkeypatch.setattr(sae_bench.execution, "load_dataset_rows", rows)
+    monkeypatch.setattr(sae_bench.execution.executor, "load_dataset_rows", rows)
     return executor
 
 
@@ -67,7 +67,7 @@ def test_a_planned_family_shares_passes_at_the_floor_and_releases_each_model_aft
     released after its last case. Counted in block rows, not timed."""
     from collections import Counter
 
-    from sae_bench.cases import SHIPPED_CASES, load_registry
+    from sae_bench.cases.registry import SHIPPED_CASES, load_registry
 
     cases = [c for c in load_registry(SHIPPED_CASES) if c.family == "tiny-qwen2" and not c.paired and c.mask == "all"]
     cases.sort(key=lambda c: c.model_name)  # base first, then chat, as the suite plans them
@@ -111,9 +111,9 @@ def test_an_sae_that_fails_in_a_shared_pass_fails_only_its_own_cases(tmp_path):
     gets the numbers it gets in a pass without it."""
     import pytest
 
-    from sae_bench.cases import SHIPPED_CASES, load_registry
+    from sae_bench.cases.registry import SHIPPED_CASES, load_registry
     from sae_bench.errors import UnusableSAE
-    from sae_bench.sources import load_sae
+    from sae_bench.sources.loading import load_sae
 
     case = replace(load_registry(SHIPPED_CASES).get("tiny-qwen2/base-sae@chat"), tokens=1024)
     sae = load_sae(case.sae)
@@ -139,9 +139,9 @@ def test_cases_at_several_hooks_share_one_pass_at_the_floor(tmp_path):
     import pytest
     from sae_lens import StandardSAE, StandardSAEConfig
 
-    from sae_bench.cases import SHIPPED_CASES, load_registry
-    from sae_bench.expectations import FLOAT_FLOOR_REL
-    from sae_bench.metrics import FLOAT32_ROUNDING
+    from sae_bench.cases.registry import SHIPPED_CASES, load_registry
+    from sae_bench.engine.metrics import FLOAT32_ROUNDING
+    from sae_bench.expectations.rules import FLOAT_FLOOR_REL
 
     case = replace(load_registry(SHIPPED_CASES).get("tiny-mistral/base-sae@instruct"), tokens=2048)
     others = []

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sae_bench import expectations
-from sae_bench.expectations import ExpectationError, ExpectationFile, MetricExpectation, read_expectations
+from sae_bench.expectations import rules as expectations
+from sae_bench.expectations.rules import ExpectationError, ExpectationFile, MetricExpectation, read_expectations
 
 
 def test_higher_is_better_direction():
@@ -189,7 +189,7 @@ def test_one_sided_needs_a_direction(tmp_path):
 
 
 def _increment_under_lock(path, times):
-    from sae_bench import expectation_store
+    from sae_bench.expectations import files as expectation_store
 
     for _ in range(times):
         with expectation_store.locked(path):
@@ -218,7 +218,7 @@ def test_the_expectation_lock_excludes_and_leaves_nothing_beside_the_files(tmp_p
 def test_an_atomic_write_that_fails_leaves_the_old_file_whole(tmp_path, monkeypatch):
     import os
 
-    from sae_bench import expectation_store
+    from sae_bench.expectations import files as expectation_store
 
     path = tmp_path / "case.json"
     path.write_text("old")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sae_bench.cases import SHIPPED_CASES, load_registry
+from sae_bench.cases.registry import SHIPPED_CASES, load_registry
 
 CASE = "gemma-3-270m/pt-res-all/layer_9_width_16k_l0_small@it"
 SAE_REPO = "google/gemma-scope-2-270m-pt"
@@ -23,8 +23,8 @@ SAE_REPO = "google/gemma-scope-2-270m-pt"
 def remote(tmp_path_factory):
     """The hub's side: the case's two model repos (plus a file no load needs) and its SAE repo with a second SAE
     folder that the case does not name."""
-    from sae_bench.rehearsal.miniatures import miniature, save_miniature
-    from sae_bench.rehearsal.stand_ins import snapshot_dir, write_release_sae
+    from sae_bench.sources.rehearsal.miniatures import miniature, save_miniature
+    from sae_bench.sources.rehearsal.stand_ins import snapshot_dir, write_release_sae
 
     root = tmp_path_factory.mktemp("remote")
     repos = {}
@@ -43,7 +43,7 @@ def remote(tmp_path_factory):
 def _fetch(endpoint: str, cache: Path, *args: str) -> subprocess.CompletedProcess:
     """The CLI against the local hub, with the rehearsal's copy of the case's dataset in place (datasets are not
     served by the local hub: their fetch is tested below)."""
-    from sae_bench.rehearsal.stand_ins import write_dataset
+    from sae_bench.sources.rehearsal.stand_ins import write_dataset
 
     if not (cache.parent / "data" / "monology").is_dir():
         write_dataset(cache.parent / "data", "monology/pile-uncopyrighted")
@@ -81,7 +81,7 @@ def test_fetch_lists_then_fetches_only_what_the_case_loads_then_leaves_it(remote
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from sae_bench.sources import load_sae
+    from sae_bench.sources.loading import load_sae
 
     case = load_registry(SHIPPED_CASES).get(CASE)
     assert load_sae(case.sae).cfg.metadata.hook_name == case.hook
@@ -101,9 +101,9 @@ def test_fetch_says_what_it_cannot_fetch_and_how(tmp_path):
 
 
 def test_dataset_records_fetched_are_exactly_those_the_rows_are_cut_from(tmp_path, monkeypatch):
-    from sae_bench.fetch import Download, _dataset, local_copy
-    from sae_bench.hub import load_hub_rows, rows_from_records
-    from sae_bench.rehearsal.miniatures import MINIATURES, build_tokenizer, training_texts
+    from sae_bench.sources.fetch import Download, _dataset, local_copy
+    from sae_bench.sources.hub import load_hub_rows, rows_from_records
+    from sae_bench.sources.rehearsal.miniatures import MINIATURES, build_tokenizer, training_texts
 
     monkeypatch.setenv("SAE_BENCH_DATASETS", str(tmp_path))
     tokenizer = build_tokenizer(MINIATURES["google/gemma-3-270m"].tokenizer)
@@ -129,6 +129,6 @@ def test_dataset_records_fetched_are_exactly_those_the_rows_are_cut_from(tmp_pat
 
 
 def _records_for(hub, tokenizer, spec, _, rows, context) -> int:
-    from sae_bench.fetch import records_read
+    from sae_bench.sources.fetch import records_read
 
     return len(records_read(iter(hub), [(spec, "tok", rows, context)], lambda _: tokenizer))

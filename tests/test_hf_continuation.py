@@ -1,5 +1,5 @@
-"""Continuing an HF model from a residual hook (`sae_bench.hf_continuation`, what a TransformerBridge backend needs):
-from every hook of each architecture the suite uses, the continuation equals a full forward with the residual
+"""Continuing an HF model from a residual hook (`sae_bench.engine.hf_continuation`, what a TransformerBridge backend
+needs): from every hook of each architecture the suite uses, the continuation equals a full forward with the residual
 replaced, bit for bit, with sliding windows shorter than the rows; the residual it runs to is the bridge's, and its
 log-probabilities are HookedTransformer's to float32 rounding."""
 
@@ -9,14 +9,14 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from sae_bench.hf_continuation import (
+from sae_bench.engine.hf_continuation import (
     CONTINUED_ARCHITECTURES,
     continuation_problem,
     continue_from_hook,
     run_to_hook,
 )
-from sae_bench.metrics import FLOAT32_ROUNDING
-from sae_bench.rehearsal.miniatures import miniature
+from sae_bench.engine.metrics import FLOAT32_ROUNDING
+from sae_bench.sources.rehearsal.miniatures import miniature
 
 ROWS, POSITIONS, WINDOW = 3, 40, 16
 ONE_REPO_PER_ARCHITECTURE = {
@@ -104,8 +104,8 @@ def test_on_the_zoo_the_residual_is_the_bridges_and_the_log_probs_hooked_transfo
     log-normaliser."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    from sae_bench.sources import load_model, load_zoo_tokenizer
-    from sae_bench.zoo.artifacts import verified_directory
+    from sae_bench.sources.loading import load_model, load_zoo_tokenizer
+    from sae_bench.sources.zoo.artifacts import verified_directory
 
     bridge = TransformerBridge.boot_transformers(
         str(verified_directory(f"models/{name}")), device="cpu", tokenizer=load_zoo_tokenizer()

@@ -110,6 +110,51 @@ def test_cycles_finds_a_cycle_and_only_it():
     assert cycles(edges) == [["a", "b", "c"]]
 
 
+LAYERS = [
+    "foundation",
+    "engine",
+    "zoo",
+    "cases",
+    "sources",
+    "expectations",
+    "results_store",
+    "execution",
+    "suite",
+    "gates",
+    "reports",
+    "tooling",
+    "entry points",
+]
+"""docs/design.md §3, top to bottom: a module imports only modules of its own layer or of a layer before it."""
+
+
+def layer(module: str) -> str:
+    """The layer of a module of the package (docs/design.md §3)."""
+    parts = module.split(".")
+    if parts[1:2] in (["cli"], ["commands"]):
+        return "entry points"
+    if parts[1:3] == ["sources", "zoo"]:
+        return "zoo"
+    if len(parts) == 1 or MODULES[module].name != "__init__.py" and len(parts) == 2:
+        return "foundation"
+    return parts[1]
+
+
+def test_each_layer_imports_only_the_layers_before_it(imports):
+    upward = [
+        f"{name} ({layer(name)}) imports {target} ({layer(target)})"
+        for name, found in imports.items()
+        for target, _ in found
+        if LAYERS.index(layer(target)) > LAYERS.index(layer(name))
+    ]
+    assert upward == []
+
+
+def test_every_module_has_a_layer():
+    assert {layer(name) for name in MODULES} <= set(LAYERS)
+    assert {layer(name) for name in MODULES} == set(LAYERS)  # no layer left empty: the document and the tree agree
+
+
 @pytest.mark.full
 def test_each_subpackage_imports_alone():
     packages = sorted({name for name in MODULES if (MODULES[name].name == "__init__.py")})

@@ -8,7 +8,7 @@ import torch
 from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from sae_bench import metrics
+from sae_bench.engine import metrics
 from tests.strategies import activation_pairs, logit_pairs, paired_codes, sparse_codes, split_points, split_rows
 
 

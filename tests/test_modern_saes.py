@@ -6,9 +6,9 @@ from sae_lens import JumpReLUSAE, TopKSAE
 from sae_lens.evals import get_recons_loss
 from sae_lens.training.activation_scaler import ActivationScaler
 
-from sae_bench.evaluate import EvalConfig, evaluate_transfer
-from sae_bench.sources import load_model, load_sae, load_zoo_data
-from sae_bench.zoo.recipes import FAMILIES, HOOK
+from sae_bench.engine.evaluate import EvalConfig, evaluate_transfer
+from sae_bench.sources.loading import load_model, load_sae, load_zoo_data
+from sae_bench.sources.zoo.recipes import FAMILIES, HOOK
 from tests.saelens_reference import saelens_sparsity_and_variance
 
 MODERN = {sae.name: sae for sae in FAMILIES["tiny-mistral"].saes if sae.spec.architecture != "standard"}

@@ -9,7 +9,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from sae_bench.outliers import (
+from sae_bench.engine.outliers import (
     MeanNormStats,
     OutlierBreakdownStats,
     OutlierPolicy,
@@ -90,7 +90,7 @@ class _ByteTokenizer:
 
 
 def test_newline_ids_are_found_once_per_tokenizer():
-    from sae_bench.outliers import newline_token_ids
+    from sae_bench.engine.outliers import newline_token_ids
 
     tokenizer = _ByteTokenizer()
     assert newline_token_ids(tokenizer).tolist() == [10]

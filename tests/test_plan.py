@@ -9,10 +9,10 @@ import sys
 
 import pytest
 
-from sae_bench.cases import SHIPPED_CASES, load_registry
-from sae_bench.execution import CaseExecutor
-from sae_bench.plan import UnitPlan, pack, plan_units
-from sae_bench.ray_execution import units_of
+from sae_bench.cases.registry import SHIPPED_CASES, load_registry
+from sae_bench.execution.executor import CaseExecutor
+from sae_bench.execution.plan import UnitPlan, pack, plan_units
+from sae_bench.execution.ray_units import units_of
 
 
 def _counted(cases) -> float:
@@ -63,15 +63,15 @@ def test_a_pass_beyond_the_device_memory_is_split_as_planned_with_equal_numbers(
     """16 SAEs at 4 hooks on two models, given memory for about 3 SAEs a pass: the run splits each model's pass as
     the plan does, the plan's FPE is the run's, no pass holds more SAEs than fit, and every value equals the
     unsplit run's to float32 rounding (a pass across hooks runs one clean forward)."""
-    from sae_bench.expectations import FLOAT_FLOOR_REL
-    from sae_bench.memory import (
+    from sae_bench.engine.metrics import FLOAT32_ROUNDING
+    from sae_bench.execution.memory import (
         USABLE_FRACTION,
         sae_activation_bytes,
         sae_weight_bytes,
         sae_width,
         unit_memory_bytes,
     )
-    from sae_bench.metrics import FLOAT32_ROUNDING
+    from sae_bench.expectations.rules import FLOAT_FLOOR_REL
 
     cases = [case for case in load_registry(SHIPPED_CASES) if case.sweep == "release-a"]
     units = units_of(cases)
@@ -106,7 +106,7 @@ def test_a_pass_beyond_the_device_memory_is_split_as_planned_with_equal_numbers(
 def test_a_unit_whose_model_alone_does_not_fit_is_not_split():
     """Splitting SAEs cannot help when the model and one batch exceed the device: one pass, which plan reports as
     fitting no device (the 27B sweep on 80 GB), not one pass per SAE."""
-    from sae_bench.memory import USABLE_FRACTION, split_for_memory
+    from sae_bench.execution.memory import USABLE_FRACTION, split_for_memory
 
     unit = [case for case in load_registry(SHIPPED_CASES) if case.sweep == "release-a"][:8]
     split = split_for_memory(unit, lambda case: 512, base=10**9, d_model=128, memory=10**9 / USABLE_FRACTION - 1)

@@ -4,12 +4,12 @@ exactly what each computes by itself; the executor's planned runs reach the forw
 import pytest
 import torch
 
-from sae_bench.evaluate import EvalConfig, PassCost, estimate_scaling_factor, evaluate_shared
-from sae_bench.forward_cost import ForwardCost
-from sae_bench.metrics import FLOAT32_ROUNDING
-from sae_bench.outliers import OutlierPolicy
-from sae_bench.prefix import run_prefix
-from sae_bench.universality import PairedConfig, evaluate_universality
+from sae_bench.engine.evaluate import EvalConfig, PassCost, estimate_scaling_factor, evaluate_shared
+from sae_bench.engine.forward_cost import ForwardCost
+from sae_bench.engine.metrics import FLOAT32_ROUNDING
+from sae_bench.engine.outliers import OutlierPolicy
+from sae_bench.engine.prefix import run_prefix
+from sae_bench.engine.universality import PairedConfig, evaluate_universality
 from tests.conftest import D_MODEL, N_LAYERS, standard_sae, tiny_model
 from tests.test_shared_pass import same_report
 from tests.test_universality import nudged
@@ -87,8 +87,8 @@ def test_forward_cost_counts_block_rows_and_the_pass_reports_its_continuations(t
 def test_a_planned_family_with_paired_and_chat_cases_runs_at_the_floor():
     """Every tiny-qwen2 case (filtered, unfiltered, rollouts, user prompts, the paired base-vs-chat case): the block
     rows run equal the floor, rollouts are not counted, and no prefix outlives its last case."""
-    from sae_bench.cases import SHIPPED_CASES, load_registry
-    from sae_bench.execution import CaseExecutor
+    from sae_bench.cases.registry import SHIPPED_CASES, load_registry
+    from sae_bench.execution.executor import CaseExecutor
 
     cases = sorted((c for c in load_registry(SHIPPED_CASES) if c.family == "tiny-qwen2"), key=lambda c: c.model_name)
     assert any(c.paired for c in cases) and any(c.mask == "rollout" for c in cases)
@@ -105,8 +105,8 @@ def test_a_planned_family_with_paired_and_chat_cases_runs_at_the_floor():
 def test_identical_zero_ablated_rows_continue_once_with_the_same_result(model, tokens):
     """Rows ablated at every position are all zeros: one runs, each gets its result, equal to running them all;
     rows with unablated positions keep their own continuation."""
-    from sae_bench.evaluate import _final_residuals
-    from sae_bench.splicing import final_residual_from_hook, resolve_hook, run_to_hook, zero_ablated_residual
+    from sae_bench.engine.evaluate import _final_residuals
+    from sae_bench.engine.splicing import final_residual_from_hook, resolve_hook, run_to_hook, zero_ablated_residual
 
     site = resolve_hook(model, HOOK)
     x = run_to_hook(model, tokens, site)
@@ -132,9 +132,9 @@ def test_identical_zero_ablated_rows_continue_once_with_the_same_result(model, t
 def test_scoring_a_distinct_rows_continuation_equals_scoring_every_row(model, tokens):
     """The zero continuation's distinct rows are unembedded once and copied to each counted prediction: the same
     NLL and KL as unembedding every row, for any counted mask and chunk (one chunk too small for the shortcut)."""
-    from sae_bench.evaluate import _final_residuals
-    from sae_bench.results import score_predictions
-    from sae_bench.splicing import resolve_hook, run_to_hook, zero_ablated_residual
+    from sae_bench.engine.evaluate import _final_residuals
+    from sae_bench.engine.splicing import resolve_hook, run_to_hook, zero_ablated_residual
+    from sae_bench.engine.transfer_report import score_predictions
 
     site = resolve_hook(model, HOOK)
     x = run_to_hook(model, tokens, site)

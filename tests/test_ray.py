@@ -78,7 +78,7 @@ def test_a_zoo_family_on_a_two_node_cluster_equals_the_local_run_even_when_a_wor
 
 
 def test_ctrl_c_cancels_the_clusters_tasks_and_records_the_run_as_interrupted(cluster, tmp_path):
-    from sae_bench.results_db import ResultsDB
+    from sae_bench.results_store.database import ResultsDB
 
     results = tmp_path / "results.sqlite"
     command = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "--benchmark-disable", "-q"]
@@ -105,9 +105,9 @@ def test_ctrl_c_cancels_the_clusters_tasks_and_records_the_run_as_interrupted(cl
 def test_a_unit_out_of_memory_fails_only_its_cases_naming_the_unit_its_estimate_and_the_fix(monkeypatch):
     import torch
 
-    from sae_bench.cases import SHIPPED_CASES, load_registry
-    from sae_bench.execution import CaseExecutor
-    from sae_bench.ray_execution import measure_unit, unit_memory_bytes, units_of
+    from sae_bench.cases.registry import SHIPPED_CASES, load_registry
+    from sae_bench.execution.executor import CaseExecutor
+    from sae_bench.execution.ray_units import measure_unit, unit_memory_bytes, units_of
 
     def out_of_memory(self, case, subsets=0):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

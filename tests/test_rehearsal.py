@@ -2,7 +2,7 @@
 a rehearsed run writes nothing and its comparison is live, the gate dry-runs, published values are kept.
 
 Rehearsed runs go through a subprocess (`--rehearse` must configure huggingface_hub before it is imported); they
-share the suite's stand-in build (`sae_bench.rehearsal.stand_in_root()`, keyed by the stand-in recipe).
+share the suite's stand-in build (`sae_bench.sources.rehearsal.stand_in_root()`, keyed by the stand-in recipe).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import torch
 
-from sae_bench.cases import SHIPPED_CASES, load_registry
-from sae_bench.expectations import read_expectations
+from sae_bench.cases.registry import SHIPPED_CASES, load_registry
+from sae_bench.expectations.rules import read_expectations
 
 pytestmark = pytest.mark.full  # the full tier only: `make test-fast` leaves this file out
 
@@ -40,7 +40,7 @@ def _pytest(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 def test_every_hub_metric_is_expected_or_unchecked_with_a_reason():
     """Every hub case has a published file covering its groups, unless its family has no published numbers."""
-    from sae_bench.published import NOT_PUBLISHED
+    from sae_bench.expectations.published import NOT_PUBLISHED
 
     for case in load_registry(SHIPPED_CASES):
         if case.tier != "hub":
@@ -60,8 +60,8 @@ def test_local_wandb_artifact_loads_an_old_format_sae_as_the_real_loader_would(t
     from sae_lens import StandardSAE
     from safetensors.torch import load_file
 
-    from sae_bench.rehearsal.stand_ins import write_wandb_sae
-    from sae_bench.sources import load_sae
+    from sae_bench.sources.loading import load_sae
+    from sae_bench.sources.rehearsal.stand_ins import write_wandb_sae
 
     body = "ckkissane/qwen-500M-base/sae_qwen1.5-0.5b_blocks.13.hook_resid_pre_32768:v0"
     directory = write_wandb_sae(tmp_path / "artifacts", body, "blocks.13.hook_resid_pre")
@@ -108,8 +108,8 @@ def test_rehearsal_runs_hub_cases_end_to_end_and_writes_nothing(rehearsed):
 def test_rehearsed_comparison_is_live_a_broken_sae_regresses(rehearsed, tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from sae_bench.hub import wandb_artifact_dir
-    from sae_bench.rehearsal import environment, stand_in_root
+    from sae_bench.sources.hub import wandb_artifact_dir
+    from sae_bench.sources.rehearsal import environment, stand_in_root
 
     _, _, table = rehearsed
     # expectations that hold what the stand-in SAE measured, tight, in a folder of their own
@@ -191,8 +191,8 @@ def test_update_refuses_to_overwrite_a_published_file(tmp_path):
 
 def _gemma3_hub(tmp_path, monkeypatch, repos):
     """A hub cache holding Gemma 3 miniatures, read offline."""
-    from sae_bench.rehearsal.miniatures import miniature, save_miniature
-    from sae_bench.rehearsal.stand_ins import snapshot_dir
+    from sae_bench.sources.rehearsal.miniatures import miniature, save_miniature
+    from sae_bench.sources.rehearsal.stand_ins import snapshot_dir
 
     for repo in repos:
         save_miniature(miniature(repo), snapshot_dir(tmp_path / "hub", repo), seed=7)
@@ -207,9 +207,9 @@ def test_gemma3_miniature_runs_in_transformer_lens_as_in_hf_sliding_windows_incl
     from transformer_lens import HookedTransformer
     from transformers import AutoModelForCausalLM
 
-    from sae_bench.backends import hooked_transformer_on_purpose
-    from sae_bench.rehearsal import substitute_hard_coded_configs
-    from sae_bench.rehearsal.miniatures import GEMMA3_SLIDING_WINDOW
+    from sae_bench.engine.backends import hooked_transformer_on_purpose
+    from sae_bench.sources.rehearsal import substitute_hard_coded_configs
+    from sae_bench.sources.rehearsal.miniatures import GEMMA3_SLIDING_WINDOW
 
     repo = "google/gemma-3-270m-it"
     _gemma3_hub(tmp_path, monkeypatch, [repo])
@@ -236,9 +236,9 @@ def test_gemma_scope_2_stand_in_loads_offline_through_saelens_gemma_3_loader(tmp
     cached file, and the rest (config, JumpReLU weights, hook) is SAELens's own loader."""
     from safetensors.torch import load_file
 
-    from sae_bench.hub import saelens_release
-    from sae_bench.rehearsal.stand_ins import D_SAE, write_release_sae
-    from sae_bench.sources import load_sae
+    from sae_bench.sources.hub import saelens_release
+    from sae_bench.sources.loading import load_sae
+    from sae_bench.sources.rehearsal.stand_ins import D_SAE, write_release_sae
 
     body = "gemma-scope-2-270m-it-res-all/layer_9_width_16k_l0_small"
     directory = write_release_sae(tmp_path / "hub", body)

@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from sae_bench.cases import SHIPPED_CASES, load_registry
+from sae_bench.cases.registry import SHIPPED_CASES, load_registry
 from sae_bench.cli import main as cli
-from sae_bench.release_gate import holm, judge, paired_release_gate, sweep_plan
+from sae_bench.gates.release import holm, judge, paired_release_gate, sweep_plan
 
 
 @given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=12), st.floats(0.001, 0.2))
@@ -61,8 +61,8 @@ def test_the_same_recipe_with_other_seeds_passes(plan):
 
 def test_a_perturbed_release_fails_with_a_forest_plot(tmp_path, capsys):
     """Noise on the decoder of every SAE: the gate calls regressions, exit 1, and draws each interval."""
-    from sae_bench.sources import load_sae
-    from sae_bench.zoo.recipes import release_ids
+    from sae_bench.sources.loading import load_sae
+    from sae_bench.sources.zoo.recipes import release_ids
 
     for sae_id in release_ids("tiny-mistral", "release-a-pt"):
         sae = load_sae(f"zoo:tiny-mistral/release-a-pt/{sae_id}")

@@ -12,11 +12,11 @@ from pathlib import Path
 import matplotlib.image
 import pytest
 
-from sae_bench import report_figures
-from sae_bench.cases import SHIPPED_CASES, load_registry
+from sae_bench.cases.registry import SHIPPED_CASES, load_registry
 from sae_bench.cli import main
-from sae_bench.report import build_report, seed_grid
-from sae_bench.results_db import ResultsDB, ResultsSchemaError
+from sae_bench.reports import figures as report_figures
+from sae_bench.reports.seed_report import build_report, seed_grid
+from sae_bench.results_store.database import ResultsDB, ResultsSchemaError
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = [

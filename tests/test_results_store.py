@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from sae_bench.results_db import CaseMeasurement, ResultsDB
+from sae_bench.results_store.database import CaseMeasurement, ResultsDB
 
 pytestmark = pytest.mark.full  # the full tier only: `make test-fast` leaves this file out
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from sae_lens.training.sae_trainer import SAETrainer
 
-from sae_bench.sae_training import SaeTrainingSpec, finetune_sae, kissane_finetune, train_sae
+from sae_bench.sources.zoo.training_specs import SaeTrainingSpec, kissane_finetune
+from sae_bench.tooling.sae_training import finetune_sae, train_sae
 from tests.conftest import sample_tokens, tiny_model
 
 # SAELens notes, expected here: a 24-row dataset is reused many times over.

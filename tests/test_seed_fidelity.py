@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sae_bench import kissane_prompts
-from sae_bench.cases import SHIPPED_CASES, load_registry
-from sae_bench.chat import ChatRows
-from sae_bench.rehearsal.miniatures import MINIATURES, build_tokenizer
-from sae_bench.rehearsal.stand_ins import write_dataset
+from sae_bench.cases.registry import SHIPPED_CASES, load_registry
+from sae_bench.sources import kissane_prompts
+from sae_bench.sources.chat import ChatRows
+from sae_bench.sources.rehearsal.miniatures import MINIATURES, build_tokenizer
+from sae_bench.sources.rehearsal.stand_ins import write_dataset
 
 INSTRUCTION = "Name three uses of a list."
 CHAT_REPOS = {
@@ -38,8 +38,8 @@ def local_datasets(tmp_path, monkeypatch):
 
 
 def test_alpaca_prompts_are_kissanes_token_ids_not_the_chat_template(tokenizers, local_datasets):
-    from sae_bench.hub import load_alpaca_instructions
-    from sae_bench.sources import load_chat_prompts
+    from sae_bench.sources.hub import load_alpaca_instructions
+    from sae_bench.sources.loading import load_chat_prompts
 
     expected_text = {
         "mistral": f" [INST] {INSTRUCTION} [/INST] ",
@@ -99,7 +99,7 @@ def test_kissane_rows_retokenise_the_completion_and_drop_the_last_two_positions(
 
 
 def test_pile_rows_carry_bos_between_documents_where_the_case_says_so(tokenizers, local_datasets):
-    from sae_bench.hub import load_hub_rows
+    from sae_bench.sources.hub import load_hub_rows
 
     tokenizer = tokenizers["mistral"]
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -118,7 +118,7 @@ def test_pile_rows_carry_bos_between_documents_where_the_case_says_so(tokenizers
 
 def test_rows_of_a_store_without_prepend_bos_are_the_plain_concatenation(tokenizers, local_datasets):
     """`?sep=none` (SAELens 3.22's store with prepend_bos = false): no BOS, no EOS, documents back to back."""
-    from sae_bench.hub import load_hub_rows
+    from sae_bench.sources.hub import load_hub_rows
 
     tokenizer = tokenizers["mistral"]
     rows = load_hub_rows("hf:monology/pile-uncopyrighted?sep=none", 6, 256, tokenizer)
@@ -133,7 +133,7 @@ def test_rows_of_a_store_without_prepend_bos_are_the_plain_concatenation(tokeniz
 def test_every_case_of_an_sae_trained_without_bos_reads_rows_without_separators():
     """The SAE's own store convention decides the rows: prepend_bos = false → `?sep=none` (the residual-similarity
     case reads its own store, the LanguageModelSAERunnerConfig default with BOS)."""
-    from sae_bench.rehearsal.stand_ins import RELEASE_CONFIGS
+    from sae_bench.sources.rehearsal.stand_ins import RELEASE_CONFIGS
 
     for case in load_registry(SHIPPED_CASES):
         release = case.sae.removeprefix("saelens:").split("/")[0]
@@ -145,8 +145,8 @@ def test_every_case_of_an_sae_trained_without_bos_reads_rows_without_separators(
 def test_kutsyk_universality_rows_and_positions_are_his(monkeypatch):
     """Mistral (no BOS in the store): every position, position 0 included. Gemma (a BOS-prepending store): the rows
     lose their first token before any model runs, and every position of what is left counts."""
-    import sae_bench.execution
-    from sae_bench.execution import CaseExecutor
+    import sae_bench.execution.executor
+    from sae_bench.execution.executor import CaseExecutor
 
     registry = load_registry(SHIPPED_CASES)
     mistral = registry.get("mistral-7b/res-wg-l8@base-vs-math")
@@ -160,7 +160,7 @@ def test_kutsyk_universality_rows_and_positions_are_his(monkeypatch):
         head = [bos] if "sep=bos" in dataset else []
         return torch.tensor([head + list(range(10, 10 + context - len(head)))] * n_rows)
 
-    monkeypatch.setattr(sae_bench.execution, "load_dataset_rows", rows)
+    monkeypatch.setattr(sae_bench.execution.executor, "load_dataset_rows", rows)
     mistral_rows = executor.tokens(mistral)
     assert mistral.mask == "all" and mistral_rows.position_mask is None  # position 0 counts
     gemma_rows = executor.tokens(gemma)
@@ -172,7 +172,7 @@ def test_kutsyk_universality_rows_and_positions_are_his(monkeypatch):
 def test_stand_in_sae_configs_mirror_the_releases_the_cases_document():
     """The fields that change the numbers: a stand-in with another prepend_bos or apply_b_dec_to_input would
     rehearse another SAE."""
-    from sae_bench.rehearsal.stand_ins import RELEASE_CONFIGS, release_config
+    from sae_bench.sources.rehearsal.stand_ins import RELEASE_CONFIGS, release_config
 
     seen = set()
     for case in load_registry(SHIPPED_CASES):
@@ -209,14 +209,14 @@ def test_kutsyk_gemma_sae_reads_raw_activations_with_a_raw_threshold_of_290():
 
 
 def test_unreleased_kissane_gemma_saes_skip_with_how_to_supply_one(monkeypatch):
-    from sae_bench.suite import missing_for
+    from sae_bench.suite.runner import missing_for
 
     reason = missing_for(load_registry(SHIPPED_CASES).get("gemma-2b/base-sae@base"), "cuda")
     assert "never released" in reason and "--sae" in reason and "wandb credentials" not in reason
 
 
 def _published(case_id: str):
-    from sae_bench.expectations import read_expectations
+    from sae_bench.expectations.rules import read_expectations
 
     return read_expectations(load_registry(SHIPPED_CASES).get(case_id).expectation_path(EXPECTATIONS))
 

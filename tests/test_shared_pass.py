@@ -6,9 +6,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sae_bench.evaluate import EvalConfig, evaluate_shared, evaluate_transfer
-from sae_bench.outliers import OutlierPolicy
-from sae_bench.results import TransferReport
+from sae_bench.engine.evaluate import EvalConfig, evaluate_shared, evaluate_transfer
+from sae_bench.engine.outliers import OutlierPolicy
+from sae_bench.engine.transfer_report import TransferReport
 from tests.conftest import D_MODEL, N_LAYERS, identity_sae, rows_per_layer, standard_sae, tiny_model
 
 HOOK = "blocks.2.hook_resid_pre"
@@ -98,8 +98,8 @@ HOOKS = [f"blocks.{layer}.hook_resid_{kind}" for layer in range(N_LAYERS) for ki
 
 def close_report(shared: TransferReport, alone: TransferReport) -> None:
     """Equal to float32 rounding: the clean run is one forward, not a continuation stacked with others."""
-    from sae_bench.expectations import FLOAT_FLOOR_REL
-    from sae_bench.metrics import FLOAT32_ROUNDING
+    from sae_bench.engine.metrics import FLOAT32_ROUNDING
+    from sae_bench.expectations.rules import FLOAT_FLOOR_REL
 
     for name in TransferReport.metric_docs():
         got, expected = getattr(shared, name), getattr(alone, name)
@@ -145,7 +145,7 @@ def test_a_pass_over_several_hooks_equals_each_pair_alone(model, tokens, hooks, 
 def test_several_hooks_run_one_clean_forward_and_continue_each_hook_once(tokens):
     """Counted, not timed. Hooks at layers 1 and 3: one clean forward through every block; from blocks.1 its two
     SAEs' spliced residuals and one all-zero row; from blocks.3 one spliced residual and one all-zero row."""
-    from sae_bench.evaluate import PassCost
+    from sae_bench.engine.evaluate import PassCost
 
     model = tiny_model()
     n_seq, rows = tokens.shape[0], rows_per_layer(model)

@@ -11,7 +11,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from sae_bench.sources import load_hf_directory
+from sae_bench.sources.loading import load_hf_directory
 
 TINY = dict(
     vocab_size=97,
@@ -56,7 +56,7 @@ def test_a_directory_without_config_is_refused(tmp_path):
 def test_an_unsupported_architecture_names_the_supported_ones():
     from transformers import LlamaConfig
 
-    from sae_bench.sources import hooked_config_from_hf
+    from sae_bench.sources.loading import hooked_config_from_hf
 
     config = LlamaConfig(**TINY, architectures=["LlamaForCausalLM"])
     with pytest.raises(ValueError, match="'LlamaForCausalLM' is not supported.*MistralForCausalLM"):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sae_bench import metrics
-from sae_bench.universality import PairedConfig, evaluate_universality
+from sae_bench.engine import metrics
+from sae_bench.engine.universality import PairedConfig, evaluate_universality
 from tests.conftest import D_MODEL, standard_sae, tiny_model
 
 HOOK = "blocks.1.hook_resid_post"

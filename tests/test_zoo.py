@@ -7,12 +7,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from sae_bench.metrics import FLOAT32_ROUNDING
-from sae_bench.sources import load_model, load_sae, load_zoo_data, load_zoo_tokenizer
-from sae_bench.zoo.artifacts import ZooArtifactError, read_manifest, verified_directory
-from sae_bench.zoo.build import select
-from sae_bench.zoo.recipes import CONTEXT, FAMILIES, HOOK, model_names, sae_names
-from sae_bench.zoo.tokenizer import ASSISTANT, END_OF_TURN, SPECIAL_TOKENS, USER, chat_tokens
+from sae_bench.engine.metrics import FLOAT32_ROUNDING
+from sae_bench.sources.loading import load_model, load_sae, load_zoo_data, load_zoo_tokenizer
+from sae_bench.sources.zoo.artifacts import ZooArtifactError, read_manifest, verified_directory
+from sae_bench.sources.zoo.recipes import CONTEXT, FAMILIES, HOOK, model_names, sae_names
+from sae_bench.sources.zoo.tokenizer import ASSISTANT, END_OF_TURN, SPECIAL_TOKENS, USER, chat_tokens
+from sae_bench.tooling.zoo_build.build import select
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_build_selection_names_only_what_was_asked():
 
 
 def test_corpus_is_reproducible_on_the_python_it_was_built_with():
-    from sae_bench.zoo.corpus import build_corpus
+    from sae_bench.tooling.zoo_build.corpus import build_corpus
 
     built_with = read_manifest()["versions"]["python"]
     if platform.python_version() != built_with:

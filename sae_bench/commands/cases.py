@@ -7,7 +7,7 @@ import sys
 
 import pandas as pd
 
-from sae_bench.cases import SHIPPED_CASES, cases_selected_by, load_registries
+from sae_bench.cases.registry import SHIPPED_CASES, cases_selected_by, load_registries
 from sae_bench.errors import EXIT_OK, BadInput
 
 

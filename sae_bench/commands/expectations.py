@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from sae_bench.cases import expectation_path
+from sae_bench.cases.registry import expectation_path
 from sae_bench.errors import BadInput
-from sae_bench.published import published_expectations
+from sae_bench.expectations.published import published_expectations
 from sae_bench.shipped import in_checkout, shipped
 
 

@@ -9,7 +9,7 @@ import pandas as pd
 
 from sae_bench.commands.cases import selected_cases, write_table
 from sae_bench.errors import EXIT_BAD_INPUT, EXIT_OK
-from sae_bench.fetch import fetch, human_size
+from sae_bench.sources.fetch import fetch, human_size
 
 
 def fetch_command(args: argparse.Namespace) -> int:

@@ -10,14 +10,14 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from sae_bench.cases import SHIPPED_CASES, load_registries
+from sae_bench.cases.registry import SHIPPED_CASES, load_registries
 from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION, BadInput
-from sae_bench.gate import output_problem, run_gate
-from sae_bench.release_gate import DEFAULTS, check_settings, junit_xml, load_releases, paired_release_gate, sweep_plan
-from sae_bench.report_figures import forest, save
-from sae_bench.results_db import CaseMeasurement, ResultsDB, default_path
-from sae_bench.sources import source_fingerprint
-from sae_bench.suite import PACKAGES
+from sae_bench.gates.release import DEFAULTS, check_settings, junit_xml, load_releases, paired_release_gate, sweep_plan
+from sae_bench.gates.single import output_problem, run_gate
+from sae_bench.reports.figures import forest, save
+from sae_bench.results_store.database import CaseMeasurement, ResultsDB, default_path
+from sae_bench.sources.loading import source_fingerprint
+from sae_bench.suite.runner import PACKAGES
 
 
 def single(args: argparse.Namespace) -> int:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from importlib.metadata import version
 
-from sae_bench.cases import METRIC_GROUPS
-from sae_bench.outliers import OUTLIER_METRIC_DOCS
-from sae_bench.results import TransferReport
-from sae_bench.universality import PAIRED_METRIC_DOCS
+from sae_bench.cases.registry import METRIC_GROUPS
+from sae_bench.engine.outliers import OUTLIER_METRIC_DOCS
+from sae_bench.engine.transfer_report import TransferReport
+from sae_bench.engine.universality import PAIRED_METRIC_DOCS
 
 
 def metrics(_: argparse.Namespace) -> int:

@@ -7,10 +7,10 @@ import sys
 
 from sae_bench.commands.cases import selected_cases, write_table
 from sae_bench.errors import EXIT_OK
-from sae_bench.fetch import human_size
-from sae_bench.plan import _duration, calibrate, pack, plan_table, plan_units, read_calibration
-from sae_bench.ray_execution import units_of
-from sae_bench.suite import check_device
+from sae_bench.execution.plan import _duration, calibrate, pack, plan_table, plan_units, read_calibration
+from sae_bench.execution.ray_units import units_of
+from sae_bench.sources.fetch import human_size
+from sae_bench.suite.runner import check_device
 
 
 def plan(args: argparse.Namespace) -> int:

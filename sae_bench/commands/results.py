@@ -8,10 +8,10 @@ from pathlib import Path
 
 from sae_bench.commands.cases import write_table
 from sae_bench.errors import EXIT_OK, EXIT_REGRESSION, BadInput
-from sae_bench.report import build_report
-from sae_bench.report_figures import save
-from sae_bench.results_db import ResultsDB, default_path, is_postgres
-from sae_bench.run_history import (
+from sae_bench.reports.figures import save
+from sae_bench.reports.seed_report import build_report
+from sae_bench.results_store.database import ResultsDB, default_path, is_postgres
+from sae_bench.results_store.history import (
     REGRESSIONS,
     VANISHED,
     check_finished,

@@ -6,10 +6,10 @@ import argparse
 
 from sae_bench.errors import BadInput
 from sae_bench.shipped import in_checkout
-from sae_bench.zoo.artifacts import zoo_root
-from sae_bench.zoo.build import build
-from sae_bench.zoo.card import write_card
-from sae_bench.zoo.recipes import model_names, sae_names
+from sae_bench.sources.zoo.artifacts import zoo_root
+from sae_bench.sources.zoo.recipes import model_names, sae_names
+from sae_bench.tooling.zoo_build.build import build
+from sae_bench.tooling.zoo_build.card import write_card
 
 
 def build_command(args: argparse.Namespace) -> int:

@@ -1,0 +1,1 @@
+"""The measuring engine: metrics, one evaluation pass, splicing, model backends; knows nothing of cases."""

@@ -1,0 +1,55 @@
+"""EvalConfig: how one SAE is evaluated on one model (read by the engine and recorded in its report)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sae_bench.engine.outliers import OutlierPolicy
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How one SAE is evaluated on one model."""
+
+    hook: str
+    """TransformerLens hook the SAE reads and is spliced at: blocks.<L>.hook_resid_pre or hook_resid_post."""
+    batch_size: int = 8
+    """Sequences per forward pass."""
+    scaling_factor: float | None = None
+    """Activations are multiplied by this before the SAE and the reconstruction divided by it (None: raw)."""
+    scaling_factor_source: str = "none"
+    """Where the factor came from (the SAE's training, the evaluated model, a paper); recorded in the report."""
+    outliers: OutlierPolicy | None = None
+    """Outlier filter; None evaluates every position."""
+    exclude_special_tokens: bool = False
+    """Drop special-token positions (BOS, EOS, pad, …) from every metric and keep their activations clean."""
+    special_token_ids: tuple[int, ...] | None = None
+    """Ids treated as special; None takes them from the model's tokenizer (SAELens's definition)."""
+    stack_continuations: bool = True
+    """Run the three continuations as one 3×batch call (faster) rather than three calls (less memory)."""
+    logit_rows_per_chunk: int | None = None
+    """Predictions scored at once; None: as many as fit 2^21 logits per variant on CPU (8 MB in float32), 2^26 on
+    a GPU."""
+    device: str | None = None
+    """Where to run; None keeps the model's device. The model and SAE are moved there."""
+    dtype: torch.dtype | None = None
+    """dtype of the model and SAE; None keeps theirs. Statistics always accumulate in float64."""
+    progress: bool = True
+    """Show a progress bar over batches."""
+    pooled_per_token_ev: bool = False
+    """Also report `explained_variance_per_token_pooled` (keeps every reconstructed token: chat-sized sets)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"EvalConfig: `batch_size` must be >= 1, got {self.batch_size}")
+        if self.logit_rows_per_chunk is not None and self.logit_rows_per_chunk < 1:
+            raise ValueError(f"EvalConfig: `logit_rows_per_chunk` must be >= 1, got {self.logit_rows_per_chunk}")
+        if self.scaling_factor is not None and not self.scaling_factor > 0:
+            raise ValueError(f"EvalConfig: `scaling_factor` must be positive, got {self.scaling_factor}")
+        if self.outliers is not None and self.outliers.norm == "scaled" and self.scaling_factor is None:
+            raise ValueError(
+                "EvalConfig: an outlier threshold on scaled norms needs `scaling_factor`; give one, or set "
+                "`outliers.norm='raw'`"
+            )

@@ -1,0 +1,1 @@
+"""`sae-bench report`: seed-style tables and figures from the results database."""

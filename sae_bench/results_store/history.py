@@ -1,0 +1,106 @@
+"""`sae-bench compare` and `sae-bench history`: how the recorded metrics moved between runs and across releases."""
+
+from __future__ import annotations
+
+import difflib
+
+import pandas as pd
+
+from sae_bench.errors import BadInput
+from sae_bench.expectations.rules import MetricExpectation
+from sae_bench.results_store.database import RUN_FINISHED, ResultsDB
+
+VANISHED = "vanished"
+"""The verdict of a case or metric the baseline measured and the run did not: a regression (docs/design.md §12)."""
+REGRESSIONS = ("regression", VANISHED)
+
+
+def previous_run(db: ResultsDB, run: int) -> int:
+    """The newest run before `run` that recorded measurements."""
+    found = db.scalar("SELECT MAX(run) FROM measurements WHERE run < ?", (run,))
+    if found is None:
+        raise BadInput(f"no recorded run before run {run} to compare with; pass --baseline ID")
+    return int(found)
+
+
+def check_finished(db: ResultsDB, *runs: int) -> None:
+    """Refuse runs that did not finish: their missing cases would read as vanished, or hide as unmeasured."""
+    unfinished = [f"run {run} {status}" for run in runs if (status := db.run_status(run)) != RUN_FINISHED]
+    if unfinished:
+        raise BadInput(
+            f"{'; '.join(unfinished)}: its measurements are partial. Compare finished runs, or pass --allow-partial "
+            "to compare what it recorded (what it did not reach then counts as vanished)"
+        )
+
+
+def compare_runs(db: ResultsDB, baseline: int, run: int) -> pd.DataFrame:
+    """Every metric both runs measured for the same case whose value moved, with its tolerance and a verdict (the
+    move judged against the baseline value with the expectation's tolerance and direction), and every case and
+    metric of the baseline that the run did not measure, as `vanished` (a regression)."""
+    keys = ["case_id", "grp", "metric"]
+    old = db.measurements(baseline)[keys + ["value", "threshold", "direction"]]
+    new = db.measurements(run)[keys + ["value"]]
+    both = old.merge(new, on=keys, suffixes=("_baseline", "_run"), how="left", indicator=True)
+    vanished = both[both._merge == "left_only"]
+    both = both[both._merge == "both"]
+    moved = both[~((both.value_baseline == both.value_run) | (both.value_baseline.isna() & both.value_run.isna()))]
+    verdicts = []
+    for row in moved.itertuples():
+        if pd.isna(row.threshold) or pd.isna(row.value_baseline):
+            verdicts.append("moved (no tolerance)" if pd.isna(row.threshold) else "was undefined")
+            continue
+        expectation = MetricExpectation(row.value_baseline, row.direction, abs=row.threshold)
+        verdicts.append(expectation.verdict(None if pd.isna(row.value_run) else row.value_run))
+    table = pd.concat(
+        [
+            moved.assign(change=moved.value_run - moved.value_baseline, verdict=verdicts),
+            vanished.assign(change=None, verdict=VANISHED),
+        ]
+    )
+    columns = keys + ["value_baseline", "value_run", "change", "threshold", "direction", "verdict"]
+    return table[columns].reset_index(drop=True)
+
+
+def history(db: ResultsDB, case_id: str, metric: str) -> pd.DataFrame:
+    """The metric across runs, with the SAE fingerprint that marks a release."""
+    rows = db.measurements(case_id=case_id, metric=metric)
+    if rows.empty:
+        raise BadInput(_unknown(db, case_id, metric))
+    runs = db.runs()[["id", "started", "git_commit"]].rename(columns={"id": "run"})
+    table = rows.merge(runs, on="run")[["run", "started", "git_commit", "value", "verdict", "sae", "sae_fingerprint"]]
+    return table.reset_index(drop=True)
+
+
+def _unknown(db: ResultsDB, case_id: str, metric: str) -> str:
+    """Why (case, metric) has no history, with what does exist."""
+    cases = sorted(db.measurements().case_id.unique())
+    if case_id not in cases:
+        close = difflib.get_close_matches(case_id, cases, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else f"{len(cases)} cases are recorded (sae-bench report)"
+        return f"no run recorded case {case_id!r} in {db.path}; {hint}"
+    metrics = sorted(db.measurements(case_id=case_id).metric.unique())
+    close = difflib.get_close_matches(metric, metrics, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"no run recorded metric {metric!r} for {case_id!r}; {hint}its metrics: {', '.join(metrics)}"
+
+
+def history_figure(table: pd.DataFrame, case_id: str, metric: str):
+    """The metric's trend over runs; a new SAE fingerprint (a release) is marked with a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(8, 3.5))
+    ax.plot(table.run, table.value, marker="o")
+    releases = table[table.sae_fingerprint != table.sae_fingerprint.shift()]
+    for row in releases.itertuples():
+        ax.axvline(row.run, color="grey", ls="--", lw=0.8)
+        ax.annotate(
+            f"SAE {row.sae_fingerprint[:8]}", (row.run, ax.get_ylim()[1]), fontsize=7, rotation=90, va="top", ha="right"
+        )
+    ax.set_xlabel("run id")
+    ax.set_ylabel(f"{metric} (the metric's own units)")
+    ax.set_title(f"{case_id}: {metric} across runs {table.run.min()}–{table.run.max()}", fontsize=10)
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,1 @@
+"""What builds the project's own artifacts: SAE training and the zoo build."""

@@ -1,0 +1,1 @@
+"""Training the zoo: corpus, tokenizer, language models, SAEs, and the zoo card."""
