@@ -17,9 +17,11 @@ from sae_bench.cases.registry import Registry
 from sae_bench.engine.allocator import keep_freed_memory
 from sae_bench.engine.backends import DEFAULT_BACKEND
 from sae_bench.errors import BadInput, UnusableSAE
+from sae_bench.option_values import output_problem
 from sae_bench.suite.runner import (
     SHIPPED_EXPECTATIONS,
     ExpectationsDigest,
+    GivenSuite,
     ItemFailed,
     ItemSkipped,
     ItemXfailed,
@@ -39,7 +41,7 @@ class OrphanExpectation(UserWarning):
 
 @pytest.fixture(scope="session")
 def device(request) -> str:
-    return request.config.getoption("--device")  # checked when the suite was configured
+    return request.config._sae_bench_suite.options.device  # checked when the suite was made
 
 
 @pytest.hookimpl(optionalhook=True)  # pytest-benchmark's hook; the gate and an installed suite run without it
@@ -64,13 +66,26 @@ def options_of(config) -> SuiteOptions:
         update=config.getoption("--update-expectations"),
         replace_published=config.getoption("--replace-published"),
         rehearse=config.getoption("--rehearse", False),
-        sae_override=config.getoption("sae_override", None),
+        sae_override=config.getoption("sae", None),
         sae_cases=config.getoption("sae_cases", None),
         strict_expectations=config.getoption("--strict-expectations"),
         ray=config.getoption("--ray", None),
         device_memory=None if memory is None else memory * 1e9,
         backend=config.getoption("--backend", DEFAULT_BACKEND),
     )
+
+
+def suite_from_options(config, workerinput) -> Suite:
+    """The suite of a `pytest benchmarks` run: built from its options, recording into its results database."""
+    suite = Suite(options_of(config), selection_args=" ".join(config.invocation_params.args))
+    suite.open_results(
+        config.getoption("--results"),
+        disabled=config.getoption("--no-results") or _shows_information(config),
+        run_id=None if workerinput is None else workerinput.get("sae_bench_run"),
+        git_commit=git_commit(Path(__file__).parent),
+        measures=not config.option.collectonly,
+    )
+    return suite
 
 
 @contextmanager
@@ -85,22 +100,11 @@ def usage_errors():
 def pytest_configure(config):
     keep_freed_memory()  # batches reuse freed tensors instead of faulting fresh pages in (engine/allocator.py)
     workerinput = getattr(config, "workerinput", None)
+    given = [plugin.suite for plugin in config.pluginmanager.get_plugins() if isinstance(plugin, GivenSuite)]
     with usage_errors():
-        from sae_bench.gates.single import output_problem
-
         if problem := output_problem({"--verdict-table": config.getoption("verdict_table", None)}):
             raise BadInput(problem)
-        suite = Suite(
-            options_of(config),
-            selection_args=" ".join(config.invocation_params.args),
-        )
-        suite.open_results(
-            config.getoption("--results"),
-            disabled=config.getoption("--no-results") or _shows_information(config),
-            run_id=None if workerinput is None else workerinput.get("sae_bench_run"),
-            git_commit=git_commit(Path(__file__).parent),
-            measures=not config.option.collectonly,
-        )
+        suite = given[0] if given else suite_from_options(config, workerinput)
     config._sae_bench_suite = suite
     if suite.options.rehearse:
         suite.digest = ExpectationsDigest(suite.options.expectations_dir or SHIPPED_EXPECTATIONS)

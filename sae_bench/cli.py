@@ -14,6 +14,7 @@ from sae_bench.cases.registry import SHIPPED_CASES, cases_selected_by, load_regi
 from sae_bench.engine.allocator import keep_freed_memory
 from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, BadInput
 from sae_bench.option_values import check_ray_address, false_alarm_rate, gigabytes, positive_int
+from sae_bench.options import CASES_DIR, DEVICE_MEMORY, RAY, RESULTS, SAE, SUITE_RUN, add_options
 from sae_bench.sources.rehearsal import activate
 
 
@@ -39,8 +40,8 @@ def _add_zoo_commands(commands) -> None:
     card.set_defaults(run="zoo:card")
 
 
-SINGLE_ONLY = {"sae": "--sae", "cases": "--cases", "rehearse": "--rehearse", "ray": "--ray"}
-SINGLE_ONLY |= {"device_memory": "--device-memory"}
+SINGLE_ONLY = {"sae": SAE.flags[0], "cases": "--cases", "rehearse": "--rehearse", "ray": RAY.flags[0]}
+SINGLE_ONLY |= {"device_memory": DEVICE_MEMORY.flags[0]}
 """Options of the single-SAE gate that the release gate does not honour (it runs in this process, on the zoo or the
 hub as its sources say; it has no stand-ins)."""
 RELEASE_ONLY = {"sweep": "--sweep", "alpha": "--alpha", "rows_per_unit": "--rows-per-unit"}
@@ -97,27 +98,15 @@ def _add_gate_command(commands) -> None:
         help="check a new SAE against the expectations of the cases it replaces (--sae, --cases), or a whole "
         "release against the one it replaces (--release, --baseline, --sweep); exit 0 ok, 1 regression, 2 bad input",
     )
-    gate.add_argument("--sae", help="the new SAE: saelens:RELEASE/ID, hf:, wandb:, zoo:, or a folder")
+    SAE.add_to(gate.add_argument)
     gate.add_argument(
         "--cases",
         help="-k expression ('@' allowed) over item ids CASE:GROUP; the SAE is replaced in every case it selects an "
         "item of",
     )
-    gate.add_argument(
-        "--cases-dir",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="DIR",
-        help="a folder of your own case files, added to the shipped ones (repeatable); its expectation files live "
-        "in its expectations/ subfolder",
-    )
     gate.add_argument("--junit", metavar="FILE", help="write JUnit XML here (each entry names the SAE and its sha256)")
     gate.add_argument("--table", metavar="FILE", help="write the verdict table here (.md or .csv)")
-    gate.add_argument(
-        "--results", metavar="PATH", help="record the run in this results database (default: as pytest benchmarks)"
-    )
-    gate.add_argument("--no-results", action="store_true", help="record nothing")
+    add_options(gate.add_argument, SUITE_RUN)
     release = gate.add_argument_group("a whole release against the one it replaces (paired, same tokens)")
     release.add_argument("--release", help="the new release: saelens:RELEASE, zoo:FAMILY/RELEASE or a folder")
     release.add_argument("--baseline", help="the release it replaces, in the same forms")
@@ -133,19 +122,6 @@ def _add_gate_command(commands) -> None:
     release.add_argument("--report", metavar="DIR", help="write the forest plot (forest.png) into this folder")
     release.add_argument("--allow-removed", action="store_true", help="an id only the baseline has is not a failure")
     gate.add_argument(
-        "--device-memory",
-        type=gigabytes,
-        metavar="GB",
-        help="memory a shared pass may fill (default: the device's), as pytest --device-memory",
-    )
-    gate.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        metavar="ADDRESS",
-        help="measure the selected cases on a Ray cluster (alone: a local Ray on 127.0.0.1), as pytest --ray",
-    )
-    gate.add_argument(
         "--rehearse",
         action="store_true",
         help="dry-run offline on the hub stand-ins: exit 0 when every selected case ran end to end with the SAE "
@@ -158,7 +134,7 @@ def _add_selection(parser) -> None:
     parser.add_argument("-k", metavar="EXPR", help="-k expression over CASE:GROUP ids, as pytest's ('@' allowed)")
     parser.add_argument("--case-id", action="append", default=[], metavar="ID", help="a case id (repeatable)")
     parser.add_argument("--sweep", help="every case a sweep expands to")
-    parser.add_argument("--cases-dir", action="append", default=[], type=Path, metavar="DIR", help="your case files")
+    CASES_DIR.add_to(parser.add_argument)
 
 
 def _add_plan_commands(commands) -> None:
@@ -193,7 +169,7 @@ def _add_cases_command(commands) -> None:
     cases = commands.add_parser("cases", help="list the registered cases (a sweep's expanded cases with --sweep)")
     cases.add_argument("--sweep", help="only the cases this sweep expands to")
     cases.add_argument("--cases", help="-k expression over CASE:GROUP ids ('@' allowed)")
-    cases.add_argument("--cases-dir", action="append", default=[], type=Path, metavar="DIR", help="your case files too")
+    CASES_DIR.add_to(cases.add_argument)
     cases.add_argument("--format", choices=("md", "csv"), default="md")
     cases.set_defaults(run="cases:cases")
 
@@ -211,12 +187,7 @@ def _add_expectation_commands(commands) -> None:
 
 def _add_result_commands(commands) -> None:
     results = argparse.ArgumentParser(add_help=False)
-    results.add_argument(
-        "--results",
-        metavar="PATH|URL",
-        help="results database: an SQLite file or a postgresql:// store (default: $SAE_BENCH_RESULTS, else "
-        ".sae-bench/results.sqlite)",
-    )
+    RESULTS.add_to(results.add_argument)
     report = commands.add_parser("report", parents=[results], help="seed-style tables and figures of a recorded run")
     report.add_argument("--run", dest="run_id", default="latest", help="run id, or latest")
     report.add_argument("--cases", help="-k style expression selecting cases ('@' allowed)")

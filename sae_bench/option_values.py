@@ -9,6 +9,7 @@ import math
 import re
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 from sae_bench.errors import BadInput
 
@@ -67,3 +68,13 @@ def check_ray_address(address: str) -> None:
             f"--ray {address}: nothing answers at {host}:{port} ({err.strerror or err}). Start the cluster "
             "(`ray start --head`), fix the address, or drop --ray to measure here"
         ) from None
+
+
+def output_problem(paths: dict[str, str | None]) -> str | None:
+    """An output file whose folder is not there (checked before anything runs, not after the run)."""
+    for option, path in paths.items():
+        if path and not Path(path).absolute().parent.is_dir():
+            return f"{option} {path}: the folder {Path(path).absolute().parent} does not exist; create it first"
+        if path and Path(path).is_dir():
+            return f"{option} {path} is a folder; give a file path"
+    return None

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from sae_bench.cli import main as cli
-from sae_bench.execution.executor import weights_sha256
 from sae_bench.expectations.rules import read_expectations
+from sae_bench.sources.checked_sae import weights_sha256
 from sae_bench.sources.loading import load_sae
 
 EXPECTATIONS = Path(__file__).resolve().parents[1] / "expectations"

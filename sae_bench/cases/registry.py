@@ -270,7 +270,7 @@ def release_members(source: str, base: Path, where: str) -> list[tuple[str, str]
     """(id, SAE spec) of every SAE of a release: `saelens:RELEASE` (ids from SAELens's own registry),
     `zoo:FAMILY/RELEASE` (the zoo's), or a folder with one SAE folder per id (relative to the case file)."""
     if source.startswith("saelens:"):
-        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+        from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory  # noqa: PLC0415 - SAELens loads torch, and this module stays light (sae-bench cases, the rehearsal's set-up)
 
         release = source.removeprefix("saelens:")
         directory = get_pretrained_saes_directory()

@@ -13,7 +13,8 @@ from pathlib import Path
 from sae_bench.cases.registry import SHIPPED_CASES, load_registries
 from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION, BadInput
 from sae_bench.gates.release import DEFAULTS, check_settings, junit_xml, load_releases, paired_release_gate, sweep_plan
-from sae_bench.gates.single import output_problem, run_gate
+from sae_bench.gates.single import GateRequest, run_gate
+from sae_bench.option_values import output_problem
 from sae_bench.reports.figures import forest, save
 from sae_bench.results_store.database import CaseMeasurement, ResultsDB, default_path
 from sae_bench.sources.loading import source_fingerprint
@@ -22,17 +23,19 @@ from sae_bench.suite.runner import PACKAGES
 
 def single(args: argparse.Namespace) -> int:
     """The single-SAE gate, its options checked (`sae_bench.cli`): the suite's cases with the new SAE."""
-    results = ["--no-results"] if args.no_results else [f"--results={args.results}"] if args.results else []
-    results += [] if args.ray is None else ["--ray", args.ray]
-    results += [] if args.device_memory is None else [f"--device-memory={args.device_memory}"]
     return run_gate(
-        args.sae,
-        args.cases,
-        junit=args.junit,
-        table=args.table,
-        rehearse=args.rehearse,
-        cases_dirs=args.cases_dir,
-        pytest_args=results,
+        GateRequest(
+            args.sae,
+            args.cases,
+            junit=args.junit,
+            table=args.table,
+            rehearse=args.rehearse,
+            cases_dirs=tuple(args.cases_dir),
+            results=args.results,
+            no_results=args.no_results,
+            ray=args.ray,
+            device_memory_gb=args.device_memory,
+        )
     )
 
 

@@ -24,7 +24,6 @@ from sae_bench.engine.evaluate import (
     estimate_scaling_factor,
     evaluate_shared,
     evaluate_transfer,
-    non_finite_weights,
 )
 from sae_bench.engine.forward_cost import ForwardCost
 from sae_bench.engine.outliers import OutlierPolicy
@@ -34,6 +33,7 @@ from sae_bench.engine.universality import PairedConfig, evaluate_universality
 from sae_bench.errors import UnitFailed, UnusableSAE
 from sae_bench.execution.memory import batch_bytes, device_memory_bytes, sae_width, split_for_memory
 from sae_bench.sources.chat import ChatRows, cached_rollouts, greedy_rollouts
+from sae_bench.sources.checked_sae import CheckedSae, check_sae
 from sae_bench.sources.hub import load_alpaca_instructions, parse_spec
 from sae_bench.sources.loading import (
     end_of_turn_id,
@@ -41,7 +41,6 @@ from sae_bench.sources.loading import (
     load_chat_prompts,
     load_dataset_rows,
     load_model,
-    load_sae,
     source_fingerprint,
 )
 
@@ -89,6 +88,7 @@ class CaseExecutor:
         self.prefix_cache_bytes = prefix_cache_bytes
         self._models: dict[str, Any] = {}
         self._saes: dict[str, Any] = {}
+        self._checked: dict[str, CheckedSae] = {}
         self._tokens: dict[tuple, CaseTokens] = {}
         self._results: dict[tuple, dict[str, float | None]] = {}
         self._mean_norms: dict[tuple, float] = {}
@@ -120,21 +120,22 @@ class CaseExecutor:
         return self._models[spec]
 
     def sae(self, spec: str):
-        """The SAE of `spec`, loaded once; UnusableSAE (naming the spec) when it cannot be loaded or its weights
-        hold NaN or Inf, so no pass it would share is run with it."""
+        """The SAE of `spec`, loaded once (`check_sae`); UnusableSAE (naming the spec) when it cannot be loaded or
+        its weights hold NaN or Inf, so no pass it would share is run with it."""
         if spec in self._unusable_saes:
             raise self._unusable_saes[spec]
         if spec not in self._saes:
             try:
-                sae = load_sae(spec, device=self.device)
-            except (OSError, ValueError, KeyError, RuntimeError) as err:
-                self._unusable_saes[spec] = UnusableSAE(f"cannot be loaded ({err})", spec=spec)
-                raise self._unusable_saes[spec] from err
-            if any(not bool(torch.isfinite(p).all()) for p in sae.parameters()):
-                self._unusable_saes[spec] = UnusableSAE(non_finite_weights(sae), spec=spec)
-                raise self._unusable_saes[spec]
-            self._saes[spec] = sae
+                self.adopt(check_sae(spec, device=self.device))
+            except UnusableSAE as err:
+                self._unusable_saes[spec] = err
+                raise
         return self._saes[spec]
+
+    def adopt(self, checked: CheckedSae) -> None:
+        """Keep an SAE already loaded and checked (the gate's new SAE): it is neither loaded nor hashed again."""
+        self._saes[checked.spec] = checked.sae
+        self._checked[checked.spec] = checked
 
     def check_fits(self, case: Case) -> None:
         """Raise UnusableSAE when the case's SAE cannot be evaluated there: NaN/Inf weights, another input width
@@ -271,7 +272,8 @@ class CaseExecutor:
     def sae_fingerprint(self, spec: str) -> str:
         """sha256 over the SAE's weights (`weights_sha256`), once per SAE."""
         if spec not in self._sae_fingerprints:
-            self._sae_fingerprints[spec] = weights_sha256(self.sae(spec))
+            self.sae(spec)
+            self._sae_fingerprints[spec] = self._checked[spec].sha256
         return self._sae_fingerprints[spec]
 
     def _evaluate(
@@ -490,14 +492,7 @@ class CaseExecutor:
         for spec in specs:
             self.sae_fingerprint(spec)
             del self._saes[spec]
-
-
-def weights_sha256(sae) -> str:
-    """sha256 over an SAE's weights (names and float32 bytes, in name order): which SAE a verdict is about."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(sae.state_dict().items()):
-        digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
+            self._checked.pop(spec, None)
 
 
 def sae_fit_problem(sae, case: Case, d_model: int | None = None) -> str | None:

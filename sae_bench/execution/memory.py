@@ -36,7 +36,7 @@ def model_config(spec: str) -> dict | None:
     elif Path(spec).is_dir():
         path = Path(spec) / "config.json"
     else:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
         cached = try_to_load_from_cache(parse_spec(spec).body, "config.json")
         path = Path(cached) if isinstance(cached, str) else None
@@ -48,7 +48,7 @@ def model_config(spec: str) -> dict | None:
 def _transformer_lens_table(repo: str) -> dict | None:
     """The sizes TransformerLens keeps in its own tables (Gemma, Gemma 2 and 3, Llama 3.1), in HF config keys; None
     for a model whose sizes only its hub config gives."""
-    from transformer_lens.loading_from_pretrained import convert_hf_model_config, get_official_model_name
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config, get_official_model_name  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
     if not any(name in repo.lower() for name in ("gemma", "llama")):  # the others' sizes come from the hub config
         return None

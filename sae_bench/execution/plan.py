@@ -22,6 +22,7 @@ its FPE is left out and said so).
 from __future__ import annotations
 
 import json
+import platform
 import re
 import time
 from collections import Counter
@@ -167,7 +168,6 @@ def _duration(seconds: float) -> str:
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    import platform
 
     return f"cpu {platform.machine()} {torch.get_num_threads()} threads"
 
@@ -181,7 +181,7 @@ def calibrate(device: str = "cpu", *, d_model: int = 512, n_layers: int = 6, row
     """Seconds per parameter-token of a forward pass on this device: a random decoder of the suite's kind (HF's
     Mistral: gated MLP, RMS norm, rotary), run by HF's own forward as the default backend runs it, timed over `rows` x
     `context` tokens, median of 5 after a warm-up; stored per device."""
-    from transformers import MistralConfig, MistralForCausalLM
+    from transformers import MistralConfig, MistralForCausalLM  # noqa: PLC0415 - transformers loads torch: only `sae-bench calibrate` needs it
 
     config = MistralConfig(
         hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=d_model // 64,

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from sae_bench.cases.registry import CHAT_MASKS, Case
 from sae_bench.engine.backends import DEFAULT_BACKEND
@@ -164,7 +165,6 @@ class RayUnits:
 
     def run(self, units: list[list[Case]], progress: bool = True) -> list[tuple[list[Case], UnitResult]]:
         """Every unit's result, in order of completion; Ctrl-C cancels what is still running."""
-        from tqdm.auto import tqdm
 
         ray = self.ray
         threads = torch.get_num_threads()

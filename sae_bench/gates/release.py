@@ -39,7 +39,6 @@ from sae_bench.cases.registry import JUDGED, Case, Registry, release_members
 from sae_bench.engine.backends import backend_of
 from sae_bench.engine.evaluate import EvalConfig, evaluate_shared
 from sae_bench.errors import BadInput
-from sae_bench.execution.executor import weights_sha256
 from sae_bench.gates.single import load_checked, replacement_problem
 from sae_bench.sources.loading import load_dataset_rows, load_model
 
@@ -159,12 +158,12 @@ def _load_release(
         except BadInput as err:
             problems.append(f"{what}: {err}")
             continue
-        sae, problem = load_checked(spec, what)
-        problem = problem or _prefixed(what, replacement_problem(sae, case, old_sae))
+        checked, problem = load_checked(spec, what)
+        problem = problem or _prefixed(what, replacement_problem(checked.sae, case, old_sae))
         if problem:
             problems.append(problem)
             continue
-        saes[sae_id], hashes[sae_id] = sae, weights_sha256(sae)
+        saes[sae_id], hashes[sae_id] = checked.sae, checked.sha256
     return Release(option, source, specs, saes, hashes), problems
 
 

@@ -18,41 +18,42 @@ from __future__ import annotations
 
 import difflib
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 from sae_bench.cases.registry import SHIPPED_CASES, cases_selected_by, load_registries
 from sae_bench.cases.selection import Selection
 from sae_bench.engine.evaluate import non_finite_weights
-from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION
-from sae_bench.execution.executor import sae_fit_problem, weights_sha256
+from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION, BadInput, UnusableSAE
+from sae_bench.execution.executor import sae_fit_problem
+from sae_bench.option_values import output_problem
 from sae_bench.shipped import in_checkout, shipped
+from sae_bench.sources.checked_sae import CheckedSae, check_sae
 from sae_bench.sources.loading import load_sae
+from sae_bench.suite.runner import GivenSuite, Suite, SuiteOptions, git_commit
 
 BENCHMARKS = shipped("benchmarks")
 
 
-@dataclass
-class GatePlugin:
-    """Keeps the selected items (and the claims over their cases), and counts what happened to them."""
+@dataclass(eq=False)  # a plugin: hashed by identity
+class GatePlugin(GivenSuite):
+    """Hands pytest the gate's suite, keeps the selected items (and the claims over their cases), and counts what
+    happened to them."""
 
-    selection: Selection
-    case_ids: set[str]
+    selection: Selection = None
+    case_ids: set[str] = field(default_factory=set)
     counts: dict[str, int] = field(default_factory=lambda: {"passed": 0, "failed": 0, "skipped": 0})
     skip_reasons: list[str] = field(default_factory=list)
     kept: list[tuple[str, str]] = field(default_factory=list)
-    config: object = None
-
-    def pytest_configure(self, config) -> None:
-        self.config = config
 
     def keeps(self, item) -> bool:
         params = getattr(item, "callspec", None) and item.callspec.params
         if not params:
             return False
         if "claim_id" in params:
-            claim = self.config._sae_bench_suite.registry.claim(params["claim_id"])
+            claim = self.suite.registry.claim(params["claim_id"])
             return any(case_id in self.case_ids for case_id in claim.case_ids)
         case_id, group = params["case_id"], params["group"]
         return case_id in self.case_ids and self.selection.matches(f"{case_id}:{group}")
@@ -93,16 +94,6 @@ def spec_problem(spec: str) -> str | None:
     return None
 
 
-def output_problem(paths: dict[str, str | None]) -> str | None:
-    """An output file whose folder is not there (checked before anything runs, not after the run)."""
-    for option, path in paths.items():
-        if path and not Path(path).absolute().parent.is_dir():
-            return f"{option} {path}: the folder {Path(path).absolute().parent} does not exist; create it first"
-        if path and Path(path).is_dir():
-            return f"{option} {path} is a folder; give a file path"
-    return None
-
-
 def weights_problem(sae) -> str | None:
     """Why an SAE's weights cannot be evaluated at all: NaN or Inf, or an encoder or decoder of zeros only (no
     trained SAE; every feature dead, its reconstruction the decoder bias)."""
@@ -114,14 +105,22 @@ def weights_problem(sae) -> str | None:
     return None
 
 
-def load_checked(spec: str, what: str):
-    """(the SAE at `spec`, None), or (None, why it cannot be loaded or evaluated), `what` naming it in the message."""
+def load_checked(spec: str, what: str) -> tuple[CheckedSae | None, str | None]:
+    """(the SAE at `spec`, loaded and checked, None), or (None, why it cannot be loaded or evaluated), `what` naming
+    it in the message."""
     try:
-        sae = load_sae(spec)
+        checked = check_sae(spec)
+    except UnusableSAE as err:
+        return (
+            None,
+            f"cannot load {what}: {err.__cause__}"
+            if err.__cause__
+            else f"{what}: it cannot be evaluated: {err.reason}",
+        )
     except Exception as err:  # noqa: BLE001 - any load failure is bad input, reported as such
         return None, f"cannot load {what}: {err}"
-    problem = weights_problem(sae)
-    return (None, f"{what}: {problem}") if problem else (sae, None)
+    problem = weights_problem(checked.sae)
+    return (None, f"{what}: {problem}") if problem else (checked, None)
 
 
 def replacement_problem(new_sae, case, old_sae=None) -> str | None:
@@ -155,45 +154,61 @@ def _locally_loadable(spec: str) -> bool:
     return spec.startswith("zoo:") or Path(spec).is_dir()
 
 
-def run_gate(
-    sae: str,
-    cases: str,
-    *,
-    junit: str | None = None,
-    table: str | None = None,
-    rehearse: bool = False,
-    cases_dirs: Sequence[Path] = (),
-    pytest_args: Sequence[str] = (),
-    benchmarks: Path = BENCHMARKS,
-) -> int:
-    """Run the gate; returns its exit code, having said on stderr why when it is not 0."""
-    import pytest
+@dataclass(frozen=True)
+class GateRequest:
+    """One single-SAE gate run as the command line asked for it: the new SAE, the items it replaces, where the
+    verdicts go, and the suite's own run options."""
 
-    problem = spec_problem(sae) or output_problem({"--junit": junit, "--table": table})
+    sae: str
+    cases: str
+    junit: str | None = None
+    table: str | None = None
+    rehearse: bool = False
+    """Run the selected hub cases on the stand-ins; the caller has set the rehearsal up (`rehearsal.activate`)."""
+    cases_dirs: tuple[Path, ...] = ()
+    results: str | None = None
+    no_results: bool = False
+    ray: str | None = None
+    device_memory_gb: float | None = None
+
+    def suite_options(self) -> SuiteOptions:
+        """The suite's options for this run: every selected case with the new SAE."""
+        return SuiteOptions(
+            cases_dirs=self.cases_dirs,
+            sae_override=self.sae,
+            sae_cases=self.cases,
+            rehearse=self.rehearse,
+            ray=self.ray,
+            device_memory=None if self.device_memory_gb is None else self.device_memory_gb * 1e9,
+        )
+
+
+def run_gate(request: GateRequest, *, benchmarks: Path = BENCHMARKS) -> int:
+    """Run the gate; returns its exit code, having said on stderr why when it is not 0. The new SAE is loaded,
+    checked and hashed once, here, and handed to the suite with its options as objects."""
+    sae, cases = request.sae, request.cases
+    problem = spec_problem(sae) or output_problem({"--junit": request.junit, "--table": request.table})
     if problem:
         return _say(problem, EXIT_BAD_INPUT)
-    new_sae, problem = load_checked(sae, f"the SAE {sae}")
+    checked, problem = load_checked(sae, f"the SAE {sae}")
     if problem:
         return _say(problem, EXIT_BAD_INPUT)
-    sha = weights_sha256(new_sae)
-
-    registry = load_registries((SHIPPED_CASES, *cases_dirs))
-    selection = Selection(cases)
+    registry = load_registries((SHIPPED_CASES, *request.cases_dirs))
     selected = cases_selected_by(registry, cases)
-    if rehearse:
+    if request.rehearse:
         selected = [cid for cid in selected if registry.get(cid).tier == "hub"]
     if not selected:
         close = difflib.get_close_matches(cases, list(registry.cases), n=3, cutoff=0.4)
         hint = (
             f"; close case ids: {', '.join(close)}" if close else " (`pytest benchmarks --collect-only -q` lists them)"
         )
-        return _say(f"--cases {cases!r} selects no {'hub ' if rehearse else ''}case{hint}", EXIT_BAD_INPUT)
+        return _say(f"--cases {cases!r} selects no {'hub ' if request.rehearse else ''}case{hint}", EXIT_BAD_INPUT)
     refused, olds = {}, {}
     for case_id in selected:
         case = registry.get(case_id)
         if case.sae not in olds:  # a family's cases share their SAEs: load each once
             olds[case.sae] = load_sae(case.sae) if _locally_loadable(case.sae) else None
-        if why := replacement_problem(new_sae, case, olds[case.sae]):
+        if why := replacement_problem(checked.sae, case, olds[case.sae]):
             refused[case_id] = why
     if refused:
         lines = "\n".join(f"  {case_id}: {why}" for case_id, why in refused.items())
@@ -202,28 +217,43 @@ def run_gate(
             "Narrow --cases to the cases it was trained for",
             EXIT_BAD_INPUT,
         )
-    args = [str(benchmarks / "test_cases.py"), str(benchmarks / "test_claims.py"), "--sae", sae, "--sae-cases", cases]
-    args += ["-p", "no:cacheprovider", "-p", "no:benchmark", "-q"]  # writes nothing where it runs but what it is told
-    args += [f"--cases-dir={d}" for d in cases_dirs]
+    try:
+        suite = Suite(request.suite_options(), selection_args=_command_line(request), shipped=registry)
+        suite.executor.adopt(checked)
+        suite.open_results(request.results, disabled=request.no_results, run_id=None, git_commit=git_commit(benchmarks))
+    except BadInput as err:
+        return _say(str(err), EXIT_BAD_INPUT)
+    plugin = GatePlugin(suite, Selection(cases), set(selected))
+    code = pytest.main(_pytest_args(request, benchmarks), plugins=[plugin])
+    if request.table and code in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
+        suite.write_table(request.table)
+    return _verdict(code, plugin, sae, checked.sha256, request.rehearse)
+
+
+def _pytest_args(request: GateRequest, benchmarks: Path) -> list[str]:
+    """pytest's own arguments (the suite's options travel in the suite object): the test files, its ini outside a
+    checkout, JUnit, the hub marker for a rehearsal; nothing cached or benchmarked where it runs."""
+    args = [str(benchmarks / "test_cases.py"), str(benchmarks / "test_claims.py")]
+    args += ["-p", "no:cacheprovider", "-p", "no:benchmark", "-q"]
     args += [] if in_checkout() else ["-c", str(benchmarks / "pytest.ini"), "--rootdir", str(benchmarks)]
-    args += ["--junitxml", junit] if junit else []
-    args += ["--verdict-table", table] if table else []
-    args += ["--rehearse", "-m", "hub"] if rehearse else []
-    args += list(pytest_args)
-    plugin = GatePlugin(selection, set(selected))
-    code = pytest.main(args, plugins=[plugin])
-    return _verdict(code, plugin, sae, sha, rehearse)
+    args += ["--junitxml", request.junit] if request.junit else []
+    return args + (["-m", "hub"] if request.rehearse else [])
+
+
+def _command_line(request: GateRequest) -> str:
+    """The gate's selection as the results database records it."""
+    dirs = "".join(f" --cases-dir {d}" for d in request.cases_dirs)
+    return f"gate --sae {request.sae} --cases {request.cases}{dirs}{' --rehearse' if request.rehearse else ''}"
 
 
 def _verdict(code, plugin: GatePlugin, sae: str, sha: str, rehearse: bool) -> int:
     """The gate's exit code from what pytest did and what the suite recorded; fails closed."""
-    import pytest
 
     if code == pytest.ExitCode.INTERRUPTED:
         return _say("interrupted (Ctrl-C): the gate did not finish, nothing is vouched for", EXIT_INTERRUPTED)
     if code not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         return _say(f"pytest stopped with exit {int(code)} before judging (its message is above)", EXIT_BAD_INPUT)
-    suite = plugin.config._sae_bench_suite
+    suite = plugin.suite
     if suite.unusable:
         reasons = sorted(set(suite.unusable.values()))
         return _say(f"bad input, so nothing is vouched for: {'; '.join(reasons)}", EXIT_BAD_INPUT)

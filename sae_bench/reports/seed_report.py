@@ -10,6 +10,7 @@ per model. Then every regression against its tolerance band. Writes report.md an
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,7 +92,6 @@ def seed_grid(frame: pd.DataFrame, cases: list[Case], metric: str | None = None)
 def _sweep_figures(section: Section, run: int, family: str, cases: list[Case], frame: pd.DataFrame, out: Path) -> None:
     """Per sweep and id group (width / L0: the id without its layer), the per-layer curves of every SAE label on
     every model; the points as a table too."""
-    import re
 
     for sweep in dict.fromkeys(c.sweep for c in cases):
         records = []

@@ -86,10 +86,10 @@ def _unknown(db: ResultsDB, case_id: str, metric: str) -> str:
 
 def history_figure(table: pd.DataFrame, case_id: str, metric: str):
     """The metric's trend over runs; a new SAE fingerprint (a release) is marked with a dashed line."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - only a history figure needs matplotlib; the history table loads without it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - after the Agg backend is chosen
 
     figure, ax = plt.subplots(figsize=(8, 3.5))
     ax.plot(table.run, table.value, marker="o")

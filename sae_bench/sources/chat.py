@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from sae_bench.cache import cache_dir
@@ -113,7 +114,6 @@ def greedy_rollouts(
 
 def cached_rollouts(key: str, make) -> ChatRows:
     """`make()` once per `key`; later calls read the saved rows (delete the cache folder to regenerate)."""
-    from safetensors.torch import load_file, save_file
 
     path = cache_dir() / "rollouts" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
     if path.is_file():

@@ -16,7 +16,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from urllib.parse import urlsplit
+
+import pandas as pd
+from tqdm.auto import tqdm
 
 from sae_bench.cases.registry import Case
 from sae_bench.errors import BadInput
@@ -105,7 +110,7 @@ def downloads_for(cases: Iterable[Case]) -> tuple[list[Download], list[str]]:
 
 
 def _snapshot(download: Download, *, dry_run: bool):
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import snapshot_download  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
     repo_files = download.kind == "model"
     patterns = list(MODEL_FILES if repo_files else download.patterns)
@@ -192,7 +197,6 @@ def local_copy(repo: str, split: str) -> Path:
 
 
 def _dataset(download: Download, *, dry_run: bool, tokenizer_for: Callable[[str], object], records=hub_records) -> None:
-    import pandas as pd
 
     repo, _, split = download.source.rpartition(":")
     target = local_copy(repo, split)
@@ -240,10 +244,8 @@ def fetch(cases: Iterable[Case], *, dry_run: bool = False, tokenizer_for=None, r
     problems (things that could not be fetched, with why)."""
     if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
         raise BadInput("HF_HUB_OFFLINE is set: fetch downloads from the hub; unset it to fetch")
-    from urllib.parse import urlsplit
 
-    from huggingface_hub import constants
-    from tqdm.auto import tqdm
+    from huggingface_hub import constants  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
     endpoint = urlsplit(constants.ENDPOINT)
     default_port = 443 if endpoint.scheme == "https" else 80
@@ -272,11 +274,10 @@ def fetch(cases: Iterable[Case], *, dry_run: bool = False, tokenizer_for=None, r
 
 
 def _tokenizer_loader() -> Callable[[str], object]:
-    from functools import cache
 
     @cache
     def tokenizer_for(repo: str):
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
         return AutoTokenizer.from_pretrained(repo)
 

@@ -8,11 +8,13 @@ unembedding, fold value biases). `from_pretrained(name, hf_model=...)` would sti
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens.pretrained.weight_conversions import (
     convert_gemma_weights,
@@ -122,7 +124,7 @@ def load_hf_directory(
     path: str | Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu", tokenizer: Any = None
 ) -> HookedTransformer:
     """A TransformerLens model from an HF `save_pretrained` directory, processed as `from_pretrained` does."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
     directory = Path(path)
     if not (directory / "config.json").is_file():
@@ -145,7 +147,6 @@ ZOO_PREFIX = "zoo:"
 
 
 def _zoo_name(spec: str, kind: str, known: list[str]) -> str:
-    import difflib
 
     name = spec.removeprefix(ZOO_PREFIX)
     if name not in known:
@@ -175,7 +176,7 @@ def load_model(
             return _bridge(str(directory), dtype=dtype, device=device, tokenizer=load_zoo_tokenizer())
         return load_hf_directory(directory, dtype=dtype, device=device, tokenizer=load_zoo_tokenizer())
     if Path(spec).is_dir():
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
         tokenizer = AutoTokenizer.from_pretrained(spec)
         if backend == "bridge":
@@ -187,7 +188,7 @@ def load_model(
 
 def _bridge(name_or_path: str, *, dtype: torch.dtype, device: str, tokenizer):
     """A TransformerBridge over the HF model (its raw weights: no folding, no centring)."""
-    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.model_bridge import TransformerBridge  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
     return TransformerBridge.boot_transformers(name_or_path, device=device, dtype=dtype, tokenizer=tokenizer).eval()
 
@@ -195,7 +196,7 @@ def _bridge(name_or_path: str, *, dtype: torch.dtype, device: str, tokenizer):
 def load_sae(spec: str, *, device: str = "cpu", dtype: str = "float32"):
     """A `sae_lens.SAE` by spec: `zoo:FAMILY/NAME`, a local SAELens directory (cfg.json + weights), or a hub spec
     (`saelens:RELEASE/ID`, `hf:ORG/REPO/FOLDER`, `wandb:ENTITY/PROJECT/NAME:VERSION`)."""
-    from sae_lens import SAE
+    from sae_lens import SAE  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
     if spec.startswith(ZOO_PREFIX):
         directory = verified_directory(f"saes/{_zoo_name(spec, 'SAE', sae_names())}")
@@ -210,7 +211,6 @@ def load_sae(spec: str, *, device: str = "cpu", dtype: str = "float32"):
 
 def load_zoo_data(name: str) -> dict[str, torch.Tensor]:
     """A shipped zoo token set, hash-checked, as int64 tensors: `heldout` or `instructions-heldout`."""
-    from safetensors.torch import load_file
 
     known = ("heldout", "instructions-heldout")
     if name not in known:
@@ -276,7 +276,7 @@ def source_fingerprint(spec: str) -> str:
         name = spec.removeprefix(ZOO_PREFIX)
         return f"{spec}@{read_manifest()['files'][f'models/{name}/model.safetensors']}"
     if spec.startswith("hf:"):
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
         cached = try_to_load_from_cache(parse_spec(spec).body, "config.json")
         return f"{spec}@{Path(cached).parent.name}" if isinstance(cached, str) else spec

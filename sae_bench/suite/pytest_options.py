@@ -1,20 +1,15 @@
-"""The suite's pytest options and markers, in one place: the repository's conftest.py imports `pytest_addoption`;
-an installed suite (`sae-bench run`, the gate) loads this module with `-p sae_bench.suite.pytest_options`."""
+"""The suite's pytest options: the repository's conftest.py imports `pytest_addoption`; an installed suite
+(`sae-bench run`, the gate) loads this module with `-p sae_bench.suite.pytest_options`. The options the command line
+shares are declared once, in `sae_bench.options`; the markers in pyproject.toml (the installed suite's pytest.ini is
+written from it)."""
 
-from sae_bench.option_values import gigabytes
-
-MARKERS = (
-    "zoo: runs on the shipped zoo models (everywhere, CI included)",
-    "hub: needs models or SAEs from a hub (skips offline with the reason)",
-    "gpu: needs a CUDA device",
-    "slow: takes more than a few seconds",
-)
+from sae_bench.options import SAE, SUITE_RUN, add_options
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("sae_bench")
     group.addoption("--device", default="cpu", help="torch device the models and SAEs run on (default: cpu)")
-    from sae_bench.engine.backends import BACKENDS, DEFAULT_BACKEND  # TransformerLens: after the rehearsal's set-up
+    from sae_bench.engine.backends import BACKENDS, DEFAULT_BACKEND  # noqa: PLC0415 - TransformerLens: after the rehearsal's set-up
 
     group.addoption(
         "--backend",
@@ -22,13 +17,6 @@ def pytest_addoption(parser):
         default=DEFAULT_BACKEND,
         help="how models run: TransformerLens's TransformerBridge over the HF model (bridge, the default) or its "
         "deprecated HookedTransformer (hooked); README: Model backends",
-    )
-    group.addoption(
-        "--device-memory",
-        type=gigabytes,
-        metavar="GB",
-        help="memory a shared pass may fill, in GB (default: the device's): the SAEs of a pass that would not fit "
-        "are split over passes, as `sae-bench plan --gpu-memory` plans them",
     )
     group.addoption(
         "--update-expectations",
@@ -47,39 +35,13 @@ def pytest_addoption(parser):
         metavar="DIR",
         help="read (and, when asked, write) expectation files here instead of the suite's expectations/",
     )
-    group.addoption(
-        "--results",
-        metavar="PATH|URL",
-        help="record what this run measures in this SQLite file or postgresql:// store (default: "
-        "$SAE_BENCH_RESULTS, else .sae-bench/results.sqlite)",
-    )
-    group.addoption("--no-results", action="store_true", help="record nothing in the results database")
-    group.addoption(
-        "--sae", dest="sae_override", metavar="SPEC", help="run every selected case with this SAE instead of its own"
-    )
-    group.addoption(
-        "--ray",
-        nargs="?",
-        const="local",
-        default=None,
-        metavar="ADDRESS",
-        help="measure on a Ray cluster (its address, e.g. ray://head:10001 or auto); alone, a local Ray on 127.0.0.1",
-    )
+    add_options(group.addoption, (SAE, *SUITE_RUN))
     group.addoption(
         "--sae-cases",
         dest="sae_cases",
         metavar="EXPR",
         help="with --sae: replace the SAE only in the cases this -k expression selects an item (CASE:GROUP) of "
         "('@' allowed), so a claim relates the new SAE to the other cases as they are",
-    )
-    group.addoption(
-        "--cases-dir",
-        dest="cases_dir",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="a folder of your own case files (*.toml), added to the shipped ones (repeatable); its expectation "
-        "files live in its expectations/ subfolder",
     )
     group.addoption(
         "--strict-expectations",
@@ -96,8 +58,3 @@ def pytest_addoption(parser):
     group.addoption(
         "--verdict-table", metavar="FILE", help="write every checked metric's verdict to FILE (.md or .csv)"
     )
-
-
-def pytest_configure(config):
-    for marker in MARKERS:
-        config.addinivalue_line("markers", marker)

@@ -7,14 +7,18 @@ turns into pytest's.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from importlib.metadata import version
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from sae_bench.cases.claims import judge
 from sae_bench.cases.registry import SHIPPED_CASES, Case, Registry, cases_selected_by, load_registries
@@ -105,7 +109,6 @@ class UpdatedValue:
 def check_device(name: str, *, here: bool = True) -> None:
     """Refuse, before anything loads, a device torch cannot parse or (`here`: on this machine, not a Ray cluster's)
     does not have."""
-    import torch
 
     try:
         device = torch.device(name)
@@ -127,7 +130,8 @@ def check_device(name: str, *, here: bool = True) -> None:
 class Suite:
     """Checks one (case, metric group) against its expectation file; collects every verdict of the session."""
 
-    def __init__(self, options: SuiteOptions, *, selection_args: str = ""):
+    def __init__(self, options: SuiteOptions, *, selection_args: str = "", shipped: Registry | None = None):
+        """`shipped`: the registry of the shipped cases and `options.cases_dirs`, when the caller has it loaded."""
         self.options = options
         if options.rehearse and options.update:
             raise BadInput("--rehearse never writes expectations: drop --update-expectations")
@@ -148,7 +152,7 @@ class Suite:
             )
         if not options.rehearse:  # the rehearsal runs on the CPU whatever --device says
             check_device(options.device, here=options.ray is None)  # with --ray, the cluster's devices
-        self.shipped = load_registries((SHIPPED_CASES, *options.cases_dirs))
+        self.shipped = shipped if shipped is not None else load_registries((SHIPPED_CASES, *options.cases_dirs))
         self.registry = self._with_override(self.shipped)
         self.executor = CaseExecutor(
             device=options.device, device_memory=options.device_memory, backend=options.backend
@@ -264,7 +268,6 @@ class Suite:
     def registry_source(self, case: Case) -> str:
         """Which registry a case came from, for the results database: the shipped one (with the package version),
         or a user's folder with its git commit."""
-        from importlib.metadata import version
 
         folder = Path(case.file).resolve().parent
         if folder == SHIPPED_CASES.resolve():
@@ -446,7 +449,6 @@ class Suite:
         """The results database of this run (none for a rehearsal: miniature numbers are not results); a worker
         of pytest-xdist records into its controller's `run_id`. A run that `measures` nothing (--collect-only)
         checks the database is usable and records no run."""
-        from importlib.metadata import version
 
         if disabled or self.options.rehearse:
             return
@@ -509,7 +511,6 @@ class Suite:
 
 def git_commit(folder: Path) -> str | None:
     """The commit checked out in the git work tree holding `folder` (None outside one, or without git)."""
-    import subprocess
 
     try:
         run = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=30)
@@ -540,7 +541,6 @@ def missing_for(case: Case, device: str) -> str | None:
 
 
 def measured_provenance(case: Case, executor: CaseExecutor) -> dict:
-    from importlib.metadata import version
 
     tokens = executor.tokens(case)
     n_positions = tokens.tokens.numel() if tokens.position_mask is None else int(tokens.position_mask.sum())
@@ -566,7 +566,6 @@ class ExpectationsDigest:
         self.before = self.now()
 
     def now(self) -> str:
-        import hashlib
 
         digest = hashlib.sha256()
         for path in sorted(p for p in self.directory.rglob("*") if p.is_file()):
@@ -575,3 +574,11 @@ class ExpectationsDigest:
 
     def changed(self) -> bool:
         return self.now() != self.before
+
+
+@dataclass(eq=False)  # a plugin: hashed by identity
+class GivenSuite:
+    """A pytest plugin that hands the pytest layer a Suite its caller built (the gate: its options, its checked SAE,
+    its results run) in place of one built from the command line."""
+
+    suite: Suite

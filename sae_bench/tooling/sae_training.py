@@ -15,6 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from sae_lens import (
+    JumpReLUTrainingSAEConfig,
+    LanguageModelSAERunnerConfig,
+    LanguageModelSAETrainingRunner,
+    LoggingConfig,
+    StandardTrainingSAEConfig,
+    TopKTrainingSAEConfig,
+    TrainingSAE,
+)
 from transformer_lens import HookedTransformer
 
 from sae_bench.engine.evaluate import estimate_scaling_factor
@@ -34,7 +43,6 @@ class TrainedSae:
 
 def runner_config(spec: SaeTrainingSpec, *, d_in: int, model_name: str, output_path: str | None):
     """The SAELens runner config for `spec`: offline, no wandb, no checkpoints, activations scaled to √d_in."""
-    from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 
     return LanguageModelSAERunnerConfig(
         sae=sae_config(spec, d_in),
@@ -65,7 +73,6 @@ def runner_config(spec: SaeTrainingSpec, *, d_in: int, model_name: str, output_p
 
 def sae_config(spec: SaeTrainingSpec, d_in: int):
     """SAELens's training config for `spec`'s architecture (activations scaled to mean norm √d_in)."""
-    from sae_lens import JumpReLUTrainingSAEConfig, StandardTrainingSAEConfig, TopKTrainingSAEConfig
 
     common = dict(d_in=d_in, d_sae=spec.d_sae, normalize_activations="expected_average_only_in")
     if spec.architecture == "topk":
@@ -79,7 +86,6 @@ def sae_config(spec: SaeTrainingSpec, d_in: int):
 
 def _runner_with_scaling_factor(scaling_factor: float):
     """SAELens's runner, told the scaling factor instead of estimating its own (it keeps a preset one)."""
-    from sae_lens import LanguageModelSAETrainingRunner
 
     class Runner(LanguageModelSAETrainingRunner):
         def run_trainer_with_interruption_handling(self, trainer):
@@ -155,7 +161,6 @@ def finetune_sae(
     `base_scaling_factor` is the one the base SAE was trained with; the fine-tune scales the new model's
     activations by that model's own factor, so both runs see activations of mean norm √d.
     """
-    from sae_lens import TrainingSAE
 
     if not isinstance(sae, TrainingSAE):
         raise TypeError(f"finetune_sae needs a sae_lens.TrainingSAE (TrainingSAE.load_from_disk), got {type(sae)}")

@@ -22,9 +22,13 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
+from filelock import FileLock
 
 from sae_bench.cache import cache_dir
 from sae_bench.cases.registry import CHAT_MASKS, SHIPPED_CASES, load_registry
@@ -56,7 +60,7 @@ def scaled_case(case, scale: RehearsalScale = SCALE):
     sae = case.sae
     if sae.startswith("unreleased:"):
         # the rehearsal's ordering rule: stand_ins imports the hub libraries, which must load after activate()
-        from sae_bench.sources.rehearsal.stand_ins import unreleased_dir
+        from sae_bench.sources.rehearsal.stand_ins import unreleased_dir  # noqa: PLC0415 - the rehearsal's ordering rule: these import the hub libraries, which its set-up must precede
 
         sae = str(unreleased_dir(stand_in_root(), sae))
     return replace(case, sae=sae, tokens=scale.rows * context, context=context, batch_size=scale.batch_size, gpu=False)
@@ -135,11 +139,10 @@ def environment(root: Path) -> dict[str, str]:
 def _build_once(root: Path, extra_saes: Sequence[str], extra_hook: str) -> None:
     """Build under an exclusive lock, so pytest-xdist workers wait for one build and then share it."""
     # the rehearsal's ordering rule: stand_ins imports the hub libraries, which must load after activate()
-    from sae_bench.sources.rehearsal.stand_ins import build_stand_ins, needs_of, write_sae_stand_in
+    from sae_bench.sources.rehearsal.stand_ins import build_stand_ins, needs_of, write_sae_stand_in  # noqa: PLC0415 - the rehearsal's ordering rule: these import the hub libraries, which its set-up must precede
 
     root.mkdir(parents=True, exist_ok=True)
     done = root / "built.json"
-    from filelock import FileLock
 
     with FileLock(root / "build.lock", preserve_lock_file=True):
         if not done.is_file():
@@ -158,7 +161,6 @@ STALE_AFTER_S = 7 * 24 * 3600
 def _prune_stale_builds(current: Path) -> None:
     """Mark the current build used, and remove the cache's builds of other stand-in recipes (about 100 MB each)
     that no run has used for a week (a build in use by another checkout is left alone)."""
-    import time
 
     (current / "built.json").touch()
     for sibling in current.parent.iterdir():
@@ -174,7 +176,7 @@ HARD_CODED_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForC
 def substitute_hard_coded_configs() -> None:
     """Make TransformerLens size a rehearsed Gemma, Gemma 2, Gemma 3 or Llama 3.1 repo from the miniature's HF
     config instead of its full-size table (TransformerLens reads Mistral's and Qwen2's sizes from the hub config)."""
-    import transformer_lens.loading_from_pretrained as loading
+    import transformer_lens.loading_from_pretrained as loading  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
     if getattr(loading.convert_hf_model_config, "_rehearsal", False):
         return
@@ -184,10 +186,10 @@ def substitute_hard_coded_configs() -> None:
         cfg = original(model_name, **kwargs)
         if cfg.get("original_architecture") not in HARD_CODED_ARCHITECTURES:
             return cfg
-        from transformers import AutoConfig
+        from transformers import AutoConfig  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
         # the rehearsal's ordering rule: miniatures imports transformers, which must load after activate()
-        from sae_bench.sources.rehearsal.miniatures import MINIATURES
+        from sae_bench.sources.rehearsal.miniatures import MINIATURES  # noqa: PLC0415 - the rehearsal's ordering rule: these import the hub libraries, which its set-up must precede
 
         official = loading.get_official_model_name(model_name)
         if official not in MINIATURES:
@@ -218,15 +220,14 @@ def substitute_gemma_scope_sizes() -> None:
     """SAELens sizes a Gemma Scope SAE from its repo and folder names (d_in 2304 for `2b`, d_sae 16384 for
     `width_16k`); for a rehearsed release, size it from the stand-in's `params.npz` instead (everything else,
     the weights' conversion included, is SAELens's own)."""
-    import sae_lens.loading.pretrained_sae_loaders as loaders
+    import sae_lens.loading.pretrained_sae_loaders as loaders  # noqa: PLC0415 - looked up when called: the rehearsal stands in for SAELens's registry and loaders
 
     original = loaders.get_gemma_2_config_from_hf
     if getattr(original, "_rehearsal", False):
         return
 
     def get_gemma_2_config_from_hf(repo_id, folder_name, device, force_download=False, cfg_overrides=None):
-        import numpy as np
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
         cfg = original(repo_id, folder_name, device, force_download, cfg_overrides)
         params = try_to_load_from_cache(repo_id, f"{folder_name}/params.npz")

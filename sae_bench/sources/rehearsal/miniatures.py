@@ -105,7 +105,7 @@ class Miniature:
     """Other config fields of the real repo (kv heads, biases, tied embeddings, rope base, eps)."""
 
     def hf_config(self):
-        from transformers import AutoConfig
+        from transformers import AutoConfig  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
         model_type = {
             "MistralForCausalLM": "mistral",
@@ -295,7 +295,7 @@ def miniature(repo: str) -> Miniature:
 
 def training_texts() -> Iterator[str]:
     """Text every CPython carries (pydoc's topic help), sorted, for the miniature tokenizers and datasets."""
-    from pydoc_data.topics import topics
+    from pydoc_data.topics import topics  # noqa: PLC0415 - a megabyte of text, read only to train a tokenizer
 
     for name in sorted(topics):
         yield topics[name]
@@ -305,8 +305,8 @@ def build_tokenizer(kind: TokenizerKind, vocab_size: int | None = None):
     """A `PreTrainedTokenizerFast` of the family's kind, trained deterministically on `training_texts()`; with
     `vocab_size`, filled up to it with ordinary tokens `<filler_N>`, so that every id the model can emit decodes
     to text that encodes back to it (as in the real tokenizers, whose vocabulary is the model's)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
     if kind.family in ("qwen", "llama3"):  # byte-level BPE; special tokens after the merges (Qwen's 151643+,
         tokenizer = Tokenizer(models.BPE())  # Llama 3's 128000+)
@@ -353,7 +353,7 @@ def build_tokenizer(kind: TokenizerKind, vocab_size: int | None = None):
         special = {"eos_token": kind.eos, "bos_token": kind.bos, "unk_token": "<unk>"}
         special |= {"pad_token": "<pad>"} if kind.family.startswith("gemma") else {}
     if vocab_size is not None and vocab_size > tokenizer.get_vocab_size():
-        from tokenizers import AddedToken
+        from tokenizers import AddedToken  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
         fillers = range(tokenizer.get_vocab_size(), vocab_size)
         tokenizer.add_tokens([AddedToken(f"<filler_{i}>", normalized=False, special=False) for i in fillers])
@@ -364,7 +364,7 @@ def build_tokenizer(kind: TokenizerKind, vocab_size: int | None = None):
 
 def save_miniature(spec: Miniature, directory: Path, *, seed: int) -> None:
     """Save the miniature's weights (random, seeded), config and tokenizer as `save_pretrained` writes them."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(spec.hf_config(), dtype=torch.float32)

@@ -18,6 +18,6 @@ def pytest_addoption(parser) -> None:
 
 def pytest_load_initial_conftests(early_config, parser, args) -> None:
     if getattr(early_config.known_args_namespace, "rehearse", False):
-        from sae_bench.sources.rehearsal import activate  # only when asked: the plugin loads in every pytest run
+        from sae_bench.sources.rehearsal import activate  # noqa: PLC0415 - only when asked: the plugin loads in every pytest run
 
         activate()

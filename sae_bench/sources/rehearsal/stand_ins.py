@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
+from safetensors.torch import save_file
 
 from sae_bench.sources.rehearsal.miniatures import D_MODEL, miniature, save_miniature, training_texts
 
@@ -38,7 +42,7 @@ class Needs:
 
 def needs_of(cases: Iterable) -> Needs:
     """What the hub cases among `cases` load from the hub."""
-    from sae_bench.sources.hub import parse_spec  # hub: imports huggingface_hub, which the rehearsal must set up first
+    from sae_bench.sources.hub import parse_spec  # noqa: PLC0415 - hub: imports huggingface_hub, which the rehearsal must set up first
 
     needs = Needs()
     for case in cases:
@@ -94,7 +98,6 @@ def _layer(hook: str) -> int:
 def write_sae(directory: Path, name: str, config: dict, *, leftover_scaling_factor: bool) -> None:
     """cfg.json, sae_weights.safetensors (with SAELens 3.x's all-ones `scaling_factor` if asked) and
     sparsity.safetensors (log10 feature density, as SAELens saved it)."""
-    from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
     tensors = miniature_sae_tensors(name)
@@ -218,9 +221,9 @@ def write_release_sae(hub_cache: Path, body: str) -> Path:
     """A SAELens release's files under its HF repo, at the folder SAELens's registry names, in the release's own
     format: Gemma Scope's `params.npz`, Gemma Scope 2's `config.json` + `params.safetensors`, Llama Scope's
     `hyperparams.json` + `checkpoints/final.safetensors`, else SAELens's `cfg.json` + `sae_weights.safetensors`."""
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory  # noqa: PLC0415 - looked up when called: the rehearsal stands in for SAELens's registry and loaders
 
-    from sae_bench.sources.hub import (
+    from sae_bench.sources.hub import (  # noqa: PLC0415 - the rehearsal's ordering rule: these import the hub libraries, which its set-up must precede
         saelens_release,  # hub: imports huggingface_hub, which the rehearsal must set up first
     )
 
@@ -246,7 +249,6 @@ def _jumprelu_threshold() -> torch.Tensor:
 
 def write_gemma_scope_sae(directory: Path, name: str) -> None:
     """Gemma Scope's layout: one `params.npz` (W_enc, W_dec, b_enc, b_dec, threshold) per SAE folder."""
-    import numpy as np
 
     directory.mkdir(parents=True, exist_ok=True)
     tensors = miniature_sae_tensors(name) | {"threshold": _jumprelu_threshold()}
@@ -261,9 +263,6 @@ stand-in's `config.json` records the middle of each."""
 def write_gemma_scope_2_sae(directory: Path, name: str, *, repo: str, folder: str) -> None:
     """Gemma Scope 2's layout: `config.json` (its keys: hook points in HF module names, width, target L0) and
     `params.safetensors` (w_enc, w_dec, b_enc, b_dec, threshold), read by SAELens's `gemma_3` loader."""
-    import re
-
-    from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
     tensors = miniature_sae_tensors(name) | {"threshold": _jumprelu_threshold()}
@@ -289,7 +288,6 @@ def _llama_scope_layer(sae_id: str) -> int:
 def write_llama_scope_sae(directory: Path, name: str, hook: str) -> None:
     """Llama Scope's layout: `hyperparams.json` and `checkpoints/final.safetensors` with `encoder.*` / `decoder.*`
     (torch Linear layouts), activations normalised to mean norm √d_model by the recorded dataset norm."""
-    from safetensors.torch import save_file
 
     tensors = miniature_sae_tensors(name)
     (directory / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -315,7 +313,7 @@ def write_llama_scope_sae(directory: Path, name: str, hook: str) -> None:
 
 
 def miniature_release_model(release: str) -> str:
-    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory  # noqa: PLC0415 - looked up when called: the rehearsal stands in for SAELens's registry and loaders
 
     return get_pretrained_saes_directory()[release].model
 
@@ -329,7 +327,6 @@ def _documents() -> list[str]:
 
 def write_dataset(root: Path, repo: str) -> Path:
     """A local copy of `repo` in its own layout: Pile-style JSON lines, alpaca rows or FineWeb parquet."""
-    import pandas as pd
 
     directory = root / repo
     directory.mkdir(parents=True, exist_ok=True)
@@ -367,7 +364,7 @@ def unreleased_dir(root: Path, spec: str) -> Path:
 def write_sae_stand_in(root: Path, spec: str, hook: str) -> Path:
     """A miniature SAE for a `wandb:` or `saelens:` spec, where and how that source keeps its files; for an
     `unreleased:` one, a local folder in Kissane's format (what a user would pass with --sae)."""
-    from sae_bench.sources.hub import parse_spec  # hub: imports huggingface_hub, which the rehearsal must set up first
+    from sae_bench.sources.hub import parse_spec  # noqa: PLC0415 - hub: imports huggingface_hub, which the rehearsal must set up first
 
     parsed = parse_spec(spec)
     if parsed.scheme == "unreleased":

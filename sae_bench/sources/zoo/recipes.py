@@ -61,7 +61,7 @@ class Family:
 
 def hf_config(architecture: str):
     """The HF config of a tiny model of `architecture` (4 layers, d_model 128, vocabulary 2048)."""
-    from transformers import GemmaConfig, MistralConfig, Qwen2Config
+    from transformers import GemmaConfig, MistralConfig, Qwen2Config  # noqa: PLC0415 - transformers loads torch, and this module stays light (sae-bench cases, the rehearsal's set-up)
 
     common = dict(
         vocab_size=VOCAB_SIZE,

@@ -17,8 +17,8 @@ CHAT_TEMPLATE = (
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """A `PreTrainedTokenizerFast` (byte-level BPE, special tokens first) trained on `texts`, deterministically."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: PLC0415 - transformers loads torch, and this module stays light (sae-bench cases, the rehearsal's set-up)
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 - transformers loads torch, and this module stays light (sae-bench cases, the rehearsal's set-up)
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -43,7 +43,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 
 def load_tokenizer(directory: str | Path):
     """Load a saved zoo tokenizer: TransformerLens needs `from_pretrained` from a folder (docs/design.md §8)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # noqa: PLC0415 - transformers loads torch, and this module stays light (sae-bench cases, the rehearsal's set-up)
 
     return AutoTokenizer.from_pretrained(str(directory))
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import platform
 import time
 from dataclasses import asdict
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,6 @@ HELDOUT_ROWS = 256
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import version
 
     names = ("torch", "transformers", "tokenizers", "sae-lens", "transformer-lens", "datasets", "safetensors")
     return {
@@ -121,7 +122,7 @@ class ZooBuilder:
         return self.root / "models" / family / name
 
     def _initial_model(self, family: Family, run: ModelRecipe):
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
         if run.parent is None:
             torch.manual_seed(family.seed)
@@ -169,7 +170,7 @@ class ZooBuilder:
 
     # -- SAEs ---------------------------------------------------------------------------------------------------
     def build_sae(self, family: Family, recipe: SaeRecipe) -> None:
-        from sae_lens import TrainingSAE
+        from sae_lens import TrainingSAE  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
         model = load_hf_directory(self.model_dir(family.name, recipe.model), tokenizer=self.tokenizer)
         model_spec = f"zoo:{family.name}/{recipe.model}"
@@ -276,9 +277,8 @@ def select(only: str | None) -> tuple[bool, list[tuple[Family, ModelRecipe]], li
 
 def _quiet_libraries() -> None:
     """Keep the build log to our own progress bars: no per-load bars or 'you passed a dataset' notes."""
-    import logging
 
-    from transformers.utils import logging as transformers_logging
+    from transformers.utils import logging as transformers_logging  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
