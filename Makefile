@@ -25,7 +25,7 @@ test: $(VENV)/.installed  ## unit and property tests
 test-fast: $(VENV)/.installed  ## the unit and property tests without the full tier's slowest
 	$(PY) -m pytest tests -n auto --maxprocesses 4 --dist loadfile --benchmark-disable -m "not full" $(ARGS)
 
-rehearse: $(VENV)/.installed  ## every hub case end to end, offline, on miniature stand-ins (README: the hub tier, rehearsed)
+rehearse: $(VENV)/.installed  ## every hub case end to end, offline, on miniature stand-ins (docs/hub.md: The hub tier, rehearsed)
 	$(PY) -m pytest benchmarks -m hub --rehearse --benchmark-disable $(ARGS)
 
 lint: $(VENV)/.installed

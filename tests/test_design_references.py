@@ -73,3 +73,33 @@ def test_no_citation_points_outside_the_repository():
 def test_anchors_reads_headings_and_numbered_items():
     text = "## 2. Bugs\n1. one\n9. nine\n## 4. Stored\n### 4.4 T's scores\n- 5. not an item\n"
     assert anchors(text) == {"2", "2.1", "2.9", "4", "4.4"}
+
+
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+"""A Markdown link's target, without its fragment."""
+DOCS_NAMED = re.compile(r"\bdocs/[\w-]+\.md\b")
+"""A mention of one of the documents in docs/, by path."""
+
+
+def test_the_readme_and_docs_link_only_to_files_that_exist():
+    broken = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in LINK.findall(page.read_text()):
+            if not target.startswith(("http://", "https://")) and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)} → {target}")
+    assert not broken, broken
+
+
+def test_every_document_a_file_names_is_in_docs():
+    named = {
+        (str(path.relative_to(ROOT)), name)
+        for path in tracked_text_files()
+        for name in DOCS_NAMED.findall(path.read_text(errors="replace"))
+    }
+    missing = sorted(f"{where}: {name}" for where, name in named if not (ROOT / name).is_file())
+    assert not missing, missing
+
+
+def test_the_readme_maps_every_document():
+    readme = (ROOT / "README.md").read_text()
+    assert all(f"(docs/{page.name})" in readme for page in (ROOT / "docs").glob("*.md"))

@@ -91,7 +91,7 @@ def test_the_wheel_carries_cases_expectations_zoo_and_the_suite(installed):
 
 
 def test_the_readme_recipe_gates_a_zoo_sae_from_an_empty_folder(installed):
-    assert RECIPE.read_text() in (REPO / "README.md").read_text()  # the README shows the script this test runs
+    assert RECIPE.read_text() in (REPO / "docs" / "gates.md").read_text()  # the docs show the script this test runs
     result = run(installed, ["bash", str(RECIPE)], SAE="zoo:tiny-qwen2/base-sae", CASES=CASES, OUT="out")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "ok: zoo:tiny-qwen2/base-sae" in result.stdout

@@ -651,7 +651,8 @@ def load_registry(directory: Path) -> Registry:
     paths = sorted(directory.glob("*.toml"))
     if not paths:
         raise BadInput(
-            f"{directory} holds no case files (*.toml): give --cases-dir a folder of case files (README: Add a case)"
+            f"{directory} holds no case files (*.toml): give --cases-dir a folder of case files "
+            "(docs/cases.md: Add a case)"
         )
     for path in paths:
         found, declared = _read(path)

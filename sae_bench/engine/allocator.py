@@ -4,7 +4,7 @@ By default glibc hands freed blocks above a moving threshold back to the OS and 
 frees and reallocates the same few-MB tensors every batch (logit chunks, attention scores) pays page faults each
 time. The suite's process sets the threshold to glibc's maximum (32 MiB) and stops trimming: the peak memory is
 the same, it is only not returned between batches. Measured on the zoo: the engine 1.2× faster from its first
-pass, the zoo suite about 15 % faster (README, Performance).
+pass, the zoo suite about 15 % faster (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -291,7 +291,7 @@ def unbridged(module: nn.Module) -> Iterator[None]:
 
 
 BACKENDS = (BridgeBackend.name, HookedBackend.name)
-"""The names `--backend` takes; the first is the default (README "Model backends" says why)."""
+"""The names `--backend` takes; the first is the default (docs/performance.md, "Model backends", says why)."""
 
 DEFAULT_BACKEND = BACKENDS[0]
 

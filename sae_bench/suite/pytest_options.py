@@ -16,7 +16,7 @@ def pytest_addoption(parser):
         choices=BACKENDS,
         default=DEFAULT_BACKEND,
         help="how models run: TransformerLens's TransformerBridge over the HF model (bridge, the default) or its "
-        "deprecated HookedTransformer (hooked); README: Model backends",
+        "deprecated HookedTransformer (hooked); docs/performance.md: Model backends",
     )
     group.addoption(
         "--update-expectations",

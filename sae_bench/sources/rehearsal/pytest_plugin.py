@@ -12,7 +12,7 @@ def pytest_addoption(parser) -> None:
         "--rehearse",
         action="store_true",
         help="run the hub cases offline on miniature stand-ins of every hub source (models, SAEs, datasets), "
-        "scaled down; verdicts are reported, never written (README: 'The hub tier, rehearsed')",
+        "scaled down; verdicts are reported, never written (docs/hub.md: 'The hub tier, rehearsed')",
     )
 
 
