@@ -17,9 +17,9 @@ from sae_bench.cases.registry import Registry
 from sae_bench.engine.allocator import keep_freed_memory
 from sae_bench.engine.backends import DEFAULT_BACKEND
 from sae_bench.errors import BadInput, UnusableSAE
+from sae_bench.expectations.case_files import SHIPPED_EXPECTATIONS
 from sae_bench.option_values import output_problem
 from sae_bench.suite.runner import (
-    SHIPPED_EXPECTATIONS,
     ExpectationsDigest,
     GivenSuite,
     ItemFailed,

@@ -12,9 +12,9 @@ from dataclasses import replace
 
 from sae_bench.cases.registry import SHIPPED_CASES, load_registry
 from sae_bench.execution.executor import CaseExecutor
+from sae_bench.expectations.case_files import SHIPPED_EXPECTATIONS
 from sae_bench.expectations.rules import compare, read_bundle
 from sae_bench.gates.release import JUDGED, paired_release_gate, sweep_plan
-from sae_bench.suite.runner import SHIPPED_EXPECTATIONS
 
 DRAWS, ROWS = (0, 64, 128, 192), 64
 

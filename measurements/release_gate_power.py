@@ -21,10 +21,10 @@ import torch
 
 from sae_bench.cases.registry import SHIPPED_CASES, load_registry
 from sae_bench.execution.executor import CaseExecutor
+from sae_bench.expectations.case_files import SHIPPED_EXPECTATIONS
 from sae_bench.expectations.rules import compare, read_bundle
 from sae_bench.gates.release import JUDGED, paired_release_gate, sweep_plan
 from sae_bench.sources.loading import load_sae
-from sae_bench.suite.runner import SHIPPED_EXPECTATIONS
 
 NOISE = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6)
 SAE_ID, RELEASE = "layer_2", "zoo:tiny-mistral/release-a-pt"

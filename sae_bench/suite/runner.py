@@ -26,17 +26,16 @@ from sae_bench.engine.backends import DEFAULT_BACKEND
 from sae_bench.errors import BadInput
 from sae_bench.execution.executor import CaseExecutor
 from sae_bench.execution.ray_units import RayUnits, units_of
-from sae_bench.expectations import files as expectation_store
+from sae_bench.expectations import files as expectation_files
 from sae_bench.expectations import rules as expectations
+from sae_bench.expectations.case_files import CaseExpectations
 from sae_bench.expectations.published import NOT_PUBLISHED
 from sae_bench.option_values import check_ray_address
 from sae_bench.results_store.database import CaseMeasurement, ResultsDB, default_path
-from sae_bench.shipped import shipped
 from sae_bench.sources.hub import Lack, missing
 from sae_bench.sources.loading import source_fingerprint
 from sae_bench.sources.rehearsal import scaled_case
 
-SHIPPED_EXPECTATIONS = shipped("expectations")
 SPREAD_SUBSETS = 8
 PACKAGES = ("sae-transfer-bench", "torch", "sae-lens", "transformer-lens")
 VERDICT_COLUMNS = ["case", "group", "metric", "expected", "got", "threshold", "direction", "verdict", "sae"]
@@ -157,6 +156,7 @@ class Suite:
         self.executor = CaseExecutor(
             device=options.device, device_memory=options.device_memory, backend=options.backend
         )
+        self.case_files = CaseExpectations(options.expectations_dir)
         self.verdicts: list[pd.DataFrame] = []
         self.evaluated: list[Evaluated] = []
         self.unusable: dict[str, str] = {}
@@ -190,80 +190,13 @@ class Suite:
 
     def expectation_problems(self, case_ids: Iterable[str]) -> list[str]:
         """One message per expectation file of these cases that cannot be used, read before any case runs."""
-        problems, read = [], set()
-        for case_id in dict.fromkeys(case_ids):
-            case = self.registry.get(case_id)
-            path = self.expectation_path(case)
-            if path in read or not path.exists():
-                continue
-            read.add(path)
-            try:
-                found = self.read_expected(case, path)
-            except expectations.ExpectationError as err:
-                problems.append(f"{err}. Fix the file, or delete it to measure the case afresh")
-                continue
-            except (OSError, UnicodeDecodeError) as err:
-                problems.append(f"{path}: cannot be read ({err}). Fix its permissions or content")
-                continue
-            if found is not None and found.case != case_id:
-                problems.append(
-                    f"{path}: case: the file is for {found.case!r} but sits at the path of {case_id!r}. Move it, "
-                    "or delete it to measure the case afresh"
-                )
-        return problems
-
-    def read_expected(self, case: Case, path: Path) -> expectations.ExpectationFile | None:
-        """The case's expectations at `path` (its own file, or its entry in its sweep's file), None if absent."""
-        if not path.exists():
-            return None
-        if case.sweep:
-            return expectations.read_bundle(path).get(case.id)
-        return expectations.read_expectations(path)
-
-    def write_expected(self, case: Case, path: Path, file: expectations.ExpectationFile) -> None:
-        """Write the case's expectations atomically (into its sweep's file, beside its other cases)."""
-        if not case.sweep:
-            expectation_store.write_atomic(path, file.to_json())
-            return
-        files = expectations.read_bundle(path) if path.exists() else {}
-        expectation_store.write_atomic(path, expectations.bundle_json(case.sweep, files | {case.id: file}))
-
-    def expectation_root(self, case: Case) -> Path:
-        """Where a case's expectation files live: --expectations-dir, else the shipped folder for a shipped case,
-        else the `expectations/` folder beside the user's case file."""
-        if self.options.expectations_dir is not None:
-            return self.options.expectations_dir
-        folder = Path(case.file).resolve().parent
-        return SHIPPED_EXPECTATIONS if folder == SHIPPED_CASES.resolve() else folder / "expectations"
-
-    def expectation_path(self, case: Case) -> Path:
-        return case.expectation_path(self.expectation_root(case))
+        return self.case_files.problems(self.registry, case_ids)
 
     def stale_temporaries(self) -> list[Path]:
-        """Temporary files a killed writer left in any folder a registered case reads its expectations from."""
-        roots = sorted({self.expectation_root(case) for case in self.shipped})
-        return [path for root in roots if root.is_dir() for path in expectation_store.stale_temporaries(root)]
+        return self.case_files.stale_temporaries(self.shipped)
 
     def orphan_expectations(self) -> list[str]:
-        """Expectation files that no registered case reads, in every folder a registered case reads from, and
-        entries of a sweep's file whose case the sweep no longer expands to."""
-        found: list[str] = []
-        for root in sorted({self.expectation_root(case) for case in self.shipped}):
-            if root.is_dir():
-                paths = (self.expectation_path(c) for c in self.shipped if self.expectation_root(c) == root)
-                found += [str(path) for path in expectation_store.orphans(root, paths)]
-        bundles: dict[Path, set[str]] = {}
-        for case in self.shipped:
-            if case.sweep:
-                bundles.setdefault(self.expectation_path(case), set()).add(case.id)
-        for path, known in bundles.items():
-            if path.exists():
-                try:
-                    entries = expectations.read_bundle(path)
-                except expectations.ExpectationError:
-                    continue  # said when a selected case reads it
-                found += [f"{path}: cases.{case_id}" for case_id in sorted(set(entries) - known)]
-        return found
+        return self.case_files.orphans(self.shipped)
 
     def registry_source(self, case: Case) -> str:
         """Which registry a case came from, for the results database: the shipped one (with the package version),
@@ -340,14 +273,16 @@ class Suite:
             record_property("sae", case.sae)
             record_property("sae_sha256", sha)
         names = case.metrics(group)
-        path = self.expectation_path(case)
+        path = self.case_files.path(case)
         if rehearsed and not path.exists():
             if case.family not in NOT_PUBLISHED:
                 raise ItemFailed(f"rehearsal: {path} is missing and {case.family} is not in NOT_PUBLISHED")
             self.first_run_cases.add(case.id)  # measured end to end; a first real run writes its expectations
             return None
-        with expectation_store.locked(path):
-            existing = self.read_expected(case, path)
+        with expectation_files.locked(path):
+            existing = self.case_files.read(case)
+            if self.options.update or existing is None or not all(existing.covers(n) for n in names):
+                existing = self.case_files.read(case, fresh=True)  # under the lock: as a parallel writer left it
             uncovered = [n for n in names if existing is None or not existing.covers(n)]
             published = existing is not None and expectations.is_published(existing)
             if (published or rehearsed) and uncovered:
@@ -364,7 +299,7 @@ class Suite:
                 self._write(case, path, existing, measured, names)
         if uncovered and not self.options.update:
             raise ItemFailed(f"wrote new {group} expectations to {path}; review the file and commit it")
-        table = expectations.compare(self.read_expected(case, path), measured, names)
+        table = expectations.compare(self.case_files.read(case), measured, names)
         table = table.assign(case=case.id, group=group, sae=case.sae, sae_sha256=sha)
         self.verdicts.append(table.assign(hook_mismatch_ok=case.hook_mismatch_ok or None))
         if self.results is not None:
@@ -398,7 +333,7 @@ class Suite:
             replace_published=self.options.replace_published,
         )
         before = {} if existing is None else expectations.compare(existing, measured, names).set_index("metric")
-        self.write_expected(case, path, new)
+        self.case_files.write(case, new)
         for row in diff.itertuples():
             verdict = before.verdict.get(row.metric, "new") if len(before) else "new"
             self.updates.append(UpdatedValue(path, row.metric, row.old, row.new, verdict))
