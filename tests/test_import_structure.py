@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "sae_bench"
-FUNCTION_LEVEL_CEILING = 8
+FUNCTION_LEVEL_CEILING = 6
 """Function-level imports of the package's own modules today; lower it as they move to the top (goal: 25, for the
 rehearsal's ordering rule and the command line's start-up only)."""
 

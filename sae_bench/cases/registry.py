@@ -23,6 +23,7 @@ from sae_bench.cases.claims import read_claims
 from sae_bench.cases.selection import Selection
 from sae_bench.errors import BadInput, CaseFileError
 from sae_bench.shipped import shipped
+from sae_bench.source_spec import source_spec
 from sae_bench.sources.zoo.recipes import release_ids
 
 METRIC_GROUPS: dict[str, tuple[str, ...]] = {
@@ -127,7 +128,7 @@ class Case:
     @property
     def tier(self) -> str:
         specs = [self.sae, self.model] + ([self.base_model] if self.base_model else [])
-        return "zoo" if all(s.startswith("zoo:") for s in specs) else "hub"
+        return "zoo" if all(source_spec(s).tier == "zoo" for s in specs) else "hub"
 
     @property
     def paired(self) -> bool:
@@ -269,17 +270,18 @@ class _IdFilter:
 def release_members(source: str, base: Path, where: str) -> list[tuple[str, str]]:
     """(id, SAE spec) of every SAE of a release: `saelens:RELEASE` (ids from SAELens's own registry),
     `zoo:FAMILY/RELEASE` (the zoo's), or a folder with one SAE folder per id (relative to the case file)."""
-    if source.startswith("saelens:"):
+    spec = source_spec(source)
+    if spec.scheme == "saelens":
         from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory  # noqa: PLC0415 - SAELens loads torch, and this module stays light (sae-bench cases, the rehearsal's set-up)
 
-        release = source.removeprefix("saelens:")
+        release = spec.body
         directory = get_pretrained_saes_directory()
         if release not in directory:
             close = difflib.get_close_matches(release, directory, n=3)
             raise BadInput(f"{where}: {release!r} is not in SAELens's registry; close: {', '.join(close) or 'none'}")
         return [(sae_id, f"saelens:{release}/{sae_id}") for sae_id in directory[release].saes_map]
-    if source.startswith("zoo:"):
-        family, _, release = source.removeprefix("zoo:").partition("/")
+    if spec.scheme == "zoo":
+        family, _, release = spec.body.partition("/")
         ids = release_ids(family, release)
         if not ids:
             raise BadInput(f"{where}: no zoo release {source!r} (`sae-bench zoo list` shows the zoo's SAEs)")

@@ -32,9 +32,10 @@ from sae_bench.engine.splicing import resolve_hook
 from sae_bench.engine.universality import PairedConfig, evaluate_universality
 from sae_bench.errors import UnitFailed, UnusableSAE
 from sae_bench.execution.memory import batch_bytes, device_memory_bytes, sae_width, split_for_memory
+from sae_bench.source_spec import source_spec
 from sae_bench.sources.chat import ChatRows, cached_rollouts, greedy_rollouts
 from sae_bench.sources.checked_sae import CheckedSae, check_sae
-from sae_bench.sources.hub import load_alpaca_instructions, parse_spec
+from sae_bench.sources.hub import load_alpaca_instructions
 from sae_bench.sources.loading import (
     end_of_turn_id,
     kissane_prompts,
@@ -183,7 +184,8 @@ class CaseExecutor:
         model = self.model(case.model)
         tokenizer = backend_of(model).tokenizer
         prompts = load_chat_prompts(case.dataset, tokenizer)[:n_rows]
-        template = None if case.dataset.startswith("zoo:") else parse_spec(case.dataset).params.get("template")
+        dataset = source_spec(case.dataset)
+        template = None if dataset.scheme == "zoo" else dataset.params.get("template")
         stop = end_of_turn_id(tokenizer, chat_template=template is None)
         digest = hashlib.sha256(repr(prompts).encode()).hexdigest()
         key = f"{source_fingerprint(case.model)}|{digest}|{ROLLOUT_TOKENS}|{case.context}|torch {torch.__version__}"

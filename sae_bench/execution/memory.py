@@ -19,7 +19,7 @@ import torch
 
 from sae_bench.cases.registry import Case
 from sae_bench.engine.splicing import HookSite
-from sae_bench.sources.hub import parse_spec
+from sae_bench.source_spec import parse_spec, source_spec
 from sae_bench.sources.zoo.artifacts import zoo_root
 
 USABLE_FRACTION = 0.9
@@ -31,17 +31,19 @@ _WIDTH = re.compile(r"width_(\d+)([km])")
 
 def model_config(spec: str) -> dict | None:
     """A model's HF config, read where it already is (the zoo, a local folder, the HF cache); None elsewhere."""
-    if spec.startswith("zoo:"):
-        path = zoo_root() / "models" / spec.removeprefix("zoo:") / "config.json"
+    parsed = source_spec(spec)
+    if parsed.scheme == "zoo":
+        path = zoo_root() / "models" / parsed.body / "config.json"
     elif Path(spec).is_dir():
         path = Path(spec) / "config.json"
     else:
         from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
-        cached = try_to_load_from_cache(parse_spec(spec).body, "config.json")
+        parsed = parse_spec(spec)
+        cached = try_to_load_from_cache(parsed.body, "config.json")
         path = Path(cached) if isinstance(cached, str) else None
         if path is None:
-            return _transformer_lens_table(parse_spec(spec).params.get("as", parse_spec(spec).body))
+            return _transformer_lens_table(parsed.params.get("as", parsed.body))
     return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
@@ -105,8 +107,9 @@ def sae_width(case: Case) -> int | None:
     width = _WIDTH.search(case.sae)
     if width:
         return int(width.group(1)) * (1024 if width.group(2) == "k" else 1024 * 1024)
-    if case.sae.startswith("zoo:"):
-        config = zoo_root() / "saes" / case.sae.removeprefix("zoo:") / "cfg.json"
+    sae = source_spec(case.sae)
+    if sae.scheme == "zoo":
+        config = zoo_root() / "saes" / sae.body / "cfg.json"
         return json.loads(config.read_text())["d_sae"] if config.is_file() else None
     return None
 

@@ -25,8 +25,8 @@ from sae_bench.engine.backends import DEFAULT_BACKEND
 from sae_bench.errors import BadInput
 from sae_bench.execution.executor import CaseExecutor
 from sae_bench.execution.memory import unit_memory_bytes
+from sae_bench.source_spec import parse_spec, source_spec
 from sae_bench.sources.fetch import human_size
-from sae_bench.sources.hub import parse_spec
 
 MAX_RETRIES = 3
 """Attempts after a worker dies mid-task (Ray's own retry of system failures)."""
@@ -35,11 +35,10 @@ MAX_RETRIES = 3
 def _tokenizer_of(spec: str) -> str:
     """Which tokenizer a model spec reads text with, as `CaseExecutor._token_key` tells them apart: the zoo's one
     tokenizer, a hub model's repo (or the `as=` repo whose tokenizer it takes), a folder's own."""
-    if spec.startswith("zoo:"):
+    if source_spec(spec).scheme == "zoo":
         return "zoo"
     if Path(spec).is_dir():
         return spec
-
     parsed = parse_spec(spec)
     return parsed.params.get("as", parsed.body)
 

@@ -40,6 +40,7 @@ from sae_bench.engine.backends import backend_of
 from sae_bench.engine.evaluate import EvalConfig, evaluate_shared
 from sae_bench.errors import BadInput
 from sae_bench.gates.single import load_checked, replacement_problem
+from sae_bench.source_spec import source_spec
 from sae_bench.sources.loading import load_dataset_rows, load_model
 
 REPORTED = ("l0",)
@@ -170,7 +171,7 @@ def _load_release(
 def _same_source(new: str, old: str, base: Path) -> bool:
     if new == old:
         return True
-    folders = [(base / s).resolve() for s in (new, old) if not s.startswith(("saelens:", "zoo:"))]
+    folders = [(base / s).resolve() for s in (new, old) if source_spec(s).is_local]
     return len(folders) == 2 and folders[0] == folders[1]
 
 

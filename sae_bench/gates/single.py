@@ -30,6 +30,7 @@ from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REG
 from sae_bench.execution.executor import sae_fit_problem
 from sae_bench.option_values import output_problem
 from sae_bench.shipped import in_checkout, shipped
+from sae_bench.source_spec import SCHEMES, source_spec
 from sae_bench.sources.checked_sae import CheckedSae, check_sae
 from sae_bench.sources.loading import load_sae
 from sae_bench.suite.runner import GivenSuite, Suite, SuiteOptions, git_commit
@@ -77,8 +78,7 @@ class GatePlugin(GivenSuite):
 
 def spec_problem(spec: str) -> str | None:
     """A spec that names a local folder that is not there (or not an SAE folder), said as such."""
-    schemes = ("zoo:", "saelens:", "hf:", "wandb:", "unreleased:")
-    if spec.startswith(schemes):
+    if source_spec(spec).scheme in SCHEMES:
         return None
     path = Path(spec)
     if not path.exists():
@@ -147,11 +147,11 @@ def replacement_problem(new_sae, case, old_sae=None) -> str | None:
 
 
 def _zoo_family(model_name: str) -> str | None:
-    return model_name.removeprefix("zoo:").split("/")[0] if model_name.startswith("zoo:") else None
+    return source_spec(model_name).zoo_family
 
 
 def _locally_loadable(spec: str) -> bool:
-    return spec.startswith("zoo:") or Path(spec).is_dir()
+    return source_spec(spec).scheme == "zoo" or Path(spec).is_dir()
 
 
 @dataclass(frozen=True)

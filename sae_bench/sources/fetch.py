@@ -25,12 +25,12 @@ from tqdm.auto import tqdm
 
 from sae_bench.cases.registry import Case
 from sae_bench.errors import BadInput
+from sae_bench.source_spec import parse_spec, source_spec
 from sae_bench.sources.hub import (
     _unreachable,
     datasets_dir,
     load_hub_rows,
     local_dataset,
-    parse_spec,
     rows_from_records,
     saelens_release,
     wandb_artifact_dir,
@@ -77,7 +77,7 @@ def downloads_for(cases: Iterable[Case]) -> tuple[list[Download], list[str]]:
     for case in cases:
         if case.tier != "hub":
             continue
-        for spec in dict.fromkeys(s for s in (case.model, case.base_model) if s and s.startswith("hf:")):
+        for spec in dict.fromkeys(s for s in (case.model, case.base_model) if s and source_spec(s).scheme == "hf"):
             parsed = parse_spec(spec)
             for repo in [parsed.body] + ([parsed.params["as"]] if "as" in parsed.params else []):
                 need("model", repo, case)

@@ -23,7 +23,6 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs
 
 import torch
 from safetensors import safe_open
@@ -31,21 +30,7 @@ from safetensors import safe_open
 from sae_bench.cache import cache_dir
 from sae_bench.engine.backends import hooked_transformer_on_purpose
 from sae_bench.errors import BadInput
-
-
-@dataclass(frozen=True)
-class Spec:
-    scheme: str
-    body: str
-    params: dict[str, str]
-
-
-def parse_spec(spec: str) -> Spec:
-    scheme, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        raise BadInput(f"source spec {spec!r} has no scheme; write zoo:, hf:, saelens:, wandb: or alpaca:")
-    body, _, query = rest.partition("?")
-    return Spec(scheme, body, {k: v[-1] for k, v in parse_qs(query).items()})
+from sae_bench.source_spec import parse_spec
 
 
 @functools.cache

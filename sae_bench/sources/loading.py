@@ -24,9 +24,10 @@ from transformer_lens.pretrained.weight_conversions import (
 
 from sae_bench.engine.backends import BACKENDS, DEFAULT_BACKEND, Model, hooked_transformer_on_purpose
 from sae_bench.errors import BadInput
+from sae_bench.source_spec import parse_spec, source_spec
 from sae_bench.sources import kissane_prompts
 from sae_bench.sources.chat import stored_prompt, template_prompt
-from sae_bench.sources.hub import load_alpaca_instructions, load_hub_model, load_hub_rows, load_hub_sae, parse_spec
+from sae_bench.sources.hub import load_alpaca_instructions, load_hub_model, load_hub_rows, load_hub_sae
 from sae_bench.sources.zoo.artifacts import read_manifest, verified_directory
 from sae_bench.sources.zoo.recipes import model_names, sae_names
 from sae_bench.sources.zoo.tokenizer import END_OF_TURN, USER, load_tokenizer
@@ -143,15 +144,13 @@ def load_hf_directory(
 
 # -- loading by spec ---------------------------------------------------------------------------------------------
 
-ZOO_PREFIX = "zoo:"
-
 
 def _zoo_name(spec: str, kind: str, known: list[str]) -> str:
-
-    name = spec.removeprefix(ZOO_PREFIX)
+    """The zoo name a `zoo:` spec gives, checked against the zoo's `known` names of its kind."""
+    name = source_spec(spec).body
     if name not in known:
         close = difflib.get_close_matches(name, known, n=3)
-        hint = f"; did you mean {', '.join(ZOO_PREFIX + c for c in close)}?" if close else ""
+        hint = f"; did you mean {', '.join('zoo:' + c for c in close)}?" if close else ""
         raise BadInput(f"no zoo {kind} {spec!r}{hint} (`sae-bench zoo list` shows every name)")
     return name
 
@@ -169,7 +168,7 @@ def load_model(
     backend (BACKENDS; the bridge by default)."""
     if backend not in BACKENDS:
         raise BadInput(f"backend {backend!r}: one of {', '.join(BACKENDS)}")
-    if spec.startswith(ZOO_PREFIX):
+    if source_spec(spec).scheme == "zoo":
         name = _zoo_name(spec, "model", model_names())
         directory = verified_directory(f"models/{name}")
         if backend == "bridge":
@@ -198,7 +197,7 @@ def load_sae(spec: str, *, device: str = "cpu", dtype: str = "float32"):
     (`saelens:RELEASE/ID`, `hf:ORG/REPO/FOLDER`, `wandb:ENTITY/PROJECT/NAME:VERSION`)."""
     from sae_lens import SAE  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
-    if spec.startswith(ZOO_PREFIX):
+    if source_spec(spec).scheme == "zoo":
         directory = verified_directory(f"saes/{_zoo_name(spec, 'SAE', sae_names())}")
         return SAE.load_from_disk(directory, device=device, dtype=dtype)
     if Path(spec).is_dir():
@@ -272,12 +271,12 @@ def load_chat_prompts(dataset: str, tokenizer):
 def source_fingerprint(spec: str) -> str:
     """What identifies a source's weights: the manifest sha256 of a zoo model's weights, the HF cache snapshot
     (commit) of a hub model's repo, else the spec itself."""
-    if spec.startswith(ZOO_PREFIX):
-        name = spec.removeprefix(ZOO_PREFIX)
-        return f"{spec}@{read_manifest()['files'][f'models/{name}/model.safetensors']}"
-    if spec.startswith("hf:"):
+    parsed = source_spec(spec)
+    if parsed.scheme == "zoo":
+        return f"{spec}@{read_manifest()['files'][f'models/{parsed.body}/model.safetensors']}"
+    if parsed.scheme == "hf":
         from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
-        cached = try_to_load_from_cache(parse_spec(spec).body, "config.json")
+        cached = try_to_load_from_cache(parsed.body, "config.json")
         return f"{spec}@{Path(cached).parent.name}" if isinstance(cached, str) else spec
     return spec

@@ -32,6 +32,7 @@ from filelock import FileLock
 
 from sae_bench.cache import cache_dir
 from sae_bench.cases.registry import CHAT_MASKS, SHIPPED_CASES, load_registry
+from sae_bench.source_spec import source_spec
 
 ROOT_ENV = "SAE_BENCH_REHEARSAL_ROOT"
 _LIBRARIES_READING_ENV = ("huggingface_hub", "transformers", "datasets", "wandb")
@@ -58,7 +59,7 @@ def scaled_case(case, scale: RehearsalScale = SCALE):
         return case
     context = min(case.context, scale.chat_context if case.mask in CHAT_MASKS else scale.context)
     sae = case.sae
-    if sae.startswith("unreleased:"):
+    if source_spec(sae).scheme == "unreleased":
         # the rehearsal's ordering rule: stand_ins imports the hub libraries, which must load after activate()
         from sae_bench.sources.rehearsal.stand_ins import unreleased_dir  # noqa: PLC0415 - the rehearsal's ordering rule: these import the hub libraries, which its set-up must precede
 

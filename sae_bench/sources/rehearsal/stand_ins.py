@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from safetensors.torch import save_file
 
+from sae_bench.source_spec import parse_spec, source_spec
 from sae_bench.sources.rehearsal.miniatures import D_MODEL, miniature, save_miniature, training_texts
 
 D_SAE = 256
@@ -42,18 +43,16 @@ class Needs:
 
 def needs_of(cases: Iterable) -> Needs:
     """What the hub cases among `cases` load from the hub."""
-    from sae_bench.sources.hub import parse_spec  # noqa: PLC0415 - hub: imports huggingface_hub, which the rehearsal must set up first
-
     needs = Needs()
     for case in cases:
         if case.tier != "hub":
             continue
         for spec in (case.model, case.base_model):
-            if spec is not None and spec.startswith("hf:"):
+            if spec is not None and source_spec(spec).scheme == "hf":
                 parsed = parse_spec(spec)
                 needs.repos.add(parsed.body)
                 needs.repos.update([parsed.params["as"]] if "as" in parsed.params else [])
-        if not case.sae.startswith("zoo:"):
+        if source_spec(case.sae).scheme != "zoo":
             needs.saes.setdefault(case.sae, case.hook)
         needs.datasets.add(parse_spec(case.dataset).body)
     return needs
@@ -364,8 +363,6 @@ def unreleased_dir(root: Path, spec: str) -> Path:
 def write_sae_stand_in(root: Path, spec: str, hook: str) -> Path:
     """A miniature SAE for a `wandb:` or `saelens:` spec, where and how that source keeps its files; for an
     `unreleased:` one, a local folder in Kissane's format (what a user would pass with --sae)."""
-    from sae_bench.sources.hub import parse_spec  # noqa: PLC0415 - hub: imports huggingface_hub, which the rehearsal must set up first
-
     parsed = parse_spec(spec)
     if parsed.scheme == "unreleased":
         directory = unreleased_dir(root, spec)
