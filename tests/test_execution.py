@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import sae_bench.execution.executor
+import sae_bench.execution.sources_cache
 from sae_bench.cases.registry import Case
 from sae_bench.engine.backends import backend_of
 from sae_bench.execution.executor import CaseExecutor, split_rows
@@ -30,12 +30,12 @@ CASE = Case(
 def _executor(monkeypatch) -> CaseExecutor:
     executor = CaseExecutor()
     for spec, name in (("hf:org/model-a", "tok-a"), ("hf:org/model-b", "tok-b"), ("hf:org/model-a-ft", "tok-a")):
-        executor._models[spec] = SimpleNamespace(tokenizer=SimpleNamespace(name_or_path=name))
+        executor.sources._models[spec] = SimpleNamespace(tokenizer=SimpleNamespace(name_or_path=name))
 
     def rows(dataset, n_rows, context, model):
         return torch.full((n_rows, context), 1 if model.tokenizer.name_or_path == "tok-a" else 2)
 
-    monkeypatch.setattr(sae_bench.execution.executor, "load_dataset_rows", rows)
+    monkeypatch.setattr(sae_bench.execution.sources_cache, "load_dataset_rows", rows)
     return executor
 
 

@@ -99,8 +99,8 @@ def test_a_pass_beyond_the_device_memory_is_split_as_planned_with_equal_numbers(
                 assert got[name] == value, (case.id, name)
             else:
                 assert got[name] == pytest.approx(value, rel=FLOAT_FLOOR_REL, abs=FLOAT32_ROUNDING), (case.id, name)
-    assert not split._saes  # each pass's SAEs were released after it (their fingerprints kept)
-    assert set(split._sae_fingerprints) == {case.sae for case in cases}
+    assert not split.sources.loaded_saes()  # each pass's SAEs were released after it (their fingerprints kept)
+    assert set(split.sources.fingerprints) == {case.sae for case in cases}
 
 
 def test_a_unit_whose_model_alone_does_not_fit_is_not_split():

@@ -154,7 +154,7 @@ def test_kutsyk_universality_rows_and_positions_are_his(monkeypatch):
     bos = 2
     executor = CaseExecutor()
     for spec in (mistral.base_model, gemma.base_model):
-        executor._models[spec] = SimpleNamespace(tokenizer=SimpleNamespace(name_or_path=spec))
+        executor.sources._models[spec] = SimpleNamespace(tokenizer=SimpleNamespace(name_or_path=spec))
 
     def rows(dataset, n_rows, context, model):  # rows as the store cuts them: BOS first where it prepends one
         head = [bos] if "sep=bos" in dataset else []

@@ -27,11 +27,10 @@ from sae_bench.cases.registry import SHIPPED_CASES, cases_selected_by, load_regi
 from sae_bench.cases.selection import Selection
 from sae_bench.engine.evaluate import non_finite_weights
 from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION, BadInput, UnusableSAE
-from sae_bench.execution.executor import sae_fit_problem
 from sae_bench.option_values import output_problem
 from sae_bench.shipped import in_checkout, shipped
 from sae_bench.source_spec import SCHEMES, source_spec
-from sae_bench.sources.checked_sae import CheckedSae, check_sae
+from sae_bench.sources.checked_sae import CheckedSae, check_sae, sae_fit_problem
 from sae_bench.sources.loading import load_sae
 from sae_bench.suite.runner import GivenSuite, Suite, SuiteOptions, git_commit
 

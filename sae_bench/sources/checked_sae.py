@@ -11,6 +11,7 @@ from functools import cached_property
 import torch
 from sae_lens import SAE
 
+from sae_bench.cases.registry import Case
 from sae_bench.engine.evaluate import non_finite_weights
 from sae_bench.errors import UnusableSAE
 from sae_bench.sources.loading import load_sae
@@ -50,3 +51,17 @@ def weights_sha256(sae) -> str:
     for name, tensor in sorted(sae.state_dict().items()):
         digest.update(name.encode() + tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
+
+
+def sae_fit_problem(sae, case: Case, d_model: int | None = None) -> str | None:
+    """Why `sae` cannot stand in `case` (another hook than its config names, unless the case allows it with a
+    reason; another input width than the model's), or None."""
+    hook = getattr(sae.cfg.metadata, "hook_name", None)
+    if hook and hook != case.hook and not case.hook_mismatch_ok:
+        return (
+            f"its config says it reads {hook}, but case {case.id} splices it at {case.hook}. Use an SAE trained "
+            f'at {case.hook}, or set hook_mismatch_ok = "why" in the case ({case.file}) if this is meant'
+        )
+    if d_model is not None and sae.cfg.d_in != d_model:
+        return f"it reads d_in={sae.cfg.d_in} activations, but the model of case {case.id} has d_model={d_model}"
+    return None
