@@ -388,8 +388,9 @@ def test_an_interrupted_run_is_recorded_as_interrupted_and_reported_so(capsys, t
 
 def test_the_gate_says_interrupted_and_exits_130(capsys):
     from sae_bench.gates.single import GatePlugin, Selection, _verdict
+    from sae_bench.suite.runner import Suite, SuiteOptions
 
-    plugin = GatePlugin(Selection(CASE), {CASE})
+    plugin = GatePlugin(Suite(SuiteOptions()), Selection.of(CASE), {CASE})
     assert _verdict(pytest.ExitCode.INTERRUPTED, plugin, "zoo:tiny-qwen2/base-sae", "0" * 64, False) == 130
     assert "interrupted (Ctrl-C)" in capsys.readouterr().err
 

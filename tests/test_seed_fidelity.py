@@ -145,7 +145,7 @@ def test_every_case_of_an_sae_trained_without_bos_reads_rows_without_separators(
 def test_kutsyk_universality_rows_and_positions_are_his(monkeypatch):
     """Mistral (no BOS in the store): every position, position 0 included. Gemma (a BOS-prepending store): the rows
     lose their first token before any model runs, and every position of what is left counts."""
-    import sae_bench.execution.executor
+    import sae_bench.execution.sources_cache
     from sae_bench.execution.executor import CaseExecutor
 
     registry = load_registry(SHIPPED_CASES)
@@ -160,7 +160,7 @@ def test_kutsyk_universality_rows_and_positions_are_his(monkeypatch):
         head = [bos] if "sep=bos" in dataset else []
         return torch.tensor([head + list(range(10, 10 + context - len(head)))] * n_rows)
 
-    monkeypatch.setattr(sae_bench.execution.executor, "load_dataset_rows", rows)
+    monkeypatch.setattr(sae_bench.execution.sources_cache, "load_dataset_rows", rows)
     mistral_rows = executor.tokens(mistral)
     assert mistral.mask == "all" and mistral_rows.position_mask is None  # position 0 counts
     gemma_rows = executor.tokens(gemma)

@@ -710,5 +710,5 @@ def item_ids(case: Case) -> list[str]:
 
 def cases_selected_by(registry: Registry, expression: str) -> list[str]:
     """The cases whose items (`CASE:GROUP`) the -k expression selects: the unit an SAE is replaced in."""
-    selection = Selection(expression)
+    selection = Selection.of(expression)
     return [case.id for case in registry if any(selection.matches(item) for item in item_ids(case))]

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from _pytest.mark.expression import Expression  # pytest's -k parser; its public API has no equivalent
 
 from sae_bench.errors import BadInput
@@ -19,6 +21,12 @@ class Selection:
             self.expression = Expression.compile(expression.replace("@", AT))
         except Exception as err:  # noqa: BLE001 - pytest's ParseError is private
             raise BadInput(f"{expression!r} is not a -k expression: {err}") from None
+
+    @staticmethod
+    @functools.cache
+    def of(expression: str) -> Selection:
+        """The expression compiled once a process, however many commands and layers select with it."""
+        return Selection(expression)
 
     def matches(self, name: str) -> bool:
         text = name.replace("@", AT).lower()

@@ -42,8 +42,8 @@ class GatePlugin(GivenSuite):
     """Hands pytest the gate's suite, keeps the selected items (and the claims over their cases), and counts what
     happened to them."""
 
-    selection: Selection = None
-    case_ids: set[str] = field(default_factory=set)
+    selection: Selection
+    case_ids: set[str]
     counts: dict[str, int] = field(default_factory=lambda: {"passed": 0, "failed": 0, "skipped": 0})
     skip_reasons: list[str] = field(default_factory=list)
     kept: list[tuple[str, str]] = field(default_factory=list)
@@ -222,7 +222,7 @@ def run_gate(request: GateRequest, *, benchmarks: Path = BENCHMARKS) -> int:
         suite.open_results(request.results, disabled=request.no_results, run_id=None, git_commit=git_commit(benchmarks))
     except BadInput as err:
         return _say(str(err), EXIT_BAD_INPUT)
-    plugin = GatePlugin(suite, Selection(cases), set(selected))
+    plugin = GatePlugin(suite, Selection.of(cases), set(selected))
     code = pytest.main(_pytest_args(request, benchmarks), plugins=[plugin])
     if request.table and code in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED):
         suite.write_table(request.table)

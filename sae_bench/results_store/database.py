@@ -435,5 +435,5 @@ def cases_matching(cases: Iterable[str], expression: str | None) -> list[str]:
     """The case ids a `-k`-style expression selects (`@` allowed), or all of them."""
     if not expression:
         return sorted(set(cases))
-    selection = Selection(expression)
+    selection = Selection.of(expression)
     return sorted({case for case in cases if selection.matches(case)})
