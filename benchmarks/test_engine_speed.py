@@ -85,8 +85,8 @@ def test_one_pass_engine(benchmark, pair, saelens_metrics, backend):
     report = benchmark.pedantic(run_engine, args=(models[backend], sae, tokens), **ROUNDS)
     record_throughput(benchmark, tokens)
     saelens = saelens_metrics
-    # KL is left out: SAELens's also averages the last position, which predicts no token (tests/test_against_saelens.py
-    # compares KL position by position)
+    # KL is left out: SAELens's also averages the last position, which predicts no token
+    # (tests/engine/test_against_saelens.py compares KL position by position)
     ce = saelens["model_performance_preservation"]
     assert report.ce_clean == pytest.approx(ce["ce_loss_without_sae"], abs=1e-5)
     assert report.ce_spliced == pytest.approx(ce["ce_loss_with_sae"], abs=1e-5)

@@ -161,3 +161,10 @@ def test_each_subpackage_imports_alone():
     for name in packages:
         run = subprocess.run([sys.executable, "-c", f"import {name}"], capture_output=True, text=True, cwd=ROOT)
         assert run.returncode == 0, f"{name}: {run.stderr[-2000:]}"
+
+
+def test_the_tests_mirror_the_layout():
+    """A test folder per subpackage of the library, named after it, and no test folder without one."""
+    subpackages = {path.name for path in PACKAGE.iterdir() if (path / "__init__.py").is_file()} - {"commands"}
+    folders = {path.name for path in (ROOT / "tests").iterdir() if path.is_dir() and any(path.glob("test_*.py"))}
+    assert folders == subpackages  # the command line (`commands/`, `cli`) is tested from the top: tests/test_cli.py

@@ -7,8 +7,8 @@ unchanged) and the residual put in at the hook, so the attention masks, position
 per-layer attention types and logit soft-capping are built exactly as the model's forward builds them; only the
 token embedding lookup, which is no block, runs before the hook. A hook's residual is the input of decoder layer
 `blocks_before` (`blocks.L.hook_resid_pre` = L, `blocks.L.hook_resid_post` = L + 1), or of the final norm after the
-last layer. `tests/test_hf_continuation.py` proves the continuation equal, bit for bit, to a full forward with the
-residual replaced, from every hook of each architecture the suite uses (`CONTINUED_ARCHITECTURES`); for any other
+last layer. `tests/engine/test_hf_continuation.py` proves the continuation equal, bit for bit, to a full forward with
+the residual replaced, from every hook of each architecture the suite uses (`CONTINUED_ARCHITECTURES`); for any other
 the engine runs that full forward instead (`full_forward=True`), its blocks counted as run.
 """
 

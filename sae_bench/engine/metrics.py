@@ -33,7 +33,7 @@ A ratio is undefined (UndefinedMetric, never a huge number) when its denominator
   |ce_clean|) (and Kissane's CE_RECOVERED_MIN_GAP);
 - a KL (kl_score's zero-ablation KL, in nats, a difference of log-normalisers of order one): it must exceed
   FLOAT32_ROUNDING itself.
-`tests/test_metrics.py` proves each on synthetic data whose denominator is pure rounding."""
+`tests/engine/test_metrics.py` proves each on synthetic data whose denominator is pure rounding."""
 
 
 class UndefinedMetric(ValueError):

@@ -13,7 +13,7 @@ from sae_bench.cases.claims import Term, judge, parse_claim
 from sae_bench.cases.registry import SHIPPED_CASES, CaseFileError, load_registry
 
 REGISTRY = load_registry(SHIPPED_CASES)
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def claim(text: str, **extra):

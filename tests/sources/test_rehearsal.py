@@ -22,7 +22,7 @@ from sae_bench.expectations.rules import read_expectations
 
 pytestmark = pytest.mark.full  # the full tier only: `make test-fast` leaves this file out
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXPECTATIONS = REPO / "expectations"
 ROLLOUT_CASE = "mistral-7b/base-sae@instruct/rollout"
 PAIRED_CASE = "gemma-2b/res-jb-l6@base-vs-python-codes/without-bos"

@@ -15,7 +15,7 @@ from sae_bench.expectations.rules import read_expectations
 from sae_bench.sources.checked_sae import weights_sha256
 from sae_bench.sources.loading import load_sae
 
-EXPECTATIONS = Path(__file__).resolve().parents[1] / "expectations"
+EXPECTATIONS = Path(__file__).resolve().parents[2] / "expectations"
 
 CASES = "tiny-qwen2/base-sae@chat and not filtered and not rollout and not user-prompt"
 

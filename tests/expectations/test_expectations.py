@@ -123,7 +123,7 @@ def test_compare_builds_the_verdict_table(tmp_path):
 def test_every_shipped_expectation_file_parses():
     from pathlib import Path
 
-    root = Path(__file__).parents[1] / "expectations"
+    root = Path(__file__).parents[2] / "expectations"
     files = sorted(root.rglob("*.json"))
     assert files
     for path in files:
@@ -248,7 +248,7 @@ def test_update_expectations_prints_each_change_outside_the_capture(tmp_path, ca
     import shutil
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     target = tmp_path / "expectations"
     shutil.copytree(root / "expectations" / "tiny-qwen2", target / "tiny-qwen2")
     path = target / "tiny-qwen2" / "base-sae@chat.json"
@@ -276,7 +276,7 @@ def test_a_sweep_keeps_one_expectation_file_per_model_and_judges_each_case(tmp_p
 
     from sae_lens import StandardSAE, StandardSAEConfig
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     cases = tmp_path / "cases"
     for layer in (1, 2):
         torch.manual_seed(layer)

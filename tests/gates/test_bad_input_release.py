@@ -35,7 +35,7 @@ from tests.test_bad_input import (  # noqa: F401 - the two fixtures: nothing her
     suite,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ZOO = ROOT / "zoo"
 RELEASES = ZOO / "saes" / "tiny-mistral"
 RG = ["gate", "--baseline", "zoo:tiny-mistral/release-a-pt", "--sweep", "release-a"]

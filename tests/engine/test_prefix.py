@@ -11,8 +11,8 @@ from sae_bench.engine.outliers import OutlierPolicy
 from sae_bench.engine.prefix import run_prefix
 from sae_bench.engine.universality import PairedConfig, evaluate_universality
 from tests.conftest import D_MODEL, N_LAYERS, standard_sae, tiny_model
-from tests.test_shared_pass import same_report
-from tests.test_universality import nudged
+from tests.engine.test_shared_pass import same_report
+from tests.engine.test_universality import nudged
 
 HOOK = "blocks.2.hook_resid_pre"
 

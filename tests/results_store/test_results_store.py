@@ -129,7 +129,7 @@ def test_a_benchmark_run_records_into_postgres(postgres_url):
     import os
     from pathlib import Path
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     command = [sys.executable, "-m", "pytest", "benchmarks", "-p", "no:cacheprovider", "--benchmark-disable", "-q"]
     command += ["--case-id", "tiny-gemma/base-sae@base", "-k", "reconstruction", "--results", postgres_url]

@@ -18,7 +18,7 @@ from sae_bench.reports import figures as report_figures
 from sae_bench.reports.seed_report import build_report, seed_grid
 from sae_bench.results_store.database import ResultsDB, ResultsSchemaError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CASES = [
     "tiny-qwen2/base-sae@chat",
     "tiny-qwen2/chat-sae@chat",

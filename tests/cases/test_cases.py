@@ -7,8 +7,8 @@ import pytest
 
 from sae_bench.cases.registry import CaseFileError, load_registry, read_case_file
 
-CASES = Path(__file__).parents[1] / "benchmarks" / "cases"
-EXPECTATIONS = Path(__file__).parents[1] / "expectations"
+CASES = Path(__file__).parents[2] / "benchmarks" / "cases"
+EXPECTATIONS = Path(__file__).parents[2] / "expectations"
 
 MINIMAL = """
 family = "toy"

@@ -19,7 +19,7 @@ from tests.ray_cluster import running_tasks  # noqa: E402
 
 pytestmark = pytest.mark.full  # the full tier only: `make test-fast` leaves this file out
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SELECTION = ["-m", "zoo", "-k", "tiny-qwen2 and not universality and not similarity"]
 
 
