@@ -80,15 +80,15 @@ def _gate(args: argparse.Namespace) -> int:
     if args.ray is not None:
         check_ray_address(args.ray)
     if args.rehearse:  # before anything imports huggingface_hub, which reads its settings once
-        activate()  # then the registry (whose zoo sweeps import SAELens) names the hook a new SAE's stand-in reads
-        activate(extra_saes=[args.sae], extra_hook=_gated_hook(args))
+        activate()  # then the registry (whose saelens: sweeps import SAELens) names the hook a new SAE's stand-in reads
+        args.registry = load_registries((SHIPPED_CASES, *args.cases_dir))  # read once: the gate takes it on
+        activate(extra_saes=[args.sae], extra_hook=_gated_hook(args.registry, args.cases))
     return command("gate:single")(args)
 
 
-def _gated_hook(args: argparse.Namespace) -> str | None:
+def _gated_hook(registry, cases: str) -> str | None:
     """The hook of the first hub case the gate selects: where a stand-in for a new hub SAE must read."""
-    registry = load_registries((SHIPPED_CASES, *args.cases_dir))
-    hub = [cid for cid in cases_selected_by(registry, args.cases) if registry.get(cid).tier == "hub"]
+    hub = [cid for cid in cases_selected_by(registry, cases) if registry.get(cid).tier == "hub"]
     return registry.get(hub[0]).hook if hub else None
 
 
@@ -127,7 +127,7 @@ def _add_gate_command(commands) -> None:
         help="dry-run offline on the hub stand-ins: exit 0 when every selected case ran end to end with the SAE "
         "(verdicts go to --table but, on miniatures, do not set the exit code)",
     )
-    gate.set_defaults(run=_gate)
+    gate.set_defaults(run=_gate, registry=None)
 
 
 def _add_selection(parser) -> None:

@@ -35,7 +35,8 @@ def single(args: argparse.Namespace) -> int:
             no_results=args.no_results,
             ray=args.ray,
             device_memory_gb=args.device_memory,
-        )
+        ),
+        registry=args.registry,
     )
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sae_bench.cases.registry import SHIPPED_CASES, cases_selected_by, load_registries
+from sae_bench.cases.registry import SHIPPED_CASES, Registry, cases_selected_by, load_registries
 from sae_bench.cases.selection import Selection
 from sae_bench.engine.evaluate import non_finite_weights
 from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION, BadInput, UnusableSAE
@@ -182,9 +182,10 @@ class GateRequest:
         )
 
 
-def run_gate(request: GateRequest, *, benchmarks: Path = BENCHMARKS) -> int:
+def run_gate(request: GateRequest, *, registry: Registry | None = None, benchmarks: Path = BENCHMARKS) -> int:
     """Run the gate; returns its exit code, having said on stderr why when it is not 0. The new SAE is loaded,
-    checked and hashed once, here, and handed to the suite with its options as objects."""
+    checked and hashed once, here, and handed to the suite with its options as objects; `registry`: the cases of
+    the shipped folder and `request.cases_dirs`, when the caller has read them."""
     sae, cases = request.sae, request.cases
     problem = spec_problem(sae) or output_problem({"--junit": request.junit, "--table": request.table})
     if problem:
@@ -192,7 +193,8 @@ def run_gate(request: GateRequest, *, benchmarks: Path = BENCHMARKS) -> int:
     checked, problem = load_checked(sae, f"the SAE {sae}")
     if problem:
         return _say(problem, EXIT_BAD_INPUT)
-    registry = load_registries((SHIPPED_CASES, *request.cases_dirs))
+    if registry is None:
+        registry = load_registries((SHIPPED_CASES, *request.cases_dirs))
     selected = cases_selected_by(registry, cases)
     if request.rehearse:
         selected = [cid for cid in selected if registry.get(cid).tier == "hub"]
