@@ -1,6 +1,6 @@
-"""The pytest layer of the suite, kept thin (docs/design.md §3): options → `sae_bench.suite.runner.Suite`,
-its outcomes →
-pytest's, its errors → one usage error at collection (exit 4, no INTERNALERROR), and the end-of-run sections."""
+"""The pytest layer of the suite, kept thin (docs/design.md §3): options → `sae_bench.suite.runner.Suite` (or the
+gate's own), its outcomes → pytest's, its errors → one usage error at collection (exit 4, no INTERNALERROR), and the
+end-of-run sections."""
 
 from __future__ import annotations
 

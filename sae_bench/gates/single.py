@@ -25,7 +25,6 @@ import pytest
 
 from sae_bench.cases.registry import SHIPPED_CASES, Registry, cases_selected_by, load_registries
 from sae_bench.cases.selection import Selection
-from sae_bench.engine.evaluate import non_finite_weights
 from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION, BadInput, UnusableSAE
 from sae_bench.option_values import output_problem
 from sae_bench.shipped import in_checkout, shipped
@@ -93,11 +92,9 @@ def spec_problem(spec: str) -> str | None:
     return None
 
 
-def weights_problem(sae) -> str | None:
-    """Why an SAE's weights cannot be evaluated at all: NaN or Inf, or an encoder or decoder of zeros only (no
-    trained SAE; every feature dead, its reconstruction the decoder bias)."""
-    if any(not bool(p.isfinite().all()) for p in sae.parameters()):
-        return f"it cannot be evaluated: {non_finite_weights(sae)}"
+def untrained_problem(sae) -> str | None:
+    """Why an SAE with finite weights (`check_sae`) is still no trained SAE: an encoder or decoder of zeros only
+    (every feature dead, its reconstruction the decoder bias)."""
     zero = [name for name in ("W_enc", "W_dec") if not bool(getattr(sae, name).any())]
     if zero:
         return f"its {' and '.join(zero)} {'is' if len(zero) == 1 else 'are'} all zeros: not a trained SAE"
@@ -109,16 +106,13 @@ def load_checked(spec: str, what: str) -> tuple[CheckedSae | None, str | None]:
     it in the message."""
     try:
         checked = check_sae(spec)
-    except UnusableSAE as err:
-        return (
-            None,
-            f"cannot load {what}: {err.__cause__}"
-            if err.__cause__
-            else f"{what}: it cannot be evaluated: {err.reason}",
-        )
+    except UnusableSAE as err:  # its load failed (the cause), or its weights hold NaN or Inf
+        if err.__cause__ is not None:
+            return None, f"cannot load {what}: {err.__cause__}"
+        return None, f"{what}: it cannot be evaluated: {err.reason}"
     except Exception as err:  # noqa: BLE001 - any load failure is bad input, reported as such
         return None, f"cannot load {what}: {err}"
-    problem = weights_problem(checked.sae)
+    problem = untrained_problem(checked.sae)
     return (None, f"{what}: {problem}") if problem else (checked, None)
 
 
@@ -130,7 +124,7 @@ def replacement_problem(new_sae, case, old_sae=None) -> str | None:
         return problem
     trained_on = getattr(new_sae.cfg.metadata, "model_name", None) or ""
     family = _zoo_family(trained_on)
-    if family and not case.model.startswith(f"zoo:{family}/"):
+    if family and source_spec(case.model).zoo_family != family:
         return f"the SAE was trained on {trained_on} (zoo family {family}); the case's model is {case.model}"
     if old_sae is None:
         return None

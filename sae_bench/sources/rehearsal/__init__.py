@@ -152,7 +152,7 @@ def _build_once(root: Path, extra_saes: Sequence[str], extra_hook: str) -> None:
             summary = {"repos": sorted(needs.repos), "saes": sorted(needs.saes), "datasets": sorted(needs.datasets)}
             done.write_text(json.dumps(summary, indent=2))
         for spec in extra_saes:
-            if spec.split(":")[0] in ("saelens", "wandb", "unreleased") and not Path(spec).is_dir():
+            if source_spec(spec).scheme in ("saelens", "wandb", "unreleased") and not Path(spec).is_dir():
                 write_sae_stand_in(root, spec, hook=extra_hook)
 
 
