@@ -6,19 +6,21 @@ import argparse
 from importlib.metadata import version
 
 from sae_bench.cases.registry import METRIC_GROUPS
-from sae_bench.engine.outliers import OUTLIER_METRIC_DOCS
-from sae_bench.engine.transfer_report import TransferReport
-from sae_bench.engine.universality import PAIRED_METRIC_DOCS
+from sae_bench.engine.definitions import DEFINITIONS
 
 
 def metrics(_: argparse.Namespace) -> int:
-    """Every metric of every group, with its definition (each kept where the metric is computed)."""
-    docs = TransferReport.metric_docs() | OUTLIER_METRIC_DOCS | PAIRED_METRIC_DOCS
-    width = max(len(name) for names in METRIC_GROUPS.values() for name in names)
-    for group, names in METRIC_GROUPS.items():
+    """Every metric of every group (and the report's derived fields), with its definition's version and formula."""
+    grouped = {name for names in METRIC_GROUPS.values() for name in names}
+    groups = {**METRIC_GROUPS, "counts and derived report fields": tuple(n for n in DEFINITIONS if n not in grouped)}
+    width = max(len(name) for name in DEFINITIONS)
+    for group, names in groups.items():
         print(f"[{group}]")
         for name in names:
-            print(f"  {name:<{width}}  {docs[name]}")
+            entry = DEFINITIONS[name]
+            print(f"  {name:<{width}}  v{entry.version}  {entry.formula}")
+            for version, said in sorted(entry.earlier.items()):
+                print(f"  {'':<{width}}  (v{version}: {said})")
     return 0
 
 

@@ -3,7 +3,7 @@
 `ModelBackend` is that interface: the model's sizes and residual hooks, running to a hook (the prefix), one forward
 keeping several hooks, continuing from a hook with a replaced residual (stacked rows), the logits of final-residual
 rows, the folded unembedding, greedy generation for rollouts, counting the rows its blocks run (the forward-pass
-table) and its weights by layer (drift). `HookedBackend` runs a TransformerLens `HookedTransformer` with its own
+table) and its HF checkpoint's weights by layer (drift). `HookedBackend` runs a TransformerLens `HookedTransformer` with its own
 `stop_at_layer` / `start_at_layer`; `BridgeBackend` runs a TransformerBridge on the HF model it wraps
 (`sae_bench.engine.hf_continuation`, since the bridge's `forward(start_at_layer=…)` raises NotImplementedError).
 `backend_of(model)` gives a loaded model's backend; `sae_bench.engine.splicing` and `sae_bench.sources.chat` reach the
@@ -120,18 +120,41 @@ class ModelBackend(ABC):
         """Greedy tokens (prompt and continuation) of a batch of equal-length prompts, at most `new` new ones,
         each stopping after `stop_token`."""
 
-    @abstractmethod
-    def weights_by_layer(self) -> Iterator[tuple[str, str, Tensor]]:
-        """(name, layer, tensor) of every parameter; layer is "block NNN" for a block's, else the module's name."""
+    def hf_weights(self) -> Iterator[tuple[str, str, Tensor]]:
+        """(name, layer, tensor) of every parameter of the model's HF checkpoint, as HF names it (its raw weights,
+        whatever the backend runs); layer is "block NNN" for a decoder layer's, else the module's name. Read again
+        from the checkpoint the model was loaded from, on both backends: a HookedTransformer's own weights are
+        processed (folded norms, centred unembedding), and a bridge adds parameters of its own (a zero `lm_head`
+        bias), so neither model's parameters are the checkpoint's."""
+        checkpoint = getattr(self.model, HF_CHECKPOINT, None)
+        if checkpoint is None:
+            raise ValueError(
+                "this model was not loaded from an HF checkpoint (sae_bench.load_model records it), so its raw "
+                "weights, on which weight drift is defined, are unknown; load it with load_model"
+            )
+        from transformers import AutoModelForCausalLM  # noqa: PLC0415 - heavy, and only weight drift needs it here
+
+        name_or_path, vocab = checkpoint
+        hf = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+        if vocab is not None:
+            hf.resize_token_embeddings(vocab)
+        for name, weight in hf.named_parameters():
+            yield name, _layer_label(name), weight
 
 
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 _HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+HF_CHECKPOINT = "sae_bench_hf_checkpoint"
+"""The attribute a model loaded from an HF checkpoint keeps it under: (name or directory, vocab rows or None)."""
 
 
-def _layer_label(name: str, block: re.Pattern) -> str:
-    match = block.match(name)
-    return f"block {int(match.group(1)):03d}" if match else name.split(".")[0]
+def _layer_label(name: str) -> str:
+    match = _HF_LAYER.match(name)
+    return f"block {int(match.group(1)):03d}" if match else name.removeprefix("model.").split(".")[0]
+
+
+def remember_hf_checkpoint(model: Model, name_or_path: str, vocab: int | None = None) -> None:
+    """Note where a model's weights came from (`ModelBackend.hf_weights` reads them again)."""
+    setattr(model, HF_CHECKPOINT, (str(name_or_path), vocab))
 
 
 class HookedBackend(ModelBackend):
@@ -181,10 +204,6 @@ class HookedBackend(ModelBackend):
             prepend_bos=False,
             return_type="tokens",
         )
-
-    def weights_by_layer(self) -> Iterator[tuple[str, str, Tensor]]:
-        for name, weight in self.model.named_parameters():
-            yield name, _layer_label(name, _BLOCK), weight
 
 
 class BridgeBackend(ModelBackend):
@@ -237,11 +256,6 @@ class BridgeBackend(ModelBackend):
                 eos_token_id=stop_token,
                 pad_token_id=pad_token,
             )
-
-    def weights_by_layer(self) -> Iterator[tuple[str, str, Tensor]]:
-        with unbridged(self.hf):
-            for name, weight in self.hf.named_parameters():
-                yield name, _layer_label(name, _HF_LAYER), weight
 
 
 def _first(output) -> Tensor:

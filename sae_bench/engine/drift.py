@@ -2,12 +2,14 @@
 
 Residual similarity (Kutsyk): per token cos(x_b, x_f) and ‖x_b − x_f‖ on raw activations, reduced globally and
 per position. Weight drift: per parameter ‖W_f − W_b‖_F / ‖W_b‖_F, and per layer (and overall) the same ratio
-over the layer's parameters taken together, √(Σ‖ΔW‖²) / √(Σ‖W_b‖²), so large tensors weigh by their size.
+over the layer's parameters taken together, √(Σ‖ΔW‖²) / √(Σ‖W_b‖²), so large tensors weigh by their size; on the HF
+checkpoints' raw weights, which is what a fine-tune changes and what both backends can read.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -97,10 +99,16 @@ class WeightDrift:
 
 
 def weight_drift(base: Model, finetuned: Model) -> WeightDrift:
-    """Per-parameter, per-layer and overall relative Frobenius drift between two models of one architecture, on
-    the weights their backend holds (HookedTransformer's processed ones, or a bridge's raw HF ones)."""
-    params_b = {name: (layer, w) for name, layer, w in backend_of(base).weights_by_layer()}
-    params_f = {name: w for name, _, w in backend_of(finetuned).weights_by_layer()}
+    """Per-parameter, per-layer and overall relative Frobenius drift between two models of one architecture, on the
+    weights a fine-tune changes: their HF checkpoints' raw weights, the same on either backend (definition 2 of
+    `weight_drift`; version 1 read TransformerLens's processed weights on the hooked backend)."""
+    return drift_between(backend_of(base).hf_weights(), backend_of(finetuned).hf_weights())
+
+
+def drift_between(base: Iterable[tuple[str, str, Tensor]], finetuned: Iterable[tuple[str, str, Tensor]]) -> WeightDrift:
+    """The drift arithmetic on two sets of (name, layer, tensor), matched by name."""
+    params_b = {name: (layer, w) for name, layer, w in base}
+    params_f = {name: w for name, _, w in finetuned}
     if params_b.keys() != params_f.keys():
         only_b, only_f = sorted(params_b.keys() - params_f.keys()), sorted(params_f.keys() - params_b.keys())
         raise ValueError(

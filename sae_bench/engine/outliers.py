@@ -116,16 +116,6 @@ class OutlierBreakdown:
         return row
 
 
-OUTLIER_METRIC_DOCS: dict[str, str] = {
-    "outlier_fraction": "outliers / positions considered (norm above the case's threshold)",
-    "outlier_share_bos": "share of the outliers that are BOS tokens (counted first)",
-    "outlier_share_early_position": "share at position < 10 and not BOS",
-    "outlier_share_newline": "share that are newline tokens, past position 10",
-    "outlier_share_other": "share of every other outlier",
-}
-"""The outlier group's metrics, as `OutlierBreakdown.to_row` reports them (each outlier counted once, in order)."""
-
-
 @dataclass
 class OutlierBreakdownStats:
     """Streams an OutlierBreakdown over (batch, pos) batches."""

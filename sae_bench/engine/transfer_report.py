@@ -1,8 +1,8 @@
 """TransferReport: what one evaluation measured, as plain numbers (None with a reason where undefined).
 
 `TransferAccumulators` streams one evaluation's statistics and `finalize_transfer_report` turns them into the
-report; the metric arithmetic itself lives in metrics.py. Every metric field carries its definition in
-`metadata["doc"]` (`sae-bench metrics` prints them).
+report; the metric arithmetic itself lives in metrics.py, each metric's version and formula in definitions.py
+(`sae-bench metrics` prints them).
 """
 
 from __future__ import annotations
@@ -17,13 +17,15 @@ from torch import Tensor
 
 from sae_bench.engine import metrics
 from sae_bench.engine.backends import Model
+from sae_bench.engine.definitions import formulas
 from sae_bench.engine.eval_config import EvalConfig
 from sae_bench.engine.outliers import OutlierBreakdown, OutlierBreakdownStats
 from sae_bench.engine.splicing import HookSite, SaePass, logits_of_final_rows
 
 
-def _metric(doc: str) -> Any:
-    return field(metadata={"doc": doc, "metric": True})
+def _metric() -> Any:
+    """A metric field; its definition (version and formula) is `sae_bench.engine.definitions.DEFINITIONS[name]`."""
+    return field(metadata={"metric": True})
 
 
 @dataclass(frozen=True)
@@ -32,31 +34,24 @@ class TransferReport:
 
     hook: str
     n_sequences: int
-    n_tokens_reconstructed: int = _metric("positions encoded, spliced and counted in l0 / mse / EV / density")
-    n_predictions: int = _metric("next-token predictions counted in the CE and KL means")
-    l0: float | None = _metric("mean over reconstructed tokens of #{features > 0}")
-    mse: float | None = _metric("mean over reconstructed tokens of ‖x − x̂‖² in the SAE's input space")
-    explained_variance: float | None = _metric("1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², x̄ the mean over all tokens")
-    explained_variance_flattened: float | None = _metric(
-        "1 − Σ(x − x̂)² / Σ(x − m)² over every scalar, m one mean of all elements (Kutsyk's R²)"
-    )
-    explained_variance_per_token: float | None = _metric(
-        "mean over batches of mean over tokens of 1 − ‖x − x̂‖² / ‖x − x̄_batch‖² (Kissane / SAELens legacy)"
-    )
-    explained_variance_per_token_pooled: float | None = _metric(
-        "mean over tokens of 1 − ‖x − x̂‖² / ‖x − x̄‖², x̄ over all tokens (Kissane's alpaca EV); None unless "
-        "EvalConfig.pooled_per_token_ev"
-    )
-    ce_clean: float | None = _metric("token-weighted mean NLL of the clean model")
-    ce_spliced: float | None = _metric("token-weighted mean NLL with the SAE reconstruction spliced in")
-    ce_zero_ablation: float | None = _metric("token-weighted mean NLL with the hook zeroed under the position mask")
-    ce_delta: float | None = _metric("ce_spliced − ce_clean")
-    ce_loss_recovered: float | None = _metric("(ce_zero − ce_spliced) / (ce_zero − ce_clean) of the pooled means")
-    ce_loss_recovered_batch_mean: float | None = _metric("mean over batches of per-batch CE loss recovered")
-    kl_spliced: float | None = _metric("mean over counted predictions of KL(p_clean ‖ p_spliced)")
-    kl_zero: float | None = _metric("mean over counted predictions of KL(p_clean ‖ p_zero_ablated)")
-    kl_score: float | None = _metric("(kl_zero − kl_spliced) / kl_zero")
-    dead_fraction: float | None = _metric("fraction of features that never fire on the reconstructed tokens")
+    n_tokens_reconstructed: int = _metric()
+    n_predictions: int = _metric()
+    l0: float | None = _metric()
+    mse: float | None = _metric()
+    explained_variance: float | None = _metric()
+    explained_variance_flattened: float | None = _metric()
+    explained_variance_per_token: float | None = _metric()
+    explained_variance_per_token_pooled: float | None = _metric()
+    ce_clean: float | None = _metric()
+    ce_spliced: float | None = _metric()
+    ce_zero_ablation: float | None = _metric()
+    ce_delta: float | None = _metric()
+    ce_loss_recovered: float | None = _metric()
+    ce_loss_recovered_batch_mean: float | None = _metric()
+    kl_spliced: float | None = _metric()
+    kl_zero: float | None = _metric()
+    kl_score: float | None = _metric()
+    dead_fraction: float | None = _metric()
     outliers: OutlierBreakdown = field(default=OutlierBreakdown(0, 0, 0, 0, 0, 0))
     feature_density: Tensor | None = field(default=None, repr=False)
     """Per feature: fraction of reconstructed tokens where it fires, (d_sae,) float64."""
@@ -67,8 +62,8 @@ class TransferReport:
 
     @classmethod
     def metric_docs(cls) -> dict[str, str]:
-        """Metric name → its definition, in report order."""
-        return {f.name: f.metadata["doc"] for f in fields(cls) if f.metadata.get("metric")}
+        """Metric name → its formula (`definitions.DEFINITIONS`), in report order."""
+        return formulas([f.name for f in fields(cls) if f.metadata.get("metric")])
 
     def to_row(self) -> dict[str, Any]:
         """A flat dict of scalars (metrics, outlier breakdown, settings) for pandas, expectations and JSON."""

@@ -56,23 +56,6 @@ class PairedConfig:
             raise ValueError(f"PairedConfig: `codes_per_chunk` must be >= 1, got {self.codes_per_chunk}")
 
 
-PAIRED_METRIC_DOCS: dict[str, str] = {
-    "dead_fraction_base": "fraction of features with density 0 in the base model",
-    "dead_fraction_finetuned": "fraction of features with density 0 in the fine-tuned model",
-    "log_density_correlation": "Pearson across features of log10(density + 1e-10) in the two models",
-    "activation_similarity_regular_mean": "mean over regular features (log density in [-5, -1] in both) of the "
-    "Pearson over tokens of f_i(base) vs f_i(fine-tuned); undefined features counted, not averaged",
-    "logit_similarity_regular_mean": "mean over regular features of the Pearson over the vocabulary of "
-    "W_dec[i]·W_U(base) vs W_dec[i]·W_U(fine-tuned)",
-    "dead_activation_error_dead_in_base_only_mean": "mean over features dead only in the base model of "
-    "mean_t |log10(f_b + 1e-10) − log10(f_f + 1e-10)|",
-    "dead_activation_error_dead_in_finetuned_only_mean": "the same over features dead only in the fine-tuned model",
-    "residual_cosine": "mean over positions of cos(x_base, x_finetuned) at the hook",
-    "residual_distance": "mean over positions of ‖x_base − x_finetuned‖ at the hook",
-}
-"""The paired groups' metrics (universality, residual), as `UniversalityReport.summary` reports them."""
-
-
 @dataclass(frozen=True)
 class UniversalityReport:
     """Per-feature statistics (all (d_sae,) float64) and their band summaries."""

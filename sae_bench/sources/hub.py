@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 
 from sae_bench.cache import cache_dir
-from sae_bench.engine.backends import hooked_transformer_on_purpose
+from sae_bench.engine.backends import hooked_transformer_on_purpose, remember_hf_checkpoint
 from sae_bench.errors import BadInput
 from sae_bench.source_spec import parse_spec
 
@@ -200,9 +200,12 @@ def load_hub_model(spec: str, *, device: str, dtype: torch.dtype, backend: str):
     if backend == "bridge":
         from transformer_lens.model_bridge import TransformerBridge  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
-        return TransformerBridge.boot_transformers(name, hf_model=hf_model, device=device, dtype=dtype).eval()
-    with hooked_transformer_on_purpose():
-        return HookedTransformer.from_pretrained(name, hf_model=hf_model, device=device, dtype=dtype)
+        model = TransformerBridge.boot_transformers(name, hf_model=hf_model, device=device, dtype=dtype).eval()
+    else:
+        with hooked_transformer_on_purpose():
+            model = HookedTransformer.from_pretrained(name, hf_model=hf_model, device=device, dtype=dtype)
+    remember_hf_checkpoint(model, parsed.body, int(parsed.params["vocab"]) if "vocab" in parsed.params else None)
+    return model
 
 
 def read_cached_safetensors_shapes() -> None:

@@ -22,7 +22,13 @@ from transformer_lens.pretrained.weight_conversions import (
     convert_qwen2_weights,
 )
 
-from sae_bench.engine.backends import BACKENDS, DEFAULT_BACKEND, Model, hooked_transformer_on_purpose
+from sae_bench.engine.backends import (
+    BACKENDS,
+    DEFAULT_BACKEND,
+    Model,
+    hooked_transformer_on_purpose,
+    remember_hf_checkpoint,
+)
 from sae_bench.errors import BadInput
 from sae_bench.source_spec import parse_spec, source_spec
 from sae_bench.sources import kissane_prompts
@@ -139,6 +145,7 @@ def load_hf_directory(
     model.load_and_process_state_dict(
         state_dict, fold_ln=True, center_writing_weights=False, center_unembed=True, fold_value_biases=True
     )
+    remember_hf_checkpoint(model, directory)
     return model.to(device, print_details=False).eval()
 
 
@@ -189,7 +196,9 @@ def _bridge(name_or_path: str, *, dtype: torch.dtype, device: str, tokenizer):
     """A TransformerBridge over the HF model (its raw weights: no folding, no centring)."""
     from transformer_lens.model_bridge import TransformerBridge  # noqa: PLC0415 - after the rehearsal's set-up: the hub libraries read their settings when imported
 
-    return TransformerBridge.boot_transformers(name_or_path, device=device, dtype=dtype, tokenizer=tokenizer).eval()
+    model = TransformerBridge.boot_transformers(name_or_path, device=device, dtype=dtype, tokenizer=tokenizer).eval()
+    remember_hf_checkpoint(model, name_or_path)
+    return model
 
 
 def load_sae(spec: str, *, device: str = "cpu", dtype: str = "float32"):

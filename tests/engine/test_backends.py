@@ -157,7 +157,7 @@ def test_each_backend_keeps_the_residual_run_to_hook_gives(models, tokens):
         assert torch.allclose(model.final_residual_from(kept[1], 1), final, atol=1e-5), backend
 
 
-def test_weight_drift_reads_each_backends_weights_by_layer(models):
+def test_weight_drift_reads_the_checkpoints_weights_by_layer(models):
     """On the bridge, drift reads the HF model's raw weights, each layer's tensors under "block NNN": equal to a
     plain reference on the HF state dicts."""
     from sae_bench.engine.drift import weight_drift
@@ -173,5 +173,5 @@ def test_weight_drift_reads_each_backends_weights_by_layer(models):
     assert by_layer["block 002"] == pytest.approx(float(expected), rel=1e-12)
     assert {f"block {i:03d}" for i in range(4)} <= set(by_layer)
     assert weight_drift(base, base).overall == 0.0
-    hooked = weight_drift(models["hooked"]["base"], models["hooked"]["instruct"]).per_layer
-    assert set(hooked.layer) >= {f"block {i:03d}" for i in range(4)}
+    hooked = weight_drift(models["hooked"]["base"], models["hooked"]["instruct"])
+    assert hooked.overall == drift.overall  # the checkpoint's weights, whichever backend runs the model

@@ -1,0 +1,151 @@
+"""Every reported metric's definition, in one table: a version and a one-line formula per metric.
+
+A number is comparable with another only under the same definition (docs/design.md §4). When a formula changes, its
+version goes up and the old one is kept in `earlier`; an expectation or a recorded value of another version is then
+"stale", neither passed nor failed (`sae_bench.expectations.rules`), and `sae-bench compare` refuses to compare it.
+Each definition also holds its `pin`: the value it gives on the fixed synthetic input that
+`tests/engine/test_definitions.py` builds, so a formula that changes without a new version fails that test.
+The arithmetic itself lives in `metrics.py` (and `universality.py`, `outliers.py`, `drift.py` for their groups).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Definition:
+    """One metric's current definition; `earlier` maps each former version to what it said."""
+
+    name: str
+    version: int
+    formula: str
+    pin: float | None
+    """Its value on the pinned synthetic input (None: undefined there, which the pin test checks as well)."""
+    earlier: Mapping[int, str] = field(default_factory=dict)
+
+
+def _catalogue(*definitions: Definition) -> dict[str, Definition]:
+    return {d.name: d for d in definitions}
+
+
+DEFINITIONS: dict[str, Definition] = _catalogue(
+    # -- one SAE spliced into one model (TransferReport) -----------------------------------------------------------
+    Definition("n_tokens_reconstructed", 1, "positions encoded, spliced and counted in l0 / mse / EV / density", 78),
+    Definition("n_predictions", 1, "next-token predictions counted in the CE and KL means", 90),
+    Definition("l0", 1, "mean over reconstructed tokens of #{features > 0}", 16.935897435897434),
+    Definition("mse", 1, "mean over reconstructed tokens of ‖x − x̂‖² in the SAE's input space", 0.14971627830280348),
+    Definition("explained_variance", 1, "1 − Σ‖x − x̂‖² / Σ‖x − x̄‖², x̄ the mean over all tokens", 0.9876975774495906),
+    Definition(
+        "explained_variance_flattened",
+        1,
+        "1 − Σ(x − x̂)² / Σ(x − m)² over every scalar, m one mean of all elements (Kutsyk's R²)",
+        0.9897436062022326,
+    ),
+    Definition(
+        "explained_variance_per_token",
+        1,
+        "mean over batches of mean over tokens of 1 − ‖x − x̂‖² / ‖x − x̄_batch‖² (Kissane / SAELens legacy)",
+        0.981033407546994,
+    ),
+    Definition(
+        "explained_variance_per_token_pooled",
+        1,
+        "mean over tokens of 1 − ‖x − x̂‖² / ‖x − x̄‖², x̄ over all tokens (Kissane's alpaca EV); undefined unless "
+        "EvalConfig.pooled_per_token_ev",
+        0.9870880026512889,
+    ),
+    Definition("ce_clean", 1, "token-weighted mean NLL of the clean model", 0.8769242922465007),
+    Definition("ce_spliced", 1, "token-weighted mean NLL with the SAE reconstruction spliced in", 0.8780107074313693),
+    Definition(
+        "ce_zero_ablation", 1, "token-weighted mean NLL with the hook zeroed under the position mask", 4.110873699188232
+    ),
+    Definition("ce_delta", 1, "ce_spliced − ce_clean", 0.0010864151848686276),
+    Definition(
+        "ce_loss_recovered", 1, "(ce_zero − ce_spliced) / (ce_zero − ce_clean) of the pooled means", 0.9996640593131926
+    ),
+    Definition(
+        "ce_loss_recovered_batch_mean", 1, "mean over batches of per-batch CE loss recovered", 0.9994632972014049
+    ),
+    Definition("kl_spliced", 1, "mean over counted predictions of KL(p_clean ‖ p_spliced)", 0.05418533749050564),
+    Definition("kl_zero", 1, "mean over counted predictions of KL(p_clean ‖ p_zero_ablated)", 3.3432893647087947),
+    Definition("kl_score", 1, "(kl_zero − kl_spliced) / kl_zero", 0.9837928065507948),
+    Definition("dead_fraction", 1, "fraction of features that never fire on the reconstructed tokens", 0.1875),
+    # -- outliers (OutlierBreakdown.to_row; each outlier counted once, in this order) -------------------------------
+    Definition("outlier_fraction", 1, "outliers / positions considered (norm above the case's threshold)", 0.1875),
+    Definition("outlier_share_bos", 1, "share of the outliers that are BOS tokens (counted first)", 0.0),
+    Definition("outlier_share_early_position", 1, "share at position < 10 and not BOS", 0.5555555555555556),
+    Definition("outlier_share_newline", 1, "share that are newline tokens, past position 10", 0.0),
+    Definition("outlier_share_other", 1, "share of every other outlier", 0.4444444444444444),
+    # -- one SAE on a base and a fine-tuned model (UniversalityReport.summary, ResidualSimilarity) ------------------
+    Definition("dead_fraction_base", 1, "fraction of features with density 0 in the base model", 0.125),
+    Definition("dead_fraction_finetuned", 1, "fraction of features with density 0 in the fine-tuned model", 0.109375),
+    Definition(
+        "log_density_correlation",
+        1,
+        "Pearson across features of log10(density + 1e-10) in the two models",
+        0.6994822096176033,
+    ),
+    Definition(
+        "activation_similarity_regular_mean",
+        1,
+        "mean over regular features (log density in [-5, -1] in both) of the Pearson over tokens of f_i(base) vs "
+        "f_i(fine-tuned); undefined features counted, not averaged",
+        0.9461648471772864,
+    ),
+    Definition(
+        "logit_similarity_regular_mean",
+        1,
+        "mean over regular features of the Pearson over the vocabulary of W_dec[i]·W_U(base) vs "
+        "W_dec[i]·W_U(fine-tuned)",
+        0.9987613020055248,
+    ),
+    Definition(
+        "dead_activation_error_dead_in_base_only_mean",
+        1,
+        "mean over features dead only in the base model of mean_t |log10(f_b + 1e-10) − log10(f_f + 1e-10)|",
+        0.12205694878848866,
+    ),
+    Definition(
+        "dead_activation_error_dead_in_finetuned_only_mean",
+        1,
+        "the same over features dead only in the fine-tuned model",
+        0.44644719413907885,
+    ),
+    Definition("residual_cosine", 1, "mean over positions of cos(x_base, x_finetuned) at the hook", 0.9900152267478756),
+    Definition("residual_distance", 1, "mean over positions of ‖x_base − x_finetuned‖ at the hook", 0.5311607836525468),
+    # -- derived report fields ---------------------------------------------------------------------------------------
+    Definition(
+        "weight_drift",
+        2,
+        "√(Σ‖W_f − W_b‖²) / √(Σ‖W_b‖²) over every parameter of the HF checkpoints (raw weights, whatever the backend)",
+        0.016597092151243668,
+        earlier={
+            1: "the same ratio over the weights the backend holds: TransformerLens's processed weights on `hooked` "
+            "(folded norms, centred unembedding), HF's raw weights on the bridge",
+        },
+    ),
+)
+"""Metric name → its current definition, in report order."""
+
+
+class UnknownDefinition(KeyError):
+    """A metric name that no definition covers."""
+
+
+def definition(name: str) -> Definition:
+    """The current definition of `name`."""
+    try:
+        return DEFINITIONS[name]
+    except KeyError:
+        raise UnknownDefinition(f"no metric {name!r} is defined (`sae-bench metrics` lists them)") from None
+
+
+def current_version(name: str) -> int:
+    return definition(name).version
+
+
+def formulas(names: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """name → formula, for `sae-bench metrics` and the docs of each report's fields."""
+    return {name: definition(name).formula for name in names}
