@@ -19,8 +19,8 @@ def metrics(_: argparse.Namespace) -> int:
         for name in names:
             entry = DEFINITIONS[name]
             print(f"  {name:<{width}}  v{entry.version}  {entry.formula}")
-            for version, said in sorted(entry.earlier.items()):
-                print(f"  {'':<{width}}  (v{version}: {said})")
+            for former, said in sorted(entry.earlier.items()):
+                print(f"  {'':<{width}}  (v{former}: {said})")
     return 0
 
 

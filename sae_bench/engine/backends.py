@@ -3,8 +3,8 @@
 `ModelBackend` is that interface: the model's sizes and residual hooks, running to a hook (the prefix), one forward
 keeping several hooks, continuing from a hook with a replaced residual (stacked rows), the logits of final-residual
 rows, the folded unembedding, greedy generation for rollouts, counting the rows its blocks run (the forward-pass
-table) and its HF checkpoint's weights by layer (drift). `HookedBackend` runs a TransformerLens `HookedTransformer` with its own
-`stop_at_layer` / `start_at_layer`; `BridgeBackend` runs a TransformerBridge on the HF model it wraps
+table) and its HF checkpoint's weights by layer (drift). `HookedBackend` runs a TransformerLens `HookedTransformer`
+with its own `stop_at_layer` / `start_at_layer`; `BridgeBackend` runs a TransformerBridge on the HF model it wraps
 (`sae_bench.engine.hf_continuation`, since the bridge's `forward(start_at_layer=…)` raises NotImplementedError).
 `backend_of(model)` gives a loaded model's backend; `sae_bench.engine.splicing` and `sae_bench.sources.chat` reach the
 model only through it.
