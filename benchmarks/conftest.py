@@ -39,6 +39,10 @@ class OrphanExpectation(UserWarning):
     """An expectation file that no registered case reads (a case renamed or removed)."""
 
 
+class StaleExpectation(UserWarning):
+    """An expected value measured under another definition of its metric: neither passed nor failed."""
+
+
 @pytest.fixture(scope="session")
 def device(request) -> str:
     return request.config._sae_bench_suite.options.device  # checked when the suite was made
@@ -215,6 +219,16 @@ def pytest_collection_finish(session):
         raise pytest.UsageError(
             f"{len(problems)} expectation file(s) cannot be used; nothing was run:\n" + "\n".join(problems)
         )
+    stale = suite.stale_expectations(case_ids)
+    if stale:
+        message = (
+            f"{len(stale)} expected value(s) were measured under another definition of their metric than this suite's, "
+            "so they are stale: neither passed nor failed. Measure them again with --update-expectations (it shows "
+            "old → new):\n" + "\n".join(stale)
+        )
+        if suite.options.strict_expectations:
+            raise pytest.UsageError(message + "\n(--strict-expectations)")
+        warnings.warn(StaleExpectation(message), stacklevel=2)
     _left_over(
         suite,
         suite.stale_temporaries(),

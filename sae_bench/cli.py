@@ -183,6 +183,15 @@ def _add_expectation_commands(commands) -> None:
         "--root", type=Path, help="expectations folder to write (default in a checkout: its expectations/)"
     )
     published.set_defaults(run="expectations:published")
+    migrate = group.add_parser(
+        "migrate",
+        help="rewrite expectation files written before definition versions (format 1) as format 2, in place: each "
+        "value gains version 1, nothing else changes",
+    )
+    migrate.add_argument(
+        "paths", nargs="*", type=Path, metavar="PATH", help="folders or files (default in a checkout: expectations/)"
+    )
+    migrate.set_defaults(run="expectations:migrate")
 
 
 def _add_result_commands(commands) -> None:
@@ -206,6 +215,12 @@ def _add_result_commands(commands) -> None:
         action="store_true",
         help="compare even when a run did not finish (interrupted, stopped by an error); what it did not reach "
         "counts as vanished",
+    )
+    compare.add_argument(
+        "--allow-redefined",
+        action="store_true",
+        help="compare values measured under different definitions of their metric (refused otherwise, exit 2); "
+        "such rows say both versions in their definition column",
     )
     compare.set_defaults(run="results:compare")
     hist = commands.add_parser(

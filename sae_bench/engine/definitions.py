@@ -134,8 +134,17 @@ class UnknownDefinition(KeyError):
     """A metric name that no definition covers."""
 
 
+PAIRED_DIFFERENCE = "_paired_difference"
+"""The paired release gate's field for metric M, `M_paired_difference`: the mean over units of M(new) − M(old) on the
+same rows. It is defined by M's definition, so it carries M's version."""
+
+
 def definition(name: str) -> Definition:
-    """The current definition of `name`."""
+    """The current definition of `name` (a paired difference's: its metric's version, a formula saying so)."""
+    if name.endswith(PAIRED_DIFFERENCE) and name.removesuffix(PAIRED_DIFFERENCE) in DEFINITIONS:
+        metric = DEFINITIONS[name.removesuffix(PAIRED_DIFFERENCE)]
+        formula = f"mean over units of {metric.name}(new) − {metric.name}(old) on the same rows (paired release gate)"
+        return Definition(name, metric.version, formula, None, metric.earlier)
     try:
         return DEFINITIONS[name]
     except KeyError:

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sae_bench.cases.registry import SHIPPED_CASES, Case, Registry
+from sae_bench.engine.definitions import current_version
 from sae_bench.expectations import files
 from sae_bench.expectations.rules import (
     ExpectationError,
@@ -92,6 +93,25 @@ class CaseExpectations:
                     "or delete it to measure the case afresh"
                 )
         return problems
+
+    def stale(self, registry: Registry, case_ids: Iterable[str]) -> list[str]:
+        """One line per expected value of these cases' groups measured under another definition of its metric than
+        this suite's (`rules.STALE`): the metric, both versions and the fix. Call after `problems` found none."""
+        lines = []
+        for case_id in dict.fromkeys(case_ids):
+            case = registry.get(case_id)
+            found = self.read(case)
+            if found is None:
+                continue
+            names = dict.fromkeys(name for group in case.groups for name in case.metrics(group))
+            for name in names:
+                expectation = found.metrics.get(name)
+                if expectation is not None and expectation.version != current_version(name):
+                    lines.append(
+                        f"{case_id}: {name} expects {expectation.value} under definition v{expectation.version}; "
+                        f"this suite defines {name} as v{current_version(name)} (`sae-bench metrics`)"
+                    )
+        return lines
 
     def stale_temporaries(self, registered: Iterable[Case]) -> list[Path]:
         """Temporary files a killed writer left in any folder a registered case reads its expectations from."""

@@ -1,6 +1,10 @@
 """Expectation files (docs/design.md §6): read, compare, update; the verdict table.
 
-One JSON file per case: `{"case", "provenance", "metrics": {name: {value, abs, rel, direction, basis[, provenance]}}}`.
+One JSON file per case: `{"case", "format", "provenance", "metrics": {name: {value, version, abs, rel, direction,
+basis[, provenance]}}}`. `version` is the definition the value was measured under (`sae_bench.engine.definitions`);
+a value of another version than the code's is "stale": neither passed nor failed, until --update-expectations
+measures it again. A file without `format` was written before versions existed (format 1): every value in it is
+version 1, and `sae-bench expectations migrate` rewrites it as format 2 with no value changed.
 A metric regresses when it moves beyond max(abs, rel·|value|) in the bad `direction` (`higher` is better, `lower` is
 better, `both`: any move is a regression); a move beyond it the good way is "improved" (passes; update the file).
 A `one_sided` metric reproduces a collapse ("at least this bad"): any value on the bad side of `value` is ok, one
@@ -20,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from sae_bench.engine.definitions import DEFINITIONS, current_version
 from sae_bench.errors import BadInput
 
 DIRECTIONS = ("higher", "lower", "both")
@@ -43,6 +48,11 @@ DEFAULT_DIRECTION: dict[str, str] = {
 """Which way is better, for metrics of SAE quality; everything else (clean CE, L0, outlier shares, residual
 similarity: properties of the model and the data) is `both`."""
 
+FORMAT = 2
+"""2: every metric entry carries the `version` of its definition; 1 (no `format` field): written before versions, so
+every value is version 1."""
+STALE = "stale"
+"""The verdict of a value whose expectation was measured under another definition: neither a pass nor a failure."""
 SPREAD_SIGMAS = 3.0
 FLOAT_FLOOR_REL = 1e-5
 """Smallest relative tolerance: float32 forward passes on another BLAS differ by about this much."""
@@ -64,6 +74,8 @@ class MetricExpectation:
     """Per-metric provenance, where it differs from the file's."""
     one_sided: bool = False
     """Check only that the value is at least this bad (a collapsed transfer), in `direction`'s terms."""
+    version: int | None = None
+    """The definition the value was measured under (None: the current one, filled in by ExpectationFile)."""
 
     def __post_init__(self) -> None:
         if self.one_sided and self.direction == "both":
@@ -99,6 +111,11 @@ class ExpectationFile:
     unchecked: dict[str, str] = field(default_factory=dict)
     """Metrics deliberately not checked, with why (e.g. no spread could be measured for a tolerance)."""
 
+    def __post_init__(self) -> None:
+        for name, expectation in self.metrics.items():
+            if expectation.version is None:
+                self.metrics[name] = replace(expectation, version=current_version(name))
+
     def covers(self, name: str) -> bool:
         return name in self.metrics or name in self.unchecked
 
@@ -106,8 +123,8 @@ class ExpectationFile:
         metrics = {}
         for name, expectation in sorted(self.metrics.items()):
             entry = {k: v for k, v in asdict(expectation).items() if v not in (None, "", 0.0) or k == "value"}
-            metrics[name] = entry
-        document = {"case": self.case, "provenance": self.provenance, "metrics": metrics}
+            metrics[name] = {"value": entry.pop("value"), "version": entry.pop("version"), **entry}
+        document = {"case": self.case, "format": FORMAT, "provenance": self.provenance, "metrics": metrics}
         if self.unchecked:
             document["unchecked"] = dict(sorted(self.unchecked.items()))
         return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
@@ -133,13 +150,21 @@ def read_expectations(path: Path) -> ExpectationFile:
     return parse_expectations(path, _load_json(path))
 
 
+def is_bundle(data: Any) -> bool:
+    """Whether a parsed expectation file is a sweep's (one per sweep and model: format, sweep and cases)."""
+    return isinstance(data, dict) and set(data) - {"format"} == {"sweep", "cases"}
+
+
 def read_bundle(path: Path) -> dict[str, ExpectationFile]:
     """A sweep's expectation file (one per sweep and model): each of its cases' expectations, by case id."""
     data = _load_json(path)
-    if not isinstance(data, dict) or set(data) != {"sweep", "cases"} or not isinstance(data["cases"], dict):
-        raise ExpectationError(f"{path}: a sweep's expectation file is a JSON object with sweep and cases")
+    if not is_bundle(data) or not isinstance(data["cases"], dict):
+        raise ExpectationError(f"{path}: a sweep's expectation file is a JSON object with format, sweep and cases")
+    file_format = _format(path, data)
     files = {}
     for case_id, document in data["cases"].items():
+        if isinstance(document, dict) and "format" not in document:
+            document = {**document, "format": file_format}  # the bundle's format holds for each case in it
         files[case_id] = parse_expectations(path, document, inside=f"cases.{case_id}")
         if files[case_id].case != case_id:
             raise ExpectationError(f"{path}: cases.{case_id}.case says {files[case_id].case!r}")
@@ -149,7 +174,43 @@ def read_bundle(path: Path) -> dict[str, ExpectationFile]:
 def bundle_json(sweep: str, files: Mapping[str, ExpectationFile]) -> str:
     """A sweep's expectation file: its cases in id order, each as its own file would hold it."""
     cases = {case_id: json.loads(files[case_id].to_json()) for case_id in sorted(files)}
-    return json.dumps({"sweep": sweep, "cases": cases}, indent=2, ensure_ascii=False) + "\n"
+    for document in cases.values():
+        del document["format"]  # said once, for the whole file
+    return json.dumps({"format": FORMAT, "sweep": sweep, "cases": cases}, indent=2, ensure_ascii=False) + "\n"
+
+
+def _format(path: Path, data: Mapping[str, Any]) -> int:
+    """A file's format: 1 when it has none (written before versions), else 2; anything else is refused."""
+    found = data.get("format", 1)
+    if isinstance(found, bool) or found not in (1, FORMAT):
+        newer = isinstance(found, int) and not isinstance(found, bool) and found > FORMAT
+        why = "written by a newer sae-bench; upgrade it" if newer else f"this suite reads formats 1 and {FORMAT}"
+        raise ExpectationError(f"{path}: format {found!r}: {why}")
+    return found
+
+
+def _version(path: Path, where: str, name: str, entry: Mapping[str, Any], file_format: int) -> int:
+    """The definition version a metric entry was measured under, checked against the code's definitions."""
+    if name not in DEFINITIONS:
+        raise ExpectationError(f"{path}: {where}: no metric {name!r} is defined (`sae-bench metrics` lists them)")
+    if file_format == 1:
+        if "version" in entry:
+            raise ExpectationError(f'{path}: {where}.version: a format-1 file has no versions; add "format": 2')
+        return 1
+    if "version" not in entry:
+        raise ExpectationError(
+            f"{path}: {where}: no version; a format-2 file says which definition each value was measured under "
+            f"(`sae-bench metrics` lists them; {name} is at version {current_version(name)})"
+        )
+    version, current = entry["version"], current_version(name)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ExpectationError(f"{path}: {where}.version: {version!r} is not a definition version (1, 2, …)")
+    if version > current:
+        raise ExpectationError(
+            f"{path}: {where}.version: {version} is newer than this suite's definition of {name} (version "
+            f"{current}); the file was written by a newer sae-bench: upgrade it"
+        )
+    return version
 
 
 def parse_expectations(path: Path, data: Any, inside: str = "") -> ExpectationFile:
@@ -161,9 +222,10 @@ def parse_expectations(path: Path, data: Any, inside: str = "") -> ExpectationFi
     for key in ("case", "provenance", "metrics"):
         if key not in data:
             raise ExpectationError(f"{path}: missing top-level field {key!r}")
-    unknown = set(data) - {"case", "provenance", "metrics", "unchecked"}
+    unknown = set(data) - {"case", "format", "provenance", "metrics", "unchecked"}
     if unknown:
         raise ExpectationError(f"{path}: unknown top-level fields {sorted(unknown)}")
+    file_format = _format(path, data)
     unchecked = data.get("unchecked", {})
     if not isinstance(unchecked, dict) or not all(isinstance(v, str) for v in unchecked.values()):
         raise ExpectationError(f'{path}: unchecked: expected a table of metric = "reason"')
@@ -176,7 +238,7 @@ def parse_expectations(path: Path, data: Any, inside: str = "") -> ExpectationFi
         where = f"metrics.{name}"
         if not isinstance(entry, dict) or "value" not in entry:
             raise ExpectationError(f"{path}: {where}: expected a table with value, direction and abs or rel")
-        unknown = set(entry) - {"value", "direction", "abs", "rel", "basis", "provenance", "one_sided"}
+        unknown = set(entry) - {"value", "version", "direction", "abs", "rel", "basis", "provenance", "one_sided"}
         if unknown:
             raise ExpectationError(f"{path}: {where}: unknown fields {sorted(unknown)}")
         direction = entry.get("direction", DEFAULT_DIRECTION.get(name, "both"))
@@ -196,19 +258,31 @@ def parse_expectations(path: Path, data: Any, inside: str = "") -> ExpectationFi
             basis=entry.get("basis", ""),
             provenance=entry.get("provenance"),
             one_sided=one_sided,
+            version=_version(path, where, name, entry, file_format),
             **tolerance,
         )
     return ExpectationFile(data["case"], data["provenance"], metrics, unchecked)
 
 
+def is_legacy(path: Path) -> bool:
+    """Whether an expectation file (a case's or a sweep's) was written before versions (format 1)."""
+    data = _load_json(path)
+    return isinstance(data, dict) and "format" not in data
+
+
+VERDICT_COLUMNS = ["metric", "expected", "got", "threshold", "direction", "definition", "verdict"]
+
+
 def compare(expected: ExpectationFile, measured: Mapping[str, float | None], names: Sequence[str]) -> pd.DataFrame:
-    """The verdict table for the metrics in `names` that the file holds."""
+    """The verdict table for the metrics in `names` that the file holds. `definition` is the version both sides
+    share ("v1"), or "v1 → v2" where the expectation was measured under an older one: then the verdict is `stale`."""
     rows = []
     for name in names:
         if name not in expected.metrics:
             continue
         expectation = expected.metrics[name]
-        got = measured.get(name)
+        got, current = measured.get(name), current_version(name)
+        same = expectation.version == current
         rows.append(
             {
                 "metric": name,
@@ -216,10 +290,22 @@ def compare(expected: ExpectationFile, measured: Mapping[str, float | None], nam
                 "got": got,
                 "threshold": expectation.threshold,
                 "direction": expectation.direction + (", at least this bad" if expectation.one_sided else ""),
-                "verdict": expectation.verdict(got),
+                "definition": f"v{current}" if same else f"v{expectation.version} → v{current}",
+                "verdict": expectation.verdict(got) if same else STALE,
             }
         )
-    return pd.DataFrame(rows, columns=["metric", "expected", "got", "threshold", "direction", "verdict"])
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def stale_message(path: Path | str, table: pd.DataFrame) -> str:
+    """What a stale row means and the fix, one line per stale metric of a verdict table."""
+    lines = [
+        f"{path}: {row.metric} was measured under definition {row.definition.split(' → ')[0]} and this suite "
+        f"defines it as {row.definition.split(' → ')[1]}; the values are not comparable, so it is neither passed "
+        f"nor failed. Measure it again with --update-expectations (it shows old → new)"
+        for row in table[table.verdict == STALE].itertuples()
+    ]
+    return "\n".join(lines)
 
 
 def is_published(expected: ExpectationFile) -> bool:
@@ -266,12 +352,14 @@ def updated(
         if name in metrics:
             old = metrics[name]
             source = old.provenance
-            if old.value != got or published:
-                diff.append({"metric": name, "old": old.value, "new": got})
+            current = current_version(name)
+            if old.value != got or published or old.version != current:
+                diff.append({"metric": name, "old": old.value, "new": got, "definition": _moved(old.version, current)})
                 # the value it replaces and that value's own source (one level: no chain of replacements)
                 former = {k: v for k, v in dict(old.provenance or existing.provenance).items() if k != "replaces"}
-                source = {**provenance, "replaces": {"value": old.value, "provenance": former}}
-            metrics[name] = replace(old, value=got, provenance=source)
+                replaced = {"value": old.value, "version": old.version, "provenance": former}
+                source = {**provenance, "replaces": replaced}
+            metrics[name] = replace(old, value=got, provenance=source, version=current)
             continue
         if name in unchecked:
             continue
@@ -279,20 +367,25 @@ def updated(
         if got is not None and tolerance is None:
             # no measured spread, so no honest tolerance: record why the metric is not checked rather than guess one
             unchecked[name] = "no spread: the metric is undefined on some of the row subsets"
-            diff.append({"metric": name, "old": None, "new": "unchecked"})
+            diff.append({"metric": name, "old": None, "new": "unchecked", "definition": ""})
             continue
         metrics[name] = MetricExpectation(
             value=got,
             direction=DEFAULT_DIRECTION.get(name, "both"),
             abs=tolerance or 0.0,
             basis=spread_basis if got is not None else "expected undefined",
+            version=current_version(name),
         )
-        diff.append({"metric": name, "old": None, "new": got})
+        diff.append({"metric": name, "old": None, "new": got, "definition": f"v{current_version(name)}"})
     return (
         # a published file keeps its source; each replaced metric says what replaced it
         ExpectationFile(case, existing.provenance if published else provenance, metrics, unchecked),
-        pd.DataFrame(diff, columns=["metric", "old", "new"]),
+        pd.DataFrame(diff, columns=["metric", "old", "new", "definition"]),
     )
+
+
+def _moved(old: int | None, new: int) -> str:
+    return f"v{new}" if old == new else f"v{old} → v{new}"
 
 
 def verdict_markdown(table: pd.DataFrame) -> str:

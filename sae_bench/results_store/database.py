@@ -4,7 +4,8 @@ A file path is an SQLite database (stdlib sqlite3; WAL and a busy timeout let py
 a `postgresql://` URL is a shared PostgreSQL store (psycopg) that several CI runners and Ray drivers write at once,
 with the same schema and the same commands. Tables: `runs` (one row a run of `pytest benchmarks` or `sae-bench
 gate`; its id is the database's own sequence, so concurrent runs never share one), `measurements` (one row a metric
-of a case's groups: value, or null with the reason it is undefined, and its verdict), `vectors` (per-feature arrays
+of a case's groups: value, or null with the reason it is undefined, its verdict, and the version of the metric's
+definition it was measured under), `vectors` (per-feature arrays
 a figure needs, once per run and case, float32 + zlib). A database of another schema version is refused with what
 to do.
 """
@@ -28,11 +29,13 @@ import pandas as pd
 
 from sae_bench.cache import cache_dir
 from sae_bench.cases.selection import Selection
+from sae_bench.engine.definitions import current_version
 from sae_bench.errors import BadInput
 from sae_bench.shipped import in_checkout
 
-SCHEMA_VERSION = 2
-"""2 added measurements.registry (which case registry a case came from); a version-1 file is migrated in place."""
+SCHEMA_VERSION = 3
+"""2 added measurements.registry (which case registry a case came from), 3 measurements.definition (the version of the
+metric's definition the value was measured under); an older database is migrated in place (`_MIGRATIONS`)."""
 DEFAULT_PATH = Path(".sae-bench") / "results.sqlite"
 ENV = "SAE_BENCH_RESULTS"
 
@@ -47,7 +50,7 @@ _SCHEMA = (
     run INTEGER NOT NULL REFERENCES runs(id), case_id TEXT NOT NULL, grp TEXT NOT NULL, metric TEXT NOT NULL,
     value {real}, undefined_reason TEXT, expected {real}, threshold {real}, direction TEXT, verdict TEXT NOT NULL,
     sae TEXT NOT NULL, sae_fingerprint TEXT NOT NULL, model TEXT NOT NULL, model_fingerprint TEXT NOT NULL,
-    tokens INTEGER NOT NULL, registry TEXT NOT NULL DEFAULT '',
+    tokens INTEGER NOT NULL, registry TEXT NOT NULL DEFAULT '', definition INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (run, case_id, metric)
 )""",
     """CREATE TABLE IF NOT EXISTS vectors (
@@ -59,8 +62,17 @@ _SCHEMA = (
 """The tables, in each dialect's types (`_Dialect`): an 8-byte float, an auto-numbered key, bytes."""
 _MEASUREMENT_COLUMNS = (
     "run, case_id, grp, metric, value, undefined_reason, expected, threshold, direction, verdict, sae, "
-    "sae_fingerprint, model, model_fingerprint, tokens, registry"
+    "sae_fingerprint, model, model_fingerprint, tokens, registry, definition"
 )
+_MIGRATIONS: dict[int, str] = {
+    1: "ALTER TABLE measurements ADD COLUMN registry TEXT NOT NULL DEFAULT ''",
+    2: "ALTER TABLE measurements ADD COLUMN definition INTEGER NOT NULL DEFAULT 1",
+}
+"""Schema version → the statement that brings a database of that version to the next. Every value recorded before
+version 3 was measured under version 1 of its metric's definition (the first versioned definitions), so the
+default is the truth for them."""
+_ADDED_COLUMNS = {"registry": "", "definition": 1}
+"""Columns a later schema added, with what a database too old to have them (opened read-only) means by them."""
 
 
 def is_postgres(location: str | Path) -> bool:
@@ -270,13 +282,15 @@ class ResultsDB:
                 for statement in _SCHEMA:
                     self.db.execute(statement.format(**self.db.types))
             found = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if found is not None and found[0] == "1" and not read_only:  # version 1 lacked measurements.registry
-                self.db.execute("ALTER TABLE measurements ADD COLUMN registry TEXT NOT NULL DEFAULT ''")
+            older = found is not None and found[0].isdigit() and int(found[0]) in _MIGRATIONS
+            if older and not read_only:  # migrated in place, one version at a time, in this transaction
+                for step in range(int(found[0]), SCHEMA_VERSION):
+                    self.db.execute(_MIGRATIONS[step])
                 self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
                 found = (str(SCHEMA_VERSION),)
             if found is None and not read_only:
                 self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif found is None or int(found[0]) not in (1, SCHEMA_VERSION):
+            elif found is None or not (older or found[0] == str(SCHEMA_VERSION)):
                 raise ResultsSchemaError(
                     f"{self.path} holds results of schema version {found[0] if found else 'none'}; this suite writes "
                     f"version {SCHEMA_VERSION}. Move the file away (or pass --results with another path) to start a "
@@ -328,7 +342,7 @@ class ResultsDB:
                 _number(row["expected"]) if checked else None, _number(row["threshold"]) if checked else None,
                 row["direction"] if checked else None, row["verdict"] if checked else "unchecked",
                 measured.sae, measured.sae_fingerprint, measured.model, measured.model_fingerprint, measured.tokens,
-                measured.registry,
+                measured.registry, current_version(metric),
             ))  # fmt: skip
         columns = _MEASUREMENT_COLUMNS.split(", ")
         update = ", ".join(f"{c} = excluded.{c}" for c in columns[3:])
@@ -382,7 +396,11 @@ class ResultsDB:
                 params.append(value)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         query = f"SELECT * FROM measurements {where} ORDER BY run, case_id, grp, metric"
-        return self._frame(query, params)
+        frame = self._frame(query, params)
+        for column, meaning in _ADDED_COLUMNS.items():  # an older database, opened read-only, is not migrated
+            if column not in frame.columns:
+                frame[column] = meaning
+        return frame
 
     def vectors(self, run: int, case_id: str) -> dict[str, np.ndarray]:
         rows = self.db.execute("SELECT name, data FROM vectors WHERE run = ? AND case_id = ?", (run, case_id))

@@ -13,6 +13,8 @@ from sae_bench.results_store.database import RUN_FINISHED, ResultsDB
 VANISHED = "vanished"
 """The verdict of a case or metric the baseline measured and the run did not: a regression (docs/design.md §12)."""
 REGRESSIONS = ("regression", VANISHED)
+REDEFINED = "redefined"
+"""The verdict of a metric the two runs measured under different definitions (shown with --allow-redefined)."""
 
 
 def previous_run(db: ResultsDB, run: int) -> int:
@@ -33,19 +35,40 @@ def check_finished(db: ResultsDB, *runs: int) -> None:
         )
 
 
-def compare_runs(db: ResultsDB, baseline: int, run: int) -> pd.DataFrame:
+class RedefinedMetrics(BadInput):
+    """Two runs measured a metric under different definitions: their values are not comparable."""
+
+
+def compare_runs(db: ResultsDB, baseline: int, run: int, *, allow_redefined: bool = False) -> pd.DataFrame:
     """Every metric both runs measured for the same case whose value moved, with its tolerance and a verdict (the
     move judged against the baseline value with the expectation's tolerance and direction), and every case and
-    metric of the baseline that the run did not measure, as `vanished` (a regression)."""
+    metric of the baseline that the run did not measure, as `vanished` (a regression). Values measured under
+    different definitions of their metric are refused (RedefinedMetrics) unless `allow_redefined`; then the
+    `definition` column says both versions ("v1 → v2")."""
     keys = ["case_id", "grp", "metric"]
-    old = db.measurements(baseline)[keys + ["value", "threshold", "direction"]]
-    new = db.measurements(run)[keys + ["value"]]
+    old = db.measurements(baseline)[keys + ["value", "threshold", "direction", "definition"]]
+    new = db.measurements(run)[keys + ["value", "definition"]]
     both = old.merge(new, on=keys, suffixes=("_baseline", "_run"), how="left", indicator=True)
     vanished = both[both._merge == "left_only"]
     both = both[both._merge == "both"]
-    moved = both[~((both.value_baseline == both.value_run) | (both.value_baseline.isna() & both.value_run.isna()))]
+    redefined = both[both.definition_baseline != both.definition_run]
+    if len(redefined) and not allow_redefined:
+        raise RedefinedMetrics(
+            f"run {run} measured {redefined.metric.nunique()} metric(s) under another definition than run {baseline} "
+            f"({_versions(redefined)}): their values are not comparable. Compare runs of one suite version, or pass "
+            "--allow-redefined to see them side by side anyway"
+        )
+    both = both.assign(definition=_moves(both.definition_baseline, both.definition_run))
+    vanished = vanished.assign(definition=vanished.definition_baseline.map(lambda v: f"v{int(v)}"))
+    moved = both[
+        ~((both.value_baseline == both.value_run) | (both.value_baseline.isna() & both.value_run.isna()))
+        | (both.definition_baseline != both.definition_run)
+    ]
     verdicts = []
     for row in moved.itertuples():
+        if row.definition_baseline != row.definition_run:  # shown with --allow-redefined, never judged
+            verdicts.append(REDEFINED)
+            continue
         if pd.isna(row.threshold) or pd.isna(row.value_baseline):
             verdicts.append("moved (no tolerance)" if pd.isna(row.threshold) else "was undefined")
             continue
@@ -57,8 +80,19 @@ def compare_runs(db: ResultsDB, baseline: int, run: int) -> pd.DataFrame:
             vanished.assign(change=None, verdict=VANISHED),
         ]
     )
-    columns = keys + ["value_baseline", "value_run", "change", "threshold", "direction", "verdict"]
+    columns = keys + ["value_baseline", "value_run", "change", "threshold", "direction", "definition", "verdict"]
     return table[columns].reset_index(drop=True)
+
+
+def _moves(old: pd.Series, new: pd.Series) -> list[str]:
+    return [f"v{int(a)}" if a == b else f"v{int(a)} → v{int(b)}" for a, b in zip(old, new, strict=True)]
+
+
+def _versions(rows: pd.DataFrame) -> str:
+    pairs = rows.drop_duplicates("metric")
+    return ", ".join(
+        f"{r.metric} v{int(r.definition_baseline)} → v{int(r.definition_run)}" for r in pairs.head(5).itertuples()
+    ) + (", …" if len(pairs) > 5 else "")
 
 
 def history(db: ResultsDB, case_id: str, metric: str) -> pd.DataFrame:
@@ -67,7 +101,8 @@ def history(db: ResultsDB, case_id: str, metric: str) -> pd.DataFrame:
     if rows.empty:
         raise BadInput(_unknown(db, case_id, metric))
     runs = db.runs()[["id", "started", "git_commit"]].rename(columns={"id": "run"})
-    table = rows.merge(runs, on="run")[["run", "started", "git_commit", "value", "verdict", "sae", "sae_fingerprint"]]
+    columns = ["run", "started", "git_commit", "value", "definition", "verdict", "sae", "sae_fingerprint"]
+    table = rows.merge(runs, on="run")[columns]
     return table.reset_index(drop=True)
 
 

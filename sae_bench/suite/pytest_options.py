@@ -46,7 +46,8 @@ def pytest_addoption(parser):
     group.addoption(
         "--strict-expectations",
         action="store_true",
-        help="an expectation file that no registered case reads is an error, not a warning (CI uses this)",
+        help="an expectation file that no registered case reads, or an expected value measured under another "
+        "definition of its metric (stale), is an error, not a warning (CI uses this)",
     )
     group.addoption(
         "--case-id",

@@ -38,8 +38,7 @@ from sae_bench.sources.rehearsal import scaled_case
 
 SPREAD_SUBSETS = 8
 PACKAGES = ("sae-transfer-bench", "torch", "sae-lens", "transformer-lens")
-VERDICT_COLUMNS = ["case", "group", "metric", "expected", "got", "threshold", "direction", "verdict", "sae"]
-VERDICT_COLUMNS += ["sae_sha256", "hook_mismatch_ok"]
+VERDICT_COLUMNS = ["case", "group", *expectations.VERDICT_COLUMNS, "sae", "sae_sha256", "hook_mismatch_ok"]
 
 
 class ItemSkipped(Exception):
@@ -192,6 +191,11 @@ class Suite:
         """One message per expectation file of these cases that cannot be used, read before any case runs."""
         return self.case_files.problems(self.registry, case_ids)
 
+    def stale_expectations(self, case_ids: Iterable[str]) -> list[str]:
+        """Expected values of these cases measured under another definition of their metric (none to report when
+        this run updates them: --update-expectations measures them again)."""
+        return [] if self.options.update else self.case_files.stale(self.registry, case_ids)
+
     def stale_temporaries(self) -> list[Path]:
         return self.case_files.stale_temporaries(self.shipped)
 
@@ -304,7 +308,7 @@ class Suite:
         self.verdicts.append(table.assign(hook_mismatch_ok=case.hook_mismatch_ok or None))
         if self.results is not None:
             self._record(case, group, measured, table)
-        text = expectations.verdict_markdown(table[["metric", "expected", "got", "threshold", "direction", "verdict"]])
+        text = expectations.verdict_markdown(table[expectations.VERDICT_COLUMNS])
         if rehearsed:  # miniatures are not the real models: report the verdicts, fail only on plumbing
             return None
         if (table.verdict == "regression").any():

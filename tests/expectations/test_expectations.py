@@ -62,7 +62,7 @@ def test_update_rewrites_values_and_keeps_tolerances(tmp_path):
     old = read_expectations(path)
     new, diff = expectations.updated(old, "f/s@m", {"l0": 12.0}, ["l0"], {"kind": "measured", "date": "x"})
     assert new.metrics["l0"].value == 12.0 and new.metrics["l0"].abs == 0.5 and new.metrics["l0"].basis == "spread"
-    assert diff.to_dict("records") == [{"metric": "l0", "old": 10.0, "new": 12.0}]
+    assert diff.to_dict("records") == [{"metric": "l0", "old": 10.0, "new": 12.0, "definition": "v1"}]
     path.write_text(new.to_json())
     assert read_expectations(path).metrics["l0"].value == 12.0
 
@@ -127,7 +127,7 @@ def test_every_shipped_expectation_file_parses():
     files = sorted(root.rglob("*.json"))
     assert files
     for path in files:
-        bundle = json.loads(path.read_text()).keys() == {"sweep", "cases"}  # a sweep's file: one per sweep and model
+        bundle = expectations.is_bundle(json.loads(path.read_text()))  # a sweep's file: one per sweep and model
         for expected in expectations.read_bundle(path).values() if bundle else [read_expectations(path)]:
             assert expected.provenance.get("kind") in ("measured", "published"), path
 
@@ -158,6 +158,7 @@ def test_replacing_a_published_value_keeps_it_and_its_source(tmp_path):
     assert metric.provenance["kind"] == "measured"
     assert metric.provenance["replaces"] == {
         "value": 10.0,
+        "version": 1,
         "provenance": {"kind": "published", "source": "A paper", "table": "Table 1"},
     }
     assert new.provenance["kind"] == "published"  # the file still says where its other values come from
@@ -236,7 +237,11 @@ def test_update_keeps_every_replaced_value_in_the_metric_provenance(tmp_path):
     old = ExpectationFile("f/s@m", {"kind": "measured", "date": "then"}, {"l0": MetricExpectation(10.0, "both", 0.5)})
     new, diff = expectations.updated(old, "f/s@m", {"l0": 12.0}, ["l0"], {"kind": "measured", "date": "now"})
     provenance = new.metrics["l0"].provenance
-    assert provenance["date"] == "now" and provenance["replaces"] == {"value": 10.0, "provenance": old.provenance}
+    assert provenance["date"] == "now" and provenance["replaces"] == {
+        "value": 10.0,
+        "version": 1,
+        "provenance": old.provenance,
+    }
     again, _ = expectations.updated(new, "f/s@m", {"l0": 13.0}, ["l0"], {"kind": "measured", "date": "later"})
     assert again.metrics["l0"].provenance["replaces"]["value"] == 12.0  # one level: the value it replaced
     assert "replaces" not in again.metrics["l0"].provenance["replaces"]["provenance"]

@@ -15,6 +15,8 @@ from sae_bench.results_store.database import CaseMeasurement, ResultsDB
 pytestmark = pytest.mark.full  # the full tier only: `make test-fast` leaves this file out
 
 WRITERS, CASES, METRICS = 6, 10, 5
+NAMES = ["l0", "mse", "ce_clean", "ce_spliced", "kl_zero"]
+"""METRICS defined metrics: each recorded value carries its definition's version."""
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +28,8 @@ def postgres_url():
 
 
 def _measurement(writer: int, case: int) -> CaseMeasurement:
-    values = {f"m{k}": writer * 1000 + case * 10 + k + 0.5 for k in range(METRICS)}
-    verdicts = pd.DataFrame([{"metric": "m0", "expected": 1.0, "threshold": 0.1, "direction": "both", "verdict": "ok"}])
+    values = {NAMES[k]: writer * 1000 + case * 10 + k + 0.5 for k in range(METRICS)}
+    verdicts = pd.DataFrame([{"metric": "l0", "expected": 1.0, "threshold": 0.1, "direction": "both", "verdict": "ok"}])
     return CaseMeasurement(
         f"family/case-{case}", "g", values, {}, verdicts, f"sae-{writer}", "f", f"model-{writer}", "f", 64
     )
@@ -79,10 +81,10 @@ def test_postgres_store_serves_the_report_commands_as_sqlite_does(postgres_url, 
     sqlite = str(tmp_path / "results.sqlite")
     for location in (sqlite, postgres_url):
         db = ResultsDB(location)
-        for shift in (0.0, 0.5):  # a second run in which m0 moved out of its tolerance
+        for shift in (0.0, 0.5):  # a second run in which l0 moved out of its tolerance
             run = db.start_run(selection="compare", device="cpu", git_commit="abc", versions={})
             measured = _measurement(1, 1)
-            values = dict(measured.values) | {"m0": measured.values["m0"] + shift}
+            values = dict(measured.values) | {"l0": measured.values["l0"] + shift}
             db.record(run, CaseMeasurement(**(measured.__dict__ | {"values": values})))
             db.record_vectors(run, "family/case-1", {"density": np.arange(4, dtype=np.float32)})
             db.finish_run(run, 0)
@@ -105,7 +107,7 @@ def test_postgres_store_serves_the_report_commands_as_sqlite_does(postgres_url, 
             2.0,
             3.0,
         ]
-    assert last[sqlite] == last[postgres_url] and "m0" in last[sqlite]
+    assert last[sqlite] == last[postgres_url] and "l0" in last[sqlite]
 
 
 def test_an_unreachable_store_is_one_message(tmp_path):
