@@ -120,6 +120,10 @@ class Case:
     drop_first_token: bool = False
     """Rows lose their first token before any model runs (Kutsyk's exclude_bos on a BOS-prepending store): a
     token-set transform, not a mask."""
+    bands_from_full_rows: bool = False
+    """A universality case with `drop_first_token`: the density bands (regular, dead in one model only) and the dead
+    fractions come from a pass over the full rows, first token included, as Kutsyk's 4_sae_eval computed the
+    densities that 5_features_transfer then read; the similarities still come from the cut rows."""
     sweep: str = ""
     """The sweep this case was expanded from (its expectations live in the sweep's file for its model)."""
     hook_mismatch_ok: str = ""
@@ -498,6 +502,14 @@ class _Reader:
                 f"{sorted(set(groups) - set(allowed))} do not apply to a {'paired' if base_name else 'transfer'} case",
                 f"choose from {list(allowed)}",
             )
+        if settings.get("bands_from_full_rows") and not (settings.get("drop_first_token") and "universality" in groups):
+            raise CaseFileError(
+                self.path,
+                f"{where}.bands_from_full_rows",
+                "applies to a universality case whose rows lose their first token; without drop_first_token the "
+                "bands already come from the full rows",
+                'set drop_first_token = true and groups = ["universality"], or drop bands_from_full_rows',
+            )
         mask, variant = settings.get("mask", "all"), settings.get("variant", "")
         return Case(
             id=case_id(self.family, sae_name, model_name, base_name, mask, variant),
@@ -542,7 +554,7 @@ class _Reader:
             if not (isinstance(value, int | float) and value > 0):
                 raise bad(f"expected a positive number, got {value!r}", "scaling_factor = 7.93")
             return float(value)
-        if key in ("exclude_special_tokens", "gpu", "slow", "drop_first_token"):
+        if key in ("exclude_special_tokens", "gpu", "slow", "drop_first_token", "bands_from_full_rows"):
             if not isinstance(value, bool):
                 raise bad(f"expected true or false, got {value!r}", f"{key} = true")
             return value

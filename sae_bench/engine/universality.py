@@ -10,7 +10,7 @@ correlations, dead-feature activation errors and residual similarity all stream 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from sae_lens import SAE
@@ -72,6 +72,16 @@ class UniversalityReport:
     dead_in_base_only: Tensor
     dead_in_finetuned_only: Tensor
     residual: ResidualSimilarity
+
+    def with_bands_from(self, density_base: Tensor, density_finetuned: Tensor) -> UniversalityReport:
+        """This report with its densities, and so its bands, dead fractions and density fit, taken from another
+        token set (Kutsyk's Gemma case: densities over the full rows, similarities over the rows without BOS)."""
+        return replace(
+            self,
+            density_base=density_base,
+            density_finetuned=density_finetuned,
+            **bands(density_base, density_finetuned),
+        )
 
     def summary(self) -> dict[str, float | int | None]:
         """Band means (NaN-free: undefined features are counted, not averaged), dead fractions, density fit."""
@@ -175,8 +185,6 @@ def evaluate_universality(
             pearson.update_pair(pair)
             dead_error.update_pair(pair)
     d_b, d_f = density_b.density(), density_f.density()
-    log_b, log_f = metrics.log_density(d_b), metrics.log_density(d_f)
-    low, high = REGULAR_LOG_DENSITY
     return UniversalityReport(
         n_tokens=density_b.n_tokens,
         density_base=d_b,
@@ -189,8 +197,18 @@ def evaluate_universality(
             chunk_size=config.logit_chunk_size,
         ),
         dead_activation_error=dead_error.compute(),
-        regular=(log_b >= low) & (log_b <= high) & (log_f >= low) & (log_f <= high),
-        dead_in_base_only=(d_b == 0) & (d_f > 0),
-        dead_in_finetuned_only=(d_f == 0) & (d_b > 0),
         residual=residual.compute(),
+        **bands(d_b, d_f),
     )
+
+
+def bands(density_base: Tensor, density_finetuned: Tensor) -> dict[str, Tensor]:
+    """The feature bands two densities give: regular (log density in REGULAR_LOG_DENSITY in both), and dead in one
+    model only (density 0 there, above 0 in the other)."""
+    log_b, log_f = metrics.log_density(density_base), metrics.log_density(density_finetuned)
+    low, high = REGULAR_LOG_DENSITY
+    return {
+        "regular": (log_b >= low) & (log_b <= high) & (log_f >= low) & (log_f <= high),
+        "dead_in_base_only": (density_base == 0) & (density_finetuned > 0),
+        "dead_in_finetuned_only": (density_finetuned == 0) & (density_base > 0),
+    }

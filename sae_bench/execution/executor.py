@@ -40,10 +40,12 @@ def split_rows(tokens: CaseTokens, k: int) -> list[CaseTokens]:
     size = tokens.tokens.shape[0] // k
     if size < 1:
         raise ValueError(f"cannot split {tokens.tokens.shape[0]} rows into {k} subsets")
-    mask = tokens.position_mask
+
+    def rows(tensor: Tensor | None, i: int) -> Tensor | None:
+        return None if tensor is None else tensor[i * size : (i + 1) * size]
+
     return [
-        CaseTokens(tokens.tokens[i * size : (i + 1) * size], None if mask is None else mask[i * size : (i + 1) * size])
-        for i in range(k)
+        CaseTokens(rows(tokens.tokens, i), rows(tokens.position_mask, i), rows(tokens.full_rows, i)) for i in range(k)
     ]
 
 
@@ -198,6 +200,13 @@ class CaseExecutor:
                 prefix_base=self.prefix(case, case.base_model) if whole else None,
                 prefix_finetuned=self.prefix(case, case.model) if whole else None,
             )
+            if case.bands_from_full_rows:  # Kutsyk's Gemma bands: densities over the full rows, BOS included
+                full = evaluate_universality(self.model(case.base_model), model, sae, tokens.full_rows, config)
+                report = report.with_bands_from(full.density_base, full.density_finetuned)
+                if whole:  # another token set: its floor is one more prefix per model
+                    blocks = resolve_hook(model, case.hook).blocks_before
+                    for spec in (case.base_model, case.model):
+                        self.cost.add_floor(spec, tokens.full_rows.shape[0], blocks)
             summary = dict(report.summary())
             vectors = {
                 "density_base": report.density_base,

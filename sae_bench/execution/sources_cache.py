@@ -38,6 +38,8 @@ class CaseTokens:
 
     tokens: Tensor
     position_mask: Tensor | None
+    full_rows: Tensor | None = None
+    """The rows before their first token was cut (`drop_first_token`), row for row with `tokens`; else None."""
 
 
 class SourcesCache:
@@ -136,14 +138,15 @@ class SourcesCache:
     def _load_tokens(self, case: Case, reader) -> CaseTokens:
         n_rows = max(1, case.tokens // case.context)
         if case.mask not in CHAT_MASKS:
-            rows = load_dataset_rows(case.dataset, n_rows, case.context, reader)
+            rows = full = load_dataset_rows(case.dataset, n_rows, case.context, reader)
             if case.drop_first_token:  # the rows every model then runs on, not a mask over the full rows
                 rows = rows[:, 1:].contiguous()
+            kept = full if case.drop_first_token else None  # what bands_from_full_rows reads
             if case.mask == "all":
-                return CaseTokens(rows, None)
+                return CaseTokens(rows, None, kept)
             mask = torch.ones_like(rows, dtype=torch.bool)
             mask[:, 0] = False  # all-but-first
-            return CaseTokens(rows, mask)
+            return CaseTokens(rows, mask, kept)
         chat = self.rollouts(case, n_rows)
         return CaseTokens(chat.tokens, chat.mask(case.mask))
 

@@ -23,7 +23,7 @@ from sae_bench.reports import figures as report_figures
 from sae_bench.results_store.database import RUN_FINISHED, ResultsDB, cases_matching
 from sae_bench.sources.loading import load_model
 from sae_bench.sources.zoo.artifacts import read_manifest
-from sae_bench.sources.zoo.recipes import CARD_BACKEND, FAMILIES  # drift as the zoo card measures it
+from sae_bench.sources.zoo.recipes import FAMILIES
 
 MARKS = {"ok": "✓", "regression": "✗", "improved": "↑", "unchecked": "·"}
 GRID_METRICS = {"ce_loss_recovered": "CE rec.", "explained_variance": "EV", "l0": "L0"}
@@ -168,7 +168,7 @@ def _dose_points(family: str, cases: list[Case], frame: pd.DataFrame) -> pd.Data
     manifest = read_manifest()["models"]
 
     def zoo_model(name: str):
-        return load_model(f"zoo:{family}/{name}", backend=CARD_BACKEND)
+        return load_model(f"zoo:{family}/{name}")
 
     base = zoo_model("base")
     rows = []

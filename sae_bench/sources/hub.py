@@ -263,7 +263,9 @@ def load_hub_rows(dataset: str, n_rows: int, context: int, tokenizer) -> torch.T
     tokenised with BOS in front, rows cut from the stream, each row starting with BOS); `?sep=none` is that store
     with `prepend_bos = false` (SAELens 3.22 `get_batch_tokens`): documents concatenated with no separator at all
     and rows of `context` tokens with no BOS (Kutsyk's Mistral SAE was trained so); `?bos=0` drops only the
-    row-start BOS."""
+    row-start BOS. `?tokenized=1` reads a pretokenized dataset (SAELens's PretokenizeRunner layout: one row of
+    token ids per record, in `input_ids` or `?column=`) as the SAELens store does when a record holds exactly a
+    row: each record is one row, as it is stored (its first `context` tokens)."""
     from datasets import load_dataset
 
     parsed = parse_spec(dataset)
@@ -276,6 +278,10 @@ def rows_from_records(records, dataset: str, n_rows: int, context: int, tokenize
     """The rows `load_hub_rows` cuts from a stream of the dataset's records, reading no record past the last row
     (so that `sae-bench fetch` keeps exactly the records a case reads)."""
     parsed = parse_spec(dataset)
+    if parsed.params.get("tokenized", "0") not in ("0", "1"):
+        raise BadInput(f"{dataset}: tokenized is 0 or 1, not {parsed.params['tokenized']!r}")
+    if parsed.params.get("tokenized") == "1":
+        return _pretokenized_rows(records, dataset, parsed.params.get("column", "input_ids"), n_rows, context)
     column = parsed.params.get("column", "text")
     sep = parsed.params.get("sep", "eos")
     if sep not in ("eos", "bos", "none"):
@@ -301,6 +307,26 @@ def rows_from_records(records, dataset: str, n_rows: int, context: int, tokenize
                 break
             rows.append(row_head + buffer[:take])
             buffer = buffer[take:]
+        if len(rows) == n_rows:
+            break
+    if len(rows) < n_rows:
+        raise BadInput(f"{dataset} holds {len(rows)} rows of {context} tokens; the case asks for {n_rows}")
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _pretokenized_rows(records, dataset: str, column: str, n_rows: int, context: int) -> torch.Tensor:
+    """The first `n_rows` records' token ids, each cut to `context`; a record shorter than that is refused."""
+    rows = []
+    for record in records:
+        if column not in record:
+            raise BadInput(
+                f"{dataset}: its records have no {column!r} column (they have {sorted(record)}); pass ?column="
+            )
+        if len(record[column]) < context:
+            raise BadInput(
+                f"{dataset}: a record holds {len(record[column])} tokens; the case asks for rows of {context}"
+            )
+        rows.append(list(record[column][:context]))
         if len(rows) == n_rows:
             break
     if len(rows) < n_rows:

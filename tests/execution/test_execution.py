@@ -10,6 +10,7 @@ import sae_bench.execution.sources_cache
 from sae_bench.cases.registry import Case
 from sae_bench.engine.backends import backend_of
 from sae_bench.execution.executor import CaseExecutor, split_rows
+from sae_bench.execution.sources_cache import CaseTokens
 
 CASE = Case(
     id="f/s@m",
@@ -55,9 +56,10 @@ def test_paired_cases_read_the_text_with_the_base_models_tokenizer(monkeypatch):
 
 def test_split_rows_gives_disjoint_equal_slices():
     tokens = torch.arange(20).view(10, 2)
-    parts = split_rows(SimpleNamespace(tokens=tokens, position_mask=None), 3)
+    parts = split_rows(CaseTokens(tokens[:, 1:], None, full_rows=tokens), 3)
     assert [p.tokens.shape[0] for p in parts] == [3, 3, 3]
-    assert torch.equal(torch.cat([p.tokens for p in parts]), tokens[:9])
+    assert torch.equal(torch.cat([p.tokens for p in parts]), tokens[:9, 1:])
+    assert torch.equal(torch.cat([p.full_rows for p in parts]), tokens[:9])  # row for row with the cut rows
 
 
 @pytest.mark.full

@@ -132,3 +132,23 @@ def _records_for(hub, tokenizer, spec, _, rows, context) -> int:
     from sae_bench.sources.fetch import records_read
 
     return len(records_read(iter(hub), [(spec, "tok", rows, context)], lambda _: tokenizer))
+
+
+def test_a_pretokenized_dataset_is_read_one_stored_row_per_record():
+    """`?tokenized=1` (SAELens's PretokenizeRunner layout, e.g. ctigges/openwebtext-gemma-1024-cl): each record's
+    `input_ids` is one row as stored, cut to the context; anything else is one message."""
+    from sae_bench.errors import BadInput
+    from sae_bench.sources.hub import rows_from_records
+
+    records = [{"input_ids": list(range(10 * i, 10 * i + 8))} for i in range(5)]
+    rows = rows_from_records(iter(records), "hf:org/set?tokenized=1", 3, 6, tokenizer=None)
+    assert rows.tolist() == [list(range(10 * i, 10 * i + 6)) for i in range(3)]
+    assert rows_from_records(iter(records), "hf:org/set?tokenized=1", 5, 8, None).shape == (5, 8)
+    with pytest.raises(BadInput, match="a record holds 8 tokens; the case asks for rows of 9"):
+        rows_from_records(iter(records), "hf:org/set?tokenized=1", 2, 9, None)
+    with pytest.raises(BadInput, match="holds 5 rows of 8 tokens; the case asks for 6"):
+        rows_from_records(iter(records), "hf:org/set?tokenized=1", 6, 8, None)
+    with pytest.raises(BadInput, match="no 'tokens' column .*pass \\?column="):
+        rows_from_records(iter(records), "hf:org/set?tokenized=1&column=tokens", 2, 8, None)
+    with pytest.raises(BadInput, match="tokenized is 0 or 1, not 'yes'"):
+        rows_from_records(iter(records), "hf:org/set?tokenized=yes", 2, 8, None)

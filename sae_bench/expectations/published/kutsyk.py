@@ -70,10 +70,18 @@ UNIVERSALITY_ROWS = {
     "mistral-7b": "every position of rows built as the SAE's prepend_bos = false store built them (documents "
     "concatenated, no separator; the notebook's exclude_bos acts only on a BOS-prepending store, so it kept "
     "position 0)",
-    "gemma-2b": "every position of rows whose leading BOS was cut before both models ran (the notebook's "
-    "exclude_bos: tokens[:, 1:])",
+    "gemma-2b": "similarities and dead activation errors: every position of rows whose leading BOS was cut before "
+    "both models ran (5_features_transfer's exclude_bos: tokens[:, 1:]); the bands they are averaged over: the "
+    "densities of every position of the full rows, BOS included (4_sae_eval's, which 5_features_transfer loads)",
 }
 """Which rows and positions the universality figures cover, per family (docs/seed-conventions.md §3)."""
+RESIDUAL_ROWS = {
+    "mistral-7b": "",
+    "gemma-2b": "; the notebook's token set (pre_3_compute_activations' DATASET_NAME): the stored rows of "
+    "ctigges/openwebtext-gemma-1024-cl, 1024 gemma-2b tokens each (BOS first, documents joined by EOS), 250 of them, "
+    "which the case reads as they are stored",
+}
+"""Which token set the residual similarity was computed on, where the case file names it."""
 
 
 def _universality(case: str, section: str, figures: dict, unchecked: dict) -> ExpectationFile:
@@ -145,7 +153,7 @@ def kutsyk() -> list[ExpectationFile]:
             _file(
                 case,
                 "section 3 table (global mean cosine similarity)",
-                "every position, BOS included, raw activations",
+                "every position, BOS included, raw activations" + RESIDUAL_ROWS[case.split("/")[0]],
                 {"residual_cosine": expectation("residual_cosine", cosine)},
             )
         )

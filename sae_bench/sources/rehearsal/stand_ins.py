@@ -26,7 +26,13 @@ import torch
 from safetensors.torch import save_file
 
 from sae_bench.source_spec import parse_spec, source_spec
-from sae_bench.sources.rehearsal.miniatures import D_MODEL, miniature, save_miniature, training_texts
+from sae_bench.sources.rehearsal.miniatures import (
+    D_MODEL,
+    build_tokenizer,
+    miniature,
+    save_miniature,
+    training_texts,
+)
 
 D_SAE = 256
 """Width of every miniature SAE."""
@@ -324,8 +330,15 @@ def _documents() -> list[str]:
     return [text for text in training_texts() if len(text) > 200]
 
 
+PRETOKENIZED: dict[str, tuple[str, int]] = {"ctigges/openwebtext-gemma-1024-cl": ("google/gemma-2b", 1024)}
+"""Pretokenized datasets (SAELens's PretokenizeRunner layout): the model whose tokenizer wrote them, and the row
+length. openwebtext-gemma-1024-cl's `sae_lens.json`: gemma-2b's tokenizer, context_size 1024, begin_batch_token
+bos, sequence_separator_token eos, shuffled; one `input_ids` row per record."""
+
+
 def write_dataset(root: Path, repo: str) -> Path:
-    """A local copy of `repo` in its own layout: Pile-style JSON lines, alpaca rows or FineWeb parquet."""
+    """A local copy of `repo` in its own layout: Pile-style JSON lines, alpaca rows, FineWeb parquet, or a
+    pretokenized dataset's `input_ids` rows (tokenized by the miniature of the model that wrote it)."""
 
     directory = root / repo
     directory.mkdir(parents=True, exist_ok=True)
@@ -340,6 +353,16 @@ def write_dataset(root: Path, repo: str) -> Path:
             rows.append({"instruction": instruction, "input": context, "output": output, "text": instruction})
         (directory / "data").mkdir(exist_ok=True)
         pd.DataFrame(rows).to_parquet(directory / "data" / "train-00000-of-00001.parquet", index=False)
+    elif repo in PRETOKENIZED:
+        model, context = PRETOKENIZED[repo]
+        tokenizer = build_tokenizer(miniature(model).tokenizer, miniature(model).vocab_size)
+        stream = []
+        for text in documents * 4:  # enough rows for the rehearsal's token budgets
+            stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        body = context - 1  # each row: BOS, then the stream (documents joined by EOS), as the runner cuts it
+        rows = [[tokenizer.bos_token_id, *stream[i : i + body]] for i in range(0, len(stream) - body + 1, body)]
+        (directory / "data").mkdir(exist_ok=True)
+        pd.DataFrame({"input_ids": rows}).to_parquet(directory / "data" / "train-00000-of-00001.parquet", index=False)
     elif repo == "HuggingFaceFW/fineweb":
         (directory / "data" / "CC-MAIN-2024-10").mkdir(parents=True, exist_ok=True)
         frame = pd.DataFrame({"text": documents, "id": [f"<urn:uuid:{i}>" for i in range(len(documents))]})

@@ -14,9 +14,6 @@ CONTEXT = 128
 VOCAB_SIZE = 2048
 HOOK = "blocks.2.hook_resid_pre"  # the middle layer of four, as the seeds took a middle layer
 D_MODEL = 128
-CARD_BACKEND = "hooked"
-"""The backend the zoo card's measurements (and the report's drift, which repeats them) run on: weight drift is
-taken over the weights a backend holds, TransformerLens's processed ones here, which the card was measured on."""
 
 
 @dataclass(frozen=True)

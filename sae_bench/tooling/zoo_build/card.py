@@ -1,9 +1,8 @@
 """`sae-bench zoo card`: measure the shipped zoo through the library and write `zoo/CARD.md`.
 
 Every number in the card comes from this module run on the committed artifacts (models and SAEs loaded through
-`sae_bench.sources.loading`, as the cases load them), on the shipped held-out token rows. Its models run on the
-`hooked` backend, as the card was measured: weight drift is taken over the weights a backend holds, TransformerLens's
-processed ones there and HF's raw ones on the bridge (0.080 against 0.071 for tiny-mistral instruct).
+`sae_bench.sources.loading`, as the cases load them, on the default backend), on the shipped held-out token rows.
+Weight drift is definition 2's: over the HF checkpoints' raw weights, the same on either backend.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from sae_bench.engine.outliers import OutlierPolicy
 from sae_bench.reports.seed_report import SEED_TABLE_COLUMNS, seed_table
 from sae_bench.sources.loading import load_model, load_sae, load_zoo_data
 from sae_bench.sources.zoo.artifacts import read_manifest, zoo_root
-from sae_bench.sources.zoo.recipes import CARD_BACKEND, CONTEXT, FAMILIES, HOOK, Family
+from sae_bench.sources.zoo.recipes import CONTEXT, FAMILIES, HOOK, Family
 
 OUTLIER_MEAN_NORMS = 3.0
 """Zoo outlier threshold: 3× the evaluated model's mean norm at the hook (Kissane's Mistral threshold, 200 on
@@ -46,7 +45,7 @@ class ZooMeasurer:
 
     def model(self, name: str):
         if name not in self._models:
-            self._models[name] = load_model(f"zoo:{name}", backend=CARD_BACKEND)
+            self._models[name] = load_model(f"zoo:{name}")
         return self._models[name]
 
     def sae(self, name: str):
