@@ -403,7 +403,7 @@ def test_a_case_asking_more_rows_than_its_dataset_has_fails_with_the_fix(capsys,
     path.write_text(path.read_text().replace("tokens = 16384", "tokens = 99999999", 1))
     code, text = suite(capsys, f"--cases-dir={cases_copy}", "--case-id", USER_CASE, "--no-results", "-k", "ce")
     assert code == pytest.ExitCode.TESTS_FAILED
-    assert_clear(text, "bad input: zoo:heldout holds 256 rows", "lower tokens to at most 32768")
+    assert_clear(text, "bad input: zoo:heldout holds 1274 rows", "lower tokens to at most 163072")
     assert "During handling" not in text
 
 

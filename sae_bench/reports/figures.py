@@ -48,7 +48,10 @@ def heatmaps(grid: dict[str, pd.DataFrame], family: str, run: int) -> plt.Figure
 def dose_response(points: pd.DataFrame, cases: str, run: int) -> plt.Figure:
     """CE recovered and EV of the base SAE against fine-tune steps and against weight drift."""
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, x, label in ((axes[0], "steps", "fine-tune steps"), (axes[1], "drift", "relative weight drift ‖ΔW‖/‖W‖")):
+    for ax, x, label in (
+        (axes[0], "steps", "fine-tune steps"),
+        (axes[1], "drift", "relative weight drift ‖ΔW‖/‖W‖ (HF checkpoint weights, v2)"),
+    ):
         for metric, marker in (("ce_loss_recovered", "o"), ("explained_variance", "s")):
             ax.plot(points[x], points[metric], marker=marker, label=metric)
         for _, row in points.iterrows():

@@ -59,6 +59,25 @@ def test_held_out_rows_start_with_bos_and_fit_the_vocabulary(heldout):
     assert 0 <= int(heldout.min()) and int(heldout.max()) < len(tokenizer)
 
 
+FIRST_ROWS_SHA256 = "245d7ecde7270ddb7e271b178b3813b2cb941893a3462a539e37a865a0b70fc5"
+"""sha256 of the int16 bytes of the 256 held-out rows the zoo first shipped (every stored value was measured on rows
+among them)."""
+
+
+def test_the_held_out_rows_were_extended_after_the_first_ones_not_among_them():
+    """1274 rows now (every held-out row of the corpus: 20 disjoint draws of 60 rows for the release gate's
+    false-alarm measurement), the first 256 byte for byte as before, and no row of the training text among them."""
+    import hashlib
+
+    from sae_bench.tooling.zoo_build.build import HELDOUT_FIRST_ROWS
+
+    rows = load_zoo_data("heldout")["input_ids"]
+    assert rows.shape == (1274, CONTEXT)
+    first = rows[:HELDOUT_FIRST_ROWS].to(torch.int16).numpy().tobytes()
+    assert hashlib.sha256(first).hexdigest() == FIRST_ROWS_SHA256
+    assert len({tuple(r) for r in rows.tolist()}) == len(rows)  # no row twice
+
+
 @pytest.mark.parametrize(
     "text", ["The with statement.", "def f(x):\n    return x ** 2  # squared\n", "naïve café — ok", "   spaces\t\ttabs"]
 )

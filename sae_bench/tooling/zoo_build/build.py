@@ -39,7 +39,9 @@ from sae_bench.tooling.sae_training import finetune_sae, train_sae
 from sae_bench.tooling.zoo_build.corpus import Corpus, build_corpus
 from sae_bench.tooling.zoo_build.lm_training import pack_documents, pack_exchanges, train_causal_lm
 
-HELDOUT_ROWS = 256
+HELDOUT_FIRST_ROWS = 256
+"""The held-out rows the zoo shipped first (prose, then code); every case and expectation reads rows among them, so
+the rows added after them (the rest of the held-out code) moved no value."""
 
 
 def _versions() -> dict[str, str]:
@@ -61,6 +63,14 @@ def split_texts(corpus: Corpus) -> dict[str, list[str]]:
         "heldout_prose": [d.text for d in corpus.split("prose", held_out=True)],
         "heldout_code": [d.text for d in corpus.split("code", held_out=True)],
     }
+
+
+def heldout_rows(tokenizer, texts: dict[str, list[str]]) -> torch.Tensor:
+    """Every held-out row the corpus gives, int16: the prose rows, then the code rows (1274 rows of BOS + 127
+    tokens; the first HELDOUT_FIRST_ROWS of them are the rows the zoo first shipped, byte for byte)."""
+    prose = pack_documents(tokenizer, texts["heldout_prose"], CONTEXT)
+    code = pack_documents(tokenizer, texts["heldout_code"], CONTEXT)
+    return torch.cat([prose, code]).to(torch.int16).contiguous()
 
 
 def held_out_instructions(tokenizer, corpus: Corpus) -> dict[str, torch.Tensor]:
@@ -92,11 +102,8 @@ class ZooBuilder:
         tokenizer = train_tokenizer(self.texts["pretrain"], VOCAB_SIZE)
         tokenizer.save_pretrained(self.root / "tokenizer")
         tokenizer = load_tokenizer(self.root / "tokenizer")
-        prose = pack_documents(tokenizer, self.texts["heldout_prose"], CONTEXT)
-        code = pack_documents(tokenizer, self.texts["heldout_code"], CONTEXT)
-        heldout = torch.cat([prose, code[: max(0, HELDOUT_ROWS - len(prose))]])[:HELDOUT_ROWS]
         (self.root / "data").mkdir(parents=True, exist_ok=True)
-        save_file({"input_ids": heldout.to(torch.int16).contiguous()}, self.root / "data" / "heldout.safetensors")
+        save_file({"input_ids": heldout_rows(tokenizer, self.texts)}, self.root / "data" / "heldout.safetensors")
         save_file(
             held_out_instructions(tokenizer, self.corpus), self.root / "data" / "instructions-heldout.safetensors"
         )
@@ -227,7 +234,8 @@ class ZooBuilder:
                 "tokenizer": {"vocab_size": VOCAB_SIZE, "kind": "byte-level BPE (tokenizers)"},
                 "context": CONTEXT,
                 "data": {
-                    "heldout": "held-out prose rows, then held-out code rows: BOS + 127 tokens each",
+                    "heldout": "held-out prose rows, then held-out code rows: BOS + 127 tokens each (1274 rows; "
+                    "the first 256 as first shipped)",
                     "instructions-heldout": "held-out chat exchanges, one per row, right-padded",
                 },
                 "families": {f.name: {"architecture": f.architecture, "pairs": f.pairs} for f in FAMILIES.values()},
