@@ -20,6 +20,18 @@ def test_metrics_lists_every_metric_of_every_group_with_its_definition(capsys):
         assert any(line.split()[:1] == [name] for line in lines) or name.startswith("n_")
 
 
+def test_metrics_lists_each_definitions_version_and_what_earlier_ones_said(capsys):
+    from sae_bench.engine.definitions import DEFINITIONS
+
+    assert main(["metrics"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, entry in DEFINITIONS.items():
+        [line] = [line for line in lines if line.split()[:1] == [name]]
+        assert line.split()[1] == f"v{entry.version}", name
+    [drift] = [i for i, line in enumerate(lines) if line.split()[:1] == ["weight_drift"]]
+    assert lines[drift + 1].strip().startswith("(v1: ")
+
+
 def test_versions_names_the_libraries(capsys):
     assert main(["versions"]) == 0
     assert "sae-lens 6.54" in capsys.readouterr().out

@@ -102,7 +102,7 @@ class Release:
         return f"{self.option} {self.source}, id {sae_id}"
 
 
-def _layer(sae_id: str) -> int:
+def layer_of_id(sae_id: str) -> int:
     match = re.search(r"layer_(\d+)", sae_id)
     if match is None:
         raise BadInput(f"release id {sae_id!r} names no layer_N: the sweep's hook template cannot place it")
@@ -153,7 +153,7 @@ def _load_release(
             case = replace(
                 plan.case,
                 id=f"{plan.name} (id {sae_id})",
-                hook=plan.hook_at(_layer(sae_id)),
+                hook=plan.hook_at(layer_of_id(sae_id)),
                 sae=replaces.specs[sae_id] if old_sae is not None else plan.case.sae,
             )
         except BadInput as err:
@@ -275,7 +275,7 @@ def paired_release_gate(
     pairs = [
         (
             releases[which].saes[sae_id].to(device),
-            EvalConfig(hook=plan.hook_at(_layer(sae_id)), batch_size=rows_per_unit, progress=False),
+            EvalConfig(hook=plan.hook_at(layer_of_id(sae_id)), batch_size=rows_per_unit, progress=False),
         )
         for which, sae_id in keys
     ]
@@ -291,7 +291,7 @@ def paired_release_gate(
                         {"old": by_key[("old", sae_id)], "new": by_key[("new", sae_id)]}
                     )
         rows_used = target
-        table = _verdicts(units, plan, alpha_look)
+        table = judge_units(units, plan, alpha_look)
         if not (table.verdict == "inconclusive").any() or rows_used >= budget_rows:
             break
     return PairedVerdicts(
@@ -317,7 +317,9 @@ def check_settings(*, rows_per_unit: int, start_rows: int, budget_rows: int, alp
         )
 
 
-def _verdicts(units: dict, plan: SweepPlan, alpha_look: float) -> pd.DataFrame:
+def judge_units(units: dict, plan: SweepPlan, alpha_look: float) -> pd.DataFrame:
+    """The verdict of every (id, model, metric) from its units' values ({(id, model): [{"old": …, "new": …}]}), each
+    test at `alpha_look`, Holm-adjusted over the release."""
     rows, p_regressions, p_oks = [], [], []
     for (sae_id, model), pairs in units.items():
         for metric, better in JUDGED.items():

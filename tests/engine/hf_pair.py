@@ -8,7 +8,7 @@ from transformers import MistralConfig, MistralForCausalLM
 
 from sae_bench.sources.loading import load_zoo_tokenizer
 
-TINY_MISTRAL = dict(
+TINY_HF = dict(
     vocab_size=97,
     hidden_size=32,
     intermediate_size=64,
@@ -17,12 +17,14 @@ TINY_MISTRAL = dict(
     num_key_value_heads=2,
     max_position_embeddings=64,
 )
+"""A two-layer decoder's HF config fields, shared by the tiny checkpoints of the tests (any of the zoo's
+architectures takes them)."""
 
 
 def hf_pair(folder: Path) -> tuple[Path, Path]:
     """(base, fine-tune) directories under `folder`; the same weights for the same call."""
     torch.manual_seed(0)
-    base = MistralForCausalLM(MistralConfig(**TINY_MISTRAL)).eval()
+    base = MistralForCausalLM(MistralConfig(**TINY_HF)).eval()
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in base.parameters():  # off the init values (norms at 1), so no tensor is a constant

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from sae_bench.cases.registry import SHIPPED_CASES, load_registries
 from sae_bench.cli import main as cli
 from sae_bench.expectations import files as expectation_store
-from sae_bench.gates.release import _verdicts, sweep_plan
+from sae_bench.gates.release import judge_units, sweep_plan
 from sae_bench.results_store import database as results_db
 from tests.postgres_server import postgres_server
 from tests.test_bad_input import (  # noqa: F401 - the two fixtures: nothing here may change expectations/
@@ -259,9 +259,9 @@ def test_8_an_interval_that_is_not_finite_is_never_ok():
     plan = sweep_plan(registry, "release-a")
     good = {"ce_spliced": 3.0, "kl_spliced": 0.1, "explained_variance": 0.9, "l0": 16.0}
     units = {("layer_0", "base"): [{"old": good, "new": good | {"ce_spliced": 3.0 + d}} for d in (0.0, 1e-4, 2e-4)]}
-    assert set(_verdicts(units, plan, 0.05).verdict) == {"ok"}
+    assert set(judge_units(units, plan, 0.05).verdict) == {"ok"}
     units[("layer_0", "base")].append({"old": good, "new": good | {"ce_spliced": float("nan")}})
-    table = _verdicts(units, plan, 0.05).set_index("metric")
+    table = judge_units(units, plan, 0.05).set_index("metric")
     assert table.loc["ce_spliced", "verdict"] == "inconclusive"
     assert table.loc["kl_spliced", "verdict"] == "ok"
 

@@ -12,16 +12,8 @@ from transformers import (
 )
 
 from sae_bench.sources.loading import load_hf_directory
+from tests.engine.hf_pair import TINY_HF as TINY
 
-TINY = dict(
-    vocab_size=97,
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=64,
-)
 ARCHITECTURES = {
     "mistral": (MistralConfig, MistralForCausalLM, {}),
     "qwen2": (Qwen2Config, Qwen2ForCausalLM, {}),
