@@ -141,3 +141,35 @@ def test_a_benchmark_run_records_into_postgres(postgres_url):
     recorded = db.measurements(db.resolve_run("latest"))
     assert set(recorded.case_id) == {"tiny-gemma/base-sae@base"} and set(recorded.grp) == {"reconstruction"}
     assert db.run_status(db.resolve_run("latest")) == "finished"
+
+
+def test_a_postgres_store_made_before_versions_is_migrated_in_place(postgres_url):
+    """The 3dbf69a database's rows in a PostgreSQL store of schema 2 (the tables as that version made them): opened
+    for writing, the store gains measurements.definition (version 1 for every old row) and keeps every row."""
+    import sqlite3
+    from pathlib import Path
+
+    import psycopg
+
+    from sae_bench.results_store import database
+
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute("CREATE DATABASE before_versions")
+    url = postgres_url.rsplit("/", 1)[0] + "/before_versions"
+    old = sqlite3.connect(Path(__file__).resolve().parents[1] / "data" / "results-3dbf69a.sqlite")
+    with psycopg.connect(url, autocommit=True) as store:
+        for statement in database._SCHEMA:  # schema 2: the same tables without the column version 3 added
+            schema_2 = statement.replace(", definition INTEGER NOT NULL DEFAULT 1", "")
+            store.execute(schema_2.format(serial="BIGSERIAL PRIMARY KEY", real="DOUBLE PRECISION", blob="BYTEA"))
+        store.execute("INSERT INTO meta VALUES ('schema_version', '2')")
+        for table in ("runs", "measurements"):
+            rows = old.execute(f"SELECT * FROM {table}").fetchall()
+            marks = ", ".join(["%s"] * len(rows[0]))
+            with store.cursor() as cursor:
+                cursor.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
+    db = ResultsDB(url)
+    migrated = db.measurements()
+    assert len(migrated) == old.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == 72
+    assert set(migrated.definition) == {1} and db.scalar("SELECT value FROM meta") == str(database.SCHEMA_VERSION)
+    assert set(migrated.verdict) == {"ok"} and set(migrated.run) == {2, 3}
+    db.close()
