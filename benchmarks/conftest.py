@@ -221,14 +221,17 @@ def pytest_collection_finish(session):
         )
     stale = suite.stale_expectations(case_ids)
     if stale:
+        files = sorted({str(path) for path, _ in stale})
         message = (
-            f"{len(stale)} expected value(s) were measured under another definition of their metric than this suite's, "
-            "so they are stale: neither passed nor failed. Measure them again with --update-expectations (it shows "
-            "old → new):\n" + "\n".join(stale)
+            f"{len(stale)} expected value(s) in {len(files)} file(s) were measured under another definition of their "
+            "metric than this suite's, so they are stale: neither passed nor failed. Measure them again with "
+            "--update-expectations (it shows old → new):\n" + "\n".join(f"{path}: {line}" for path, line in stale)
         )
         if suite.options.strict_expectations:
             raise pytest.UsageError(message + "\n(--strict-expectations)")
-        warnings.warn(StaleExpectation(message), stacklevel=2)
+        # attributed to the expectation file (pytest's summary names it), not to the line of this hook
+        where = files[0] if len(files) == 1 else os.path.commonpath(files)
+        warnings.warn_explicit(StaleExpectation(message), StaleExpectation, filename=where, lineno=1)
     _left_over(
         suite,
         suite.stale_temporaries(),
@@ -255,7 +258,7 @@ def _left_over(suite: Suite, paths: list, what: str, fix: str) -> None:
     message = f"{len(paths)} {what}: {', '.join(str(p) for p in paths)}. {fix}"
     if suite.options.strict_expectations:
         raise pytest.UsageError(message + " (--strict-expectations)")
-    warnings.warn(OrphanExpectation(message), stacklevel=2)
+    warnings.warn_explicit(OrphanExpectation(message), OrphanExpectation, filename=str(paths[0]), lineno=1)
 
 
 def _param(item, name: str):

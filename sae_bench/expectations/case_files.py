@@ -94,9 +94,9 @@ class CaseExpectations:
                 )
         return problems
 
-    def stale(self, registry: Registry, case_ids: Iterable[str]) -> list[str]:
-        """One line per expected value of these cases' groups measured under another definition of its metric than
-        this suite's (`rules.STALE`): the metric, both versions and the fix. Call after `problems` found none."""
+    def stale(self, registry: Registry, case_ids: Iterable[str]) -> list[tuple[Path, str]]:
+        """(file, line) per expected value of these cases' groups measured under another definition of its metric
+        than this suite's (`rules.STALE`): the metric and both versions. Call after `problems` found none."""
         lines = []
         for case_id in dict.fromkeys(case_ids):
             case = registry.get(case_id)
@@ -107,10 +107,11 @@ class CaseExpectations:
             for name in names:
                 expectation = found.metrics.get(name)
                 if expectation is not None and expectation.version != current_version(name):
-                    lines.append(
+                    lines.append((
+                        self.path(case),
                         f"{case_id}: {name} expects {expectation.value} under definition v{expectation.version}; "
-                        f"this suite defines {name} as v{current_version(name)} (`sae-bench metrics`)"
-                    )
+                        f"this suite defines {name} as v{current_version(name)} (`sae-bench metrics`)",
+                    ))  # fmt: skip
         return lines
 
     def stale_temporaries(self, registered: Iterable[Case]) -> list[Path]:

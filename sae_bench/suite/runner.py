@@ -191,7 +191,7 @@ class Suite:
         """One message per expectation file of these cases that cannot be used, read before any case runs."""
         return self.case_files.problems(self.registry, case_ids)
 
-    def stale_expectations(self, case_ids: Iterable[str]) -> list[str]:
+    def stale_expectations(self, case_ids: Iterable[str]) -> list[tuple[Path, str]]:
         """Expected values of these cases measured under another definition of their metric (none to report when
         this run updates them: --update-expectations measures them again)."""
         return [] if self.options.update else self.case_files.stale(self.registry, case_ids)
