@@ -132,14 +132,7 @@ class ModelBackend(ABC):
                 "this model was not loaded from an HF checkpoint (sae_bench.load_model records it), so its raw "
                 "weights, on which weight drift is defined, are unknown; load it with load_model"
             )
-        from transformers import AutoModelForCausalLM  # noqa: PLC0415 - heavy, and only weight drift needs it here
-
-        name_or_path, vocab = checkpoint
-        hf = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
-        if vocab is not None:
-            hf.resize_token_embeddings(vocab)
-        for name, weight in hf.named_parameters():
-            yield name, _layer_label(name), weight
+        return checkpoint_weights(*checkpoint)
 
 
 _HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
@@ -150,6 +143,18 @@ HF_CHECKPOINT = "sae_bench_hf_checkpoint"
 def _layer_label(name: str) -> str:
     match = _HF_LAYER.match(name)
     return f"block {int(match.group(1)):03d}" if match else name.removeprefix("model.").split(".")[0]
+
+
+def checkpoint_weights(name_or_path: str, vocab: int | None = None) -> Iterator[tuple[str, str, Tensor]]:
+    """(name, layer, tensor) of every parameter of an HF checkpoint (a directory or a hub name), float32, its
+    embeddings resized to `vocab` rows when given; what weight drift reads."""
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - heavy, and only weight drift needs it here
+
+    hf = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch.float32)
+    if vocab is not None:
+        hf.resize_token_embeddings(vocab)
+    for name, weight in hf.named_parameters():
+        yield name, _layer_label(name), weight
 
 
 def remember_hf_checkpoint(model: Model, name_or_path: str, vocab: int | None = None) -> None:

@@ -10,6 +10,7 @@ correlations, dead-feature activation errors and residual similarity all stream 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import torch
@@ -151,39 +152,16 @@ def evaluate_universality(
 ) -> UniversalityReport:
     """One paired pass of `sae` over `tokens` (n_sequences, pos) in both models; see the module docstring.
     prefix_base / prefix_finetuned: each model's residual at the hook for these batches, when already computed."""
-    check_same_vocabulary(base, finetuned)
-    site = resolve_hook(base, config.hook)
-    resolve_hook(finetuned, config.hook)
-    check_sae_fits(base, sae, site)
-    check_sae_fits(finetuned, sae, site)
     d_sae = sae.cfg.d_sae
     density_b, density_f = metrics.FeatureDensityStats(d_sae), metrics.FeatureDensityStats(d_sae)
     pearson, dead_error = metrics.PearsonStats(d_sae), metrics.DeadActivationErrorStats(d_sae)
     residual = ResidualSimilarityStats(tokens.shape[1])
-    special = special_token_ids(base, config.special_token_ids) if config.exclude_special_tokens else None
-    batches = TokenBatches(tokens, position_mask, config.batch_size, causal=is_causal(base) and is_causal(finetuned))
-    for prefix in (prefix_base, prefix_finetuned):
-        if prefix is not None:
-            prefix.check_serves(site.name, batches)
-    for index, batch in enumerate(tqdm(batches, desc="paired pass", disable=not config.progress, leave=False)):
-        considered = batch.position_mask
-        if special is not None:
-            considered = considered & ~torch.isin(batch.tokens, special)
-        x_b = residual_at_hook(base, batch.tokens, site, prefix_base, index)
-        x_f = residual_at_hook(finetuned, batch.tokens, site, prefix_finetuned, index)
-        check_finite(x_b, f"base activations at {site.name}", batch.offset)
-        check_finite(x_f, f"fine-tuned activations at {site.name}", batch.offset)
-        residual.update(x_b, x_f.to(x_b.device), considered.to(x_b.device))
-        rows_b, rows_f = x_b[considered.to(x_b.device)], x_f[considered.to(x_f.device)]
-        rows_per_chunk = max(1, config.codes_per_chunk // d_sae)
-        for start in range(0, rows_b.shape[0], rows_per_chunk):
-            f_b = sae.encode(sae_input(sae, rows_b[start : start + rows_per_chunk], config.base_scaling_factor))
-            f_f = sae.encode(sae_input(sae, rows_f[start : start + rows_per_chunk], config.finetuned_scaling_factor))
-            pair = metrics.PairedCodes.of(f_b, f_f)  # each code tensor scanned once; the statistics read non-zeros
-            density_b.update_sparse(pair.a)
-            density_f.update_sparse(pair.b)
-            pearson.update_pair(pair)
-            dead_error.update_pair(pair)
+    prefixes = (prefix_base, prefix_finetuned)
+    for pair in _paired_codes(base, finetuned, sae, tokens, config, position_mask, prefixes, residual):
+        density_b.update_sparse(pair.a)
+        density_f.update_sparse(pair.b)
+        pearson.update_pair(pair)
+        dead_error.update_pair(pair)
     d_b, d_f = density_b.density(), density_f.density()
     return UniversalityReport(
         n_tokens=density_b.n_tokens,
@@ -200,6 +178,60 @@ def evaluate_universality(
         residual=residual.compute(),
         **bands(d_b, d_f),
     )
+
+
+@torch.inference_mode()
+def paired_densities(
+    base: Model, finetuned: Model, sae: SAE, tokens: Tensor, config: PairedConfig
+) -> tuple[Tensor, Tensor]:
+    """Each feature's density in each model over `tokens`: the pass `evaluate_universality` runs, keeping only what
+    the bands need (no similarities, no logit similarity over the vocabulary, no residual similarity)."""
+    density_b, density_f = metrics.FeatureDensityStats(sae.cfg.d_sae), metrics.FeatureDensityStats(sae.cfg.d_sae)
+    for pair in _paired_codes(base, finetuned, sae, tokens, config, None, (None, None), None):
+        density_b.update_sparse(pair.a)
+        density_f.update_sparse(pair.b)
+    return density_b.density(), density_f.density()
+
+
+def _paired_codes(
+    base: Model,
+    finetuned: Model,
+    sae: SAE,
+    tokens: Tensor,
+    config: PairedConfig,
+    position_mask: Tensor | None,
+    prefixes: tuple[PrefixActivations | None, PrefixActivations | None],
+    residual: ResidualSimilarityStats | None,
+) -> Iterator[metrics.PairedCodes]:
+    """The paired pass: per batch both models' residuals at the hook (into `residual`, when given), then the SAE's
+    codes of the considered positions in both, in chunks of at most `codes_per_chunk` codes."""
+    check_same_vocabulary(base, finetuned)
+    site = resolve_hook(base, config.hook)
+    resolve_hook(finetuned, config.hook)
+    check_sae_fits(base, sae, site)
+    check_sae_fits(finetuned, sae, site)
+    prefix_base, prefix_finetuned = prefixes
+    special = special_token_ids(base, config.special_token_ids) if config.exclude_special_tokens else None
+    batches = TokenBatches(tokens, position_mask, config.batch_size, causal=is_causal(base) and is_causal(finetuned))
+    for prefix in prefixes:
+        if prefix is not None:
+            prefix.check_serves(site.name, batches)
+    rows_per_chunk = max(1, config.codes_per_chunk // sae.cfg.d_sae)
+    for index, batch in enumerate(tqdm(batches, desc="paired pass", disable=not config.progress, leave=False)):
+        considered = batch.position_mask
+        if special is not None:
+            considered = considered & ~torch.isin(batch.tokens, special)
+        x_b = residual_at_hook(base, batch.tokens, site, prefix_base, index)
+        x_f = residual_at_hook(finetuned, batch.tokens, site, prefix_finetuned, index)
+        check_finite(x_b, f"base activations at {site.name}", batch.offset)
+        check_finite(x_f, f"fine-tuned activations at {site.name}", batch.offset)
+        if residual is not None:
+            residual.update(x_b, x_f.to(x_b.device), considered.to(x_b.device))
+        rows_b, rows_f = x_b[considered.to(x_b.device)], x_f[considered.to(x_f.device)]
+        for start in range(0, rows_b.shape[0], rows_per_chunk):
+            f_b = sae.encode(sae_input(sae, rows_b[start : start + rows_per_chunk], config.base_scaling_factor))
+            f_f = sae.encode(sae_input(sae, rows_f[start : start + rows_per_chunk], config.finetuned_scaling_factor))
+            yield metrics.PairedCodes.of(f_b, f_f)  # each code tensor scanned once; the statistics read non-zeros
 
 
 def bands(density_base: Tensor, density_finetuned: Tensor) -> dict[str, Tensor]:

@@ -26,7 +26,7 @@ from sae_bench.engine.forward_cost import ForwardCost
 from sae_bench.engine.outliers import OutlierPolicy
 from sae_bench.engine.prefix import PREFIX_CACHE_BYTES, PrefixActivations, prefix_bytes, run_prefix
 from sae_bench.engine.splicing import resolve_hook
-from sae_bench.engine.universality import PairedConfig, evaluate_universality
+from sae_bench.engine.universality import PairedConfig, evaluate_universality, paired_densities
 from sae_bench.errors import UnusableSAE
 from sae_bench.execution.memory import device_memory_bytes
 from sae_bench.execution.pass_planner import PassPlanner
@@ -201,8 +201,8 @@ class CaseExecutor:
                 prefix_finetuned=self.prefix(case, case.model) if whole else None,
             )
             if case.bands_from_full_rows:  # Kutsyk's Gemma bands: densities over the full rows, BOS included
-                full = evaluate_universality(self.model(case.base_model), model, sae, tokens.full_rows, config)
-                report = report.with_bands_from(full.density_base, full.density_finetuned)
+                densities = paired_densities(self.model(case.base_model), model, sae, tokens.full_rows, config)
+                report = report.with_bands_from(*densities)
                 if whole:  # another token set: its floor is one more prefix per model
                     blocks = resolve_hook(model, case.hook).blocks_before
                     for spec in (case.base_model, case.model):

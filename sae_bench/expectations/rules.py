@@ -297,17 +297,6 @@ def compare(expected: ExpectationFile, measured: Mapping[str, float | None], nam
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
-def stale_message(path: Path | str, table: pd.DataFrame) -> str:
-    """What a stale row means and the fix, one line per stale metric of a verdict table."""
-    lines = [
-        f"{path}: {row.metric} was measured under definition {row.definition.split(' → ')[0]} and this suite "
-        f"defines it as {row.definition.split(' → ')[1]}; the values are not comparable, so it is neither passed "
-        f"nor failed. Measure it again with --update-expectations (it shows old → new)"
-        for row in table[table.verdict == STALE].itertuples()
-    ]
-    return "\n".join(lines)
-
-
 def is_published(expected: ExpectationFile) -> bool:
     """True when the file's values come from a paper (docs/design.md §6: a measured run never overwrites them)."""
     return expected.provenance.get("kind") == "published"

@@ -17,12 +17,12 @@ from pathlib import Path
 import pandas as pd
 
 from sae_bench.cases.registry import SHIPPED_CASES, Case, load_registry
-from sae_bench.engine.drift import weight_drift
+from sae_bench.engine.backends import checkpoint_weights
+from sae_bench.engine.drift import drift_between
 from sae_bench.errors import BadInput
 from sae_bench.reports import figures as report_figures
 from sae_bench.results_store.database import RUN_FINISHED, ResultsDB, cases_matching
-from sae_bench.sources.loading import load_model
-from sae_bench.sources.zoo.artifacts import read_manifest
+from sae_bench.sources.zoo.artifacts import read_manifest, verified_directory
 from sae_bench.sources.zoo.recipes import FAMILIES
 
 MARKS = {"ok": "✓", "regression": "✗", "improved": "↑", "unchecked": "·"}
@@ -167,14 +167,14 @@ def _dose_points(family: str, cases: list[Case], frame: pd.DataFrame) -> pd.Data
 
     manifest = read_manifest()["models"]
 
-    def zoo_model(name: str):
-        return load_model(f"zoo:{family}/{name}")
+    def weights(name: str):  # the checkpoint weight drift is defined on, read without building a model on it
+        return checkpoint_weights(str(verified_directory(f"models/{family}/{name}")))
 
-    base = zoo_model("base")
+    base = list(weights("base"))
     rows = []
     for model in models:
         values = frame[frame.case_id == by_model[model].id].set_index("metric").value
-        drift = 0.0 if model == "base" else weight_drift(base, zoo_model(model)).overall
+        drift = 0.0 if model == "base" else drift_between(base, weights(model)).overall
         steps = 0 if manifest[f"{family}/{model}"]["parent"] is None else manifest[f"{family}/{model}"]["step"]
         rows.append(
             {
