@@ -76,6 +76,7 @@ def options_of(config) -> SuiteOptions:
         ray=config.getoption("--ray", None),
         device_memory=None if memory is None else memory * 1e9,
         backend=config.getoption("--backend", DEFAULT_BACKEND),
+        dtype=config.getoption("--dtype", None),
     )
 
 

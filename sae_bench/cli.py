@@ -14,7 +14,7 @@ from sae_bench.cases.registry import SHIPPED_CASES, cases_selected_by, load_regi
 from sae_bench.engine.allocator import keep_freed_memory
 from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, BadInput
 from sae_bench.option_values import check_ray_address, false_alarm_rate, gigabytes, positive_int
-from sae_bench.options import CASES_DIR, DEVICE_MEMORY, RAY, RESULTS, SAE, SUITE_RUN, add_options
+from sae_bench.options import CASES_DIR, DEVICE_MEMORY, DTYPE, RAY, RESULTS, SAE, SUITE_RUN, add_options
 from sae_bench.sources.rehearsal import activate
 
 
@@ -150,9 +150,15 @@ def _add_plan_commands(commands) -> None:
     )
     plan.add_argument("--device", default="cpu", help="whose calibration to read (default cpu)")
     plan.add_argument("--calibration", metavar="FILE", help="a calibration file written by `sae-bench calibrate`")
+    DTYPE.add_to(plan.add_argument)
     plan.set_defaults(run="plan:plan")
     calibrate = commands.add_parser("calibrate", help="measure this device's forward speed, for `sae-bench plan`")
     calibrate.add_argument("--device", default="cpu")
+    DTYPE.add_to(
+        calibrate.add_argument,
+        default="float32",
+        help="the precision to time the forward in (default float32); `plan` reads each unit's own",
+    )
     calibrate.set_defaults(run="plan:calibrate_command")
 
 
@@ -221,6 +227,12 @@ def _add_result_commands(commands) -> None:
         action="store_true",
         help="compare values measured under different definitions of their metric (refused otherwise, exit 2); "
         "such rows say both versions in their definition column",
+    )
+    compare.add_argument(
+        "--allow-other-dtype",
+        action="store_true",
+        help="compare cases whose models ran in different dtypes (refused otherwise, exit 2): a precision check, "
+        "judged like the others, their dtype column saying both",
     )
     compare.set_defaults(run="results:compare")
     hist = commands.add_parser(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_bench.option_values import gigabytes
+from sae_bench.precision import DTYPES
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,17 @@ DEVICE_MEMORY = Option(
         "are split over passes, as `sae-bench plan --gpu-memory` plans them",
     ),
 )
-SUITE_RUN = (CASES_DIR, RESULTS, NO_RESULTS, RAY, DEVICE_MEMORY)
+DTYPE = Option(
+    ("--dtype",),
+    dict(
+        choices=DTYPES,
+        default=None,
+        help="run every selected case's models in this precision instead of the one its case declares (default: "
+        "the case's, else float32); the SAE runs in float32 either way. Judged against the expectations as they "
+        "are: a precision check (README: Precision)",
+    ),
+)
+SUITE_RUN = (CASES_DIR, RESULTS, NO_RESULTS, RAY, DEVICE_MEMORY, DTYPE)
 """What both the suite (pytest) and the single-SAE gate take about where cases, results and measurements live."""
 
 

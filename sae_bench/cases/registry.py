@@ -17,11 +17,12 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from sae_bench.cases.claims import read_claims
 from sae_bench.cases.selection import Selection
 from sae_bench.errors import BadInput, CaseFileError
+from sae_bench.precision import DEFAULT_DTYPE, OVERFLOW_RULES, dtype_problem
 from sae_bench.shipped import shipped
 from sae_bench.source_spec import source_spec
 from sae_bench.sources.zoo.recipes import release_ids
@@ -77,6 +78,16 @@ NORMS = ("scaled", "raw", "mean-norm")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
 
 
+class ModelKey(NamedTuple):
+    """A model as a run loads it: its source spec and the dtype it runs in (two dtypes are two models)."""
+
+    spec: str
+    dtype: str = DEFAULT_DTYPE
+
+    def __str__(self) -> str:
+        return f"{self.spec} [{self.dtype}]"
+
+
 @dataclass(frozen=True)
 class OutlierSetting:
     """Which positions count as outliers: norm above `threshold`, on scaled or raw norms, or as a multiple of the
@@ -128,6 +139,27 @@ class Case:
     """The sweep this case was expanded from (its expectations live in the sweep's file for its model)."""
     hook_mismatch_ok: str = ""
     """Why the SAE may be spliced at another hook than its config names (empty: it may not)."""
+    dtype: str = DEFAULT_DTYPE
+    """The precision the model(s) run in (`sae_bench.precision`); the SAE runs in float32 whatever it is."""
+    dtype_source: str = ""
+    """Why this dtype: the study's code or the release's documentation that runs the model in it."""
+    overflow: str = OVERFLOW_RULES[0]
+    """What a batch whose scores overflowed (inf or NaN) does to its metrics (`precision.OVERFLOW_RULES`)."""
+    overflow_source: str = ""
+    """The code whose rule `overflow` follows, when it is not the default."""
+
+    @property
+    def model_key(self) -> ModelKey:
+        return ModelKey(self.model, self.dtype)
+
+    @property
+    def base_model_key(self) -> ModelKey | None:
+        return None if self.base_model is None else ModelKey(self.base_model, self.dtype)
+
+    @property
+    def model_keys(self) -> tuple[ModelKey, ...]:
+        """The models the case runs: the base model first (paired cases), then the model."""
+        return tuple(k for k in (self.base_model_key, self.model_key) if k is not None)
 
     @property
     def tier(self) -> str:
@@ -510,6 +542,13 @@ class _Reader:
                 "bands already come from the full rows",
                 'set drop_first_token = true and groups = ["universality"], or drop bands_from_full_rows',
             )
+        if settings.get("overflow", OVERFLOW_RULES[0]) != OVERFLOW_RULES[0] and not settings.get("overflow_source"):
+            raise CaseFileError(
+                self.path,
+                f"{where}.overflow_source",
+                f"overflow = {settings['overflow']!r} is a study's rule, and names no source",
+                'overflow_source = "the study\'s file and line that applies it"',
+            )
         mask, variant = settings.get("mask", "all"), settings.get("variant", "")
         return Case(
             id=case_id(self.family, sae_name, model_name, base_name, mask, variant),
@@ -557,6 +596,14 @@ class _Reader:
         if key in ("exclude_special_tokens", "gpu", "slow", "drop_first_token", "bands_from_full_rows"):
             if not isinstance(value, bool):
                 raise bad(f"expected true or false, got {value!r}", f"{key} = true")
+            return value
+        if key == "dtype":
+            if problem := dtype_problem(value, "dtype"):
+                raise bad(problem, 'dtype = "bfloat16" (and dtype_source = "why")')
+            return value
+        if key == "overflow":
+            if value not in OVERFLOW_RULES:
+                raise bad(f"unknown overflow rule {value!r}", f"choose from {list(OVERFLOW_RULES)}")
             return value
         if key == "conventions":
             if not isinstance(value, dict):
@@ -629,6 +676,13 @@ class Registry:
         gated against the old one's expectations); the others, and the claims, as they are."""
         cases = {cid: replace(case, sae=spec) if replaces(cid) else case for cid, case in self.cases.items()}
         return Registry(cases, self.claims, self.sweeps)
+
+    def with_dtype(self, dtype: str | None) -> Registry:
+        """Every case run in `dtype` (`--dtype`: a precision check against the expectations as they are); None: as
+        declared."""
+        if dtype is None:
+            return self
+        return Registry({cid: replace(c, dtype=dtype) for cid, c in self.cases.items()}, self.claims, self.sweeps)
 
     def claim(self, claim_id: str):
         if claim_id not in self.claims:

@@ -35,6 +35,7 @@ def single(args: argparse.Namespace) -> int:
             no_results=args.no_results,
             ray=args.ray,
             device_memory_gb=args.device_memory,
+            dtype=args.dtype,
         ),
         registry=args.registry,
     )

@@ -44,7 +44,9 @@ def compare(args: argparse.Namespace) -> int:
     baseline = db.resolve_run(args.baseline) if args.baseline else previous_run(db, run)
     if not args.allow_partial:
         check_finished(db, baseline, run)
-    table = compare_runs(db, baseline, run, allow_redefined=args.allow_redefined)
+    table = compare_runs(
+        db, baseline, run, allow_redefined=args.allow_redefined, allow_other_dtype=args.allow_other_dtype
+    )
     vanished = table[table.verdict == VANISHED]
     moved = len(table) - len(vanished)
     gone = f", {len(vanished)} vanished ({vanished.case_id.nunique()} cases)" if len(vanished) else ""

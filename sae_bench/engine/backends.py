@@ -27,6 +27,8 @@ from transformer_lens.model_bridge import TransformerBridge
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 from sae_bench.engine import hf_continuation
+from sae_bench.errors import BadInput
+from sae_bench.precision import DTYPES, dtype_problem
 
 Model = TransformerBridge | HookedTransformer
 """A loaded model the engine runs, on either backend (`backend_of` gives its backend)."""
@@ -328,3 +330,15 @@ def hooked_transformer_on_purpose() -> Iterator[None]:
 def backend_of(model) -> ModelBackend:
     """The backend that runs `model`: a TransformerBridge's (it wraps an HF model), else HookedTransformer's."""
     return (BridgeBackend if hasattr(model, "original_model") else HookedBackend)(model)
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a precision name (`sae_bench.precision.DTYPES`)."""
+    if name not in DTYPES:
+        raise BadInput(dtype_problem(name, "dtype"))
+    return getattr(torch, name)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """A torch dtype as the suite names it: `torch.bfloat16` → `bfloat16`."""
+    return str(dtype).removeprefix("torch.")

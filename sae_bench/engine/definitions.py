@@ -72,6 +72,10 @@ DEFINITIONS: dict[str, Definition] = _catalogue(
     Definition("kl_zero", 1, "mean over counted predictions of KL(p_clean ‖ p_zero_ablated)", 3.3432893647087947),
     Definition("kl_score", 1, "(kl_zero − kl_spliced) / kl_zero", 0.9837928065507948),
     Definition("dead_fraction", 1, "fraction of features that never fire on the reconstructed tokens", 0.1875),
+    Definition(
+        "batches_overflowed", 1, "batches whose clean, spliced or zero-ablated scores held inf or NaN (each run)", 0
+    ),
+    Definition("batches_dropped", 1, "spliced batches left out by the case's drop-inf-batches rule", 0),
     # -- outliers (OutlierBreakdown.to_row; each outlier counted once, in this order) -------------------------------
     Definition("outlier_fraction", 1, "outliers / positions considered (norm above the case's threshold)", 0.1875),
     Definition("outlier_share_bos", 1, "share of the outliers that are BOS tokens (counted first)", 0.0),

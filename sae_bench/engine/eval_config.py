@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from sae_bench.engine.outliers import OutlierPolicy
+from sae_bench.precision import OVERFLOW_RULES
 
 
 @dataclass(frozen=True)
@@ -35,13 +36,20 @@ class EvalConfig:
     device: str | None = None
     """Where to run; None keeps the model's device. The model and SAE are moved there."""
     dtype: torch.dtype | None = None
-    """dtype of the model and SAE; None keeps theirs. Statistics always accumulate in float64."""
+    """dtype the model runs in; None keeps its own. The SAE keeps its own dtype (the suite loads it in float32,
+    `sae_bench.precision`), its input cast to it and its reconstruction cast back to the residual's; log-softmax, CE
+    and KL are taken in float32 at least, and statistics always accumulate in float64."""
+    overflow: str = OVERFLOW_RULES[0]
+    """What a batch whose scores hold inf or NaN (a half-precision forward that overflowed) does to the metrics it
+    feeds (`sae_bench.precision.OVERFLOW_RULES`): by default each becomes undefined, naming how many batches."""
     progress: bool = True
     """Show a progress bar over batches."""
     pooled_per_token_ev: bool = False
     """Also report `explained_variance_per_token_pooled` (keeps every reconstructed token: chat-sized sets)."""
 
     def __post_init__(self) -> None:
+        if self.overflow not in OVERFLOW_RULES:
+            raise ValueError(f"EvalConfig: `overflow` is one of {OVERFLOW_RULES}, got {self.overflow!r}")
         if self.batch_size < 1:
             raise ValueError(f"EvalConfig: `batch_size` must be >= 1, got {self.batch_size}")
         if self.logit_rows_per_chunk is not None and self.logit_rows_per_chunk < 1:

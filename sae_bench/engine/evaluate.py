@@ -27,7 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from sae_bench.engine import metrics
-from sae_bench.engine.backends import Model, backend_of
+from sae_bench.engine.backends import Model, backend_of, dtype_name
 from sae_bench.engine.eval_config import EvalConfig
 from sae_bench.engine.outliers import MeanNormStats, OutlierBreakdownStats, newline_token_ids, outlier_mask
 from sae_bench.engine.prefix import PrefixActivations, residual_at_hook
@@ -52,21 +52,23 @@ from sae_bench.engine.transfer_report import (
     finalize_transfer_report,
     score_predictions,
 )
-from sae_bench.errors import UnusableSAE
+from sae_bench.errors import BadInput, UnusableSAE
 
 
 def prepare(model: Model, sae: SAE, config: EvalConfig) -> HookSite:
-    """Check the hook and widths, and move model and SAE to the configured device and dtype."""
+    """Check the hook and widths, move model and SAE to the configured device, and the model to the configured dtype
+    (the SAE keeps its own: `EvalConfig.dtype`)."""
     site = resolve_hook(model, config.hook)
     check_sae_fits(model, sae, site)
-    for target in (config.device, config.dtype):
-        if target is not None:
-            model.to(target, print_details=False)  # HookedTransformer.to takes one device or dtype at a time
-            sae.to(target)
+    if config.device is not None:
+        model.to(config.device, print_details=False)  # HookedTransformer.to takes one device or dtype at a time
+        sae.to(config.device)
+    if config.dtype is not None and backend_of(model).dtype != config.dtype:
+        model.to(config.dtype, print_details=False)
     return site
 
 
-class NonFiniteActivations(ValueError):
+class NonFiniteActivations(BadInput):
     """Activations that hold NaN or Inf; the message names the positions and the likely cause."""
 
 
@@ -87,6 +89,16 @@ def check_finite(
             f"{where}: {int(bad.sum())} positions have NaN/Inf activations, first (sequence, position): {pairs}. "
             + cause
         )
+
+
+def _overflow_cause(x: Tensor) -> str:
+    """Why the model's own activations may be non-finite: a half-precision forward overflowed, or its weights."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return (
+            f"The model overflows {dtype_name(x.dtype)} before the hook: run the case in float32 or bfloat16 (its "
+            "dtype, or --dtype), or check the model's weights."
+        )
+    return "Check the model's weights."
 
 
 def sae_name(sae: SAE) -> str:
@@ -244,6 +256,7 @@ def evaluate_shared(
         special = special_token_ids(model, config.special_token_ids) if config.exclude_special_tokens else None
         acc = TransferAccumulators(sae.cfg.d_sae, _outlier_breakdown_stats(model))
         acc.ev_pooled = metrics.PooledPerTokenEVStats() if config.pooled_per_token_ev else None
+        acc.overflows = metrics.BatchOverflows(config.overflow)
         states.append(_Variant(sae, config, acc, special, site))
     sites = sorted({state.site for state in states}, key=lambda s: (s.blocks_before, s.name))
     backend = backend_of(model)
@@ -268,7 +281,7 @@ def evaluate_shared(
             if cost is not None:
                 cost.block_rows += toks.shape[0] * backend.n_layers
         for site, x in at_hook.items():
-            check_finite(x, f"activations at {site.name}", batch.offset)
+            check_finite(x, f"activations at {site.name}", batch.offset, _overflow_cause(x))
         _evaluate_batch(
             model, states, at_hook, clean_final, toks, pos_mask, batch.offset, chunk, first, cost, zero_memo
         )
@@ -323,15 +336,16 @@ def _evaluate_batch(
             sharing.setdefault(counted_key, set()).add(name)
         scored: dict[bytes, PredictionScores] = {}
         for (index, state), (name, considered, counted_key, counted) in zip(members, plans, strict=True):
-            with _blamed_on_variant(index):
-                check_finite(
-                    finals[name][considered],
-                    "the model's last residual with the SAE spliced in",
-                    offset,
-                    f"The SAE {sae_name(state.sae)} reconstructs finite values that the model overflows on: compare "
-                    "their norms with the activations' (scaling factor, dtype).",
-                    positions=considered,
-                )
+            if x.dtype == torch.float32 or x.dtype == torch.float64:  # in half precision the forward may overflow:
+                with _blamed_on_variant(index):  # its scores say so (`BatchOverflows`), not the SAE's fault
+                    check_finite(
+                        finals[name][considered],
+                        "the model's last residual with the SAE spliced in",
+                        offset,
+                        f"The SAE {sae_name(state.sae)} reconstructs finite values that the model overflows on: "
+                        "compare their norms with the activations' (scaling factor, dtype).",
+                        positions=considered,
+                    )
             if counted_key not in scored:
                 wanted = {"clean": finals["clean"], "zero": finals["zero"]}
                 wanted |= {n: finals[n] for n in sorted(sharing[counted_key])}

@@ -11,6 +11,7 @@ summary drops them.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -417,11 +418,14 @@ class BatchMean:
 
 @dataclass
 class TokenMean:
-    """Token-weighted mean of a per-token quantity (CE, KL), plus its per-batch means for batch-mean reductions."""
+    """Token-weighted mean of a per-token quantity (CE, KL), plus its per-batch means for batch-mean reductions. A
+    batch left out (`leave_out`: its scores overflowed) keeps its place in the batch means as None."""
 
     total: float = 0.0
     count: int = 0
-    batch_means: list[float] = field(default_factory=list)
+    batch_means: list[float | None] = field(default_factory=list)
+    undefined_because: str | None = None
+    """Why the mean is undefined although it has tokens (a batch's scores overflowed); None: it is not."""
 
     def update(self, per_token: Tensor) -> None:
         if per_token.numel() == 0:
@@ -431,16 +435,64 @@ class TokenMean:
         self.count += per_token.numel()
         self.batch_means.append(batch_total / per_token.numel())
 
+    def leave_out(self) -> None:
+        """This batch's values are not in the mean (`BatchOverflows` says why)."""
+        self.batch_means.append(None)
+
     def compute(self, name: str) -> float:
+        if self.undefined_because is not None:
+            raise UndefinedMetric(f"{name}: {self.undefined_because}")
         if self.count == 0:
             raise UndefinedMetric(f"{name}: no positions to evaluate")
         return self.total / self.count
+
+
+@dataclass
+class BatchOverflows:
+    """Which batches' scores of each continuation (clean, spliced, zero) held inf or NaN: a half-precision forward
+    that overflowed. Under `undefined` (the default rule) every mean such a batch feeds becomes undefined, naming how
+    many batches overflowed; under `drop-inf-batches` (Kutsyk et al.'s `loss[~torch.isinf(loss)]`, on the spliced
+    loss only) a spliced batch whose NLL holds +inf and no NaN is left out of the spliced CE and KL means and counted
+    in `dropped`. `sae_bench.precision.OVERFLOW_RULES`."""
+
+    rule: str = "undefined"
+    overflowed: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0
+
+    def admit(self, name: str, nll: Tensor, kl: Tensor | None, means: Sequence[TokenMean]) -> bool:
+        """True when this batch's scores of continuation `name` are finite and enter `means`; otherwise each of
+        `means` leaves the batch out, and is made undefined unless the rule drops it."""
+        finite = bool(torch.isfinite(nll).all()) and (kl is None or bool(torch.isfinite(kl).all()))
+        if finite:
+            return True
+        for mean in means:
+            mean.leave_out()
+        if self.rule == "drop-inf-batches" and name == "spliced" and not bool(torch.isnan(nll).any()):
+            self.dropped += 1
+            return False
+        self.overflowed[name] = self.overflowed.get(name, 0) + 1
+        why = (
+            f"{self.overflowed[name]} batch(es) of the {name} run overflowed (inf or NaN scores: a half-precision "
+            "forward); run the case in float32 or bfloat16"
+        )
+        if self.rule == "drop-inf-batches":
+            why += " (the case's drop-inf-batches rule drops only a spliced batch whose loss is inf, never a NaN)"
+        for mean in means:
+            mean.undefined_because = why
+        return False
+
+    @property
+    def batches_overflowed(self) -> int:
+        return sum(self.overflowed.values())
 
 
 def ce_loss_recovered_batch_mean(clean: TokenMean, spliced: TokenMean, zero: TokenMean) -> float:
     """Mean over batches of the per-batch CE loss recovered (Kissane's Pile table); every batch must be defined."""
     if not clean.batch_means:
         raise UndefinedMetric("ce_loss_recovered_batch_mean: no positions to evaluate")
+    left_out = sum(None in b for b in zip(clean.batch_means, spliced.batch_means, zero.batch_means, strict=True))
+    if left_out:
+        raise UndefinedMetric(f"ce_loss_recovered_batch_mean: {left_out} batch(es) left out (their scores overflowed)")
     per_batch = zip(clean.batch_means, spliced.batch_means, zero.batch_means, strict=True)
     ratios = [ce_loss_recovered(c, s, z) for c, s, z in per_batch]
     return math.fsum(ratios) / len(ratios)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from sae_bench.engine import metrics
-from sae_bench.engine.backends import Model
+from sae_bench.engine.backends import Model, dtype_name
 from sae_bench.engine.definitions import formulas
 from sae_bench.engine.eval_config import EvalConfig
 from sae_bench.engine.outliers import OutlierBreakdown, OutlierBreakdownStats
@@ -52,6 +52,8 @@ class TransferReport:
     kl_zero: float | None = _metric()
     kl_score: float | None = _metric()
     dead_fraction: float | None = _metric()
+    batches_overflowed: int = _metric()
+    batches_dropped: int = _metric()
     outliers: OutlierBreakdown = field(default=OutlierBreakdown(0, 0, 0, 0, 0, 0))
     feature_density: Tensor | None = field(default=None, repr=False)
     """Per feature: fraction of reconstructed tokens where it fires, (d_sae,) float64."""
@@ -94,6 +96,7 @@ class TransferAccumulators:
     )
     density: metrics.FeatureDensityStats = field(init=False)
     ev_pooled: metrics.PooledPerTokenEVStats | None = None
+    overflows: metrics.BatchOverflows = field(default_factory=metrics.BatchOverflows)
 
     def __post_init__(self) -> None:
         self.density = metrics.FeatureDensityStats(self.d_sae)
@@ -114,11 +117,12 @@ class TransferAccumulators:
         """A batch's scores, with the spliced residual `spliced` as this evaluation's (float64 sums)."""
         if scores.n == 0:
             return
-        self.ce["clean"].update(scores.nll["clean"])
-        self.ce["zero"].update(scores.nll["zero"])
-        self.kl["zero"].update(scores.kl["zero"])
-        self.ce["spliced"].update(scores.nll[spliced])
-        self.kl["spliced"].update(scores.kl[spliced])
+        for name, key in (("clean", "clean"), ("zero", "zero"), ("spliced", spliced)):
+            means = [self.ce[name]] + ([self.kl[name]] if name in self.kl else [])
+            if self.overflows.admit(name, scores.nll[key], scores.kl.get(key), means):
+                self.ce[name].update(scores.nll[key])
+                if name in self.kl:
+                    self.kl[name].update(scores.kl[key])
 
 
 @dataclass(frozen=True)
@@ -278,6 +282,8 @@ def finalize_transfer_report(
         kl_zero=kl_zero,
         kl_score=derived("kl_score", metrics.kl_score, kl_spliced=kl_spliced, kl_zero=kl_zero),
         dead_fraction=None if density is None else float((density == 0).double().mean()),
+        batches_overflowed=acc.overflows.batches_overflowed,
+        batches_dropped=acc.overflows.dropped,
         outliers=acc.outliers.compute(),
         feature_density=density,
         settings=_settings(config, d_sae),
@@ -296,5 +302,6 @@ def _settings(config: EvalConfig, d_sae: int) -> dict[str, Any]:
         "outlier_norm": None if policy is None else policy.norm,
         "outliers_count_in_ce": None if policy is None else policy.count_in_ce,
         "exclude_special_tokens": config.exclude_special_tokens,
-        "dtype": None if config.dtype is None else str(config.dtype).removeprefix("torch."),
+        "dtype": None if config.dtype is None else dtype_name(config.dtype),
+        "overflow": config.overflow,
     }

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from sae_bench.cases.registry import Case
-from sae_bench.engine.backends import DEFAULT_BACKEND, backend_of
+from sae_bench.cases.registry import Case, ModelKey
+from sae_bench.engine.backends import DEFAULT_BACKEND, backend_of, torch_dtype
 from sae_bench.engine.evaluate import (
     EvalConfig,
     PassCost,
@@ -80,8 +80,8 @@ class CaseExecutor:
         self._prefix_floors: set[tuple] = set()
 
     # -- sources (`SourcesCache`) -----------------------------------------------------------------------------------
-    def model(self, spec: str):
-        return self.sources.model(spec)
+    def model(self, key: ModelKey):
+        return self.sources.model(key)
 
     def sae(self, spec: str):
         return self.sources.sae(spec)
@@ -104,14 +104,14 @@ class CaseExecutor:
     def model_releases(self):
         return self.sources.model_releases
 
-    def live_models(self) -> list[str]:
+    def live_models(self) -> list[ModelKey]:
         return self.sources.live_models()
 
     def check_fits(self, case: Case) -> None:
         """Raise UnusableSAE when the case's SAE cannot be evaluated there: NaN/Inf weights, another input width
         than the model's, or another hook than the one its config names (unless the case says why in
         `hook_mismatch_ok`)."""
-        sae, model = self.sae(case.sae), self.model(case.model)
+        sae, model = self.sae(case.sae), self.model(case.model_key)
         problem = sae_fit_problem(sae, case, backend_of(model).d_model)
         if problem:
             raise UnusableSAE(problem, spec=case.sae)
@@ -130,16 +130,16 @@ class CaseExecutor:
             return None
         if setting.norm != "mean-norm":
             return OutlierPolicy(setting.threshold, norm=setting.norm, count_in_ce=setting.count_in_ce)
-        key = (case.model, case.hook, case.dataset, case.tokens, case.context, case.mask)
+        key = (case.model_key, case.hook, case.dataset, case.tokens, case.context, case.mask)
         if key not in self._mean_norms:  # from the prefix that the case's shared pass then uses too
-            model = self.model(case.model)
+            model = self.model(case.model_key)
             factor = estimate_scaling_factor(
                 model,
                 tokens.tokens,
                 case.hook,
                 batch_size=case.batch_size,
                 position_mask=tokens.position_mask,
-                prefix=self.prefix(case, case.model),
+                prefix=self.prefix(case, case.model_key),
             )
             self._mean_norms[key] = backend_of(model).d_model ** 0.5 / factor
         return OutlierPolicy(setting.threshold * self._mean_norms[key], norm="raw", count_in_ce=setting.count_in_ce)
@@ -180,7 +180,7 @@ class CaseExecutor:
     ) -> tuple[dict[str, float | None], tuple[dict[str, str], dict[str, Tensor]]]:
         """The metric values, and (undefined reasons, per-feature vectors); `whole`: the case's rows, all of them
         (then a planned paired case takes both models' prefixes from the cache)."""
-        sae, model = self.sae(case.sae), self.model(case.model)
+        sae, model = self.sae(case.sae), self.model(case.model_key)
         if case.paired:
             config = PairedConfig(
                 hook=case.hook,
@@ -191,22 +191,22 @@ class CaseExecutor:
                 progress=self.progress,
             )
             report = evaluate_universality(
-                self.model(case.base_model),
+                self.model(case.base_model_key),
                 model,
                 sae,
                 tokens.tokens,
                 config,
                 position_mask=tokens.position_mask,
-                prefix_base=self.prefix(case, case.base_model) if whole else None,
-                prefix_finetuned=self.prefix(case, case.model) if whole else None,
+                prefix_base=self.prefix(case, case.base_model_key) if whole else None,
+                prefix_finetuned=self.prefix(case, case.model_key) if whole else None,
             )
             if case.bands_from_full_rows:  # Kutsyk's Gemma bands: densities over the full rows, BOS included
-                densities = paired_densities(self.model(case.base_model), model, sae, tokens.full_rows, config)
+                densities = paired_densities(self.model(case.base_model_key), model, sae, tokens.full_rows, config)
                 report = report.with_bands_from(*densities)
                 if whole:  # another token set: its floor is one more prefix per model
                     blocks = resolve_hook(model, case.hook).blocks_before
-                    for spec in (case.base_model, case.model):
-                        self.cost.add_floor(spec, tokens.full_rows.shape[0], blocks)
+                    for key in case.model_keys:
+                        self.cost.add_floor(str(key), tokens.full_rows.shape[0], blocks)
             summary = dict(report.summary())
             vectors = {
                 "density_base": report.density_base,
@@ -232,6 +232,8 @@ class CaseExecutor:
             exclude_special_tokens=case.exclude_special_tokens,
             progress=self.progress,
             pooled_per_token_ev="reconstruction-pooled" in case.groups,
+            dtype=torch_dtype(case.dtype),
+            overflow=case.overflow,
         )
 
     def absorb(self, results) -> None:
@@ -260,35 +262,35 @@ class CaseExecutor:
         self._release_prefixes()
         self.sources.done(case)
 
-    def prefix(self, case: Case, spec: str) -> PrefixActivations | None:
-        """Model `spec`'s residual at the case's hook over the case's rows, run once for every pass that needs it
+    def prefix(self, case: Case, key: ModelKey) -> PrefixActivations | None:
+        """Model `key`'s residual at the case's hook over the case's rows, run once for every pass that needs it
         (mean-norm threshold, shared pass, paired pass) and kept while a planned case still needs it. None when the
         case is not planned or the activations exceed `prefix_cache_bytes`: each pass then runs its own prefix."""
-        tokens, model, token_key = self.tokens(case), self.model(spec), self.sources.token_key(case)
-        key = (spec, case.hook, case.batch_size, token_key)
-        floor_key = (spec, case.hook, token_key)
+        tokens, model, token_key = self.tokens(case), self.model(key), self.sources.token_key(case)
+        prefix_key = (key, case.hook, case.batch_size, token_key)
+        floor_key = (key, case.hook, token_key)
         if floor_key not in self._prefix_floors:  # the floor holds one prefix per model, token set and hook
             self._prefix_floors.add(floor_key)
-            self.cost.add_floor(spec, tokens.tokens.shape[0], resolve_hook(model, case.hook).blocks_before)
-        if key not in self._prefixes:
+            self.cost.add_floor(str(key), tokens.tokens.shape[0], resolve_hook(model, case.hook).blocks_before)
+        if prefix_key not in self._prefixes:
             if case.id not in self.planner.planned or prefix_bytes(model, tokens.tokens) > self.prefix_cache_bytes:
                 return None
-            self._prefixes[key] = run_prefix(
+            self._prefixes[prefix_key] = run_prefix(
                 model, tokens.tokens, case.hook, case.batch_size, position_mask=tokens.position_mask
             )
-        return self._prefixes[key]
+        return self._prefixes[prefix_key]
 
     def _release_prefixes(self) -> None:
         """Drop each kept prefix that no remaining planned case reads (same model, hook, batch size and text)."""
         needed = {
-            (spec, c.hook, c.batch_size, c.dataset, c.tokens, c.context, c.mask, c.drop_first_token)
+            (key, c.hook, c.batch_size, c.dataset, c.tokens, c.context, c.mask, c.drop_first_token)
             for c in self.planner.planned.values()
-            for spec in (c.model, c.base_model)
+            for key in c.model_keys
         }
-        for key in list(self._prefixes):
-            spec, hook, batch_size, (dataset, n_tokens, context, mask, drop_first, _) = key
-            if (spec, hook, batch_size, dataset, n_tokens, context, mask, drop_first) not in needed:
-                del self._prefixes[key]
+        for prefix_key in list(self._prefixes):
+            key, hook, batch_size, (dataset, n_tokens, context, mask, drop_first, _, _) = prefix_key
+            if (key, hook, batch_size, dataset, n_tokens, context, mask, drop_first) not in needed:
+                del self._prefixes[prefix_key]
 
     def _measure_shared(self, case: Case) -> None:
         """Evaluate `case` with every planned, not yet measured transfer case that can share its pass; their SAEs
@@ -304,7 +306,7 @@ class CaseExecutor:
     def _run_pass(self, case: Case, group: list[Case]) -> None:
         """One shared pass over `group` (on `case`'s model and rows), each case's values recorded; an SAE that fails
         mid-pass fails only its cases: the pass runs again without it."""
-        tokens, model = self.tokens(case), self.model(case.model)
+        tokens, model = self.tokens(case), self.model(case.model_key)
         while True:
             if not group:
                 return
@@ -317,7 +319,7 @@ class CaseExecutor:
                     pairs,
                     tokens.tokens,
                     position_mask=tokens.position_mask,
-                    prefix=self.prefix(group[0], case.model) if one_hook else None,
+                    prefix=self.prefix(group[0], case.model_key) if one_hook else None,
                     cost=cost,
                 )
                 break
@@ -327,9 +329,9 @@ class CaseExecutor:
                 self.results.fail(group.pop(err.variant), err)
         if one_hook:  # the prefix is counted where it is run (`prefix`)
             blocks_after = backend_of(model).n_layers - resolve_hook(model, group[0].hook).blocks_before
-            self.cost.add_floor(case.model, cost.continued_rows, blocks_after)
+            self.cost.add_floor(str(case.model_key), cost.continued_rows, blocks_after)
         else:
-            self.cost.add_floor(case.model, cost.block_rows, 1)
+            self.cost.add_floor(str(case.model_key), cost.block_rows, 1)
         self.shared_passes.append([c.id for c in group])
         for member, report in zip(group, reports, strict=True):
             self.results.record(member, *_transfer_values(report))

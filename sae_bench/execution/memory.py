@@ -1,9 +1,10 @@
 """What a shared pass holds in memory, estimated before anything loads, and the split of its SAEs over passes that
 fit a device.
 
-A pass holds its model's weights, one batch's residual at every block and its logits twice (a clean and a continued
-run), the weights of every SAE it splices and one SAE's feature activations at a time (`evaluate_shared` runs its
-variants one after another), all float32. When that exceeds what the device can give (`USABLE_FRACTION` of its
+A pass holds its model's weights, one batch's residual at every block and its logits twice (a clean and a
+continued run), all in the case's dtype, the weights of every SAE it splices and one SAE's feature activations at a
+time (`evaluate_shared` runs its variants one after another), in float32 whatever the model's dtype
+(`sae_bench.precision`). When that exceeds what the device can give (`USABLE_FRACTION` of its
 memory), the SAEs are split over several passes (`split_for_memory`), in hook order, each pass as full as fits.
 Each extra pass runs the clean and zero-ablated rows again: the forward-pass table and `sae-bench plan` count them.
 """
@@ -19,6 +20,7 @@ import torch
 
 from sae_bench.cases.registry import Case
 from sae_bench.engine.splicing import HookSite
+from sae_bench.precision import DEFAULT_DTYPE, ELEMENT_BYTES
 from sae_bench.source_spec import parse_spec, source_spec
 from sae_bench.sources.zoo.artifacts import zoo_root
 
@@ -70,8 +72,8 @@ def _transformer_lens_table(repo: str) -> dict | None:
     }
 
 
-def model_bytes(config: dict) -> int:
-    """float32 bytes of a decoder's weights from its HF config: embeddings (and an untied unembedding), per layer
+def model_bytes(config: dict, dtype: str = DEFAULT_DTYPE) -> int:
+    """Bytes of a decoder's weights in `dtype` from its HF config: embeddings (and an untied unembedding), per layer
     attention (grouped-query aware) and a gated MLP."""
     d, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
     heads = config["num_attention_heads"]
@@ -80,13 +82,14 @@ def model_bytes(config: dict) -> int:
     attention = d * d_head * (2 * heads + 2 * kv)
     mlp = 3 * d * config["intermediate_size"]
     embeddings = vocab * d * (1 if config.get("tie_word_embeddings", True) else 2)
-    return 4 * (embeddings + layers * (attention + mlp))
+    return ELEMENT_BYTES[dtype] * (embeddings + layers * (attention + mlp))
 
 
-def batch_bytes(config: dict, batch_size: int, context: int) -> int:
-    """One batch's residual at every block and its logits, twice (a clean and a continued run), float32."""
+def batch_bytes(config: dict, batch_size: int, context: int, dtype: str = DEFAULT_DTYPE) -> int:
+    """One batch's residual at every block and its logits, twice (a clean and a continued run), in `dtype`."""
     rows = batch_size * context
-    return 2 * 4 * rows * (config["hidden_size"] * (config["num_hidden_layers"] + 1) + config["vocab_size"])
+    per_row = config["hidden_size"] * (config["num_hidden_layers"] + 1) + config["vocab_size"]
+    return 2 * ELEMENT_BYTES[dtype] * rows * per_row
 
 
 def unit_memory_bytes(unit: Sequence[Case]) -> int | None:
@@ -94,11 +97,11 @@ def unit_memory_bytes(unit: Sequence[Case]) -> int | None:
     config is not at hand."""
     case = unit[0]
     total = 0
-    for spec in {case.model, case.base_model} - {None}:
-        config = model_config(spec)
+    for key in case.model_keys:
+        config = model_config(key.spec)
         if config is None:
             return None
-        total += model_bytes(config) + batch_bytes(config, case.batch_size, case.context)
+        total += model_bytes(config, key.dtype) + batch_bytes(config, case.batch_size, case.context, key.dtype)
     return total
 
 

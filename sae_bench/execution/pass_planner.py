@@ -28,8 +28,8 @@ class PassPlanner:
         return self.planned.pop(case.id, None) is not None
 
     def shared_key(self, case: Case) -> tuple:
-        """Cases with the same key share a pass: one model, batch size and token set, at any hooks."""
-        return (case.model, case.batch_size, self.sources.token_key(case))
+        """Cases with the same key share a pass: one model (spec and dtype), batch size and token set, at any hooks."""
+        return (case.model_key, case.batch_size, self.sources.token_key(case))
 
     def group(self, case: Case, results: ResultsTable) -> list[Case]:
         """`case` and every planned, not yet settled transfer case that can share its pass."""
@@ -39,14 +39,14 @@ class PassPlanner:
             for other in self.planned.values()
             if other.id != case.id
             and not other.paired
-            and other.model == case.model  # checked first: the token key of another model would load it
+            and other.model_key == case.model_key  # checked first: the token key of another model would load it
             and not results.settled(other)
             and self.shared_key(other) == key
         ]
 
     def passes(self, case: Case, group: list[Case]) -> list[list[Case]]:
         """The group's cases split over passes whose SAEs fit the device's memory beside the model and a batch."""
-        model = self.sources.model(case.model)
+        model = self.sources.model(case.model_key)
         return split_for_memory(
             group,
             self.sae_width,
@@ -71,4 +71,4 @@ class PassPlanner:
         """What a pass of `case`'s rows holds besides its SAEs: the model's weights and one batch through it."""
         backend = backend_of(model)
         config = {"hidden_size": backend.d_model, "num_hidden_layers": backend.n_layers, "vocab_size": backend.d_vocab}
-        return backend.weight_bytes() + batch_bytes(config, case.batch_size, case.context)
+        return backend.weight_bytes() + batch_bytes(config, case.batch_size, case.context, dtype=case.dtype)

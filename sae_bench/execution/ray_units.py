@@ -46,7 +46,7 @@ def _tokenizer_of(spec: str) -> str:
 def _token_key(case: Case) -> tuple:
     """What decides a case's rows, read off the case alone (`CaseExecutor._token_key` without loading a model)."""
     reads = case.model if case.mask in CHAT_MASKS else _tokenizer_of(case.base_model or case.model)
-    return (case.dataset, case.tokens, case.context, case.mask, case.drop_first_token, reads)
+    return (case.dataset, case.tokens, case.context, case.mask, case.drop_first_token, reads, case.dtype)
 
 
 def _shares(case: Case) -> list[tuple]:
@@ -54,8 +54,8 @@ def _shares(case: Case) -> list[tuple]:
     prefix of each model it reads at its hook (a paired case reads the base model's and the fine-tune's)."""
     rows = (case.batch_size, _token_key(case))
     if case.paired:
-        return [("prefix", spec, case.hook, *rows) for spec in (case.base_model, case.model)]
-    return [("pass", case.model, *rows), ("prefix", case.model, case.hook, *rows)]
+        return [("prefix", key, case.hook, *rows) for key in case.model_keys]
+    return [("pass", case.model_key, *rows), ("prefix", case.model_key, case.hook, *rows)]
 
 
 def units_of(cases: Iterable[Case]) -> list[list[Case]]:

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from sae_bench.cases.registry import CHAT_MASKS, Case
-from sae_bench.engine.backends import backend_of
+from sae_bench.cases.registry import CHAT_MASKS, Case, ModelKey
+from sae_bench.engine.backends import backend_of, torch_dtype
 from sae_bench.engine.forward_cost import ForwardCost
 from sae_bench.errors import UnusableSAE
+from sae_bench.precision import DEFAULT_DTYPE
 from sae_bench.source_spec import source_spec
 from sae_bench.sources.chat import ChatRows, cached_rollouts, greedy_rollouts
 from sae_bench.sources.checked_sae import CheckedSae, check_sae
@@ -47,40 +48,43 @@ class SourcesCache:
 
     def __init__(self, *, device: str, backend: str, cost: ForwardCost):
         self.device, self.backend, self.cost = device, backend, cost
-        self._models: dict[str, object] = {}
+        self._models: dict[ModelKey, object] = {}
         self._saes: dict[str, CheckedSae] = {}
         self._unusable_saes: dict[str, UnusableSAE] = {}
         self.fingerprints: dict[str, str] = {}
         """sha256 of each SAE's weights, kept after the SAE is dropped (and taken from Ray units)."""
         self._tokens: dict[tuple, CaseTokens] = {}
         self._tokenizer_ids: dict[str, str] = {}
-        self._users: Counter[str] = Counter()
-        self.model_loads: Counter[str] = Counter()
-        """How often each model spec was loaded (once, while the executor lives)."""
-        self.model_releases: Counter[str] = Counter()
-        """How often each model spec was released after its last planned case."""
+        self._users: Counter[ModelKey] = Counter()
+        self.model_loads: Counter[ModelKey] = Counter()
+        """How often each model (spec and dtype) was loaded (once, while the executor lives)."""
+        self.model_releases: Counter[ModelKey] = Counter()
+        """How often each model was released after its last planned case."""
 
     # -- models and their lifetimes -------------------------------------------------------------------------------
-    def model(self, spec: str):
-        if spec not in self._models:
-            self._models[spec] = load_model(spec, device=self.device, backend=self.backend)
-            self.model_loads[spec] += 1
-            self.cost.watch(spec, self._models[spec])
-        return self._models[spec]
+    def model(self, key: ModelKey):
+        """The model of `key`, loaded once in its dtype."""
+        if key not in self._models:
+            self._models[key] = load_model(
+                key.spec, dtype=torch_dtype(key.dtype), device=self.device, backend=self.backend
+            )
+            self.model_loads[key] += 1
+            self.cost.watch(str(key), self._models[key])
+        return self._models[key]
 
     def plan(self, cases: Iterable[Case]) -> None:
         """Count the planned cases that need each model."""
-        self._users = Counter(spec for case in cases for spec in {case.model, case.base_model} - {None})
+        self._users = Counter(key for case in cases for key in case.model_keys)
 
     def done(self, case: Case) -> None:
         """A planned case is finished: release each of its models that no remaining planned case needs."""
-        for spec in {case.model, case.base_model} - {None}:
-            self._users[spec] -= 1
-            if self._users[spec] == 0 and spec in self._models:
-                del self._models[spec]
-                self.model_releases[spec] += 1
+        for key in case.model_keys:
+            self._users[key] -= 1
+            if self._users[key] == 0 and key in self._models:
+                del self._models[key]
+                self.model_releases[key] += 1
 
-    def live_models(self) -> list[str]:
+    def live_models(self) -> list[ModelKey]:
         return list(self._models)
 
     # -- SAEs -----------------------------------------------------------------------------------------------------
@@ -123,17 +127,19 @@ class SourcesCache:
         every case with the same text, budget and tokenizer; chat rows are the case model's own rollouts."""
         key = self.token_key(case)
         if key not in self._tokens:
-            self._tokens[key] = self._load_tokens(case, self.model(case.base_model or case.model))
+            self._tokens[key] = self._load_tokens(case, self.model(case.model_keys[0]))
         return self._tokens[key]
 
     def token_key(self, case: Case) -> tuple:
-        """What decides a case's rows: text, budget, mask and the tokenizer that reads them (chat rows: the model)."""
-        reader = case.base_model or case.model
-        if reader not in self._tokenizer_ids:  # remembered, so a released model is not loaded again for its key
+        """What decides a case's rows: text, budget, mask and the tokenizer that reads them (chat rows: the model,
+        whose rollouts depend on its dtype), and the dtype the rows run in: two dtypes never share a token set, so
+        never a prefix or a pass."""
+        reader = case.model_keys[0]
+        if reader.spec not in self._tokenizer_ids:  # remembered, so a released model is not loaded again for its key
             tokenizer = self.model(reader).tokenizer
-            self._tokenizer_ids[reader] = getattr(tokenizer, "name_or_path", None) or reader
-        reads = case.model if case.mask in CHAT_MASKS else self._tokenizer_ids[reader]
-        return (case.dataset, case.tokens, case.context, case.mask, case.drop_first_token, reads)
+            self._tokenizer_ids[reader.spec] = getattr(tokenizer, "name_or_path", None) or reader.spec
+        reads = case.model if case.mask in CHAT_MASKS else self._tokenizer_ids[reader.spec]
+        return (case.dataset, case.tokens, case.context, case.mask, case.drop_first_token, reads, case.dtype)
 
     def _load_tokens(self, case: Case, reader) -> CaseTokens:
         n_rows = max(1, case.tokens // case.context)
@@ -152,7 +158,7 @@ class SourcesCache:
 
     def rollouts(self, case: Case, n_rows: int) -> ChatRows:
         """Greedy rollouts of the case's model on the dataset's held-out prompts, cached on disk."""
-        model = self.model(case.model)
+        model = self.model(case.model_key)
         tokenizer = backend_of(model).tokenizer
         prompts = load_chat_prompts(case.dataset, tokenizer)[:n_rows]
         dataset = source_spec(case.dataset)
@@ -161,6 +167,7 @@ class SourcesCache:
         digest = hashlib.sha256(repr(prompts).encode()).hexdigest()
         key = f"{source_fingerprint(case.model)}|{digest}|{ROLLOUT_TOKENS}|{case.context}|torch {torch.__version__}"
         key += f"|generator {self.backend}"  # each backend generates its own rows (`ModelBackend.generate`)
+        key += "" if case.dtype == DEFAULT_DTYPE else f"|{case.dtype}"  # greedy rows depend on the precision
 
         def make() -> ChatRows:
             rows = greedy_rollouts(

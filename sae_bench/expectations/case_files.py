@@ -8,7 +8,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sae_bench.cases.registry import SHIPPED_CASES, Case, Registry
-from sae_bench.engine.definitions import current_version
 from sae_bench.expectations import files
 from sae_bench.expectations.rules import (
     ExpectationError,
@@ -16,6 +15,7 @@ from sae_bench.expectations.rules import (
     bundle_json,
     read_bundle,
     read_expectations,
+    staleness,
 )
 from sae_bench.shipped import shipped
 
@@ -94,9 +94,12 @@ class CaseExpectations:
                 )
         return problems
 
-    def stale(self, registry: Registry, case_ids: Iterable[str]) -> list[tuple[Path, str]]:
-        """(file, line) per expected value of these cases' groups measured under another definition of its metric
-        than this suite's (`rules.STALE`): the metric and both versions. Call after `problems` found none."""
+    def stale(
+        self, registry: Registry, case_ids: Iterable[str], run_dtype: str | None = None
+    ) -> list[tuple[Path, str]]:
+        """(file, line) per expected value of these cases' groups that cannot judge this run (`rules.staleness`:
+        another definition of its metric, or another dtype than its case declares), saying why. `run_dtype`: the
+        run's --dtype (None: each case's own). Call after `problems` found none."""
         lines = []
         for case_id in dict.fromkeys(case_ids):
             case = registry.get(case_id)
@@ -104,14 +107,12 @@ class CaseExpectations:
             if found is None:
                 continue
             names = dict.fromkeys(name for group in case.groups for name in case.metrics(group))
-            for name in names:
-                expectation = found.metrics.get(name)
-                if expectation is not None and expectation.version != current_version(name):
-                    lines.append((
-                        self.path(case),
-                        f"{case_id}: {name} expects {expectation.value} under definition v{expectation.version}; "
-                        f"this suite defines {name} as v{current_version(name)} (`sae-bench metrics`)",
-                    ))  # fmt: skip
+            for name in (n for n in names if n in found.metrics):
+                why = staleness(found, name, declared=case.dtype, run=run_dtype or case.dtype)
+                if why is None:
+                    continue
+                fix = "`sae-bench metrics`" if why.startswith("under") else "--update-expectations measures it again"
+                lines.append((self.path(case), f"{case_id}: {name} expects {found.metrics[name].value} {why} ({fix})"))
         return lines
 
     def stale_temporaries(self, registered: Iterable[Case]) -> list[Path]:

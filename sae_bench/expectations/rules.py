@@ -1,10 +1,13 @@
 """Expectation files (docs/design.md §6): read, compare, update; the verdict table.
 
-One JSON file per case: `{"case", "format", "provenance", "metrics": {name: {value, version, abs, rel, direction,
-basis[, provenance]}}}`. `version` is the definition the value was measured under (`sae_bench.engine.definitions`);
-a value of another version than the code's is "stale": neither passed nor failed, until --update-expectations
-measures it again. A file without `format` was written before versions existed (format 1): every value in it is
-version 1, and `sae-bench expectations migrate` rewrites it as format 2 with no value changed.
+One JSON file per case: `{"case", "format", "provenance", "metrics": {name: {value, version, dtype, abs, rel,
+direction, basis[, provenance]}}}`. `version` is the definition the value was measured under (`sae_bench.engine.
+definitions`); a value of another version than the code's is "stale": neither passed nor failed, until
+--update-expectations measures it again. `dtype` is the precision the case's models ran in (absent: float32, the only
+one before dtypes were recorded; a published file's values are in the paper's, its provenance's `dtype`); a measured
+value of another dtype than its case declares is stale too, unless the run itself was told another dtype (--dtype:
+then it is judged, a precision check). A file without `format` was written before versions existed (format 1):
+every value in it is version 1, and `sae-bench expectations migrate` rewrites it as format 2 with no value changed.
 A metric regresses when it moves beyond max(abs, rel·|value|) in the bad `direction` (`higher` is better, `lower` is
 better, `both`: any move is a regression); a move beyond it the good way is "improved" (passes; update the file).
 A `one_sided` metric reproduces a collapse ("at least this bad"): any value on the bad side of `value` is ok, one
@@ -26,6 +29,7 @@ import pandas as pd
 
 from sae_bench.engine.definitions import DEFINITIONS, current_version
 from sae_bench.errors import BadInput
+from sae_bench.precision import DEFAULT_DTYPE, RECORDED_BEFORE, dtype_problem
 
 DIRECTIONS = ("higher", "lower", "both")
 DEFAULT_DIRECTION: dict[str, str] = {
@@ -76,6 +80,8 @@ class MetricExpectation:
     """Check only that the value is at least this bad (a collapsed transfer), in `direction`'s terms."""
     version: int | None = None
     """The definition the value was measured under (None: the current one, filled in by ExpectationFile)."""
+    dtype: str | None = None
+    """The precision the value was measured in (None: not recorded; `ExpectationFile.dtype_of` says what it means)."""
 
     def __post_init__(self) -> None:
         if self.one_sided and self.direction == "both":
@@ -119,11 +125,17 @@ class ExpectationFile:
     def covers(self, name: str) -> bool:
         return name in self.metrics or name in self.unchecked
 
+    def dtype_of(self, name: str) -> str:
+        """The precision `name`'s value was measured in: its own, else the file's (a paper's), else float32 (the only
+        one before dtypes were recorded)."""
+        return self.metrics[name].dtype or self.provenance.get("dtype") or RECORDED_BEFORE
+
     def to_json(self) -> str:
         metrics = {}
         for name, expectation in sorted(self.metrics.items()):
             entry = {k: v for k, v in asdict(expectation).items() if v not in (None, "", 0.0) or k == "value"}
-            metrics[name] = {"value": entry.pop("value"), "version": entry.pop("version"), **entry}
+            first = {k: entry.pop(k) for k in ("value", "version", "dtype") if k in entry}  # the value and its terms
+            metrics[name] = first | entry
         document = {"case": self.case, "format": FORMAT, "provenance": self.provenance, "metrics": metrics}
         if self.unchecked:
             document["unchecked"] = dict(sorted(self.unchecked.items()))
@@ -238,7 +250,7 @@ def parse_expectations(path: Path, data: Any, inside: str = "") -> ExpectationFi
         where = f"metrics.{name}"
         if not isinstance(entry, dict) or "value" not in entry:
             raise ExpectationError(f"{path}: {where}: expected a table with value, direction and abs or rel")
-        unknown = set(entry) - {"value", "version", "direction", "abs", "rel", "basis", "provenance", "one_sided"}
+        unknown = set(entry) - ENTRY_FIELDS
         if unknown:
             raise ExpectationError(f"{path}: {where}: unknown fields {sorted(unknown)}")
         direction = entry.get("direction", DEFAULT_DIRECTION.get(name, "both"))
@@ -252,6 +264,8 @@ def parse_expectations(path: Path, data: Any, inside: str = "") -> ExpectationFi
             raise ExpectationError(f"{path}: {where}.one_sided: true or false, and true needs direction higher/lower")
         if not isinstance(entry.get("basis", ""), str) or not isinstance(entry.get("provenance") or {}, dict):
             raise ExpectationError(f"{path}: {where}: basis is a string and provenance a JSON object")
+        if "dtype" in entry and (problem := dtype_problem(entry["dtype"], f"{where}.dtype")):
+            raise ExpectationError(f"{path}: {problem}")
         metrics[name] = MetricExpectation(
             value=_number(path, f"{where}.value", entry["value"], allow_none=True),
             direction=direction,
@@ -259,6 +273,7 @@ def parse_expectations(path: Path, data: Any, inside: str = "") -> ExpectationFi
             provenance=entry.get("provenance"),
             one_sided=one_sided,
             version=_version(path, where, name, entry, file_format),
+            dtype=entry.get("dtype"),
             **tolerance,
         )
     return ExpectationFile(data["case"], data["provenance"], metrics, unchecked)
@@ -270,19 +285,43 @@ def is_legacy(path: Path) -> bool:
     return isinstance(data, dict) and "format" not in data
 
 
-VERDICT_COLUMNS = ["metric", "expected", "got", "threshold", "direction", "definition", "verdict"]
+ENTRY_FIELDS = {"value", "version", "dtype", "direction", "abs", "rel", "basis", "provenance", "one_sided"}
+VERDICT_COLUMNS = ["metric", "expected", "got", "threshold", "direction", "definition", "dtype", "verdict"]
 
 
-def compare(expected: ExpectationFile, measured: Mapping[str, float | None], names: Sequence[str]) -> pd.DataFrame:
-    """The verdict table for the metrics in `names` that the file holds. `definition` is the version both sides
-    share ("v1"), or "v1 → v2" where the expectation was measured under an older one: then the verdict is `stale`."""
+def staleness(expected: ExpectationFile, name: str, *, declared: str, run: str) -> str | None:
+    """Why the expected value of `name` cannot judge a value measured in `run` for a case declared in `declared`
+    (None: it can): measured under another definition of its metric, or (a measured value, not a paper's) in another
+    dtype than the case declares, when the run is in the declared one (a run told another dtype is a precision
+    check, judged against the values as they are)."""
+    expectation, current = expected.metrics[name], current_version(name)
+    if expectation.version != current:
+        return f"under definition v{expectation.version}; this suite defines {name} as v{current}"
+    measured_in = expected.dtype_of(name)
+    if not is_published(expected) and measured_in != declared and run == declared:
+        return f"measured in {measured_in}; the case now runs in {declared}"
+    return None
+
+
+def compare(
+    expected: ExpectationFile,
+    measured: Mapping[str, float | None],
+    names: Sequence[str],
+    *,
+    declared: str = DEFAULT_DTYPE,
+    run: str = DEFAULT_DTYPE,
+) -> pd.DataFrame:
+    """The verdict table for the metrics in `names` that the file holds, measured in `run` for a case declared in
+    `declared`. `definition` is the version both sides share ("v1"), or "v1 → v2" where the expectation was
+    measured under an older one; `dtype` the precision both share, or "float32 → bfloat16"; a `staleness` gives
+    verdict `stale`."""
     rows = []
     for name in names:
         if name not in expected.metrics:
             continue
         expectation = expected.metrics[name]
-        got, current = measured.get(name), current_version(name)
-        same = expectation.version == current
+        got, current, measured_in = measured.get(name), current_version(name), expected.dtype_of(name)
+        stale = staleness(expected, name, declared=declared, run=run)
         rows.append(
             {
                 "metric": name,
@@ -290,8 +329,9 @@ def compare(expected: ExpectationFile, measured: Mapping[str, float | None], nam
                 "got": got,
                 "threshold": expectation.threshold,
                 "direction": expectation.direction + (", at least this bad" if expectation.one_sided else ""),
-                "definition": f"v{current}" if same else f"v{expectation.version} → v{current}",
-                "verdict": expectation.verdict(got) if same else STALE,
+                "definition": _moved(expectation.version, current),
+                "dtype": run if measured_in == run else f"{measured_in} → {run}",
+                "verdict": STALE if stale else expectation.verdict(got),
             }
         )
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
@@ -324,11 +364,13 @@ def updated(
     spread_basis: str = "",
     *,
     replace_published: bool = False,
+    dtype: str = DEFAULT_DTYPE,
 ) -> tuple[ExpectationFile, pd.DataFrame]:
     """New values for `names` (tolerances kept; new metrics take the measured spread) and the diff table.
 
     A published value is replaced only with `replace_published`. Every replaced value is kept: the metric carries
-    the measured provenance and, under `replaces`, the value and source it replaced.
+    the measured provenance and, under `replaces`, the value and source it replaced. Every value written records
+    `dtype`, the precision it was measured in.
     """
     published = existing is not None and is_published(existing)
     if published and not replace_published:
@@ -342,13 +384,14 @@ def updated(
             old = metrics[name]
             source = old.provenance
             current = current_version(name)
-            if old.value != got or published or old.version != current:
+            old_dtype = existing.dtype_of(name)
+            if old.value != got or published or old.version != current or old_dtype != dtype:
                 diff.append({"metric": name, "old": old.value, "new": got, "definition": _moved(old.version, current)})
                 # the value it replaces and that value's own source (one level: no chain of replacements)
                 former = {k: v for k, v in dict(old.provenance or existing.provenance).items() if k != "replaces"}
-                replaced = {"value": old.value, "version": old.version, "provenance": former}
+                replaced = {"value": old.value, "version": old.version, "dtype": old_dtype, "provenance": former}
                 source = {**provenance, "replaces": replaced}
-            metrics[name] = replace(old, value=got, provenance=source, version=current)
+            metrics[name] = replace(old, value=got, provenance=source, version=current, dtype=dtype)
             continue
         if name in unchecked:
             continue
@@ -364,6 +407,7 @@ def updated(
             abs=tolerance or 0.0,
             basis=spread_basis if got is not None else "expected undefined",
             version=current_version(name),
+            dtype=dtype,
         )
         diff.append({"metric": name, "old": None, "new": got, "definition": f"v{current_version(name)}"})
     return (

@@ -163,6 +163,7 @@ class GateRequest:
     no_results: bool = False
     ray: str | None = None
     device_memory_gb: float | None = None
+    dtype: str | None = None
 
     def suite_options(self) -> SuiteOptions:
         """The suite's options for this run: every selected case with the new SAE."""
@@ -173,6 +174,7 @@ class GateRequest:
             rehearse=self.rehearse,
             ray=self.ray,
             device_memory=None if self.device_memory_gb is None else self.device_memory_gb * 1e9,
+            dtype=self.dtype,
         )
 
 

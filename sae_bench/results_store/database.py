@@ -5,7 +5,7 @@ a `postgresql://` URL is a shared PostgreSQL store (psycopg) that several CI run
 with the same schema and the same commands. Tables: `runs` (one row a run of `pytest benchmarks` or `sae-bench
 gate`; its id is the database's own sequence, so concurrent runs never share one), `measurements` (one row a metric
 of a case's groups: value, or null with the reason it is undefined, its verdict, and the version of the metric's
-definition it was measured under), `vectors` (per-feature arrays
+definition it was measured under, and the dtype the model ran in), `vectors` (per-feature arrays
 a figure needs, once per run and case, float32 + zlib). A database of another schema version is refused with what
 to do.
 """
@@ -31,11 +31,13 @@ from sae_bench.cache import cache_dir
 from sae_bench.cases.selection import Selection
 from sae_bench.engine.definitions import current_version
 from sae_bench.errors import BadInput
+from sae_bench.precision import DEFAULT_DTYPE, RECORDED_BEFORE
 from sae_bench.shipped import in_checkout
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """2 added measurements.registry (which case registry a case came from), 3 measurements.definition (the version of the
-metric's definition the value was measured under); an older database is migrated in place (`_MIGRATIONS`)."""
+metric's definition the value was measured under), 4 measurements.dtype (the precision the case's models ran in); an
+older database is migrated in place (`_MIGRATIONS`)."""
 DEFAULT_PATH = Path(".sae-bench") / "results.sqlite"
 ENV = "SAE_BENCH_RESULTS"
 
@@ -51,6 +53,7 @@ _SCHEMA = (
     value {real}, undefined_reason TEXT, expected {real}, threshold {real}, direction TEXT, verdict TEXT NOT NULL,
     sae TEXT NOT NULL, sae_fingerprint TEXT NOT NULL, model TEXT NOT NULL, model_fingerprint TEXT NOT NULL,
     tokens INTEGER NOT NULL, registry TEXT NOT NULL DEFAULT '', definition INTEGER NOT NULL DEFAULT 1,
+    dtype TEXT NOT NULL DEFAULT 'float32',
     PRIMARY KEY (run, case_id, metric)
 )""",
     """CREATE TABLE IF NOT EXISTS vectors (
@@ -62,16 +65,18 @@ _SCHEMA = (
 """The tables, in each dialect's types (`_Dialect`): an 8-byte float, an auto-numbered key, bytes."""
 _MEASUREMENT_COLUMNS = (
     "run, case_id, grp, metric, value, undefined_reason, expected, threshold, direction, verdict, sae, "
-    "sae_fingerprint, model, model_fingerprint, tokens, registry, definition"
+    "sae_fingerprint, model, model_fingerprint, tokens, registry, definition, dtype"
 )
 _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE measurements ADD COLUMN registry TEXT NOT NULL DEFAULT ''",
     2: "ALTER TABLE measurements ADD COLUMN definition INTEGER NOT NULL DEFAULT 1",
+    3: f"ALTER TABLE measurements ADD COLUMN dtype TEXT NOT NULL DEFAULT '{RECORDED_BEFORE}'",
 }
 """Schema version → the statement that brings a database of that version to the next. Every value recorded before
-version 3 was measured under version 1 of its metric's definition (the first versioned definitions), so the
-default is the truth for them."""
-_ADDED_COLUMNS = {"registry": "", "definition": 1}
+version 3 was measured under version 1 of its metric's definition (the first versioned definitions), and every one
+recorded before version 4 with its models in float32 (the only precision the suite ran), so the defaults are the
+truth for them."""
+_ADDED_COLUMNS = {"registry": "", "definition": 1, "dtype": RECORDED_BEFORE}
 """Columns a later schema added, with what a database too old to have them (opened read-only) means by them."""
 
 
@@ -224,6 +229,8 @@ class CaseMeasurement:
     tokens: int
     registry: str = ""
     """Which case registry the case came from: the shipped one (with its version), or a user's folder and commit."""
+    dtype: str = DEFAULT_DTYPE
+    """The precision the case's models ran in."""
 
 
 def unusable(path: Path, err: sqlite3.DatabaseError, read_only: bool) -> str:
@@ -342,7 +349,7 @@ class ResultsDB:
                 _number(row["expected"]) if checked else None, _number(row["threshold"]) if checked else None,
                 row["direction"] if checked else None, row["verdict"] if checked else "unchecked",
                 measured.sae, measured.sae_fingerprint, measured.model, measured.model_fingerprint, measured.tokens,
-                measured.registry, current_version(metric),
+                measured.registry, current_version(metric), measured.dtype,
             ))  # fmt: skip
         columns = _MEASUREMENT_COLUMNS.split(", ")
         update = ", ".join(f"{c} = excluded.{c}" for c in columns[3:])

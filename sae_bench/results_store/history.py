@@ -39,15 +39,23 @@ class RedefinedMetrics(BadInput):
     """Two runs measured a metric under different definitions: their values are not comparable."""
 
 
-def compare_runs(db: ResultsDB, baseline: int, run: int, *, allow_redefined: bool = False) -> pd.DataFrame:
+class OtherDtype(BadInput):
+    """Two runs measured a case with its models in different precisions: a precision check, not a regression run."""
+
+
+def compare_runs(
+    db: ResultsDB, baseline: int, run: int, *, allow_redefined: bool = False, allow_other_dtype: bool = False
+) -> pd.DataFrame:
     """Every metric both runs measured for the same case whose value moved, with its tolerance and a verdict (the
     move judged against the baseline value with the expectation's tolerance and direction), and every case and
     metric of the baseline that the run did not measure, as `vanished` (a regression). Values measured under
     different definitions of their metric are refused (RedefinedMetrics) unless `allow_redefined`; then the
-    `definition` column says both versions ("v1 → v2")."""
+    `definition` column says both versions ("v1 → v2"). Cases whose models ran in different dtypes are refused
+    (OtherDtype) unless `allow_other_dtype`; then they are judged like the others (a precision check) and the
+    `dtype` column says both ("float32 → bfloat16")."""
     keys = ["case_id", "grp", "metric"]
-    old = db.measurements(baseline)[keys + ["value", "threshold", "direction", "definition"]]
-    new = db.measurements(run)[keys + ["value", "definition"]]
+    old = db.measurements(baseline)[keys + ["value", "threshold", "direction", "definition", "dtype"]]
+    new = db.measurements(run)[keys + ["value", "definition", "dtype"]]
     both = old.merge(new, on=keys, suffixes=("_baseline", "_run"), how="left", indicator=True)
     vanished = both[both._merge == "left_only"]
     both = both[both._merge == "both"]
@@ -58,8 +66,21 @@ def compare_runs(db: ResultsDB, baseline: int, run: int, *, allow_redefined: boo
             f"({_versions(redefined)}): their values are not comparable. Compare runs of one suite version, or pass "
             "--allow-redefined to see them side by side anyway"
         )
-    both = both.assign(definition=_moves(both.definition_baseline, both.definition_run))
-    vanished = vanished.assign(definition=vanished.definition_baseline.map(lambda v: f"v{int(v)}"))
+    other_dtype = both[both.dtype_baseline != both.dtype_run]
+    if len(other_dtype) and not allow_other_dtype:
+        pairs = sorted({f"{r.dtype_baseline} → {r.dtype_run}" for r in other_dtype.itertuples()})
+        raise OtherDtype(
+            f"run {run} measured {other_dtype.case_id.nunique()} case(s) with their models in another dtype than run "
+            f"{baseline} ({', '.join(pairs)}; e.g. {other_dtype.case_id.iloc[0]}): a precision check, not a "
+            "regression run. Compare runs in one dtype, or pass --allow-other-dtype to judge them anyway"
+        )
+    both = both.assign(
+        definition=_moves(both.definition_baseline, both.definition_run),
+        dtype=[a if a == b else f"{a} → {b}" for a, b in zip(both.dtype_baseline, both.dtype_run, strict=True)],
+    )
+    vanished = vanished.assign(
+        definition=vanished.definition_baseline.map(lambda v: f"v{int(v)}"), dtype=vanished.dtype_baseline
+    )
     moved = both[
         ~((both.value_baseline == both.value_run) | (both.value_baseline.isna() & both.value_run.isna()))
         | (both.definition_baseline != both.definition_run)
@@ -80,8 +101,8 @@ def compare_runs(db: ResultsDB, baseline: int, run: int, *, allow_redefined: boo
             vanished.assign(change=None, verdict=VANISHED),
         ]
     )
-    columns = keys + ["value_baseline", "value_run", "change", "threshold", "direction", "definition", "verdict"]
-    return table[columns].reset_index(drop=True)
+    columns = keys + ["value_baseline", "value_run", "change", "threshold", "direction", "definition", "dtype"]
+    return table[[*columns, "verdict"]].reset_index(drop=True)
 
 
 def _moves(old: pd.Series, new: pd.Series) -> list[str]:
@@ -101,7 +122,7 @@ def history(db: ResultsDB, case_id: str, metric: str) -> pd.DataFrame:
     if rows.empty:
         raise BadInput(_unknown(db, case_id, metric))
     runs = db.runs()[["id", "started", "git_commit"]].rename(columns={"id": "run"})
-    columns = ["run", "started", "git_commit", "value", "definition", "verdict", "sae", "sae_fingerprint"]
+    columns = ["run", "started", "git_commit", "value", "definition", "dtype", "verdict", "sae", "sae_fingerprint"]
     table = rows.merge(runs, on="run")[columns]
     return table.reset_index(drop=True)
 

@@ -12,7 +12,7 @@ import importlib.util
 import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from importlib.metadata import version
 from pathlib import Path
@@ -81,6 +81,9 @@ class SuiteOptions:
     """Bytes of memory a shared pass may fill, where its SAEs are split over passes beyond (None: the device's)."""
     backend: str = DEFAULT_BACKEND
     """How models run (`sae_bench.engine.backends`)."""
+    dtype: str | None = None
+    """--dtype: every case's models run in this precision instead of the one its case declares (None: as declared),
+    judged against the expectations as they are."""
 
 
 @dataclass(frozen=True)
@@ -182,19 +185,35 @@ class Suite:
         return registry.with_sae(spec, replaced.__contains__)
 
     def as_run(self, case: Case) -> Case:
-        """The case as this run evaluates it: a hub case scaled down under --rehearse, else as registered."""
+        """The case as this run evaluates it: in --dtype's precision when given, and a hub case scaled down under
+        --rehearse."""
+        if self.options.dtype is not None:
+            case = replace(case, dtype=self.options.dtype)
         if self.options.rehearse and case.tier == "hub":
             return scaled_case(case)
         return case
 
     def expectation_problems(self, case_ids: Iterable[str]) -> list[str]:
-        """One message per expectation file of these cases that cannot be used, read before any case runs."""
-        return self.case_files.problems(self.registry, case_ids)
+        """One message per expectation file of these cases that cannot be used, read before any case runs; and, with
+        --dtype and --update-expectations, one per case declared in another dtype (its file would hold values of a
+        precision its case does not run in)."""
+        problems = self.case_files.problems(self.registry, case_ids)
+        if self.options.update and self.options.dtype is not None:
+            other = [self.registry.get(cid) for cid in dict.fromkeys(case_ids)]
+            other = [case for case in other if case.dtype != self.options.dtype]
+            if other:
+                problems.append(
+                    f"--dtype {self.options.dtype} with --update-expectations would write {self.options.dtype} values "
+                    f"into the expectation files of {len(other)} case(s) declared in another dtype (e.g. "
+                    f"{other[0].id}, {other[0].dtype}: {self.case_files.path(other[0])}). Drop --dtype, or change "
+                    "the case's dtype in its case file and update then"
+                )
+        return problems
 
     def stale_expectations(self, case_ids: Iterable[str]) -> list[tuple[Path, str]]:
         """Expected values of these cases measured under another definition of their metric (none to report when
         this run updates them: --update-expectations measures them again)."""
-        return [] if self.options.update else self.case_files.stale(self.registry, case_ids)
+        return [] if self.options.update else self.case_files.stale(self.registry, case_ids, self.options.dtype)
 
     def stale_temporaries(self) -> list[Path]:
         return self.case_files.stale_temporaries(self.shipped)
@@ -303,7 +322,8 @@ class Suite:
                 self._write(case, path, existing, measured, names)
         if uncovered and not self.options.update:
             raise ItemFailed(f"wrote new {group} expectations to {path}; review the file and commit it")
-        table = expectations.compare(self.case_files.read(case), measured, names)
+        declared = self.registry.get(case.id).dtype
+        table = expectations.compare(self.case_files.read(case), measured, names, declared=declared, run=case.dtype)
         table = table.assign(case=case.id, group=group, sae=case.sae, sae_sha256=sha)
         self.verdicts.append(table.assign(hook_mismatch_ok=case.hook_mismatch_ok or None))
         if self.results is not None:
@@ -335,8 +355,14 @@ class Suite:
             spread,
             spread_basis=f"3 standard errors from {SPREAD_SUBSETS} disjoint row subsets of this case's tokens",
             replace_published=self.options.replace_published,
+            dtype=case.dtype,
         )
-        before = {} if existing is None else expectations.compare(existing, measured, names).set_index("metric")
+        declared = self.registry.get(case.id).dtype
+        before = (
+            {}
+            if existing is None
+            else expectations.compare(existing, measured, names, declared=declared, run=case.dtype).set_index("metric")
+        )
         self.case_files.write(case, new)
         for row in diff.itertuples():
             verdict = before.verdict.get(row.metric, "new") if len(before) else "new"
@@ -424,6 +450,7 @@ class Suite:
                 source_fingerprint(case.model),
                 int(measured.get("n_tokens_reconstructed") or measured.get("n_tokens") or 0),
                 self.registry_source(case),
+                case.dtype,
             ),
         )
         if case.id not in self.vectors_recorded:
@@ -489,6 +516,7 @@ def measured_provenance(case: Case, executor: CaseExecutor) -> dict:
         "rows": int(tokens.tokens.shape[0]),
         "positions": n_positions,
         "seed": "none needed: fixed shipped rows, greedy rollouts, deterministic on CPU",
+        "dtype": case.dtype,
         "versions": {p: version(p) for p in PACKAGES},
         "date": date.today().isoformat(),
     }

@@ -94,14 +94,45 @@ def test_scoring_in_chunks_keeps_per_batch_reductions(model, tokens, random_sae,
         assert getattr(report, name) == pytest.approx(getattr(reference, name), **FLOAT32_FORWARD), name
 
 
-def test_dtype_option_runs_model_and_sae_in_that_dtype(tokens, random_sae):
+def test_dtype_option_runs_the_model_in_that_dtype_and_the_sae_in_its_own(tokens, random_sae):
     reference = run(tiny_model(), random_sae, tokens)
-    sae64 = standard_sae(D_MODEL, 48, seed=3)
-    report = run(tiny_model(), sae64, tokens, dtype=torch.float64)
-    assert sae64.W_dec.dtype == torch.float64
+    model, sae = tiny_model(), standard_sae(D_MODEL, 48, seed=3)
+    report = run(model, sae, tokens, dtype=torch.float64)
+    assert model.W_U.dtype == torch.float64
+    assert sae.W_dec.dtype == torch.float32
     assert report.settings["dtype"] == "float64"
     for name in ("l0", "explained_variance", "ce_spliced", "kl_spliced"):
         assert getattr(report, name) == pytest.approx(getattr(reference, name), rel=1e-4), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_model_splices_a_float32_sae_and_scores_in_float32(tokens, random_sae, dtype):
+    """The SAE reads the half-precision residual cast to float32 and its reconstruction is cast back: metrics stay
+    near the float32 run's (bfloat16 keeps 8 bits of mantissa, float16 11)."""
+    reference = run(tiny_model(), random_sae, tokens)
+    report = run(tiny_model(), random_sae, tokens, dtype=dtype)
+    assert random_sae.W_dec.dtype == torch.float32
+    assert report.settings["dtype"] == str(dtype).removeprefix("torch.")
+    assert report.batches_overflowed == report.batches_dropped == 0
+    rel = 0.05 if dtype == torch.bfloat16 else 0.01
+    for name in ("explained_variance", "ce_clean", "ce_spliced", "ce_loss_recovered", "kl_spliced"):
+        assert getattr(report, name) == pytest.approx(getattr(reference, name), rel=rel), name
+
+
+def test_a_float16_forward_that_overflows_leaves_its_metrics_undefined_and_counts_the_batches(tokens):
+    """A reconstruction beyond float16's range (65504) becomes inf when cast back to the residual's dtype: every CE
+    and KL of the spliced run is undefined, naming how many batches overflowed; the clean and zero runs are not."""
+    sae = standard_sae(D_MODEL, 48, seed=3)
+    with torch.no_grad():
+        sae.b_dec.fill_(1e5)
+    report = run(tiny_model(), sae, tokens, dtype=torch.float16)
+    n_batches = math.ceil(tokens.shape[0] / 4)
+    assert report.batches_overflowed == n_batches
+    assert report.ce_spliced is None and report.kl_spliced is None and report.ce_loss_recovered is None
+    assert f"{n_batches} batch(es) of the spliced run overflowed" in report.undefined["ce_spliced"]
+    assert "needs ce_spliced" in report.undefined["ce_loss_recovered"]
+    assert report.ce_clean is not None and report.ce_zero_ablation is not None
+    assert run(tiny_model(), sae, tokens).ce_spliced is not None  # in float32 the same SAE's output is finite
 
 
 def test_position_mask_limits_every_metric(model, tokens, random_sae):

@@ -348,3 +348,53 @@ def test_pooled_per_token_ev_refuses_to_keep_too_much():
     stats = metrics.PooledPerTokenEVStats(max_values=10)
     with pytest.raises(ValueError, match="keeps every token"):
         stats.update(torch.ones(3, 4), torch.ones(3, 4))
+
+
+def _overflow_case(rule: str, nll: list[float]) -> tuple[metrics.BatchOverflows, metrics.TokenMean, bool]:
+    overflows, mean = metrics.BatchOverflows(rule), metrics.TokenMean()
+    admitted = overflows.admit("spliced", torch.tensor(nll), None, [mean])
+    return overflows, mean, admitted
+
+
+def test_an_overflowed_batch_makes_its_mean_undefined_by_default():
+    overflows, mean, admitted = _overflow_case("undefined", [1.0, math.inf])
+    assert not admitted and overflows.batches_overflowed == 1 and overflows.dropped == 0
+    with pytest.raises(metrics.UndefinedMetric, match="1 batch"):
+        mean.compute("ce_spliced")
+
+
+def test_kutsyks_rule_drops_a_spliced_batch_whose_loss_is_inf_and_keeps_the_others():
+    overflows, mean = metrics.BatchOverflows("drop-inf-batches"), metrics.TokenMean()
+    for nll in ([1.0, 3.0], [2.0, math.inf], [2.0, 4.0]):
+        if overflows.admit("spliced", torch.tensor(nll), None, [mean]):
+            mean.update(torch.tensor(nll))
+    assert overflows.dropped == 1 and overflows.batches_overflowed == 0
+    assert mean.compute("ce_spliced") == 2.5  # the two finite batches' tokens
+    assert mean.batch_means == [2.0, None, 3.0]
+
+
+@pytest.mark.parametrize("name", ["clean", "zero"])
+def test_kutsyks_rule_drops_only_spliced_batches(name):
+    overflows, mean = metrics.BatchOverflows("drop-inf-batches"), metrics.TokenMean()
+    assert not overflows.admit(name, torch.tensor([math.inf]), None, [mean])
+    assert overflows.overflowed == {name: 1}
+    with pytest.raises(metrics.UndefinedMetric, match="never a NaN"):
+        mean.compute("ce_clean")
+
+
+def test_kutsyks_rule_never_drops_a_nan():
+    overflows, mean, admitted = _overflow_case("drop-inf-batches", [math.inf, math.nan])
+    assert not admitted and overflows.dropped == 0 and overflows.overflowed == {"spliced": 1}
+    with pytest.raises(metrics.UndefinedMetric, match="overflowed"):
+        mean.compute("ce_spliced")
+
+
+def test_the_batch_mean_recovery_needs_every_batch():
+    clean, spliced, zero = metrics.TokenMean(), metrics.TokenMean(), metrics.TokenMean()
+    for mean, value in ((clean, 1.0), (spliced, 2.0), (zero, 3.0)):
+        mean.update(torch.tensor([value]))
+    spliced.leave_out()
+    clean.update(torch.tensor([1.0]))
+    zero.update(torch.tensor([3.0]))
+    with pytest.raises(metrics.UndefinedMetric, match="1 batch"):
+        metrics.ce_loss_recovered_batch_mean(clean, spliced, zero)

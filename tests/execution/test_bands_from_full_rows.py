@@ -35,7 +35,7 @@ def test_bands_come_from_the_full_rows_and_similarities_from_the_cut_rows():
     full_rows = executor.tokens(kutsyk).full_rows
     assert full_rows.shape[1] == kutsyk.context and torch.equal(full_rows[:, 1:], executor.tokens(kutsyk).tokens)
     config = PairedConfig(hook=case.hook, batch_size=case.batch_size, progress=False)
-    models = executor.model(case.base_model), executor.model(case.model)
+    models = executor.model(case.base_model_key), executor.model(case.model_key)
     on_full_rows = evaluate_universality(*models, executor.sae(case.sae), full_rows, config)
     assert torch.equal(vectors["density_base"], on_full_rows.density_base)
     assert torch.equal(vectors["density_finetuned"], on_full_rows.density_finetuned)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import sae_bench.execution.sources_cache
-from sae_bench.cases.registry import Case
+from sae_bench.cases.registry import Case, ModelKey
 from sae_bench.engine.backends import backend_of
 from sae_bench.execution.executor import CaseExecutor, split_rows
 from sae_bench.execution.sources_cache import CaseTokens
@@ -31,7 +31,7 @@ CASE = Case(
 def _executor(monkeypatch) -> CaseExecutor:
     executor = CaseExecutor()
     for spec, name in (("hf:org/model-a", "tok-a"), ("hf:org/model-b", "tok-b"), ("hf:org/model-a-ft", "tok-a")):
-        executor.sources._models[spec] = SimpleNamespace(tokenizer=SimpleNamespace(name_or_path=name))
+        executor.sources._models[ModelKey(spec)] = SimpleNamespace(tokenizer=SimpleNamespace(name_or_path=name))
 
     def rows(dataset, n_rows, context, model):
         return torch.full((n_rows, context), 1 if model.tokenizer.name_or_path == "tok-a" else 2)
@@ -96,13 +96,13 @@ def test_a_planned_family_shares_passes_at_the_floor_and_releases_each_model_aft
         live_after[case.id] = executor.live_models()
     assert [len(group) for group in executor.shared_passes] == [6, 6]
     n_rows = cases[0].tokens // cases[0].context
-    for spec in ("zoo:tiny-qwen2/base", "zoo:tiny-qwen2/chat"):
+    for spec in (ModelKey("zoo:tiny-qwen2/base"), ModelKey("zoo:tiny-qwen2/chat")):
         # prefix (blocks 0, 1): once, shared by the mean-norm threshold of the filtered cases and the pass;
         # continuation (blocks 2, 3): clean + 3 spliced (tiny-qwen2 has no outliers: filtered = unfiltered) + one
         # all-zero row for the pass's zero ablation (every position of every batch ablated)
         assert [rows[(spec, layer)] for layer in range(4)] == [n_rows] * 2 + [4 * n_rows + 1] * 2, spec
-        assert executor.cost.run[spec] == executor.cost.floor[spec] == sum(rows[(spec, i)] for i in range(4))
-    assert executor.model_loads == Counter({"zoo:tiny-qwen2/base": 1, "zoo:tiny-qwen2/chat": 1})
+        assert executor.cost.run[str(spec)] == executor.cost.floor[str(spec)] == sum(rows[(spec, i)] for i in range(4))
+    assert executor.model_loads == Counter({ModelKey("zoo:tiny-qwen2/base"): 1, ModelKey("zoo:tiny-qwen2/chat"): 1})
     assert executor.model_releases == executor.model_loads
     last_base = [c.id for c in cases if c.model_name == "base"][-1]
     assert live_after[last_base] == [] and live_after[cases[-1].id] == []

@@ -159,6 +159,7 @@ def test_replacing_a_published_value_keeps_it_and_its_source(tmp_path):
     assert metric.provenance["replaces"] == {
         "value": 10.0,
         "version": 1,
+        "dtype": "float32",
         "provenance": {"kind": "published", "source": "A paper", "table": "Table 1"},
     }
     assert new.provenance["kind"] == "published"  # the file still says where its other values come from
@@ -240,6 +241,7 @@ def test_update_keeps_every_replaced_value_in_the_metric_provenance(tmp_path):
     assert provenance["date"] == "now" and provenance["replaces"] == {
         "value": 10.0,
         "version": 1,
+        "dtype": "float32",
         "provenance": old.provenance,
     }
     again, _ = expectations.updated(new, "f/s@m", {"l0": 13.0}, ["l0"], {"kind": "measured", "date": "later"})

@@ -153,8 +153,10 @@ def test_kutsyk_universality_rows_and_positions_are_his(monkeypatch):
     gemma = registry.get("gemma-2b/res-jb-l6@base-vs-python-codes/without-bos")
     bos = 2
     executor = CaseExecutor()
-    for spec in (mistral.base_model, gemma.base_model):
-        executor.sources._models[spec] = SimpleNamespace(tokenizer=SimpleNamespace(name_or_path=spec))
+    for case in (mistral, gemma):
+        executor.sources._models[case.base_model_key] = SimpleNamespace(
+            tokenizer=SimpleNamespace(name_or_path=case.base_model)
+        )
 
     def rows(dataset, n_rows, context, model):  # rows as the store cuts them: BOS first where it prepends one
         head = [bos] if "sep=bos" in dataset else []

@@ -103,7 +103,7 @@ def test_compare_passes_on_identical_runs_and_fails_on_a_move_beyond_tolerance(r
             "VALUES ('t', 't', '{}', 'cpu', 'x', 0)"
         )
         columns = "case_id, grp, metric, value, undefined_reason, expected, threshold, direction, verdict, sae, "
-        columns += "sae_fingerprint, model, model_fingerprint, tokens, registry, definition"
+        columns += "sae_fingerprint, model, model_fingerprint, tokens, registry, definition, dtype"
         db.connection.execute(f"INSERT INTO measurements SELECT 2, {columns} FROM measurements WHERE run = 1")
     assert main(["compare", "--results", str(path)]) == 0
     assert "0 metrics moved" in capsys.readouterr().err
@@ -125,7 +125,7 @@ def test_a_database_of_another_schema_version_is_refused_with_what_to_do(tmp_pat
     ResultsDB(path).close()
     with sqlite3.connect(path) as connection:
         connection.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
-    with pytest.raises(ResultsSchemaError, match="schema version 0.*writes version 3.*Move the file away"):
+    with pytest.raises(ResultsSchemaError, match="schema version 0.*writes version 4.*Move the file away"):
         ResultsDB(path)
 
 
@@ -150,4 +150,4 @@ def test_a_version_1_database_is_migrated_in_place_and_keeps_its_runs(tmp_path):
     db = ResultsDB(path)
     rows = db.measurements(1)
     assert rows.value.tolist() == [2.0] and rows.registry.tolist() == [""] and rows.definition.tolist() == [1]
-    assert db.connection.execute("SELECT value FROM meta").fetchone()[0] == "3"
+    assert db.connection.execute("SELECT value FROM meta").fetchone()[0] == "4"

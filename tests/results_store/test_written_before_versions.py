@@ -35,8 +35,8 @@ def test_a_database_made_before_versions_is_migrated_in_place_and_keeps_every_ro
         assert connection.execute("SELECT value FROM meta").fetchone() == ("2",)
     db = ResultsDB(old_database)
     rows = db.measurements()
-    assert len(rows) == len(before) and set(rows.definition) == {1}
-    assert [tuple(r) for r in rows.drop(columns="definition").itertuples(index=False)] == sorted(
+    assert len(rows) == len(before) and set(rows.definition) == {1} and set(rows.dtype) == {"float32"}
+    assert [tuple(r) for r in rows.drop(columns=["definition", "dtype"]).itertuples(index=False)] == sorted(
         before, key=lambda r: (r[0], r[1], r[2], r[3])
     )
     assert db.scalar("SELECT value FROM meta WHERE key = 'schema_version'") == str(SCHEMA_VERSION)
@@ -60,7 +60,7 @@ def test_runs_measured_under_different_definitions_are_compared_only_when_allowe
     assert "l0 v1 → v2" in err and "not comparable" in err and "--allow-redefined" in err
     assert main([*args, "--allow-redefined", "--format", "csv"]) == 0
     out = capsys.readouterr().out
-    assert out.count("l0") == 3 and out.count("v1 → v2,redefined") == 3  # one row per case, none judged
+    assert out.count("l0") == 3 and out.count("v1 → v2,float32,redefined") == 3  # one row per case, none judged
 
 
 def test_a_case_folder_made_before_versions_runs_records_and_compares(old_database, tmp_path, capsys):
