@@ -66,13 +66,14 @@ def release(args: argparse.Namespace) -> int:
             start_rows=args.start_rows,
             budget_rows=args.budget_rows,
             alpha=args.alpha,
+            dtype=args.dtype,
         )
     except BaseException as err:
         record.finish(EXIT_INTERRUPTED if isinstance(err, KeyboardInterrupt) else EXIT_BAD_INPUT)
         raise
     code = EXIT_REGRESSION if verdicts.regressed(allow_removed=args.allow_removed) else EXIT_OK
     write_release_outputs(args, plan, verdicts)
-    record.measurements(plan, verdicts)
+    record.measurements(plan, verdicts, args.dtype or plan.case.dtype)
     record.finish(code)
     return code
 
@@ -128,7 +129,7 @@ class ReleaseRecord:
         versions = {p: version(p) for p in PACKAGES}
         return cls(db, db.start_run(selection=selection, device="cpu", git_commit=None, versions=versions))
 
-    def measurements(self, plan, verdicts) -> None:
+    def measurements(self, plan, verdicts, dtype: str) -> None:
         if self.db is None:
             return
         for (sae_id, model), rows in verdicts.table.groupby(["id", "model"], sort=False):
@@ -149,6 +150,7 @@ class ReleaseRecord:
                     source_fingerprint(spec),
                     verdicts.rows_used * plan.context,
                     f"baseline {verdicts.old.specs[sae_id]} (sha256 {verdicts.old.sha256[sae_id]})",
+                    dtype,
                 ),
             )
 

@@ -73,8 +73,13 @@ def _transformer_lens_table(repo: str) -> dict | None:
 
 
 def model_bytes(config: dict, dtype: str = DEFAULT_DTYPE) -> int:
-    """Bytes of a decoder's weights in `dtype` from its HF config: embeddings (and an untied unembedding), per layer
-    attention (grouped-query aware) and a gated MLP."""
+    """Bytes of a decoder's weights in `dtype` (`model_parameters` of them)."""
+    return ELEMENT_BYTES[dtype] * model_parameters(config)
+
+
+def model_parameters(config: dict) -> int:
+    """A decoder's parameters from its HF config: embeddings (and an untied unembedding), per layer attention
+    (grouped-query aware) and a gated MLP."""
     d, layers, vocab = config["hidden_size"], config["num_hidden_layers"], config["vocab_size"]
     heads = config["num_attention_heads"]
     d_head = config.get("head_dim") or d // heads
@@ -82,7 +87,7 @@ def model_bytes(config: dict, dtype: str = DEFAULT_DTYPE) -> int:
     attention = d * d_head * (2 * heads + 2 * kv)
     mlp = 3 * d * config["intermediate_size"]
     embeddings = vocab * d * (1 if config.get("tie_word_embeddings", True) else 2)
-    return ELEMENT_BYTES[dtype] * (embeddings + layers * (attention + mlp))
+    return embeddings + layers * (attention + mlp)
 
 
 def batch_bytes(config: dict, batch_size: int, context: int, dtype: str = DEFAULT_DTYPE) -> int:

@@ -26,7 +26,7 @@ import platform
 import re
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +37,10 @@ from sae_bench.cache import cache_dir
 from sae_bench.cases.registry import CHAT_MASKS, Case
 from sae_bench.engine.splicing import HookSite
 from sae_bench.errors import BadInput
+from sae_bench.precision import DEFAULT_DTYPE
 from sae_bench.execution.memory import (
-    model_bytes,
     model_config,
+    model_parameters,
     pass_peak_bytes,
     sae_width,
     split_for_memory,
@@ -87,10 +88,11 @@ def passes_fpe(passes: Sequence[Sequence[Case]], n_layers: int) -> float:
 
 
 def plan_units(
-    units: Sequence[Sequence[Case]], calibration: dict | None, memory_bytes: float | None = None
+    units: Sequence[Sequence[Case]], calibration: Mapping[str, dict | None] | None, memory_bytes: float | None = None
 ) -> list[UnitPlan]:
-    """Each unit's plan; with `memory_bytes`, a unit whose SAEs do not fit one pass is split over passes as the
-    executor splits it (`memory.split_for_memory`), its FPE and peak those of the split."""
+    """Each unit's plan, its memory in its cases' dtype and its time from the calibration of that dtype (a mapping
+    dtype → calibration; None: no time); with `memory_bytes`, a unit whose SAEs do not fit one pass is split over
+    passes as the executor splits it (`memory.split_for_memory`), its FPE and peak those of the split."""
     plans = []
     for unit in units:
         case = unit[0]
@@ -117,8 +119,9 @@ def plan_units(
             plans.append(UnitPlan(list(unit), case.model, None, peak, None, "paired: FPE not modelled"))
             continue
         fpe = passes_fpe(passes, n_layers)
-        work = fpe * case.context * model_bytes(config) / 4
-        seconds = None if calibration is None else work * calibration["seconds_per_param_token"]
+        work = fpe * case.context * model_parameters(config)
+        timed = (calibration or {}).get(case.dtype)
+        seconds = None if timed is None else work * timed["seconds_per_param_token"]
         if len(passes) > 1:
             why = f"{len(passes)} passes, its SAEs split to fit the memory"
         plans.append(UnitPlan(list(unit), case.model, fpe, peak, seconds, why, len(passes), work))
@@ -147,13 +150,14 @@ def plan_table(plans: Sequence[UnitPlan]) -> pd.DataFrame:
         rows.append({
             "unit": plan.cases[0].id + (f" (+{len(plan.cases) - 1})" if len(plan.cases) > 1 else ""),
             "model": plan.model,
+            "dtype": plan.cases[0].dtype,
             "fpe": None if plan.fpe is None else round(plan.fpe, 1),
             "passes": plan.passes,
             "peak memory": human_size(plan.peak_bytes),
             "time": "" if plan.seconds is None else _duration(plan.seconds),
             "note": plan.why,
         })  # fmt: skip
-    return pd.DataFrame(rows, columns=["unit", "model", "fpe", "passes", "peak memory", "time", "note"])
+    return pd.DataFrame(rows, columns=["unit", "model", "dtype", "fpe", "passes", "peak memory", "time", "note"])
 
 
 def _duration(seconds: float) -> str:
@@ -172,15 +176,24 @@ def device_name(device: str) -> str:
     return f"cpu {platform.machine()} {torch.get_num_threads()} threads"
 
 
-def calibration_path(device: str) -> Path:
+def calibration_path(device: str, dtype: str = DEFAULT_DTYPE) -> Path:
+    """Per device and dtype (float32's keeps the name it had before dtypes)."""
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device_name(device)).strip("-").lower()
-    return cache_dir() / "calibration" / f"{slug}.json"
+    return cache_dir() / "calibration" / f"{slug}{'' if dtype == DEFAULT_DTYPE else '-' + dtype}.json"
 
 
-def calibrate(device: str = "cpu", *, d_model: int = 512, n_layers: int = 6, rows: int = 8, context: int = 256):
-    """Seconds per parameter-token of a forward pass on this device: a random decoder of the suite's kind (HF's
-    Mistral: gated MLP, RMS norm, rotary), run by HF's own forward as the default backend runs it, timed over `rows` x
-    `context` tokens, median of 5 after a warm-up; stored per device."""
+def calibrate(
+    device: str = "cpu",
+    dtype: str = DEFAULT_DTYPE,
+    *,
+    d_model: int = 512,
+    n_layers: int = 6,
+    rows: int = 8,
+    context: int = 256,
+):
+    """Seconds per parameter-token of a forward pass on this device in `dtype`: a random decoder of the suite's kind
+    (HF's Mistral: gated MLP, RMS norm, rotary), run by HF's own forward as the default backend runs it, timed over
+    `rows` x `context` tokens, median of 5 after a warm-up; stored per device and dtype."""
     from transformers import MistralConfig, MistralForCausalLM  # noqa: PLC0415 - transformers loads torch: only `sae-bench calibrate` needs it
 
     config = MistralConfig(
@@ -189,7 +202,7 @@ def calibrate(device: str = "cpu", *, d_model: int = 512, n_layers: int = 6, row
         max_position_embeddings=context,
     )  # fmt: skip
     torch.manual_seed(0)
-    model = MistralForCausalLM(config).to(device).eval()
+    model = MistralForCausalLM(config).to(device=device, dtype=getattr(torch, dtype)).eval()
     tokens = torch.randint(0, config.vocab_size, (rows, context), generator=torch.Generator().manual_seed(0))
     tokens = tokens.to(device)
     params = sum(p.numel() for p in model.parameters())
@@ -209,17 +222,18 @@ def calibrate(device: str = "cpu", *, d_model: int = 512, n_layers: int = 6, row
         "seconds_per_param_token": seconds / (params * rows * context),
         "model": f"HF Mistral, d_model {d_model}, {n_layers} layers, {params} parameters",
         "tokens": rows * context,
+        "dtype": dtype,
         "torch": torch.__version__,
     }
-    path = calibration_path(device)
+    path = calibration_path(device, dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     return result, path
 
 
-def read_calibration(path: str | None, device: str) -> dict | None:
-    """A stored calibration: the file given, else this device's (None when it was never calibrated)."""
-    target = Path(path) if path else calibration_path(device)
+def read_calibration(path: str | None, device: str, dtype: str = DEFAULT_DTYPE) -> dict | None:
+    """A stored calibration: the file given, else this device's in `dtype` (None when it was never calibrated)."""
+    target = Path(path) if path else calibration_path(device, dtype)
     if path and not target.is_file():
         raise BadInput(f"no calibration file {target}; `sae-bench calibrate` on the device writes one")
     if not target.is_file():

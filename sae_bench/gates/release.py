@@ -36,7 +36,7 @@ import torch
 from scipy import stats
 
 from sae_bench.cases.registry import JUDGED, Case, Registry, release_members
-from sae_bench.engine.backends import backend_of
+from sae_bench.engine.backends import backend_of, torch_dtype
 from sae_bench.engine.evaluate import EvalConfig, evaluate_shared
 from sae_bench.errors import BadInput
 from sae_bench.gates.single import load_checked, replacement_problem
@@ -243,9 +243,12 @@ def paired_release_gate(
     device: str = "cpu",
     base: Path = Path("."),
     first_row: int = 0,
+    dtype: str | None = None,
 ) -> PairedVerdicts:
     """Judge release `new` against `old` (checked `Release`s, or release sources as a sweep takes them, loaded and
-    checked here) on the sweep's models and rows (from `first_row` of the sweep's dataset: another draw of rows)."""
+    checked here) on the sweep's models and rows (from `first_row` of the sweep's dataset: another draw of rows), the
+    models in `dtype` (None: the sweep's cases' own), both releases' SAEs in float32."""
+    dtype = dtype or plan.case.dtype
     check_settings(rows_per_unit=rows_per_unit, start_rows=start_rows, budget_rows=budget_rows, alpha=alpha)
     if isinstance(new, str) or isinstance(old, str):  # sources: loaded and checked here
         new, old = load_releases(plan, getattr(new, "source", new), getattr(old, "source", old), base)
@@ -254,7 +257,7 @@ def paired_release_gate(
     alpha_look = alpha / looks  # Bonferroni alpha spending over the looks the budget allows
     units: dict[tuple[str, str], list[dict]] = {}
     rows_used, table = 0, pd.DataFrame()
-    models = {label: load_model(spec, device=device) for label, spec in plan.models.items()}
+    models = {label: load_model(spec, device=device, dtype=torch_dtype(dtype)) for label, spec in plan.models.items()}
     for label, model in models.items():
         d_model = backend_of(model).d_model
         wrong = [
@@ -275,7 +278,12 @@ def paired_release_gate(
     pairs = [
         (
             releases[which].saes[sae_id].to(device),
-            EvalConfig(hook=plan.hook_at(layer_of_id(sae_id)), batch_size=rows_per_unit, progress=False),
+            EvalConfig(
+                hook=plan.hook_at(layer_of_id(sae_id)),
+                batch_size=rows_per_unit,
+                progress=False,
+                overflow=plan.case.overflow,
+            ),
         )
         for which, sae_id in keys
     ]

@@ -128,6 +128,16 @@ def check_device(name: str, *, here: bool = True) -> None:
         raise BadInput(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
 
 
+def dtype_problem_on(dtype: str, device: str) -> str | None:
+    """Why models cannot run in `dtype` on `device` (None: they can): bfloat16 on a CUDA device without bfloat16
+    arithmetic (compute capability below 8.0). float16 runs everywhere torch does (slowly on a CPU)."""
+    if dtype == "bfloat16" and device.startswith("cuda") and torch.cuda.is_available():
+        if not torch.cuda.is_bf16_supported(including_emulation=False):
+            name = torch.cuda.get_device_name(torch.device(device))
+            return f"{name} has no bfloat16 arithmetic (compute capability 8.0 or later): run in float16 or float32"
+    return None
+
+
 class Suite:
     """Checks one (case, metric group) against its expectation file; collects every verdict of the session."""
 
@@ -153,6 +163,8 @@ class Suite:
             )
         if not options.rehearse:  # the rehearsal runs on the CPU whatever --device says
             check_device(options.device, here=options.ray is None)  # with --ray, the cluster's devices
+            if options.dtype and options.ray is None and (problem := dtype_problem_on(options.dtype, options.device)):
+                raise BadInput(f"--dtype {options.dtype} on --device {options.device}: {problem}")
         self.shipped = shipped if shipped is not None else load_registries((SHIPPED_CASES, *options.cases_dirs))
         self.registry = self._with_override(self.shipped)
         self.executor = CaseExecutor(
