@@ -37,7 +37,6 @@ from sae_bench.cache import cache_dir
 from sae_bench.cases.registry import CHAT_MASKS, Case
 from sae_bench.engine.splicing import HookSite
 from sae_bench.errors import BadInput
-from sae_bench.precision import DEFAULT_DTYPE
 from sae_bench.execution.memory import (
     model_config,
     model_parameters,
@@ -46,6 +45,7 @@ from sae_bench.execution.memory import (
     split_for_memory,
     unit_memory_bytes,
 )
+from sae_bench.precision import DEFAULT_DTYPE
 from sae_bench.sources.fetch import human_size
 
 

@@ -128,6 +128,18 @@ def check_device(name: str, *, here: bool = True) -> None:
         raise BadInput(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA devices")
 
 
+def exact_float32_matmuls(device: str) -> str:
+    """Float32 matmuls on CUDA in full float32, never TF32 (10-bit mantissa inputs): a float32 case means float32
+    arithmetic on every device, and the suite's tolerances (1e-5 relative) assume it; a user who wants TF32's speed
+    runs the case in bfloat16, which says so. Returns how the run's device is recorded."""
+    if not device.startswith("cuda"):
+        return device
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    return f"{device} (float32 matmuls without TF32)"
+
+
 def dtype_problem_on(dtype: str, device: str) -> str | None:
     """Why models cannot run in `dtype` on `device` (None: they can): bfloat16 on a CUDA device without bfloat16
     arithmetic (compute capability below 8.0). float16 runs everywhere torch does (slowly on a CPU)."""
@@ -165,6 +177,7 @@ class Suite:
             check_device(options.device, here=options.ray is None)  # with --ray, the cluster's devices
             if options.dtype and options.ray is None and (problem := dtype_problem_on(options.dtype, options.device)):
                 raise BadInput(f"--dtype {options.dtype} on --device {options.device}: {problem}")
+        self.device_recorded = exact_float32_matmuls(options.device) if options.ray is None else options.device
         self.shipped = shipped if shipped is not None else load_registries((SHIPPED_CASES, *options.cases_dirs))
         self.registry = self._with_override(self.shipped)
         self.executor = CaseExecutor(
@@ -439,7 +452,7 @@ class Suite:
             return
         self.run_id = self.results.start_run(
             selection=self.selection_args,
-            device=self.options.device,
+            device=self.device_recorded,
             git_commit=git_commit,
             versions={p: version(p) for p in PACKAGES},
         )
