@@ -126,8 +126,8 @@ class ExpectationFile:
         return name in self.metrics or name in self.unchecked
 
     def dtype_of(self, name: str) -> str:
-        """The precision `name`'s value was measured in: its own, else the file's (a paper's), else float32 (the only
-        one before dtypes were recorded)."""
+        """The precision `name`'s value was measured in: its own, else the file's (a paper's: a dtype, or "not
+        stated"), else float32 (the only one before dtypes were recorded)."""
         return self.metrics[name].dtype or self.provenance.get("dtype") or RECORDED_BEFORE
 
     def to_json(self) -> str:

@@ -25,7 +25,7 @@ _DEAD_BASIS = (
     "one 256K-token sample published; features near density 1/256K flip between dead and alive across samples: "
     "10% of the fraction, at least half a point"
 )
-_RESIDUAL_BASIS = "no replicate published; another 256K-token sample, fp32 here against the paper's fp16: 0.02"
+_RESIDUAL_BASIS = "no replicate published; another 256K-token sample (the case runs in the paper's fp16): 0.02"
 TOLERANCES: dict[str, tuple[float, float, str]] = {
     "l0": (0.0, 0.05, _L0_BASIS),
     "mse": (0.0, 0.08, _MSE_BASIS),
@@ -114,4 +114,5 @@ def with_unchecked(expected: ExpectationFile, case: Case) -> ExpectationFile:
     paper = expected.provenance["source"].split(",")[0]
     names = [name for group in case.groups for name in case.metrics(group) if name not in expected.metrics]
     unchecked = {name: f"not published by {paper}" for name in names} | dict(expected.unchecked)
-    return replace(expected, unchecked={name: unchecked[name] for name in sorted(unchecked)})
+    provenance = dict(expected.provenance) | {"case_dtype": case.dtype}  # the paper's `dtype`, and the case's
+    return replace(expected, provenance=provenance, unchecked={name: unchecked[name] for name in sorted(unchecked)})

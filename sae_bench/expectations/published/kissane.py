@@ -14,6 +14,9 @@ import math
 from sae_bench.expectations.published.common import REFERENCES, expectation, with_collapse, with_delta
 from sae_bench.expectations.rules import ExpectationFile, MetricExpectation
 
+KISSANE_DTYPE = "float32"
+"""Kissane et al. ran HookedTransformer.from_pretrained with its default dtype (sae_transfer_script.py)."""
+
 KISSANE = "Kissane et al., SAEs (usually) transfer between base and chat models; ckkissane/sae-transfer@818f189"
 POST = "Kissane et al.'s post"
 
@@ -57,6 +60,7 @@ def _provenance(table: str, row: dict, settings: str, positions: str) -> dict:
     return {
         "kind": "published",
         "source": KISSANE,
+        "dtype": KISSANE_DTYPE,
         "table": table,
         "row": row,
         "settings": settings,
@@ -124,6 +128,7 @@ def finetuning_table() -> list[ExpectationFile]:
         provenance = {
             "kind": "published",
             "source": KISSANE,
+            "dtype": KISSANE_DTYPE,
             "table": f"{POST}, appendix: fine-tuning table ({case.split('/')[0]} {model}, not ignoring outliers)",
             "settings": "Pile, as the fine-tuned SAE's row of results/sae_finetuning_evals.json; printed rounded",
             "positions": _PILE_POSITIONS.split(", outliers")[0],

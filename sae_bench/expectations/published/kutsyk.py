@@ -14,6 +14,9 @@ import statistics
 from sae_bench.expectations.published.common import expectation, with_collapse, with_delta
 from sae_bench.expectations.rules import ExpectationFile, MetricExpectation
 
+KUTSYK_DTYPE = "float16"
+"""Kutsyk et al. ran every model in float16 (`DTYPE = torch.float16` in saetuning/get_scores.py, the notebooks' `dtype=torch.float16`)."""
+
 KUTSYK = (
     "Kutsyk et al., Do Sparse Autoencoders (SAEs) transfer across base and finetuned language models? "
     "(ICLR blogpost track 2025); tommasomncttn/SAE-Transferability"
@@ -29,7 +32,7 @@ _L0_ELSEWHERE = "the paper's L0 and dead features count every token: checked in 
 
 
 def _file(case: str, table: str, positions: str, metrics: dict, unchecked: dict | None = None) -> ExpectationFile:
-    provenance = {"kind": "published", "source": KUTSYK, "table": table, "positions": positions}
+    provenance = {"kind": "published", "source": KUTSYK, "dtype": KUTSYK_DTYPE, "table": table, "positions": positions}
     return with_collapse(ExpectationFile(case, provenance, metrics, unchecked or {}))
 
 

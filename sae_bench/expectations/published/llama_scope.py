@@ -26,9 +26,13 @@ _BASIS = (
 )
 
 
+NOT_STATED = "not stated"
+"""The report does not say which dtype its evaluation ran Llama-3.1-8B in."""
+
+
 def llama_scope() -> list[ExpectationFile]:
     """The base-model case (published delta, checked) and the Instruct rollout case (published delta, unchecked)."""
-    provenance = {"kind": "published", "source": LLAMA_SCOPE, "caveat": _CAVEAT}
+    provenance = {"kind": "published", "source": LLAMA_SCOPE, "caveat": _CAVEAT, "dtype": NOT_STATED}
     base = ExpectationFile(
         "llama-3.1-8b/base-sae@base",
         provenance | {"table": "section 4.5.2, L15R-32x on Llama-3.1-8B", "positions": "every non-special token"},
