@@ -19,8 +19,11 @@ def cases(args: argparse.Namespace) -> int:
         selected = set(cases_selected_by(registry, args.cases))
         chosen = [case for case in chosen if case.id in selected]
     table = pd.DataFrame(
-        [{"case": c.id, "sae": c.sae, "model": c.model, "hook": c.hook, "groups": ",".join(c.groups)} for c in chosen],
-        columns=["case", "sae", "model", "hook", "groups"],
+        [
+            {"case": c.id, "sae": c.sae, "model": c.model, "hook": c.hook, "dtype": c.dtype, "groups": ",".join(c.groups)}
+            for c in chosen
+        ],
+        columns=["case", "sae", "model", "hook", "dtype", "groups"],
     )
     write_table(table, args.format)
     print(f"{len(table)} cases", file=sys.stderr)
