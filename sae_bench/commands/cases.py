@@ -20,7 +20,14 @@ def cases(args: argparse.Namespace) -> int:
         chosen = [case for case in chosen if case.id in selected]
     table = pd.DataFrame(
         [
-            {"case": c.id, "sae": c.sae, "model": c.model, "hook": c.hook, "dtype": c.dtype, "groups": ",".join(c.groups)}
+            {
+                "case": c.id,
+                "sae": c.sae,
+                "model": c.model,
+                "hook": c.hook,
+                "dtype": c.dtype,
+                "groups": ",".join(c.groups),
+            }
             for c in chosen
         ],
         columns=["case", "sae", "model", "hook", "dtype", "groups"],

@@ -11,6 +11,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from sae_bench.cases.registry import SHIPPED_CASES, load_registries
+from sae_bench.engine.latent_matching import MATCH_THRESHOLD
 from sae_bench.errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_REGRESSION, BadInput
 from sae_bench.gates.release import DEFAULTS, check_settings, junit_xml, load_releases, paired_release_gate, sweep_plan
 from sae_bench.gates.single import GateRequest, run_gate
@@ -99,10 +100,17 @@ def write_release_outputs(args: argparse.Namespace, plan, verdicts) -> None:
     if args.junit:
         Path(args.junit).write_text(junit_xml(plan, verdicts, allow_removed=args.allow_removed))
     print(table.to_markdown(index=False, floatfmt=".4g"))
+    latents = verdicts.latent_table()
+    print(
+        f"\nlatents of each id, old to new (mutual nearest decoder directions, cosine >= {MATCH_THRESHOLD}; dead: "
+        "never fired on the gate's rows, or a zero decoder row):\n" + latents.to_markdown(index=False, floatfmt=".4g")
+    )
     if args.report:
         Path(args.report).mkdir(parents=True, exist_ok=True)
         title = f"{args.release} against {args.baseline} (sweep {plan.name}, {verdicts.rows_used} rows per model)"
         print(f"wrote {save(forest(table, title), Path(args.report) / 'forest.png')}", file=sys.stderr)
+        latents.to_csv(Path(args.report) / "latents.csv", index=False)
+        print(f"wrote {Path(args.report) / 'latents.csv'}", file=sys.stderr)
     for kind, ids in (("added", verdicts.added), ("removed", verdicts.removed)):
         if ids:
             print(f"{kind} in --release: {', '.join(ids)}", file=sys.stderr)

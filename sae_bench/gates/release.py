@@ -38,12 +38,15 @@ from scipy import stats
 from sae_bench.cases.registry import JUDGED, Case, Registry, release_members
 from sae_bench.engine.backends import backend_of, torch_dtype
 from sae_bench.engine.evaluate import EvalConfig, evaluate_shared
+from sae_bench.engine.latent_matching import LatentMatch, match_latents
 from sae_bench.errors import BadInput
 from sae_bench.gates.single import load_checked, replacement_problem
 from sae_bench.source_spec import source_spec
 from sae_bench.sources.loading import load_dataset_rows, load_model
 
 REPORTED = ("l0",)
+FIRES = "fires"
+"""A unit value's per-latent count of the positions it fired on (for the latent diff), beside the metrics."""
 """Reported with its interval, not judged."""
 DEFAULTS = {"alpha": 0.05, "rows_per_unit": 4, "start_rows": 32, "budget_rows": 128}
 """The release gate's statistical settings when the command line does not give them."""
@@ -189,15 +192,28 @@ class PairedVerdicts:
     rows_used: int = 0
     new: Release | None = None
     old: Release | None = None
+    latents: dict[str, LatentMatch] = field(default_factory=dict)
+    """Per shared id: the old SAE's latents matched to the new one's by decoder cosine (`latent_matching`), a latent
+    that never fired on the gate's rows of any model counted dead."""
 
     def regressed(self, allow_removed: bool = False) -> bool:
         return bool((self.table.verdict != "ok").any()) or (bool(self.removed) and not allow_removed)
 
+    def latent_table(self) -> pd.DataFrame:
+        """Per shared id: matched, born and dead latents and the matched cosines' 10th, 50th and 90th percentiles."""
+        rows = [{"id": sae_id} | match.summary() for sae_id, match in self.latents.items()]
+        return pd.DataFrame(rows)
+
 
 def unit_values(model, pairs, tokens: torch.Tensor) -> list[dict[str, float | None]]:
-    """One shared pass over `tokens` for every (SAE, config) pair: each pair's metrics on these rows."""
+    """One shared pass over `tokens` for every (SAE, config) pair: each pair's metrics on these rows, and under
+    FIRES each latent's count of firing positions."""
     reports = evaluate_shared(model, pairs, tokens)
-    return [{name: getattr(report, name) for name in (*JUDGED, *REPORTED)} for report in reports]
+    return [
+        {name: getattr(report, name) for name in (*JUDGED, *REPORTED)}
+        | {FIRES: report.feature_density * report.n_tokens_reconstructed}
+        for report in reports
+    ]
 
 
 def judge(differences: Sequence[float], margin: float, better: str) -> tuple[float, float, float]:
@@ -256,6 +272,7 @@ def paired_release_gate(
     looks = 1 + max(0, math.ceil(math.log2(budget_rows / start_rows)))  # the rows double at each look
     alpha_look = alpha / looks  # Bonferroni alpha spending over the looks the budget allows
     units: dict[tuple[str, str], list[dict]] = {}
+    fires: dict[tuple[str, str], torch.Tensor] = {}
     rows_used, table = 0, pd.DataFrame()
     models = {label: load_model(spec, device=device, dtype=torch_dtype(dtype)) for label, spec in plan.models.items()}
     for label, model in models.items():
@@ -294,6 +311,8 @@ def paired_release_gate(
             for start in range(0, rows.shape[0], rows_per_unit):
                 values = unit_values(model, pairs, rows[start : start + rows_per_unit])
                 by_key = dict(zip(keys, values, strict=True))
+                for key, value in by_key.items():
+                    fires[key] = fires.get(key, 0) + value.pop(FIRES)
                 for sae_id in shared:
                     units.setdefault((sae_id, label), []).append(
                         {"old": by_key[("old", sae_id)], "new": by_key[("new", sae_id)]}
@@ -302,9 +321,15 @@ def paired_release_gate(
         table = judge_units(units, plan, alpha_look)
         if not (table.verdict == "inconclusive").any() or rows_used >= budget_rows:
             break
-    return PairedVerdicts(
-        table, sorted(set(new.saes) - set(old.saes)), sorted(set(old.saes) - set(new.saes)), rows_used, new, old
-    )
+    latents = {
+        sae_id: match_latents(
+            old.saes[sae_id].W_dec, new.saes[sae_id].W_dec, old_density=fires[("old", sae_id)],
+            new_density=fires[("new", sae_id)],
+        )
+        for sae_id in shared
+    }  # fmt: skip
+    added, removed = sorted(set(new.saes) - set(old.saes)), sorted(set(old.saes) - set(new.saes))
+    return PairedVerdicts(table, added, removed, rows_used, new, old, latents)
 
 
 def check_settings(*, rows_per_unit: int, start_rows: int, budget_rows: int, alpha: float) -> None:

@@ -13,6 +13,7 @@ from scipy import stats
 
 from sae_bench.cases.registry import SHIPPED_CASES, load_registry
 from sae_bench.cli import main as cli
+from sae_bench.engine.latent_matching import MATCH_THRESHOLD, live_latents
 from sae_bench.gates.release import holm, judge, paired_release_gate, sweep_plan
 
 
@@ -84,3 +85,19 @@ def test_a_release_gate_needs_its_three_names(capsys):
     assert "--release NEW, --baseline OLD and --sweep NAME" in capsys.readouterr().err
     assert cli(["gate", "--release", "a", "--baseline", "b", "--sweep", "no-such"]) == 2
     assert "no sweep 'no-such'; the sweeps: gemma-3-1b/res-all," in capsys.readouterr().err
+
+
+@pytest.mark.full
+def test_the_gate_diffs_each_ids_latents_between_the_releases(plan):
+    """Release B (release A's recipe, other seeds) against A: per id, every live latent is matched, dead or born,
+    once; the matched ones' cosines clear the threshold; a latent that never fired on the gate's rows is not live."""
+    verdicts = paired_release_gate(
+        plan, "zoo:tiny-mistral/release-b-pt", "zoo:tiny-mistral/release-a-pt", start_rows=8, budget_rows=8
+    )
+    table = verdicts.latent_table().set_index("id")
+    assert sorted(table.index) == sorted(verdicts.old.saes)
+    assert (table.matched + table.dead == table.old_live).all() and (table.matched + table.born == table.new_live).all()
+    assert (table.cosine_p10 >= MATCH_THRESHOLD).all() and (table.matched > 0).all()
+    for sae_id, match in verdicts.latents.items():
+        dead_rows = ~live_latents(verdicts.old.saes[sae_id].W_dec)
+        assert not match.old_alive[dead_rows].any()

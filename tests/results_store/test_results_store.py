@@ -158,8 +158,9 @@ def test_a_postgres_store_made_before_versions_is_migrated_in_place(postgres_url
     url = postgres_url.rsplit("/", 1)[0] + "/before_versions"
     old = sqlite3.connect(Path(__file__).resolve().parents[1] / "data" / "results-3dbf69a.sqlite")
     with psycopg.connect(url, autocommit=True) as store:
-        for statement in database._SCHEMA:  # schema 2: the same tables without the column version 3 added
+        for statement in database._SCHEMA:  # schema 2: the same tables without the columns versions 3 and 4 added
             schema_2 = statement.replace(", definition INTEGER NOT NULL DEFAULT 1", "")
+            schema_2 = schema_2.replace("\n    dtype TEXT NOT NULL DEFAULT 'float32',", "")
             store.execute(schema_2.format(serial="BIGSERIAL PRIMARY KEY", real="DOUBLE PRECISION", blob="BYTEA"))
         store.execute("INSERT INTO meta VALUES ('schema_version', '2')")
         for table in ("runs", "measurements"):
@@ -171,5 +172,6 @@ def test_a_postgres_store_made_before_versions_is_migrated_in_place(postgres_url
     migrated = db.measurements()
     assert len(migrated) == old.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == 72
     assert set(migrated.definition) == {1} and db.scalar("SELECT value FROM meta") == str(database.SCHEMA_VERSION)
+    assert set(migrated.dtype) == {"float32"}
     assert set(migrated.verdict) == {"ok"} and set(migrated.run) == {2, 3}
     db.close()

@@ -15,7 +15,8 @@ from sae_bench.expectations.published.common import expectation, with_collapse, 
 from sae_bench.expectations.rules import ExpectationFile, MetricExpectation
 
 KUTSYK_DTYPE = "float16"
-"""Kutsyk et al. ran every model in float16 (`DTYPE = torch.float16` in saetuning/get_scores.py, the notebooks' `dtype=torch.float16`)."""
+"""Kutsyk et al. ran every model in float16 (`DTYPE = torch.float16` in saetuning/get_scores.py, the notebooks'
+`dtype=torch.float16`)."""
 
 KUTSYK = (
     "Kutsyk et al., Do Sparse Autoencoders (SAEs) transfer across base and finetuned language models? "
