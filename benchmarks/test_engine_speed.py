@@ -97,6 +97,17 @@ def test_one_pass_engine(benchmark, pair, saelens_metrics, backend):
 
 
 @pytest.mark.benchmark(group="engine")
+def test_one_pass_engine_with_token_classes(benchmark, pair):
+    """The same pass on the default backend with every metric also streamed per token class (`sae-bench explain`):
+    its ratio to test_one_pass_engine[bridge] is the classes' cost; the whole-pass numbers are unchanged."""
+    models, sae, tokens = pair
+    config = EvalConfig(hook=HOOK, batch_size=BATCH, progress=False, token_classes=True)
+    report = benchmark.pedantic(evaluate_transfer, args=(models["bridge"], sae, tokens, config), **ROUNDS)
+    plain = run_engine(models["bridge"], sae, tokens)
+    assert report.to_row() == plain.to_row() and sum(c["tokens"] for c in report.token_classes.values()) == 256 * 128
+
+
+@pytest.mark.benchmark(group="engine")
 def test_saelens_evals_same_tokens(benchmark, pair):
     models, sae, tokens = pair
     metrics = benchmark.pedantic(run_saelens, args=(models["hooked"], sae, tokens), **ROUNDS)

@@ -180,6 +180,18 @@ def _add_cases_command(commands) -> None:
     cases.set_defaults(run="cases:cases")
 
 
+def _add_explain_command(commands) -> None:
+    explain = commands.add_parser(
+        "explain", help="where a transfer case's loss goes: every metric per token class (first/BOS, special, …)"
+    )
+    explain.add_argument("case", help="a transfer case id, SAE@MODEL (`sae-bench cases` lists them)")
+    explain.add_argument("--against", metavar="CASE", help="another case beside it, e.g. the model's own SAE")
+    explain.add_argument("--device", default="cpu")
+    CASES_DIR.add_to(explain.add_argument)
+    explain.add_argument("--format", choices=("md", "csv"), default="md")
+    explain.set_defaults(run="explain:explain")
+
+
 def _add_expectation_commands(commands) -> None:
     group = commands.add_parser("expectations", help="expectation files").add_subparsers(
         dest="expectations_command", required=True
@@ -262,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cases_command(commands)
     _add_fetch_command(commands)
     _add_plan_commands(commands)
+    _add_explain_command(commands)
     commands.add_parser(
         "run",
         help="the benchmark suite, from any folder: `sae-bench run -k mistral` is `pytest benchmarks -k mistral` on "

@@ -44,6 +44,8 @@ class EvalConfig:
     feeds (`sae_bench.precision.OVERFLOW_RULES`): by default each becomes undefined, naming how many batches."""
     progress: bool = True
     """Show a progress bar over batches."""
+    token_classes: bool = False
+    """Also report every transfer metric per token class (`sae_bench.engine.token_classes`), in the same pass."""
     pooled_per_token_ev: bool = False
     """Also report `explained_variance_per_token_pooled` (keeps every reconstructed token: chat-sized sets)."""
 

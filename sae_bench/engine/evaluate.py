@@ -44,6 +44,7 @@ from sae_bench.engine.splicing import (
     zero_ablated_residual,
 )
 from sae_bench.engine.token_batches import TokenBatches, check_token_ids, special_token_ids
+from sae_bench.engine.token_classes import TokenClassifier, TokenClassStats
 from sae_bench.engine.transfer_report import (
     DistinctRows,
     PredictionScores,
@@ -215,6 +216,9 @@ class _Variant:
     acc: TransferAccumulators
     special: Tensor | None
     site: HookSite
+    classifier: TokenClassifier | None = None
+    """Set when the config asks for token classes; `classes` then holds the current batch's (batch, pos) labels."""
+    classes: Tensor | None = None
 
 
 @torch.inference_mode()
@@ -257,7 +261,11 @@ def evaluate_shared(
         acc = TransferAccumulators(sae.cfg.d_sae, _outlier_breakdown_stats(model))
         acc.ev_pooled = metrics.PooledPerTokenEVStats() if config.pooled_per_token_ev else None
         acc.overflows = metrics.BatchOverflows(config.overflow)
-        states.append(_Variant(sae, config, acc, special, site))
+        classifier = None
+        if config.token_classes:
+            classifier = _token_classifier(model, config)
+            acc.token_classes = TokenClassStats(sae.cfg.d_in)
+        states.append(_Variant(sae, config, acc, special, site, classifier))
     sites = sorted({state.site for state in states}, key=lambda s: (s.blocks_before, s.name))
     backend = backend_of(model)
     batches = TokenBatches(tokens, position_mask, first.batch_size, causal=backend.is_causal)
@@ -351,6 +359,11 @@ def _evaluate_batch(
                 wanted |= {n: finals[n] for n in sorted(sharing[counted_key])}
                 scored[counted_key] = score_predictions(model, wanted, toks, counted, chunk)
             state.acc.add_scores(scored[counted_key], name)
+            if state.classes is not None and scored[counted_key].n:
+                scores = scored[counted_key]
+                state.acc.token_classes.add_scores(
+                    state.classes[:, :-1][counted], scores.nll["clean"], scores.nll[name], scores.kl[name]
+                )
 
 
 @contextmanager
@@ -381,6 +394,11 @@ def _splice(
         cause = f"The SAE {sae_name(state.sae)} made them: {non_finite_weights(state.sae)}"
         check_finite(sae_pass.x_hat, "SAE reconstruction", offset, cause, positions=reconstructed)
     acc.add_reconstruction(sae_pass)
+    if state.classifier is not None:
+        state.classes = state.classifier.classes(toks, outlier)
+        acc.token_classes.add_reconstruction(
+            state.classes[reconstructed], sae_pass.sae_in, sae_pass.x_hat, sae_pass.feature_acts
+        )
     key = (id(state.sae), scale, reconstructed.cpu().numpy().tobytes())
     if key not in spliced:
         spliced[key] = (f"spliced{len(spliced)}", spliced_residual(x, reconstructed, sae_pass.x_hat, scale))
@@ -398,6 +416,16 @@ def _nothing_left_message(batches: TokenBatches, acc: TransferAccumulators) -> s
         f"special-token exclusion leaves {considered}, the outlier filter removes {outliers}. Widen the mask, "
         "raise the outlier threshold or stop excluding special tokens."
     )
+
+
+def _token_classifier(model: Model, config: EvalConfig) -> TokenClassifier:
+    """The ids that classify positions (`token_classes`): the tokenizer's BOS, special and newline ids."""
+    tokenizer = backend_of(model).tokenizer
+    given = config.special_token_ids
+    if tokenizer is None:
+        return TokenClassifier(special_ids=torch.tensor(given or (), dtype=torch.long))
+    special = special_token_ids(model, given)
+    return TokenClassifier(tokenizer.bos_token_id, special, newline_token_ids(tokenizer))
 
 
 def _outlier_breakdown_stats(model: Model) -> OutlierBreakdownStats:

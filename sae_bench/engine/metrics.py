@@ -72,7 +72,7 @@ def mse(x: Tensor, x_hat: Tensor) -> float:
     return float((_f64(x) - _f64(x_hat)).pow(2).sum(dim=-1).mean())
 
 
-def _explained_variance_from_sums(
+def explained_variance_from_sums(
     sum_squared_error: float, total_sum_of_squares: float, raw_sum_of_squares: float, name: str
 ) -> float:
     """1 − SSE / SST, undefined when SST is at the rounding level of the activations (FLOAT32_ROUNDING)."""
@@ -91,7 +91,7 @@ def explained_variance(x: Tensor, x_hat: Tensor) -> float:
     x64 = _f64(x)
     sse = float((x64 - _f64(x_hat)).pow(2).sum())
     sst = float((x64 - x64.mean(dim=0)).pow(2).sum())
-    return _explained_variance_from_sums(sse, sst, float(x64.pow(2).sum()), "explained_variance")
+    return explained_variance_from_sums(sse, sst, float(x64.pow(2).sum()), "explained_variance")
 
 
 def explained_variance_flattened(x: Tensor, x_hat: Tensor) -> float:
@@ -101,7 +101,7 @@ def explained_variance_flattened(x: Tensor, x_hat: Tensor) -> float:
     x64 = _f64(x)
     sse = float((x64 - _f64(x_hat)).pow(2).sum())
     sst = float((x64 - x64.mean()).pow(2).sum())
-    return _explained_variance_from_sums(sse, sst, float(x64.pow(2).sum()), "explained_variance_flattened")
+    return explained_variance_from_sums(sse, sst, float(x64.pow(2).sum()), "explained_variance_flattened")
 
 
 def _tokens_at_mean(x64: Tensor, distance_to_mean: Tensor) -> int:
@@ -349,13 +349,13 @@ class ReconstructionStats:
 
     def explained_variance(self) -> float:
         self._require_tokens("explained_variance")
-        return _explained_variance_from_sums(
+        return explained_variance_from_sums(
             self.sum_squared_error, self.centred_sum_of_squares, self.raw_sum_of_squares, "explained_variance"
         )
 
     def explained_variance_flattened(self) -> float:
         self._require_tokens("explained_variance_flattened")
-        return _explained_variance_from_sums(
+        return explained_variance_from_sums(
             self.sum_squared_error,
             self.scalar_sum_of_squares,
             self.raw_sum_of_squares,

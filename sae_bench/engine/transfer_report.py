@@ -21,6 +21,7 @@ from sae_bench.engine.definitions import formulas
 from sae_bench.engine.eval_config import EvalConfig
 from sae_bench.engine.outliers import OutlierBreakdown, OutlierBreakdownStats
 from sae_bench.engine.splicing import HookSite, SaePass, logits_of_final_rows
+from sae_bench.engine.token_classes import TokenClassStats
 
 
 def _metric() -> Any:
@@ -61,6 +62,8 @@ class TransferReport:
     """Every setting that shaped the numbers (scaling factor and its source, outlier policy, masks, batch size)."""
     undefined: dict[str, str] = field(default_factory=dict)
     """metric → why it has no value."""
+    token_classes: dict[str, dict[str, float | None]] | None = None
+    """class → metric → value (`sae_bench.engine.token_classes`), when the config asked for them."""
 
     @classmethod
     def metric_docs(cls) -> dict[str, str]:
@@ -97,6 +100,7 @@ class TransferAccumulators:
     density: metrics.FeatureDensityStats = field(init=False)
     ev_pooled: metrics.PooledPerTokenEVStats | None = None
     overflows: metrics.BatchOverflows = field(default_factory=metrics.BatchOverflows)
+    token_classes: TokenClassStats | None = None
 
     def __post_init__(self) -> None:
         self.density = metrics.FeatureDensityStats(self.d_sae)
@@ -288,6 +292,7 @@ def finalize_transfer_report(
         feature_density=density,
         settings=_settings(config, d_sae),
         undefined=undefined,
+        token_classes=None if acc.token_classes is None else acc.token_classes.compute(),
     )
 
 
