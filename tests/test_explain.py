@@ -12,7 +12,8 @@ from sae_bench.engine.token_classes import TOKEN_CLASSES
 
 
 def test_explain_prints_each_class_of_a_case_and_of_the_case_beside_it(capsys):
-    assert main(["explain", "tiny-qwen2/base-sae@chat", "--against", "tiny-qwen2/chat-sae@chat", "--format", "csv"]) == 0
+    args = ["explain", "tiny-qwen2/base-sae@chat", "--against", "tiny-qwen2/chat-sae@chat", "--format", "csv"]
+    assert main(args) == 0
     table = pd.read_csv(io.StringIO(capsys.readouterr().out))
     assert list(table["class"]) == list(TOKEN_CLASSES) * 2
     assert set(table.case) == {"tiny-qwen2/base-sae@chat", "tiny-qwen2/chat-sae@chat"}
