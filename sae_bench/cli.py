@@ -186,6 +186,12 @@ def _add_explain_command(commands) -> None:
     )
     explain.add_argument("case", help="a transfer case id, SAE@MODEL (`sae-bench cases` lists them)")
     explain.add_argument("--against", metavar="CASE", help="another case beside it, e.g. the model's own SAE")
+    explain.add_argument(
+        "--own",
+        metavar="CASE",
+        help="the same SAE on the model it was trained on: which of its features are born, die or shift (10x) here",
+    )
+    explain.add_argument("--top", type=positive_int, default=10, help="features listed by density change (10)")
     explain.add_argument("--device", default="cpu")
     CASES_DIR.add_to(explain.add_argument)
     explain.add_argument("--format", choices=("md", "csv"), default="md")

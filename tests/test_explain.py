@@ -34,3 +34,18 @@ def test_explain_refuses_what_it_cannot_explain_in_one_line(capsys, case, messag
     assert main(["explain", case]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_explain_own_lists_the_features_that_break_from_the_saes_own_model(capsys):
+    args = ["explain", "tiny-qwen2/base-sae@chat", "--own", "tiny-qwen2/base-sae@base", "--top", "3", "--format", "csv"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "features of zoo:tiny-qwen2/base-sae from tiny-qwen2/base-sae@base to tiny-qwen2/base-sae@chat" in out
+    top = pd.read_csv(io.StringIO(out.split("(shifted: 10x or more)\n", 1)[1]))
+    assert len(top) == 3 and list(top.columns) == ["feature", "density_own", "density_other", "log10_ratio"]
+    assert top.log10_ratio.abs().is_monotonic_decreasing
+
+
+def test_explain_own_must_be_the_same_sae(capsys):
+    assert main(["explain", "tiny-qwen2/base-sae@chat", "--own", "tiny-qwen2/chat-sae@chat"]) == 2
+    assert "must be the same SAE" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import pandas as pd
 
 from sae_bench.cases.registry import SHIPPED_CASES, load_registries
 from sae_bench.commands.cases import write_table
+from sae_bench.engine.feature_breaks import SHIFT, FeatureBreaks
 from sae_bench.engine.token_classes import CLASS_METRICS
 from sae_bench.errors import EXIT_OK, BadInput
 from sae_bench.execution.executor import CaseExecutor
@@ -26,20 +27,38 @@ def class_table(table: dict[str, dict[str, float | None]]) -> pd.DataFrame:
     return frame.rename_axis("class").reset_index()
 
 
+def _case(registry, case_id: str, device: str):
+    try:
+        case = registry.get(case_id)
+    except KeyError as err:
+        raise BadInput(f"explain: {err.args[0]} (`sae-bench cases` lists them)") from None
+    if reason := missing_for(case, device):
+        raise BadInput(f"explain: {reason}")
+    return case
+
+
 def explain(args: argparse.Namespace) -> int:
     check_device(args.device)
     registry = load_registries((SHIPPED_CASES, *args.cases_dir))
+    case = _case(registry, args.case, args.device)
+    own = _case(registry, args.own, args.device) if args.own else None
+    if own is not None and (own.sae != case.sae or own.paired):
+        raise BadInput(
+            f"explain --own {own.id}: it must be the same SAE ({case.sae}) on the model it was trained on, a transfer "
+            f"case; it evaluates {own.sae}"
+        )
     executor = CaseExecutor(device=args.device)
     tables = []
-    for case_id in [args.case, *([args.against] if args.against else [])]:
-        try:
-            case = registry.get(case_id)
-        except KeyError as err:
-            raise BadInput(f"explain: {err.args[0]} (`sae-bench cases` lists them)") from None
-        if reason := missing_for(case, args.device):
-            raise BadInput(f"explain: {reason}")
-        table = class_table(executor.token_classes(case))
-        tables.append(table.assign(case=case.id))
-        print(f"{case.id} ({case.dtype}, {case.tokens} tokens of {case.dataset}):", file=sys.stderr)
+    for each in [case, *([_case(registry, args.against, args.device)] if args.against else [])]:
+        table = class_table(executor.token_classes(each))
+        tables.append(table.assign(case=each.id))
+        print(f"{each.id} ({each.dtype}, {each.tokens} tokens of {each.dataset}):", file=sys.stderr)
     write_table(pd.concat(tables, ignore_index=True)[["case", *tables[0].columns[:-1]]], args.format)
+    if own is not None:
+        breaks = FeatureBreaks(
+            executor.details(own)[1]["feature_density"], executor.details(case)[1]["feature_density"]
+        )
+        counts = ", ".join(f"{k} {v}" for k, v in breaks.counts().items())
+        print(f"\nfeatures of {case.sae} from {own.id} to {case.id}: {counts} (shifted: {SHIFT:g}x or more)")
+        write_table(pd.DataFrame(breaks.top(args.top)), args.format)
     return EXIT_OK
