@@ -48,16 +48,14 @@ def explain(args: argparse.Namespace) -> int:
             f"case; it evaluates {own.sae}"
         )
     executor = CaseExecutor(device=args.device)
-    tables = []
+    reports, tables = {}, []
     for each in [case, *([_case(registry, args.against, args.device)] if args.against else [])]:
-        table = class_table(executor.token_classes(each))
-        tables.append(table.assign(case=each.id))
+        reports[each.id] = executor.explain(each)
+        tables.append(class_table(reports[each.id].token_classes).assign(case=each.id))
         print(f"{each.id} ({each.dtype}, {each.tokens} tokens of {each.dataset}):", file=sys.stderr)
     write_table(pd.concat(tables, ignore_index=True)[["case", *tables[0].columns[:-1]]], args.format)
-    if own is not None:
-        breaks = FeatureBreaks(
-            executor.details(own)[1]["feature_density"], executor.details(case)[1]["feature_density"]
-        )
+    if own is not None:  # the case's densities from its explained pass; the own case's from its plain one
+        breaks = FeatureBreaks(executor.details(own)[1]["feature_density"], reports[case.id].feature_density)
         counts = ", ".join(f"{k} {v}" for k, v in breaks.counts().items())
         print(f"\nfeatures of {case.sae} from {own.id} to {case.id}: {counts} (shifted: {SHIFT:g}x or more)")
         write_table(pd.DataFrame(breaks.top(args.top)), args.format)

@@ -54,6 +54,7 @@ from sae_bench.engine.transfer_report import (
     score_predictions,
 )
 from sae_bench.errors import BadInput, UnusableSAE
+from sae_bench.precision import HALF
 
 
 def prepare(model: Model, sae: SAE, config: EvalConfig) -> HookSite:
@@ -94,7 +95,7 @@ def check_finite(
 
 def _overflow_cause(x: Tensor) -> str:
     """Why the model's own activations may be non-finite: a half-precision forward overflowed, or its weights."""
-    if x.dtype in (torch.float16, torch.bfloat16):
+    if dtype_name(x.dtype) in HALF:
         return (
             f"The model overflows {dtype_name(x.dtype)} before the hook: run the case in float32 or bfloat16 (its "
             "dtype, or --dtype), or check the model's weights."
@@ -264,7 +265,7 @@ def evaluate_shared(
         classifier = None
         if config.token_classes:
             classifier = _token_classifier(model, config)
-            acc.token_classes = TokenClassStats(sae.cfg.d_in)
+            acc.token_classes = TokenClassStats()
         states.append(_Variant(sae, config, acc, special, site, classifier))
     sites = sorted({state.site for state in states}, key=lambda s: (s.blocks_before, s.name))
     backend = backend_of(model)
@@ -344,7 +345,7 @@ def _evaluate_batch(
             sharing.setdefault(counted_key, set()).add(name)
         scored: dict[bytes, PredictionScores] = {}
         for (index, state), (name, considered, counted_key, counted) in zip(members, plans, strict=True):
-            if x.dtype == torch.float32 or x.dtype == torch.float64:  # in half precision the forward may overflow:
+            if dtype_name(x.dtype) not in HALF:  # in half precision the forward may overflow:
                 with _blamed_on_variant(index):  # its scores say so (`BatchOverflows`), not the SAE's fault
                     check_finite(
                         finals[name][considered],

@@ -50,7 +50,7 @@ class FeatureBreaks:
     def top(self, k: int = 10) -> list[dict[str, float | int]]:
         """The k features that moved most by |log10 density ratio|, largest first (ties by index)."""
         ratio = self.log_ratio
-        order = sorted(range(ratio.numel()), key=lambda i: (-abs(float(ratio[i])), i))[:k]
+        order = ratio.abs().sort(descending=True, stable=True).indices[:k].tolist()  # stable: equal moves by index
         return [
             {"feature": i, "density_own": float(self.own[i]), "density_other": float(self.other[i]),
              "log10_ratio": float(ratio[i])}

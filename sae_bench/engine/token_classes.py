@@ -20,6 +20,7 @@ report are the token-weighted means of the classes', outliers aside for the reco
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -60,74 +61,59 @@ class TokenClassifier:
 
 @dataclass
 class TokenClassStats:
-    """The per-class sums of one evaluation (float64), on the CPU."""
+    """Per class, the whole evaluation's own accumulators fed the class's positions: `metrics.ReconstructionStats`
+    (l0, mse, explained_variance with the class's own mean) and a `metrics.TokenMean` each for ΔCE and KL."""
 
-    d_model: int
-    tokens: Tensor = field(init=False)
-    active: Tensor = field(init=False)
-    squared_error: Tensor = field(init=False)
-    squared_norm: Tensor = field(init=False)
-    mean: Tensor = field(init=False)
-    centred: Tensor = field(init=False)
-    """Per class Σ‖x − x̄_class‖², merged batch by batch (Chan et al.'s pairwise update, as `ReconstructionStats`)."""
-    predictions: Tensor = field(init=False)
-    ce_delta: Tensor = field(init=False)
-    kl: Tensor = field(init=False)
-
-    def __post_init__(self) -> None:
-        k = len(TOKEN_CLASSES)
-        for name in ("tokens", "active", "squared_error", "squared_norm", "centred", "predictions", "ce_delta", "kl"):
-            setattr(self, name, torch.zeros(k, dtype=torch.float64))
-        self.mean = torch.zeros(k, self.d_model, dtype=torch.float64)
+    reconstruction: dict[str, metrics.ReconstructionStats] = field(
+        default_factory=lambda: {name: metrics.ReconstructionStats() for name in TOKEN_CLASSES}
+    )
+    ce_delta: dict[str, metrics.TokenMean] = field(
+        default_factory=lambda: {name: metrics.TokenMean() for name in TOKEN_CLASSES}
+    )
+    kl: dict[str, metrics.TokenMean] = field(
+        default_factory=lambda: {name: metrics.TokenMean() for name in TOKEN_CLASSES}
+    )
 
     def add_reconstruction(self, classes: Tensor, x: Tensor, x_hat: Tensor, feature_acts: Tensor) -> None:
         """classes: (n,) of the reconstructed positions; x, x_hat: (n, d) in the SAE's input space."""
-        classes, x64 = classes.cpu(), x.detach().double().cpu()
-        error = (x64 - x_hat.detach().double().cpu()).pow(2).sum(dim=-1)
-        for index in classes.unique().tolist():
-            rows = x64[classes == index]
-            n, batch_mean = rows.shape[0], rows.mean(dim=0)
-            before, total = float(self.tokens[index]), float(self.tokens[index]) + n
-            delta = batch_mean - self.mean[index]
-            self.centred[index] += (
-                float((rows - batch_mean).pow(2).sum()) + float(delta.pow(2).sum()) * before * n / total
-            )
-            self.mean[index] += delta * (n / total)
-            self.tokens[index] = total
-        self.active.index_add_(0, classes, (feature_acts > 0).sum(dim=-1, dtype=torch.float64).cpu())
-        self.squared_error.index_add_(0, classes, error)
-        self.squared_norm.index_add_(0, classes, x64.pow(2).sum(dim=-1))
+        for index, rows in _rows_by_class(classes):
+            self.reconstruction[TOKEN_CLASSES[index]].update(x[rows], x_hat[rows], feature_acts[rows])
 
     def add_scores(self, classes: Tensor, nll_clean: Tensor, nll_spliced: Tensor, kl_spliced: Tensor) -> None:
         """classes: (n,) of the counted predictions, in the order of their scores."""
-        classes = classes.cpu()
-        delta = (nll_spliced.double() - nll_clean.double()).cpu()
-        self.predictions.index_add_(0, classes, torch.ones_like(delta))
-        self.ce_delta.index_add_(0, classes, delta)
-        self.kl.index_add_(0, classes, kl_spliced.double().cpu())
+        delta = nll_spliced.double() - nll_clean.double()
+        for index, rows in _rows_by_class(classes):
+            self.ce_delta[TOKEN_CLASSES[index]].update(delta[rows])
+            self.kl[TOKEN_CLASSES[index]].update(kl_spliced[rows])
 
     def compute(self) -> dict[str, dict[str, float | None]]:
-        """class → metric → value (None where the class has no positions, or the value is not finite)."""
+        """class → metric → value (None where the class has no positions, or the value is undefined or not
+        finite)."""
         table = {}
-        for index, name in enumerate(TOKEN_CLASSES):
-            n, m = float(self.tokens[index]), float(self.predictions[index])
+        for name in TOKEN_CLASSES:
+            reconstruction, ce_delta, kl = self.reconstruction[name], self.ce_delta[name], self.kl[name]
             values = {
-                "tokens": int(n),
-                "l0": float(self.active[index]) / n if n else None,
-                "mse": float(self.squared_error[index]) / n if n else None,
-                "explained_variance": self._explained_variance(index) if n else None,
-                "predictions": int(m),
-                "ce_delta": float(self.ce_delta[index]) / m if m else None,
-                "kl_spliced": float(self.kl[index]) / m if m else None,
+                "l0": _defined(reconstruction.l0),
+                "mse": _defined(reconstruction.mse),
+                "explained_variance": _defined(reconstruction.explained_variance),
+                "ce_delta": _defined(lambda m=ce_delta: m.compute("ce_delta")),
+                "kl_spliced": _defined(lambda m=kl: m.compute("kl_spliced")),
             }
-            table[name] = {k: v if v is None or math.isfinite(v) else None for k, v in values.items()}
+            counts = {"tokens": reconstruction.n_tokens, "predictions": ce_delta.count}
+            table[name] = {metric: (counts | values)[metric] for metric in CLASS_METRICS}
         return table
 
-    def _explained_variance(self, index: int) -> float | None:
-        """None where the class's activations have no variance beyond float32 rounding (every first position of a
-        row holds the same BOS residual): the ratio would be noise."""
-        try:
-            sums = (float(self.squared_error[index]), float(self.centred[index]), float(self.squared_norm[index]))
-            return metrics.explained_variance_from_sums(*sums, "explained_variance")
-        except metrics.UndefinedMetric:
-            return None
+
+def _rows_by_class(classes: Tensor) -> list[tuple[int, Tensor]]:
+    """(class index, its rows as a mask) for each class present."""
+    return [(int(index), classes == index) for index in classes.unique()]
+
+
+def _defined(compute: Callable[[], float]) -> float | None:
+    """compute(), or None where the metric is undefined (an empty class, variance at float32 rounding) or not
+    finite."""
+    try:
+        value = compute()
+    except metrics.UndefinedMetric:
+        return None
+    return value if math.isfinite(value) else None

@@ -27,6 +27,7 @@ from sae_bench.engine.forward_cost import ForwardCost
 from sae_bench.engine.outliers import OutlierPolicy
 from sae_bench.engine.prefix import PREFIX_CACHE_BYTES, PrefixActivations, prefix_bytes, run_prefix
 from sae_bench.engine.splicing import resolve_hook
+from sae_bench.engine.transfer_report import TransferReport
 from sae_bench.engine.universality import PairedConfig, evaluate_universality, paired_densities
 from sae_bench.errors import BadInput, UnusableSAE
 from sae_bench.execution.memory import device_memory_bytes
@@ -223,18 +224,17 @@ class CaseExecutor:
         )
         return _transfer_values(report)
 
-    def token_classes(self, case: Case) -> dict[str, dict[str, float | None]]:
-        """A transfer case's metrics per token class (`sae_bench.engine.token_classes`): its whole evaluation run
-        again with the classes streamed, on its own rows, SAE and model."""
+    def explain(self, case: Case) -> TransferReport:
+        """A transfer case's evaluation with its metrics also per token class (`report.token_classes`): the whole
+        evaluation run again with the classes streamed, on its own rows, SAE and model."""
         if case.paired:
             raise BadInput(f"{case.id} is a paired case: token classes explain a transfer case (SAE@MODEL)")
         self.check_fits(case)
         tokens = self.tokens(case)
         config = replace(self._config(case, self.outlier_policy(case, tokens)), token_classes=True)
-        report = evaluate_transfer(
+        return evaluate_transfer(
             self.model(case.model_key), self.sae(case.sae), tokens.tokens, config, position_mask=tokens.position_mask
         )
-        return report.token_classes
 
     def _config(self, case: Case, policy: OutlierPolicy | None) -> EvalConfig:
         return EvalConfig(

@@ -40,7 +40,7 @@ def test_class_sums_match_a_plain_loop(n, m, seed):
     acts = torch.relu(torch.randn(n, 9, generator=g))
     score_classes = torch.randint(0, len(TOKEN_CLASSES), (m,), generator=g)
     clean, spliced, kl = torch.rand(m, generator=g) * 5, torch.rand(m, generator=g) * 5, torch.rand(m, generator=g)
-    stats = TokenClassStats(d)
+    stats = TokenClassStats()
     stats.add_reconstruction(classes[: n // 2], x[: n // 2], x_hat[: n // 2], acts[: n // 2])  # two batches
     stats.add_reconstruction(classes[n // 2 :], x[n // 2 :], x_hat[n // 2 :], acts[n // 2 :])
     stats.add_scores(score_classes, clean, spliced, kl)
