@@ -46,6 +46,9 @@ class EvalConfig:
     """Show a progress bar over batches."""
     token_classes: bool = False
     """Also report every transfer metric per token class (`sae_bench.engine.token_classes`), in the same pass."""
+    feature_stats: bool = False
+    """Also report each feature's latent scaling and top-activating positions (`sae_bench.engine.feature_stats`), in
+    the same pass."""
     pooled_per_token_ev: bool = False
     """Also report `explained_variance_per_token_pooled` (keeps every reconstructed token: chat-sized sets)."""
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from sae_bench.engine import metrics
 from sae_bench.engine.backends import Model, backend_of, dtype_name
 from sae_bench.engine.eval_config import EvalConfig
+from sae_bench.engine.feature_stats import FeatureStats
 from sae_bench.engine.outliers import MeanNormStats, OutlierBreakdownStats, newline_token_ids, outlier_mask
 from sae_bench.engine.prefix import PrefixActivations, residual_at_hook
 from sae_bench.engine.splicing import (
@@ -266,6 +267,8 @@ def evaluate_shared(
         if config.token_classes:
             classifier = _token_classifier(model, config)
             acc.token_classes = TokenClassStats()
+        if config.feature_stats:
+            acc.features = FeatureStats(sae.W_dec)
         states.append(_Variant(sae, config, acc, special, site, classifier))
     sites = sorted({state.site for state in states}, key=lambda s: (s.blocks_before, s.name))
     backend = backend_of(model)
@@ -400,6 +403,9 @@ def _splice(
         acc.token_classes.add_reconstruction(
             state.classes[reconstructed], sae_pass.sae_in, sae_pass.x_hat, sae_pass.feature_acts
         )
+    if acc.features is not None:
+        where = reconstructed.nonzero() + torch.tensor([offset, 0], device=reconstructed.device)
+        acc.features.update(sae_pass.sae_in, sae_pass.feature_acts, where)
     key = (id(state.sae), scale, reconstructed.cpu().numpy().tobytes())
     if key not in spliced:
         spliced[key] = (f"spliced{len(spliced)}", spliced_residual(x, reconstructed, sae_pass.x_hat, scale))

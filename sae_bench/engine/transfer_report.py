@@ -21,6 +21,7 @@ from sae_bench.engine.definitions import formulas
 from sae_bench.engine.eval_config import EvalConfig
 from sae_bench.engine.outliers import OutlierBreakdown, OutlierBreakdownStats
 from sae_bench.engine.splicing import HookSite, SaePass, logits_of_final_rows
+from sae_bench.engine.feature_stats import FeatureStats, FeatureSummary
 from sae_bench.engine.token_classes import TokenClassStats
 
 
@@ -64,6 +65,8 @@ class TransferReport:
     """metric → why it has no value."""
     token_classes: dict[str, dict[str, float | None]] | None = None
     """class → metric → value (`sae_bench.engine.token_classes`), when the config asked for them."""
+    features: FeatureSummary | None = field(default=None, repr=False)
+    """Per feature latent scaling and top activations (`sae_bench.engine.feature_stats`), when the config asked."""
 
     @classmethod
     def metric_docs(cls) -> dict[str, str]:
@@ -101,6 +104,7 @@ class TransferAccumulators:
     ev_pooled: metrics.PooledPerTokenEVStats | None = None
     overflows: metrics.BatchOverflows = field(default_factory=metrics.BatchOverflows)
     token_classes: TokenClassStats | None = None
+    features: FeatureStats | None = None
 
     def __post_init__(self) -> None:
         self.density = metrics.FeatureDensityStats(self.d_sae)
@@ -293,6 +297,7 @@ def finalize_transfer_report(
         settings=_settings(config, d_sae),
         undefined=undefined,
         token_classes=None if acc.token_classes is None else acc.token_classes.compute(),
+        features=None if acc.features is None else acc.features.compute(),
     )
 
 

@@ -1,0 +1,134 @@
+"""Per feature, streamed in the evaluation's own pass: its latent-scaling coefficient against the model's activations
+and the positions where it fires most (a streaming top-k), for `sae-bench explain` and the report's feature tables.
+
+Latent scaling (Minder et al. 2025, arXiv 2504.02922): the β that best scales feature j's decoder direction d_j,
+at its activation f_j(t), onto the activation x_t, least squares over the reconstructed positions:
+    latent_scaling_beta   β_j = Σ_t f_j(t)·⟨x_t, d_j⟩ / (‖d_j‖² · Σ_t f_j(t)²)     (undefined where j never fires)
+    latent_scaling_ratio  ν_j = β_j(other model) / β_j(own model)                  (`FeatureShift`)
+x is the SAE's input (the activation times the case's scaling factor, as the SAE sees it), d_j the decoder row;
+⟨x_t, d_j⟩ and f·⟨x, d⟩ are float32 products (the SAE's own precision), summed in float64. On the model the SAE
+was trained on, β is the share of the feature's claimed magnitude that the activations carry along its direction;
+ν < 1 says the feature fires on the other model where its direction is weaker, ν > 1 stronger, ν < 0 against it.
+Minder et al. also fit β against the reconstruction without the latent and against the reconstruction error, to
+tell a crosscoder's shared latents from model-specific ones; one SAE spliced into two models has one decoder and
+nothing to tell apart, so only β against x is computed.
+
+The top-k keeps, per feature, the k largest activations over the pass and where they were (sequence, position);
+merged batch by batch, so memory is k·d_sae whatever the number of tokens. Ties keep torch.topk's order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+TOP_K = 5
+"""Top-activating positions kept per feature."""
+CONTEXT_BEFORE, CONTEXT_AFTER = 10, 3
+"""Tokens shown before and after the activating token in a context window."""
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    """Per feature, over one evaluation's reconstructed positions."""
+
+    beta: Tensor
+    """latent_scaling_beta, (d_sae,) float64; NaN where the feature never fired (or its decoder row is zero)."""
+    top_values: Tensor
+    """(k, d_sae) float32, largest first; 0 where the feature fired on fewer than k positions."""
+    top_sequence: Tensor
+    """(k, d_sae) int64: the row (in the case's token set) of each top value; −1 where there is none."""
+    top_position: Tensor
+    """(k, d_sae) int64: its position in the row; −1 where there is none."""
+
+    def top(self, feature: int) -> list[tuple[float, int, int]]:
+        """(activation, sequence, position) of the feature's top activations, largest first, firing ones only."""
+        rows = zip(
+            self.top_values[:, feature].tolist(),
+            self.top_sequence[:, feature].tolist(),
+            self.top_position[:, feature].tolist(),
+            strict=True,
+        )
+        return [(value, seq, pos) for value, seq, pos in rows if value > 0]
+
+
+class FeatureStats:
+    """Streams `FeatureSummary` over the batches of a pass (`EvalConfig.feature_stats`)."""
+
+    def __init__(self, decoder: Tensor, k: int = TOP_K):
+        """decoder: the SAE's (d_sae, d_model) decoder rows (W_dec), read as the pass runs (no copy)."""
+        d_sae = decoder.shape[0]
+        self.decoder, self.k = decoder, k
+        self.weighted_projection = torch.zeros(d_sae, dtype=torch.float64)
+        self.squared_activation = torch.zeros(d_sae, dtype=torch.float64)
+        self.top_values = torch.zeros(k, d_sae)
+        self.top_sequence = torch.full((k, d_sae), -1, dtype=torch.long)
+        self.top_position = torch.full((k, d_sae), -1, dtype=torch.long)
+
+    def update(self, sae_in: Tensor, feature_acts: Tensor, where: Tensor) -> None:
+        """sae_in (n, d_model), feature_acts (n, d_sae), where (n, 2): each row's (sequence, position) in the case's
+        token set."""
+        if feature_acts.shape[0] == 0:
+            return
+        f = feature_acts.float()
+        projection = sae_in.float() @ self.decoder.float().T  # ⟨x_t, d_j⟩, (n, d_sae)
+        self.weighted_projection += (f * projection).sum(0, dtype=torch.float64).cpu()
+        self.squared_activation += (f * f).sum(0, dtype=torch.float64).cpu()
+        values, rows = f.topk(min(self.k, f.shape[0]), dim=0)  # (k', d_sae)
+        where = where.to(rows.device)
+        merged = torch.cat([self.top_values, values.cpu()])
+        sequence = torch.cat([self.top_sequence, where[rows, 0].cpu()])
+        position = torch.cat([self.top_position, where[rows, 1].cpu()])
+        self.top_values, order = merged.topk(self.k, dim=0)
+        self.top_sequence, self.top_position = sequence.gather(0, order), position.gather(0, order)
+        empty = self.top_values <= 0
+        self.top_sequence[empty], self.top_position[empty] = -1, -1
+
+    def compute(self) -> FeatureSummary:
+        """The summary, with β's denominator taken from the decoder rows' squared norms (float64)."""
+        norms = self.decoder.detach().double().pow(2).sum(-1).cpu()
+        denominator = norms * self.squared_activation
+        beta = torch.where(denominator > 0, self.weighted_projection / denominator, math.nan)
+        return FeatureSummary(beta, self.top_values, self.top_sequence, self.top_position)
+
+
+@dataclass(frozen=True)
+class FeatureShift:
+    """One SAE's latent scaling on its own model and on another: ν = β(other) / β(own), per feature."""
+
+    own: FeatureSummary
+    other: FeatureSummary
+
+    @property
+    def ratio(self) -> Tensor:
+        """latent_scaling_ratio ν, (d_sae,) float64; NaN where either β is undefined or β(own) is 0."""
+        own, other = self.own.beta, self.other.beta
+        return torch.where(own != 0, other / own, math.nan)
+
+    def top(self, k: int = 10) -> list[dict[str, float | int]]:
+        """The k features whose scaling moved most, by |log10 |ν||, largest first (ties by index); a sign change
+        (ν < 0) ranks by its magnitude and shows as a negative ν."""
+        ratio = self.ratio
+        moved = ratio.abs().log10().abs()
+        defined = torch.isfinite(moved)
+        order = torch.where(defined, moved, -1.0).sort(descending=True, stable=True).indices
+        picked = [i for i in order[:k].tolist() if bool(defined[i])]
+        return [
+            {"feature": i, "beta_own": float(self.own.beta[i]), "beta_other": float(self.other.beta[i]),
+             "nu": float(ratio[i])}
+            for i in picked
+        ]  # fmt: skip
+
+
+def context(tokens: Tensor, sequence: int, position: int, decode) -> str:
+    """The window of `tokens[sequence]` around `position`, the activating token in ⟦ ⟧; `decode` maps a list of ids to
+    text (a tokenizer's decode), or None to show the ids."""
+    row = tokens[sequence].tolist()
+    start, stop = max(0, position - CONTEXT_BEFORE), min(len(row), position + 1 + CONTEXT_AFTER)
+    show = (lambda ids: " ".join(map(str, ids))) if decode is None else decode
+    before, token, after = show(row[start:position]), show(row[position : position + 1]), show(row[position + 1 : stop])
+    text = f"{'…' if start > 0 else ''}{before}⟦{token}⟧{after}{'…' if stop < len(row) else ''}"
+    return text.replace("\n", "⏎")
