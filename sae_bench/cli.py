@@ -189,9 +189,12 @@ def _add_explain_command(commands) -> None:
     explain.add_argument(
         "--own",
         metavar="CASE",
-        help="the same SAE on the model it was trained on: which of its features are born, die or shift (10x) here",
+        help="the same SAE on the model it was trained on: which of its features are born, die or shift (10x) here, "
+        "and the largest moves by density and by latent scaling, with where each fires most on both models",
     )
-    explain.add_argument("--top", type=positive_int, default=10, help="features listed by density change (10)")
+    explain.add_argument(
+        "--top", type=positive_int, default=10, help="features listed per ranking (density, latent scaling): 10"
+    )
     explain.add_argument("--device", default="cpu")
     CASES_DIR.add_to(explain.add_argument)
     explain.add_argument("--format", choices=("md", "csv"), default="md")

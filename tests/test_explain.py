@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from sae_bench.cli import main
 from sae_bench.engine.token_classes import TOKEN_CLASSES
+from sae_bench.reports.feature_table import FEATURE_COLUMNS
 
 
 def test_explain_prints_each_class_of_a_case_and_of_the_case_beside_it(capsys):
@@ -40,10 +43,15 @@ def test_explain_own_lists_the_features_that_break_from_the_saes_own_model(capsy
     args = ["explain", "tiny-qwen2/base-sae@chat", "--own", "tiny-qwen2/base-sae@base", "--top", "3", "--format", "csv"]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "features of zoo:tiny-qwen2/base-sae from tiny-qwen2/base-sae@base to tiny-qwen2/base-sae@chat" in out
-    top = pd.read_csv(io.StringIO(out.split("(shifted: 10x or more)\n", 1)[1]))
-    assert len(top) == 3 and list(top.columns) == ["feature", "density_own", "density_other", "log10_ratio"]
-    assert top.log10_ratio.abs().is_monotonic_decreasing
+    assert "features of zoo:tiny-qwen2/base-sae from tiny-qwen2/base-sae@base (own) to tiny-qwen2/base-sae@chat" in out
+    _, by_density, by_scaling = re.split(r"\nthe 3 features that moved most by [^\n]*\n", out)
+    density, scaling = pd.read_csv(io.StringIO(by_density)), pd.read_csv(io.StringIO(by_scaling))
+    assert len(density) == len(scaling) == 3 and list(density.columns) == list(FEATURE_COLUMNS)
+    assert density.log10_density_ratio.abs().is_monotonic_decreasing
+    assert np.log10(scaling.nu.abs()).abs().is_monotonic_decreasing
+    assert scaling.nu.tolist() == pytest.approx((scaling.beta_other / scaling.beta_own).tolist())
+    fired = scaling.fires_most_on_own.tolist() + scaling.fires_most_on_other.tolist()
+    assert all(re.fullmatch(r"[0-9.e+-]+: .*⟦.+⟧.*", text, re.S) for text in fired), fired
 
 
 def test_explain_own_must_be_the_same_sae(capsys):

@@ -10,10 +10,12 @@ import pandas as pd
 
 from sae_bench.cases.registry import SHIPPED_CASES, load_registries
 from sae_bench.commands.cases import write_table
+from sae_bench.engine.backends import backend_of
 from sae_bench.engine.feature_breaks import SHIFT, FeatureBreaks
 from sae_bench.engine.token_classes import CLASS_METRICS
 from sae_bench.errors import EXIT_OK, BadInput
 from sae_bench.execution.executor import CaseExecutor
+from sae_bench.reports.feature_table import RANKINGS, FeatureSide, feature_table
 from sae_bench.suite.runner import check_device, missing_for
 
 
@@ -54,9 +56,22 @@ def explain(args: argparse.Namespace) -> int:
         tables.append(class_table(reports[each.id].token_classes).assign(case=each.id))
         print(f"{each.id} ({each.dtype}, {each.tokens} tokens of {each.dataset}):", file=sys.stderr)
     write_table(pd.concat(tables, ignore_index=True)[["case", *tables[0].columns[:-1]]], args.format)
-    if own is not None:  # the case's densities from its explained pass; the own case's from its plain one
-        breaks = FeatureBreaks(executor.details(own)[1]["feature_density"], reports[case.id].feature_density)
+    if own is not None:
+        sides = {name: _side(executor, each, reports.get(each.id)) for name, each in (("own", own), ("other", case))}
+        breaks = FeatureBreaks(sides["own"].density, sides["other"].density)
         counts = ", ".join(f"{k} {v}" for k, v in breaks.counts().items())
-        print(f"\nfeatures of {case.sae} from {own.id} to {case.id}: {counts} (shifted: {SHIFT:g}x or more)")
-        write_table(pd.DataFrame(breaks.top(args.top)), args.format)
+        print(
+            f"\nfeatures of {case.sae} from {own.id} (own) to {case.id} (other): {counts} (shifted: {SHIFT:g}x or more)"
+        )
+        for by, ranking in RANKINGS.items():
+            print(f"\nthe {args.top} features that moved most by {ranking}:")
+            write_table(feature_table(sides["own"], sides["other"], by, args.top), args.format)
     return EXIT_OK
+
+
+def _side(executor: CaseExecutor, case, report) -> FeatureSide:
+    """The case's features (its explained pass: `report`, or one run now) with its rows and its tokenizer."""
+    report = report or executor.explain(case)
+    tokenizer = backend_of(executor.model(case.model_key)).tokenizer
+    decode = None if tokenizer is None else tokenizer.decode
+    return FeatureSide(report.feature_density, report.features, executor.tokens(case).tokens, decode)

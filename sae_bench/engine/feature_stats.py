@@ -25,6 +25,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+MIN_FIRINGS = 10
+"""ν ranks a feature only where it fired on at least this many positions on each model: a β fitted to a handful of
+near-zero activations is noise (on the zoo, single firings of 1e-4 gave β of 10^4)."""
 TOP_K = 5
 """Top-activating positions kept per feature."""
 CONTEXT_BEFORE, CONTEXT_AFTER = 10, 3
@@ -37,6 +40,8 @@ class FeatureSummary:
 
     beta: Tensor
     """latent_scaling_beta, (d_sae,) float64; NaN where the feature never fired (or its decoder row is zero)."""
+    fired: Tensor
+    """(d_sae,) int64: the positions where the feature fired (activation > 0)."""
     top_values: Tensor
     """(k, d_sae) float32, largest first; 0 where the feature fired on fewer than k positions."""
     top_sequence: Tensor
@@ -64,6 +69,7 @@ class FeatureStats:
         self.decoder, self.k = decoder, k
         self.weighted_projection = torch.zeros(d_sae, dtype=torch.float64)
         self.squared_activation = torch.zeros(d_sae, dtype=torch.float64)
+        self.fired = torch.zeros(d_sae, dtype=torch.long)
         self.top_values = torch.zeros(k, d_sae)
         self.top_sequence = torch.full((k, d_sae), -1, dtype=torch.long)
         self.top_position = torch.full((k, d_sae), -1, dtype=torch.long)
@@ -77,6 +83,7 @@ class FeatureStats:
         projection = sae_in.float() @ self.decoder.float().T  # ⟨x_t, d_j⟩, (n, d_sae)
         self.weighted_projection += (f * projection).sum(0, dtype=torch.float64).cpu()
         self.squared_activation += (f * f).sum(0, dtype=torch.float64).cpu()
+        self.fired += (f > 0).sum(0).cpu()
         values, rows = f.topk(min(self.k, f.shape[0]), dim=0)  # (k', d_sae)
         where = where.to(rows.device)
         merged = torch.cat([self.top_values, values.cpu()])
@@ -92,7 +99,7 @@ class FeatureStats:
         norms = self.decoder.detach().double().pow(2).sum(-1).cpu()
         denominator = norms * self.squared_activation
         beta = torch.where(denominator > 0, self.weighted_projection / denominator, math.nan)
-        return FeatureSummary(beta, self.top_values, self.top_sequence, self.top_position)
+        return FeatureSummary(beta, self.fired, self.top_values, self.top_sequence, self.top_position)
 
 
 @dataclass(frozen=True)
@@ -109,11 +116,13 @@ class FeatureShift:
         return torch.where(own != 0, other / own, math.nan)
 
     def top(self, k: int = 10) -> list[dict[str, float | int]]:
-        """The k features whose scaling moved most, by |log10 |ν||, largest first (ties by index); a sign change
-        (ν < 0) ranks by its magnitude and shows as a negative ν."""
+        """The k features whose scaling moved most, by |log10 |ν||, largest first (ties by index), among those that
+        fired on `MIN_FIRINGS` positions or more on each model; a sign change (ν < 0) ranks by its magnitude and
+        shows as a negative ν."""
         ratio = self.ratio
         moved = ratio.abs().log10().abs()
-        defined = torch.isfinite(moved)
+        supported = (self.own.fired >= MIN_FIRINGS) & (self.other.fired >= MIN_FIRINGS)
+        defined = torch.isfinite(moved) & supported
         order = torch.where(defined, moved, -1.0).sort(descending=True, stable=True).indices
         picked = [i for i in order[:k].tolist() if bool(defined[i])]
         return [

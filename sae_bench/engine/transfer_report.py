@@ -19,9 +19,9 @@ from sae_bench.engine import metrics
 from sae_bench.engine.backends import Model, dtype_name
 from sae_bench.engine.definitions import formulas
 from sae_bench.engine.eval_config import EvalConfig
+from sae_bench.engine.feature_stats import FeatureStats, FeatureSummary
 from sae_bench.engine.outliers import OutlierBreakdown, OutlierBreakdownStats
 from sae_bench.engine.splicing import HookSite, SaePass, logits_of_final_rows
-from sae_bench.engine.feature_stats import FeatureStats, FeatureSummary
 from sae_bench.engine.token_classes import TokenClassStats
 
 

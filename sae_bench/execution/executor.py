@@ -225,13 +225,14 @@ class CaseExecutor:
         return _transfer_values(report)
 
     def explain(self, case: Case) -> TransferReport:
-        """A transfer case's evaluation with its metrics also per token class (`report.token_classes`): the whole
-        evaluation run again with the classes streamed, on its own rows, SAE and model."""
+        """A transfer case's evaluation with its metrics also per token class (`report.token_classes`) and its
+        features' latent scaling and top activations (`report.features`): the whole evaluation run again with both
+        streamed, on its own rows, SAE and model."""
         if case.paired:
             raise BadInput(f"{case.id} is a paired case: token classes explain a transfer case (SAE@MODEL)")
         self.check_fits(case)
         tokens = self.tokens(case)
-        config = replace(self._config(case, self.outlier_policy(case, tokens)), token_classes=True)
+        config = replace(self._config(case, self.outlier_policy(case, tokens)), token_classes=True, feature_stats=True)
         return evaluate_transfer(
             self.model(case.model_key), self.sae(case.sae), tokens.tokens, config, position_mask=tokens.position_mask
         )
