@@ -10,6 +10,7 @@ The arithmetic itself lives in `metrics.py` (and `universality.py`, `outliers.py
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -119,6 +120,49 @@ DEFINITIONS: dict[str, Definition] = _catalogue(
     ),
     Definition("residual_cosine", 1, "mean over positions of cos(x_base, x_finetuned) at the hook", 0.9900152267478756),
     Definition("residual_distance", 1, "mean over positions of ‖x_base − x_finetuned‖ at the hook", 0.5311607836525468),
+    # -- per token class (token_classes.py; recorded as NAME[CLASS]; pinned on the class `content`) ---------------
+    Definition("tokens_by_class", 1, "reconstructed positions of the class (outliers: 0, they are not spliced)", 74),
+    Definition("predictions_by_class", 1, "counted predictions made at positions of the class", 70),
+    Definition("l0_by_class", 1, "mean over the class's reconstructed tokens of #{features > 0}", 16.83783783783784),
+    Definition(
+        "mse_by_class",
+        1,
+        "mean over the class's reconstructed tokens of ‖x − x̂‖² in the SAE's input space",
+        0.1482368001325908,
+    ),
+    Definition(
+        "explained_variance_by_class",
+        1,
+        "1 − Σ‖x − x̂‖² / Σ‖x − x̄_class‖² over the class's tokens, x̄_class the class's own mean",
+        0.9877057926154327,
+    ),
+    Definition(
+        "ce_delta_by_class",
+        1,
+        "mean over the class's counted predictions of NLL_spliced − NLL_clean",
+        0.008865955897739955,
+    ),
+    Definition(
+        "kl_spliced_by_class",
+        1,
+        "mean over the class's counted predictions of KL(p_clean ‖ p_spliced)",
+        0.06227959224155971,
+    ),
+    # -- per feature (feature_stats.py; recorded as vectors; pinned on their mean over the features shown) -----------
+    Definition(
+        "latent_scaling_beta",
+        1,
+        "per feature Σ_t f(t)·⟨x_t, d⟩ / (‖d‖²·Σ_t f(t)²) over reconstructed tokens, x the SAE's input, d the decoder "
+        "row (Minder et al. 2025); pinned: its mean over the features that fire",
+        23.726035149725757,
+    ),
+    Definition(
+        "latent_scaling_ratio",
+        1,
+        "per feature ν = β(other model) / β(own model); pinned: its mean over the features firing on 10+ tokens of "
+        "each model",
+        1.001614295247,
+    ),
     # -- derived report fields ---------------------------------------------------------------------------------------
     Definition(
         "weight_drift",
@@ -143,8 +187,21 @@ PAIRED_DIFFERENCE = "_paired_difference"
 same rows. It is defined by M's definition, so it carries M's version."""
 
 
+BY_CLASS = "_by_class"
+"""The per-token-class form of a metric, `M_by_class`, recorded once per class as `M_by_class[CLASS]`."""
+_CLASS_METRIC = re.compile(r"(?P<metric>\w+_by_class)\[(?P<token_class>[a-z-]+)\]")
+
+
+def class_metric(metric: str, token_class: str) -> str:
+    """The recorded name of `metric` (e.g. ce_delta) over one token class: `ce_delta_by_class[first]`."""
+    return f"{metric}{BY_CLASS}[{token_class}]"
+
+
 def definition(name: str) -> Definition:
-    """The current definition of `name` (a paired difference's: its metric's version, a formula saying so)."""
+    """The current definition of `name` (a paired difference's: its metric's version, a formula saying so; a
+    class's value `M_by_class[CLASS]`: M_by_class's)."""
+    if (match := _CLASS_METRIC.fullmatch(name)) and match["metric"] in DEFINITIONS:
+        return DEFINITIONS[match["metric"]]
     if name.endswith(PAIRED_DIFFERENCE) and name.removesuffix(PAIRED_DIFFERENCE) in DEFINITIONS:
         metric = DEFINITIONS[name.removesuffix(PAIRED_DIFFERENCE)]
         formula = f"mean over units of {metric.name}(new) − {metric.name}(old) on the same rows (paired release gate)"

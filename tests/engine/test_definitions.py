@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from sae_bench.cases.registry import METRIC_GROUPS
-from sae_bench.engine.definitions import DEFINITIONS, UnknownDefinition, definition
+from sae_bench.engine.definitions import BY_CLASS, DEFINITIONS, UnknownDefinition, class_metric, definition
 from sae_bench.engine.drift import weight_drift
 from sae_bench.engine.evaluate import EvalConfig, evaluate_transfer
+from sae_bench.engine.feature_stats import MIN_FIRINGS, FeatureShift
 from sae_bench.engine.outliers import OutlierPolicy
 from sae_bench.engine.transfer_report import TransferReport
 from sae_bench.engine.universality import PairedConfig, evaluate_universality
@@ -63,9 +64,21 @@ def pinned_values(tmp_path_factory) -> dict[str, float | None]:
     hook = "blocks.1.hook_resid_post"
     sae = pinned_sae(model, tokens, hook)
     config = EvalConfig(
-        hook=hook, batch_size=2, outliers=OutlierPolicy(5.2, norm="raw"), pooled_per_token_ev=True, progress=False
+        hook=hook,
+        batch_size=2,
+        outliers=OutlierPolicy(5.2, norm="raw"),
+        pooled_per_token_ev=True,
+        progress=False,
+        token_classes=True,
+        feature_stats=True,
     )
-    values: dict[str, float | None] = dict(evaluate_transfer(finetuned, sae, tokens, config).to_row())
+    report = evaluate_transfer(finetuned, sae, tokens, config)
+    values: dict[str, float | None] = dict(report.to_row())
+    values.update({f"{metric}{BY_CLASS}": value for metric, value in report.token_classes["content"].items()})
+    own = evaluate_transfer(model, sae, tokens, config).features
+    values["latent_scaling_beta"] = float(report.features.beta.nanmean())
+    supported = (own.fired >= MIN_FIRINGS) & (report.features.fired >= MIN_FIRINGS)
+    values["latent_scaling_ratio"] = float(FeatureShift(own, report.features).ratio[supported].mean())
     paired = evaluate_universality(model, finetuned, sae, tokens, PairedConfig(hook=hook, batch_size=2, progress=False))
     values.update(paired.summary())
     base_dir, finetuned_dir = hf_pair(tmp_path_factory.mktemp("hf_pair"))
@@ -105,6 +118,13 @@ def test_the_pinned_input_exercises_each_metric(pinned_values):
     for name in DEFINITIONS:
         if not name.startswith(("dead_activation_error_dead_in_finetuned", "outlier_share_bos", "outlier_share_new")):
             assert pinned_values[name] is not None, name
+
+
+def test_a_class_value_has_its_metrics_definition():
+    assert definition(class_metric("ce_delta", "first")) is DEFINITIONS["ce_delta_by_class"]
+    for wrong in ("ce_delta[first]", "ce_delta_by_class[First]", "ce_delta_by_class[first", "nope_by_class[first]"):
+        with pytest.raises(UnknownDefinition):
+            definition(wrong)
 
 
 def test_an_unknown_metric_names_the_fix():
