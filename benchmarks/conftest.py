@@ -77,6 +77,7 @@ def options_of(config) -> SuiteOptions:
         device_memory=None if memory is None else memory * 1e9,
         backend=config.getoption("--backend", DEFAULT_BACKEND),
         dtype=config.getoption("--dtype", None),
+        explain=config.getoption("--explain", False),
     )
 
 

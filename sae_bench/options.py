@@ -82,6 +82,15 @@ DTYPE = Option(
         "are: a precision check (README: Precision)",
     ),
 )
+EXPLAIN = Option(
+    ("--explain",),
+    dict(
+        action="store_true",
+        help="also record why each transfer case fails, from the same passes: every metric per token class, and the "
+        "features of its SAE that broke from the same SAE on its own model when that case runs too (`sae-bench "
+        "report` shows them; README: Why a transfer fails)",
+    ),
+)
 SUITE_RUN = (CASES_DIR, RESULTS, NO_RESULTS, RAY, DEVICE_MEMORY, DTYPE)
 """What both the suite (pytest) and the single-SAE gate take about where cases, results and measurements live."""
 

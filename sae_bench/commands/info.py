@@ -6,13 +6,17 @@ import argparse
 from importlib.metadata import version
 
 from sae_bench.cases.registry import METRIC_GROUPS
-from sae_bench.engine.definitions import DEFINITIONS
+from sae_bench.engine.definitions import DEFINITIONS, EXPLANATIONS
 
 
 def metrics(_: argparse.Namespace) -> int:
     """Every metric of every group (and the report's derived fields), with its definition's version and formula."""
-    grouped = {name for names in METRIC_GROUPS.values() for name in names}
-    groups = {**METRIC_GROUPS, "counts and derived report fields": tuple(n for n in DEFINITIONS if n not in grouped)}
+    grouped = {name for names in METRIC_GROUPS.values() for name in names} | set(EXPLANATIONS)
+    groups = {
+        **METRIC_GROUPS,
+        "explanations (sae-bench explain, --explain; recorded, never judged)": EXPLANATIONS,
+        "counts and derived report fields": tuple(n for n in DEFINITIONS if n not in grouped),
+    }
     width = max(len(name) for name in DEFINITIONS)
     for group, names in groups.items():
         print(f"[{group}]")

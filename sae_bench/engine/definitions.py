@@ -178,6 +178,10 @@ DEFINITIONS: dict[str, Definition] = _catalogue(
 """Metric name → its current definition, in report order."""
 
 
+EXPLANATIONS = tuple(name for name in DEFINITIONS if name.endswith("_by_class") or name.startswith("latent_scaling"))
+"""The metrics that say why a transfer fails (`sae-bench explain`, the suite's --explain): recorded, never judged."""
+
+
 class UnknownDefinition(KeyError):
     """A metric name that no definition covers."""
 

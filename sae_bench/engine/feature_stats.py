@@ -20,6 +20,7 @@ merged batch by batch, so memory is k·d_sae whatever the number of tokens. Ties
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -130,6 +131,25 @@ class FeatureShift:
              "nu": float(ratio[i])}
             for i in picked
         ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class FeatureSide:
+    """One SAE's features on one model: densities, latent scaling, top activations, and the rows they point into."""
+
+    density: Tensor
+    summary: FeatureSummary
+    tokens: Tensor
+    """The case's token rows, (n_sequences, pos), that `summary.top_sequence` / `top_position` index."""
+    decode: Callable[[list[int]], str] | None
+    """The model's tokenizer's decode (None: contexts show token ids)."""
+
+    def contexts(self, feature: int, n: int) -> list[str]:
+        """Up to n windows where the feature fires most, largest first, each with its activation."""
+        return [
+            f"{value:.3g}: {context(self.tokens, seq, pos, self.decode)}"
+            for value, seq, pos in self.summary.top(feature)[:n]
+        ]
 
 
 def context(tokens: Tensor, sequence: int, position: int, decode) -> str:

@@ -9,13 +9,14 @@ the metric groups of one case (separate pytest items) share one evaluation, and 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from sae_bench.cases.registry import Case, ModelKey
 from sae_bench.engine.backends import DEFAULT_BACKEND, backend_of, torch_dtype
+from sae_bench.engine.definitions import class_metric
 from sae_bench.engine.evaluate import (
     EvalConfig,
     PassCost,
@@ -23,6 +24,7 @@ from sae_bench.engine.evaluate import (
     evaluate_shared,
     evaluate_transfer,
 )
+from sae_bench.engine.feature_stats import FeatureSide, FeatureSummary
 from sae_bench.engine.forward_cost import ForwardCost
 from sae_bench.engine.outliers import OutlierPolicy
 from sae_bench.engine.prefix import PREFIX_CACHE_BYTES, PrefixActivations, prefix_bytes, run_prefix
@@ -62,8 +64,12 @@ class CaseExecutor:
         prefix_cache_bytes: int = PREFIX_CACHE_BYTES,
         device_memory: float | None = None,
         backend: str = DEFAULT_BACKEND,
+        explaining: bool = False,
     ):
         self.device = device
+        self.explaining = explaining
+        """Every whole-row transfer evaluation also streams its token classes and feature statistics (the suite's
+        --explain): in the same passes, recorded beside the values (`_transfer_values`)."""
         self.backend = backend
         """How models run (`sae_bench.engine.backends`): HookedTransformer, or TransformerBridge over the HF model."""
         self.device_memory = device_memory if device_memory is not None else device_memory_bytes(device)
@@ -220,7 +226,7 @@ class CaseExecutor:
             undefined = {k: "no feature in the band, or every one undefined" for k, v in summary.items() if v is None}
             return summary, (undefined, vectors)
         report = evaluate_transfer(
-            model, sae, tokens.tokens, self._config(case, policy), position_mask=tokens.position_mask
+            model, sae, tokens.tokens, self._config(case, policy, explain=whole), position_mask=tokens.position_mask
         )
         return _transfer_values(report)
 
@@ -237,7 +243,19 @@ class CaseExecutor:
             self.model(case.model_key), self.sae(case.sae), tokens.tokens, config, position_mask=tokens.position_mask
         )
 
-    def _config(self, case: Case, policy: OutlierPolicy | None) -> EvalConfig:
+    def feature_side(self, case: Case) -> FeatureSide | None:
+        """The case's features as its explained whole-row evaluation left them (densities, latent scaling, top
+        activations) with its rows and its model's tokenizer; None when that evaluation streamed no features."""
+        vectors = self.details(case)[1]
+        if "latent_scaling_beta" not in vectors:
+            return None
+        summary = FeatureSummary(*(vectors[name] for name in FEATURE_VECTORS))
+        tokenizer = backend_of(self.model(case.model_key)).tokenizer
+        decode = None if tokenizer is None else tokenizer.decode
+        return FeatureSide(vectors["feature_density"], summary, self.tokens(case).tokens, decode)
+
+    def _config(self, case: Case, policy: OutlierPolicy | None, *, explain: bool = True) -> EvalConfig:
+        """The case's evaluation settings; with `explain` (and --explain), its token classes and features too."""
         return EvalConfig(
             hook=case.hook,
             batch_size=case.batch_size,
@@ -249,6 +267,8 @@ class CaseExecutor:
             pooled_per_token_ev="reconstruction-pooled" in case.groups,
             dtype=torch_dtype(case.dtype),
             overflow=case.overflow,
+            token_classes=explain and self.explaining,
+            feature_stats=explain and self.explaining,
         )
 
     def absorb(self, results) -> None:
@@ -352,10 +372,25 @@ class CaseExecutor:
             self.results.record(member, *_transfer_values(report))
 
 
-def _transfer_values(report) -> tuple[dict[str, float | None], tuple[dict[str, str], dict[str, Tensor]]]:
-    """A transfer report as (flat metric values, (undefined reasons, per-feature vectors))."""
+FEATURE_VECTORS = ("latent_scaling_beta", "feature_fired", "top_values", "top_sequence", "top_position")
+"""The details vectors of an explained evaluation's features, in `FeatureSummary`'s field order."""
+RUN_LOCAL_VECTORS = frozenset(FEATURE_VECTORS[2:])
+"""Vectors that point into this run's rows (top activations): kept for the run's explanations, never recorded."""
+
+
+def _transfer_values(report: TransferReport) -> tuple[Values, Details]:
+    """A transfer report as (flat metric values, (undefined reasons, per-feature vectors)); an explained one adds
+    each class's metrics (`M_by_class[CLASS]`) to the values and its features' statistics to the vectors."""
+    values = {k: v for k, v in report.to_row().items() if not k.startswith("setting_")}
+    undefined = dict(report.undefined)
     vectors = {} if report.feature_density is None else {"feature_density": report.feature_density}
-    return {k: v for k, v in report.to_row().items() if not k.startswith("setting_")}, (
-        dict(report.undefined),
-        vectors,
-    )
+    for token_class, row in (report.token_classes or {}).items():
+        for metric, value in row.items():
+            name = class_metric(metric, token_class)
+            values[name] = value
+            if value is None:
+                undefined[name] = f"no {token_class} positions" if not row["tokens"] else "undefined for this class"
+    if report.features is not None:
+        summary = report.features
+        vectors |= dict(zip(FEATURE_VECTORS, (getattr(summary, f.name) for f in fields(summary)), strict=True))
+    return values, (undefined, vectors)

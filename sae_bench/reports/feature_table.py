@@ -4,37 +4,14 @@ moves by density and by latent scaling, each with its numbers and where it fires
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import pandas as pd
-from torch import Tensor
 
 from sae_bench.engine.feature_breaks import FeatureBreaks
-from sae_bench.engine.feature_stats import FeatureShift, FeatureSummary, context
+from sae_bench.engine.feature_stats import FeatureShift, FeatureSide
 
 RANKINGS = {"density": "|log10 density ratio|", "scaling": "|log10 |ν||"}
 """How the listed features are picked: by their density move (`FeatureBreaks.top`) or their latent-scaling move
 (`FeatureShift.top`)."""
-
-
-@dataclass(frozen=True)
-class FeatureSide:
-    """One SAE's features on one model: densities, latent scaling, top activations, and the rows they point into."""
-
-    density: Tensor
-    summary: FeatureSummary
-    tokens: Tensor
-    """The case's token rows, (n_sequences, pos), that `summary.top_sequence` / `top_position` index."""
-    decode: Callable[[list[int]], str] | None
-    """The model's tokenizer's decode (None: contexts show token ids)."""
-
-    def contexts(self, feature: int, n: int) -> list[str]:
-        """Up to n windows where the feature fires most, largest first, each with its activation."""
-        return [
-            f"{value:.3g}: {context(self.tokens, seq, pos, self.decode)}"
-            for value, seq, pos in self.summary.top(feature)[:n]
-        ]
 
 
 def feature_table(own: FeatureSide, other: FeatureSide, by: str, top: int, contexts: int = 1) -> pd.DataFrame:

@@ -6,8 +6,10 @@ with the same schema and the same commands. Tables: `runs` (one row a run of `py
 gate`; its id is the database's own sequence, so concurrent runs never share one), `measurements` (one row a metric
 of a case's groups: value, or null with the reason it is undefined, its verdict, and the version of the metric's
 definition it was measured under, and the dtype the model ran in), `vectors` (per-feature arrays
-a figure needs, once per run and case, float32 + zlib). A database of another schema version is refused with what
-to do.
+a figure needs, once per run and case, float32 + zlib), `explanations` (why a transfer case fails, as the suite's
+--explain recorded it: the table of its SAE's features that broke from the case of the same SAE on its own model,
+JSON, with the definition versions and the dtype). A database of another schema version is refused with what to
+do.
 """
 
 from __future__ import annotations
@@ -34,13 +36,18 @@ from sae_bench.errors import BadInput
 from sae_bench.precision import DEFAULT_DTYPE, RECORDED_BEFORE
 from sae_bench.shipped import in_checkout
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """2 added measurements.registry (which case registry a case came from), 3 measurements.definition (the version of the
-metric's definition the value was measured under), 4 measurements.dtype (the precision the case's models ran in); an
-older database is migrated in place (`_MIGRATIONS`)."""
+metric's definition the value was measured under), 4 measurements.dtype (the precision the case's models ran in), 5
+the explanations table; an older database is migrated in place (`_MIGRATIONS`)."""
 DEFAULT_PATH = Path(".sae-bench") / "results.sqlite"
 ENV = "SAE_BENCH_RESULTS"
 
+_EXPLANATIONS_TABLE = """CREATE TABLE IF NOT EXISTS explanations (
+    run INTEGER NOT NULL REFERENCES runs(id), case_id TEXT NOT NULL, kind TEXT NOT NULL, against TEXT NOT NULL,
+    dtype TEXT NOT NULL, definitions TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (run, case_id, kind)
+)"""
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS runs (
@@ -61,6 +68,7 @@ _SCHEMA = (
     data {blob} NOT NULL,
     PRIMARY KEY (run, case_id, name)
 )""",
+    _EXPLANATIONS_TABLE,
 )
 """The tables, in each dialect's types (`_Dialect`): an 8-byte float, an auto-numbered key, bytes."""
 _MEASUREMENT_COLUMNS = (
@@ -71,6 +79,7 @@ _MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE measurements ADD COLUMN registry TEXT NOT NULL DEFAULT ''",
     2: "ALTER TABLE measurements ADD COLUMN definition INTEGER NOT NULL DEFAULT 1",
     3: f"ALTER TABLE measurements ADD COLUMN dtype TEXT NOT NULL DEFAULT '{RECORDED_BEFORE}'",
+    4: _EXPLANATIONS_TABLE,  # every table is created (IF NOT EXISTS) before migrating: this restates it
 }
 """Schema version → the statement that brings a database of that version to the next. Every value recorded before
 version 3 was measured under version 1 of its metric's definition (the first versioned definitions), and every one
@@ -233,6 +242,20 @@ class CaseMeasurement:
     """The precision the case's models ran in."""
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """Why one transfer case fails, as a run recorded it: `kind` "features" is the table of the SAE's features that
+    broke from `against` (the same SAE on the model it was trained on)."""
+
+    case_id: str
+    kind: str
+    against: str
+    dtype: str
+    definitions: Mapping[str, int]
+    """The version of each metric definition the body's numbers were computed under."""
+    body: dict
+
+
 def unusable(path: Path, err: sqlite3.DatabaseError, read_only: bool) -> str:
     """What is wrong with an SQLite results file, from sqlite3's error: busy, read-only, not ours; and the fix."""
     text = str(err)
@@ -332,6 +355,7 @@ class ResultsDB:
         with self.db.transaction():
             if self.scalar("SELECT COUNT(*) FROM measurements WHERE run = ?", (run,)) == 0:
                 self.db.execute("DELETE FROM vectors WHERE run = ?", (run,))
+                self.db.execute("DELETE FROM explanations WHERE run = ?", (run,))
                 self.db.execute("DELETE FROM runs WHERE id = ?", (run,))
 
     def finish_run(self, run: int, exit_status: int) -> None:
@@ -370,6 +394,19 @@ class ResultsDB:
                 "INSERT INTO vectors VALUES (?, ?, ?, ?, ?) ON CONFLICT (run, case_id, name) "
                 "DO UPDATE SET length = excluded.length, data = excluded.data",
                 rows,
+            )
+
+    def record_explanation(self, run: int, explanation: Explanation) -> None:
+        row = (
+            run, explanation.case_id, explanation.kind, explanation.against, explanation.dtype,
+            json.dumps(explanation.definitions, sort_keys=True), json.dumps(explanation.body),
+        )  # fmt: skip
+        with self.db.transaction():
+            self.db.execute(
+                "INSERT INTO explanations VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (run, case_id, kind) DO UPDATE SET "
+                "against = excluded.against, dtype = excluded.dtype, definitions = excluded.definitions, "
+                "body = excluded.body",
+                row,
             )
 
     # -- reading ------------------------------------------------------------------------------------------------
@@ -412,6 +449,27 @@ class ResultsDB:
     def vectors(self, run: int, case_id: str) -> dict[str, np.ndarray]:
         rows = self.db.execute("SELECT name, data FROM vectors WHERE run = ? AND case_id = ?", (run, case_id))
         return {name: np.frombuffer(zlib.decompress(data), dtype=np.float32) for name, data in rows}
+
+    def explanations(self, run: int, kind: str) -> list[Explanation]:
+        """The run's recorded explanations of `kind`, by case (none from a database older than schema 5)."""
+        if not self._has_table("explanations"):  # an older database opened read-only is not migrated
+            return []
+        rows = self.db.execute(
+            "SELECT case_id, kind, against, dtype, definitions, body FROM explanations WHERE run = ? AND kind = ? "
+            "ORDER BY case_id",
+            (run, kind),
+        )
+        return [
+            Explanation(case_id, kind, against, dtype, json.loads(definitions), json.loads(body))
+            for case_id, kind, against, dtype, definitions, body in rows
+        ]
+
+    def _has_table(self, name: str) -> bool:
+        try:
+            self.db.execute(f"SELECT 1 FROM {name} LIMIT 1").fetchall()
+        except Exception:  # noqa: BLE001 - sqlite3 and psycopg name a missing table differently
+            return False
+        return True
 
     def vector_cases(self, run: int) -> list[str]:
         rows = self.db.execute("SELECT DISTINCT case_id FROM vectors WHERE run = ? ORDER BY case_id", (run,))

@@ -3,7 +3,7 @@
 shares are declared once, in `sae_bench.options`; the markers in pyproject.toml (the installed suite's pytest.ini is
 written from it)."""
 
-from sae_bench.options import SAE, SUITE_RUN, add_options
+from sae_bench.options import EXPLAIN, SAE, SUITE_RUN, add_options
 
 
 def pytest_addoption(parser):
@@ -35,7 +35,7 @@ def pytest_addoption(parser):
         metavar="DIR",
         help="read (and, when asked, write) expectation files here instead of the suite's expectations/",
     )
-    add_options(group.addoption, (SAE, *SUITE_RUN))
+    add_options(group.addoption, (SAE, *SUITE_RUN, EXPLAIN))
     group.addoption(
         "--sae-cases",
         dest="sae_cases",

@@ -24,7 +24,7 @@ from sae_bench.cases.claims import judge
 from sae_bench.cases.registry import SHIPPED_CASES, Case, Registry, cases_selected_by, load_registries
 from sae_bench.engine.backends import DEFAULT_BACKEND
 from sae_bench.errors import BadInput
-from sae_bench.execution.executor import CaseExecutor
+from sae_bench.execution.executor import RUN_LOCAL_VECTORS, CaseExecutor
 from sae_bench.execution.ray_units import RayUnits, units_of
 from sae_bench.expectations import files as expectation_files
 from sae_bench.expectations import rules as expectations
@@ -35,6 +35,7 @@ from sae_bench.results_store.database import CaseMeasurement, ResultsDB, default
 from sae_bench.sources.hub import Lack, missing
 from sae_bench.sources.loading import source_fingerprint
 from sae_bench.sources.rehearsal import scaled_case
+from sae_bench.suite import explanations
 
 SPREAD_SUBSETS = 8
 PACKAGES = ("sae-transfer-bench", "torch", "sae-lens", "transformer-lens")
@@ -84,6 +85,9 @@ class SuiteOptions:
     dtype: str | None = None
     """--dtype: every case's models run in this precision instead of the one its case declares (None: as declared),
     judged against the expectations as they are."""
+    explain: bool = False
+    """--explain: record why each transfer case fails as well (`sae_bench.suite.explanations`), from the same
+    passes."""
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,11 @@ class Suite:
             raise BadInput("--ray needs Ray: pip install 'sae-transfer-bench[ray]' (or pip install ray)")
         if options.ray is not None:
             check_ray_address(options.ray)
+        if options.explain and options.ray is not None:
+            raise BadInput(
+                "--explain runs here: its feature tables read both cases' rows and tokenizers, which stay on the "
+                "cluster under --ray. Drop one"
+            )
         if options.replace_published and not options.update:
             raise BadInput("--replace-published goes with --update-expectations")
         if options.update and options.sae_override:
@@ -181,7 +190,10 @@ class Suite:
         self.shipped = shipped if shipped is not None else load_registries((SHIPPED_CASES, *options.cases_dirs))
         self.registry = self._with_override(self.shipped)
         self.executor = CaseExecutor(
-            device=options.device, device_memory=options.device_memory, backend=options.backend
+            device=options.device,
+            device_memory=options.device_memory,
+            backend=options.backend,
+            explaining=options.explain,
         )
         self.case_files = CaseExpectations(options.expectations_dir)
         self.verdicts: list[pd.DataFrame] = []
@@ -460,27 +472,45 @@ class Suite:
     def _record(self, case: Case, group: str, measured: dict, table: pd.DataFrame) -> None:
         """Keep what this (case, group) measured in the results database; the case's vectors once a run."""
         undefined, vectors = self.executor.details(case)
-        names = case.metrics(group)
-        self.results.record(
-            self.run_id,
-            CaseMeasurement(
-                case.id,
-                group,
-                {name: measured.get(name) for name in names},
-                {name: undefined[name] for name in names if name in undefined},
-                table,
-                case.sae,
-                self.executor.sae_fingerprint(case.sae),
-                case.model,
-                source_fingerprint(case.model),
-                int(measured.get("n_tokens_reconstructed") or measured.get("n_tokens") or 0),
-                self.registry_source(case),
-                case.dtype,
-            ),
-        )
+        values = {name: measured.get(name) for name in case.metrics(group)}
+        self.results.record(self.run_id, self._measurement(case, group, values, undefined, table, measured))
         if case.id not in self.vectors_recorded:
-            self.results.record_vectors(self.run_id, case.id, {k: v.cpu().numpy() for k, v in vectors.items()})
+            kept = {k: v.cpu().numpy() for k, v in vectors.items() if k not in RUN_LOCAL_VECTORS}
+            self.results.record_vectors(self.run_id, case.id, kept)
             self.vectors_recorded.add(case.id)
+            if self.options.explain and not case.paired:
+                self._record_explanation(case, measured, undefined)
+
+    def _measurement(
+        self, case: Case, group: str, values: dict, undefined: dict, table: pd.DataFrame, measured: dict
+    ) -> CaseMeasurement:
+        """What one (case, group) measured, as the results database keeps it."""
+        return CaseMeasurement(
+            case.id,
+            group,
+            values,
+            {name: undefined[name] for name in values if name in undefined},
+            table,
+            case.sae,
+            self.executor.sae_fingerprint(case.sae),
+            case.model,
+            source_fingerprint(case.model),
+            int(measured.get("n_tokens_reconstructed") or measured.get("n_tokens") or 0),
+            self.registry_source(case),
+            case.dtype,
+        )
+
+    def _record_explanation(self, case: Case, measured: dict, undefined: dict) -> None:
+        """--explain: the case's values per token class, and the table of its SAE's features that broke from the
+        case of the same SAE on its own model, when this run measures that case too."""
+        values = explanations.class_values(measured)
+        measurement = self._measurement(case, explanations.GROUP, values, undefined, pd.DataFrame(), measured)
+        self.results.record(self.run_id, measurement)
+        model_name = getattr(self.executor.sae(case.sae).cfg.metadata, "model_name", None) or ""
+        planned = [self.as_run(self.registry.get(cid)) for cid in self.pending]
+        own = explanations.own_case(case, planned, model_name)
+        if own is not None and (found := explanations.feature_explanation(self.executor, case, own)):
+            self.results.record_explanation(self.run_id, found)
 
     # -- output -------------------------------------------------------------------------------------------------
     def verdict_table(self) -> pd.DataFrame:
