@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from sae_bench.cli import main
+from sae_bench.engine.feature_breaks import FEATURE_COLUMNS
 from sae_bench.engine.token_classes import TOKEN_CLASSES
-from sae_bench.reports.feature_table import FEATURE_COLUMNS
 
 
 def test_explain_prints_each_class_of_a_case_and_of_the_case_beside_it(capsys):

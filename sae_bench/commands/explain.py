@@ -11,12 +11,11 @@ import pandas as pd
 from sae_bench.cases.registry import SHIPPED_CASES, load_registries
 from sae_bench.commands.cases import write_table
 from sae_bench.engine.backends import backend_of
-from sae_bench.engine.feature_breaks import SHIFT, FeatureBreaks
+from sae_bench.engine.feature_breaks import RANKINGS, SHIFT, FeatureBreaks, feature_table
 from sae_bench.engine.feature_stats import FeatureSide
 from sae_bench.engine.token_classes import CLASS_METRICS
 from sae_bench.errors import EXIT_OK, BadInput
 from sae_bench.execution.executor import CaseExecutor
-from sae_bench.reports.feature_table import RANKINGS, feature_table
 from sae_bench.suite.runner import check_device, missing_for
 
 

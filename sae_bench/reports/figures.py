@@ -184,3 +184,34 @@ def forest(table: pd.DataFrame, title: str) -> plt.Figure:
         ax.set_yticks(range(len(rows)), rows, fontsize=7)
     figure.suptitle(title, fontsize=10)
     return figure
+
+
+def token_classes(contributions: pd.DataFrame, family: str, run: int) -> plt.Figure:
+    """Where the spliced loss goes: per panel (a model, and its mask), each SAE's ΔCE contribution by token class
+    (nats per prediction of the case; a case's bars add up to its ΔCE) above the class's own mean ΔCE per
+    prediction, the SAE trained on that model beside the transferred ones."""
+    panels = list(dict.fromkeys(contributions.panel))
+    classes = list(dict.fromkeys(contributions["class"]))
+    figure, axes = plt.subplots(2, len(panels), figsize=(4.4 * len(panels), 6.4), sharey="row", squeeze=False)
+    rows = (
+        ("contribution", "ΔCE contribution\n(nats per prediction of the case)"),
+        ("per_prediction", "ΔCE of the class\n(nats per prediction of the class)"),
+    )
+    for column, panel in enumerate(panels):
+        part = contributions[contributions.panel == panel]
+        saes = list(dict.fromkeys(part.SAE))
+        width = 0.8 / len(saes)
+        for row, (value, label) in enumerate(rows):
+            ax = axes[row, column]
+            for i, sae in enumerate(saes):
+                values = part[part.SAE == sae].set_index("class")[value].reindex(classes)
+                ax.bar(np.arange(len(classes)) + (i - (len(saes) - 1) / 2) * width, values.fillna(0), width, label=sae)
+            ax.axhline(0, color="black", lw=0.6)
+            ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+            if column == 0:
+                ax.set_ylabel(label)
+        axes[0, column].set_title(f"on {panel}", fontsize=9)
+        axes[0, column].legend(fontsize=7, title="SAE", title_fontsize=7)
+        axes[1, column].set_xlabel("token class (of the position spliced)")
+    figure.suptitle(f"{family}: where the spliced loss goes, by token class (run {run})", fontsize=10)
+    return figure

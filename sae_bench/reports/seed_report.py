@@ -20,8 +20,9 @@ from sae_bench.cases.registry import SHIPPED_CASES, Case, load_registry
 from sae_bench.engine.backends import checkpoint_weights
 from sae_bench.engine.drift import drift_between
 from sae_bench.errors import BadInput
+from sae_bench.reports import explanations
 from sae_bench.reports import figures as report_figures
-from sae_bench.results_store.database import RUN_FINISHED, ResultsDB, cases_matching
+from sae_bench.results_store.database import FEATURES, RUN_FINISHED, ResultsDB, cases_matching
 from sae_bench.sources.zoo.artifacts import read_manifest, verified_directory
 from sae_bench.sources.zoo.recipes import FAMILIES
 
@@ -57,6 +58,8 @@ class Section:
     text: str = ""
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)
+    pages: list[tuple[str, str]] = field(default_factory=list)
+    """(caption, file name) of pages written beside the report (the feature pages), linked from it."""
 
 
 def _cell(rows: pd.DataFrame) -> str:
@@ -152,7 +155,27 @@ def _family_section(db: ResultsDB, run: int, family: str, cases: list[Case], fra
         name = f"{family}-outliers.png"
         report_figures.save(report_figures.outlier_breakdown(shares, family, run), out / name)
         section.figures.append(name)
+    _explanations(db, section, run, family, cases, frame, out)
     return section
+
+
+def _explanations(
+    db: ResultsDB, section: Section, run: int, family: str, cases: list[Case], frame: pd.DataFrame, out: Path
+) -> None:
+    """A run recorded with --explain: the family's token-class figure and a page per transfer case whose SAE's
+    features were compared with its own model."""
+    classed = [c for c in cases if not c.paired and not c.variant and not c.sweep]
+    contributions = explanations.class_contributions(frame, classed)
+    if contributions is not None:
+        name = f"{family}-token-classes.png"
+        report_figures.save(report_figures.token_classes(contributions, family, run), out / name)
+        section.figures.append(name)
+    ids = {c.id for c in cases}
+    for found in (e for e in db.explanations(run, FEATURES) if e.case_id in ids):
+        name = explanations.page_name(found.case_id)
+        (out / name).write_text(explanations.feature_page(found, run))
+        counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in found.body["counts"].items() if k != "features")
+        section.pages.append((f"{found.case_id}: features against {found.against} ({counts})", name))
 
 
 def _dose_points(family: str, cases: list[Case], frame: pd.DataFrame) -> pd.DataFrame | None:
@@ -246,6 +269,7 @@ def _markdown(header: str, sections: list[Section]) -> str:
         for caption, table in section.tables:
             lines += [f"**{caption}**", "", table.to_markdown(floatfmt=".4g"), ""]
         lines += [f"![{name}]({name})" for name in section.figures] + [""]
+        lines += [f"- [{caption}]({name})" for caption, name in section.pages] + ([""] if section.pages else [])
     return "\n".join(lines)
 
 
@@ -264,4 +288,7 @@ def _html(header: str, sections: list[Section]) -> str:
             parts.append(f"<div><b>{html.escape(caption)}</b>{table.to_html(float_format='{:.4g}'.format)}</div>")
         parts.append("</div>")
         parts += [f"<p><img src='{html.escape(name)}' alt='{html.escape(name)}'></p>" for name in section.figures]
+        if section.pages:
+            links = "".join(f"<li><a href='{html.escape(n)}'>{html.escape(c)}</a></li>" for c, n in section.pages)
+            parts.append(f"<p>Features that broke, per transfer case:</p><ul>{links}</ul>")
     return "\n".join(parts) + "\n"

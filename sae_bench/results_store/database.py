@@ -242,6 +242,10 @@ class CaseMeasurement:
     """The precision the case's models ran in."""
 
 
+FEATURES = "features"
+"""The explanation kind of a transfer case's feature table (`engine.feature_breaks.feature_table`)."""
+
+
 @dataclass(frozen=True)
 class Explanation:
     """Why one transfer case fails, as a run recorded it: `kind` "features" is the table of the SAE's features that

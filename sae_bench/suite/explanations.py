@@ -9,15 +9,12 @@ from collections.abc import Iterable
 
 from sae_bench.cases.registry import Case
 from sae_bench.engine.definitions import BY_CLASS, EXPLANATIONS, current_version
-from sae_bench.engine.feature_breaks import FeatureBreaks
+from sae_bench.engine.feature_breaks import RANKINGS, FeatureBreaks, feature_table
 from sae_bench.execution.executor import CaseExecutor
-from sae_bench.reports.feature_table import RANKINGS, feature_table
-from sae_bench.results_store.database import Explanation
+from sae_bench.results_store.database import FEATURES, Explanation
 
 GROUP = "token-classes"
 """The measurement group the per-class values are recorded under."""
-FEATURES = "features"
-"""The explanation kind of a feature table."""
 TOP_FEATURES, CONTEXTS = 20, 3
 """Features per ranking in a recorded table, and top-activating windows per feature and model."""
 SAME_ROWS = ("sae", "hook", "dataset", "tokens", "context", "mask", "variant", "drop_first_token", "dtype")
