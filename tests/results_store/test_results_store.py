@@ -10,7 +10,7 @@ import sys
 import pandas as pd
 import pytest
 
-from sae_bench.results_store.database import CaseMeasurement, ResultsDB
+from sae_bench.results_store.database import FEATURES, CaseMeasurement, Explanation, ResultsDB
 
 pytestmark = pytest.mark.full  # the full tier only: `make test-fast` leaves this file out
 
@@ -175,3 +175,28 @@ def test_a_postgres_store_made_before_versions_is_migrated_in_place(postgres_url
     assert set(migrated.dtype) == {"float32"}
     assert set(migrated.verdict) == {"ok"} and set(migrated.run) == {2, 3}
     db.close()
+
+
+def _explanation_round_trip(location: str) -> None:
+    """An explanation is recorded once per (run, case, kind), read back as written, replaced when recorded again,
+    and forgotten with a run that measured nothing."""
+    db = ResultsDB(location)
+    run = db.start_run(selection="explain", device="cpu", git_commit=None, versions={})
+    db.record(run, _measurement(1, 1))
+    body = {"counts": {"born": 2}, "tables": {"density": [{"feature": 3, "nu": None, "fires_most_on_own": "a⟦b⟧⏎"}]}}
+    first = Explanation("family/case-1", FEATURES, "family/own", "bfloat16", {"latent_scaling_beta": 1}, body)
+    db.record_explanation(run, first)
+    assert db.explanations(run, FEATURES) == [first] and db.explanations(run, "other") == []
+    again = Explanation(**(first.__dict__ | {"against": "family/own-2"}))
+    db.record_explanation(run, again)
+    assert db.explanations(run, FEATURES) == [again]
+    empty = db.start_run(selection="nothing", device="cpu", git_commit=None, versions={})
+    db.record_explanation(empty, first)
+    db.forget_run(empty)
+    assert db.explanations(empty, FEATURES) == [] and db.explanations(run, FEATURES) == [again]
+    db.close()
+
+
+def test_explanations_round_trip_in_postgres_as_in_sqlite(postgres_url, tmp_path):
+    for location in (str(tmp_path / "results.sqlite"), postgres_url):
+        _explanation_round_trip(location)

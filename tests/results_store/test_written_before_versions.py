@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from sae_bench.cli import main
-from sae_bench.results_store.database import SCHEMA_VERSION, ResultsDB
+from sae_bench.results_store.database import FEATURES, SCHEMA_VERSION, ResultsDB
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ROOT = DATA.parents[1]
@@ -43,10 +43,12 @@ def test_a_database_made_before_versions_is_migrated_in_place_and_keeps_every_ro
     db.close()
 
 
-def test_a_database_made_before_versions_opens_read_only_without_being_changed(old_database, capsys):
+def test_a_database_made_before_versions_opens_read_only_without_being_changed(old_database, capsys, tmp_path):
     digest = old_database.read_bytes()
     assert main(["compare", "--results", str(old_database), "--baseline", "2", "--run", "3"]) == 0
     assert "0 metrics moved" in capsys.readouterr().err
+    assert ResultsDB(old_database, read_only=True).explanations(3, FEATURES) == []  # no explanations table: none
+    assert main(["report", "--results", str(old_database), "--out", str(tmp_path / "report")]) == 0
     assert old_database.read_bytes() == digest  # the report commands never write
 
 
