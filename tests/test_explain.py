@@ -57,3 +57,12 @@ def test_explain_own_lists_the_features_that_break_from_the_saes_own_model(capsy
 def test_explain_own_must_be_the_same_sae(capsys):
     assert main(["explain", "tiny-qwen2/base-sae@chat", "--own", "tiny-qwen2/chat-sae@chat"]) == 2
     assert "must be the same SAE" in capsys.readouterr().err
+
+
+def test_a_chat_case_splits_its_rows_by_role(capsys):
+    """A rollout case reads the reply (assistant) and the template tokens before it; a user-prompt case the user's
+    text; neither reads the other's role."""
+    for case, role, other in (("rollout", "assistant", "user"), ("user-prompt", "user", "assistant")):
+        assert main(["explain", f"tiny-gemma/base-sae@it/{case}", "--format", "csv"]) == 0
+        table = pd.read_csv(io.StringIO(capsys.readouterr().out)).set_index("class")
+        assert table.tokens[role] > 0.5 * table.tokens.sum() and table.tokens[other] == 0

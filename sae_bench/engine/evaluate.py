@@ -186,12 +186,14 @@ def evaluate_transfer(
     config: EvalConfig,
     *,
     position_mask: Tensor | None = None,
+    token_roles: Tensor | None = None,
 ) -> TransferReport:
     """Splice `sae` into `model` at `config.hook` over `tokens` (n_sequences, pos) and measure everything.
 
-    position_mask: (n_sequences, pos) bool, which positions are evaluated (None: all).
+    position_mask: (n_sequences, pos) bool, which positions are evaluated (None: all). token_roles: chat rows'
+    roles (`token_classes.ROLES`), read by the token classes only.
     """
-    return evaluate_shared(model, [(sae, config)], tokens, position_mask=position_mask)[0]
+    return evaluate_shared(model, [(sae, config)], tokens, position_mask=position_mask, token_roles=token_roles)[0]
 
 
 SHARED_SETTINGS = ("batch_size", "stack_continuations", "logit_rows_per_chunk", "device", "dtype")
@@ -230,6 +232,7 @@ def evaluate_shared(
     tokens: Tensor,
     *,
     position_mask: Tensor | None = None,
+    token_roles: Tensor | None = None,
     prefix: PrefixActivations | None = None,
     cost: PassCost | None = None,
 ) -> list[TransferReport]:
@@ -245,8 +248,10 @@ def evaluate_shared(
     then equals its pair alone to float32 rounding (the clean run is one forward rather than a continuation stacked
     with others, which reorders float32 sums), and memory holds one batch's hook residuals, not the token set's.
 
-    prefix: the residual at the hook for these batches, already computed (`sae_bench.engine.prefix`; one hook only);
-    then the model runs only the continuations. cost: filled with what ran, for the suite's forward-pass count.
+    token_roles: (n_sequences, pos) the role of each position of chat rows (`token_classes.ROLES`), for variants
+    that ask for token classes. prefix: the residual at the hook for these batches, already computed
+    (`sae_bench.engine.prefix`; one hook only); then the model runs only the continuations. cost: filled with what
+    ran, for the suite's forward-pass count.
     """
     if not variants:
         raise ValueError("evaluate_shared: no (SAE, EvalConfig) variants given")
@@ -285,6 +290,7 @@ def evaluate_shared(
     zero_memo: dict[HookSite, _ZeroRows] = {}
     for index, batch in enumerate(tqdm(batches, desc=f"evaluate {label}", disable=not progress, leave=False)):
         toks, pos_mask = batch.tokens.to(device), batch.position_mask.to(device)
+        roles = None if token_roles is None else token_roles[batch.offset : batch.offset + len(toks), : toks.shape[1]]
         if len(sites) == 1:
             at_hook = {sites[0]: residual_at_hook(model, toks, sites[0], prefix, index, device)}
             clean_final = None  # continues from the hook, stacked with the others
@@ -295,7 +301,7 @@ def evaluate_shared(
         for site, x in at_hook.items():
             check_finite(x, f"activations at {site.name}", batch.offset, _overflow_cause(x))
         _evaluate_batch(
-            model, states, at_hook, clean_final, toks, pos_mask, batch.offset, chunk, first, cost, zero_memo
+            model, states, at_hook, clean_final, toks, pos_mask, roles, batch.offset, chunk, first, cost, zero_memo
         )
     reports = []
     for state in states:
@@ -316,6 +322,7 @@ def _evaluate_batch(
     clean_final: Tensor | None,
     toks: Tensor,
     pos_mask: Tensor,
+    roles: Tensor | None,
     offset: int,
     chunk: int,
     first: EvalConfig,
@@ -333,7 +340,7 @@ def _evaluate_batch(
         plans = []
         for index, state in members:
             with _blamed_on_variant(index):
-                plans.append(_splice(state, x, toks, pos_mask, offset, spliced))
+                plans.append(_splice(state, x, toks, pos_mask, roles, offset, spliced))
         residuals = ({"clean": x} if clean_final is None else {}) | dict(spliced.values())
         residuals["zero"] = zero_ablated_residual(x, pos_mask)
         finals, continued = _final_residuals(model, site, residuals, first.stack_continuations, zero_memo)
@@ -381,7 +388,13 @@ def _blamed_on_variant(index: int) -> Iterator[None]:
 
 
 def _splice(
-    state: _Variant, x: Tensor, toks: Tensor, pos_mask: Tensor, offset: int, spliced: dict[tuple, tuple[str, Tensor]]
+    state: _Variant,
+    x: Tensor,
+    toks: Tensor,
+    pos_mask: Tensor,
+    roles: Tensor | None,
+    offset: int,
+    spliced: dict[tuple, tuple[str, Tensor]],
 ) -> tuple[str, Tensor, bytes, Tensor]:
     """Encode this variant's positions of the batch, stream its reconstruction statistics, and add its spliced
     residual to `spliced` unless an identical one (same SAE, scale and positions) is there; returns (the spliced
@@ -399,7 +412,7 @@ def _splice(
         check_finite(sae_pass.x_hat, "SAE reconstruction", offset, cause, positions=reconstructed)
     acc.add_reconstruction(sae_pass)
     if state.classifier is not None:
-        state.classes = state.classifier.classes(toks, outlier)
+        state.classes = state.classifier.classes(toks, outlier, roles)
         acc.token_classes.add_reconstruction(
             state.classes[reconstructed], sae_pass.sae_in, sae_pass.x_hat, sae_pass.feature_acts
         )

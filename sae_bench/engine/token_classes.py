@@ -3,7 +3,8 @@
 Each evaluated position belongs to one class, the first of `TOKEN_CLASSES` that applies: `outlier` (its norm is above
 the case's outlier threshold: left un-spliced, so it has no reconstruction metrics, only scores), `first` (the row's
 first position, or a BOS token anywhere), `special` (one of the tokenizer's special ids: chat-template markers, EOS,
-pad), `newline` (a token whose text holds a newline), `content` (everything else). A prediction (the logits at
+pad), `newline` (a token whose text holds a newline), `user` and `assistant` (in a chat row, the user's text and the
+reply: `ROLES`), `content` (everything else). A prediction (the logits at
 position t, scoring token t + 1) belongs to position t's class: the splice at t is what changes it.
 
 Per class, in float64, over the class's positions (reconstruction) or counted predictions (scores):
@@ -28,7 +29,9 @@ from torch import Tensor
 
 from sae_bench.engine import metrics
 
-TOKEN_CLASSES = ("outlier", "first", "special", "newline", "content")
+TOKEN_CLASSES = ("outlier", "first", "special", "newline", "user", "assistant", "content")
+ROLES = {"user": 1, "assistant": 2}
+"""A chat row's role of each position ((rows, pos) int8, 0 elsewhere: the template, padding, a row without roles)."""
 CLASS_METRICS = ("tokens", "l0", "mse", "explained_variance", "predictions", "ce_delta", "kl_spliced")
 
 
@@ -40,9 +43,13 @@ class TokenClassifier:
     special_ids: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
     newline_ids: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))
 
-    def classes(self, tokens: Tensor, outlier: Tensor) -> Tensor:
-        """(batch, pos) int64: each position's class index into TOKEN_CLASSES."""
+    def classes(self, tokens: Tensor, outlier: Tensor, roles: Tensor | None = None) -> Tensor:
+        """(batch, pos) int64: each position's class index into TOKEN_CLASSES; roles (batch, pos), where the rows
+        are chat rows (`ROLES`)."""
         labels = torch.full_like(tokens, TOKEN_CLASSES.index("content"))
+        if roles is not None:
+            for role, code in reversed(ROLES.items()):
+                labels = torch.where(roles.to(tokens.device) == code, TOKEN_CLASSES.index(role), labels)
         rules = [
             ("newline", torch.isin(tokens, self.newline_ids.to(tokens.device))),
             ("special", torch.isin(tokens, self.special_ids.to(tokens.device))),

@@ -49,7 +49,10 @@ def split_rows(tokens: CaseTokens, k: int) -> list[CaseTokens]:
         return None if tensor is None else tensor[i * size : (i + 1) * size]
 
     return [
-        CaseTokens(rows(tokens.tokens, i), rows(tokens.position_mask, i), rows(tokens.full_rows, i)) for i in range(k)
+        CaseTokens(
+            *(rows(tensor, i) for tensor in (tokens.tokens, tokens.position_mask, tokens.full_rows, tokens.roles))
+        )
+        for i in range(k)
     ]
 
 
@@ -226,7 +229,12 @@ class CaseExecutor:
             undefined = {k: "no feature in the band, or every one undefined" for k, v in summary.items() if v is None}
             return summary, (undefined, vectors)
         report = evaluate_transfer(
-            model, sae, tokens.tokens, self._config(case, policy, explain=whole), position_mask=tokens.position_mask
+            model,
+            sae,
+            tokens.tokens,
+            self._config(case, policy, explain=whole),
+            position_mask=tokens.position_mask,
+            token_roles=tokens.roles,
         )
         return _transfer_values(report)
 
@@ -240,7 +248,12 @@ class CaseExecutor:
         tokens = self.tokens(case)
         config = replace(self._config(case, self.outlier_policy(case, tokens)), token_classes=True, feature_stats=True)
         return evaluate_transfer(
-            self.model(case.model_key), self.sae(case.sae), tokens.tokens, config, position_mask=tokens.position_mask
+            self.model(case.model_key),
+            self.sae(case.sae),
+            tokens.tokens,
+            config,
+            position_mask=tokens.position_mask,
+            token_roles=tokens.roles,
         )
 
     def feature_side(self, case: Case) -> FeatureSide | None:
@@ -354,6 +367,7 @@ class CaseExecutor:
                     pairs,
                     tokens.tokens,
                     position_mask=tokens.position_mask,
+                    token_roles=tokens.roles,
                     prefix=self.prefix(group[0], case.model_key) if one_hook else None,
                     cost=cost,
                 )

@@ -41,6 +41,8 @@ class CaseTokens:
     position_mask: Tensor | None
     full_rows: Tensor | None = None
     """The rows before their first token was cut (`drop_first_token`), row for row with `tokens`; else None."""
+    roles: Tensor | None = None
+    """Chat rows: each position's role, user or assistant (`token_classes.ROLES`); else None."""
 
 
 class SourcesCache:
@@ -154,7 +156,7 @@ class SourcesCache:
             mask[:, 0] = False  # all-but-first
             return CaseTokens(rows, mask, kept)
         chat = self.rollouts(case, n_rows)
-        return CaseTokens(chat.tokens, chat.mask(case.mask))
+        return CaseTokens(chat.tokens, chat.mask(case.mask), roles=chat.roles())
 
     def rollouts(self, case: Case, n_rows: int) -> ChatRows:
         """Greedy rollouts of the case's model on the dataset's held-out prompts, cached on disk."""

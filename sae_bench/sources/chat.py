@@ -18,6 +18,7 @@ from torch import Tensor
 
 from sae_bench.cache import cache_dir
 from sae_bench.engine.backends import Model, backend_of
+from sae_bench.engine.token_classes import ROLES
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,16 @@ class ChatRows:
         if kind == "user-prompt":
             return (positions >= self.user_start[:, None]) & (positions < self.user_stop[:, None])
         raise ValueError(f"unknown chat mask {kind!r}; known: rollout, user-prompt")
+
+    def roles(self) -> Tensor:
+        """(rows, pos) int8: each position's role (`token_classes.ROLES`): the user's text, the reply (from the
+        first reply token to the row's end), 0 elsewhere."""
+        positions = torch.arange(self.tokens.shape[1])[None, :]
+        user = (positions >= self.user_start[:, None]) & (positions < self.user_stop[:, None])
+        reply = (positions >= self.prompt_length[:, None]) & (positions < self.length[:, None])
+        roles = torch.zeros(self.tokens.shape, dtype=torch.int8)
+        roles[user], roles[reply] = ROLES["user"], ROLES["assistant"]
+        return roles
 
     def to_tensors(self) -> dict[str, Tensor]:
         names = ("tokens", "prompt_length", "length", "user_start", "user_stop", "rollout_stop")

@@ -30,6 +30,14 @@ def test_each_position_takes_the_first_class_that_applies():
     ]
 
 
+def test_a_chat_rows_roles_come_after_the_token_rules():
+    classifier = TokenClassifier(bos_id=1, special_ids=torch.tensor([2]), newline_ids=torch.tensor([3]))
+    tokens = torch.tensor([[1, 2, 5, 3, 5, 2, 5, 5, 2]])
+    roles = torch.tensor([[0, 0, 1, 1, 1, 0, 2, 2, 2]], dtype=torch.int8)
+    names = [TOKEN_CLASSES[i] for i in classifier.classes(tokens, torch.zeros_like(tokens, dtype=torch.bool), roles)[0]]
+    assert names == ["first", "special", "user", "newline", "user", "special", "assistant", "assistant", "special"]
+
+
 @settings(max_examples=30, deadline=None)
 @given(n=st.integers(1, 60), m=st.integers(1, 60), seed=st.integers(0, 10_000))
 def test_class_sums_match_a_plain_loop(n, m, seed):

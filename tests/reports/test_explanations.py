@@ -16,14 +16,23 @@ CASE = load_registry(SHIPPED_CASES).get("tiny-qwen2/base-sae@chat")
 
 
 def test_each_class_contributes_its_share_of_the_cases_loss():
-    deltas = {"outlier": None, "first": -2.0, "special": 0.5, "newline": 1.0, "content": 3.0}
-    predictions = {"outlier": 0, "first": 4, "special": 2, "newline": 10, "content": 84}
+    deltas = {"outlier": None, "first": -2.0, "special": 0.5, "newline": 1.0, "user": None, "assistant": None}
+    deltas["content"] = 3.0
+    predictions = {"outlier": 0, "first": 4, "special": 2, "newline": 10, "user": 0, "assistant": 0, "content": 84}
     rows = [(class_metric("ce_delta", c), deltas[c]) for c in TOKEN_CLASSES]
     rows += [(class_metric("predictions", c), predictions[c]) for c in TOKEN_CLASSES]
     frame = pd.DataFrame([{"case_id": CASE.id, "metric": m, "value": v} for m, v in rows])
     table = explanations.class_contributions(frame, [CASE]).set_index("class")
     assert table.contribution.to_dict() == pytest.approx(
-        {"outlier": 0.0, "first": -0.08, "special": 0.01, "newline": 0.1, "content": 2.52}
+        {
+            "outlier": 0.0,
+            "first": -0.08,
+            "special": 0.01,
+            "newline": 0.1,
+            "user": 0.0,
+            "assistant": 0.0,
+            "content": 2.52,
+        }
     )
     assert table.contribution.sum() == pytest.approx(sum(deltas[c] * n for c, n in predictions.items() if n) / 100)
     assert pd.isna(table.per_prediction["outlier"]) and table.per_prediction["first"] == -2.0

@@ -20,6 +20,8 @@ def test_rollout_mask_runs_from_the_last_prompt_token_to_the_second_to_last_repl
     assert rollout[1].nonzero().flatten().tolist() == [2, 3, 4, 5, 6, 7, 8]
     user = rows.mask("user-prompt")
     assert user[0].nonzero().flatten().tolist() == [1, 2] and user[1].nonzero().flatten().tolist() == [1]
+    roles = rows.roles().tolist()  # 1: the user's text, 2: the reply up to the row's end, 0: template and padding
+    assert roles == [[0, 1, 1, 0, 2, 2, 2, 2, 0, 0], [0, 1, 0, 2, 2, 2, 2, 2, 2, 2]]
 
 
 def test_template_prompt_marks_exactly_the_instruction_tokens():
