@@ -6,7 +6,8 @@ at its activation f_j(t), onto the activation x_t, least squares over the recons
     latent_scaling_beta   β_j = Σ_t f_j(t)·⟨x_t, d_j⟩ / (‖d_j‖² · Σ_t f_j(t)²)     (undefined where j never fires)
     latent_scaling_ratio  ν_j = β_j(other model) / β_j(own model)                  (`FeatureShift`)
 x is the SAE's input (the activation times the case's scaling factor, as the SAE sees it), d_j the decoder row;
-⟨x_t, d_j⟩ and f·⟨x, d⟩ are float32 products (the SAE's own precision), summed in float64. On the model the SAE
+Σ_t f_j(t)·x_t is a float32 matrix product over the batch's tokens (the SAE's own precision), its dot with d_j and
+the sums over batches float64. On the model the SAE
 was trained on, β is the share of the feature's claimed magnitude that the activations carry along its direction;
 ν < 1 says the feature fires on the other model where its direction is weaker, ν > 1 stronger, ν < 0 against it.
 Minder et al. also fit β against the reconstruction without the latent and against the reconstruction error, to
@@ -14,7 +15,9 @@ tell a crosscoder's shared latents from model-specific ones; one SAE spliced int
 nothing to tell apart, so only β against x is computed.
 
 The top-k keeps, per feature, the k largest activations over the pass and where they were (sequence, position);
-merged batch by batch, so memory is k·d_sae whatever the number of tokens. Ties keep torch.topk's order.
+merged batch by batch, so memory is k·d_sae whatever the number of tokens. Ties keep torch.topk's order. Per batch
+the activations are transposed once, (d_sae, tokens), so the sums and the top-k run along contiguous rows (3× faster
+than along the token dimension here).
 """
 
 from __future__ import annotations
@@ -44,18 +47,18 @@ class FeatureSummary:
     fired: Tensor
     """(d_sae,) int64: the positions where the feature fired (activation > 0)."""
     top_values: Tensor
-    """(k, d_sae) float32, largest first; 0 where the feature fired on fewer than k positions."""
+    """(d_sae, k) float32, largest first; 0 where the feature fired on fewer than k positions."""
     top_sequence: Tensor
-    """(k, d_sae) int64: the row (in the case's token set) of each top value; −1 where there is none."""
+    """(d_sae, k) int64: the row (in the case's token set) of each top value; −1 where there is none."""
     top_position: Tensor
-    """(k, d_sae) int64: its position in the row; −1 where there is none."""
+    """(d_sae, k) int64: its position in the row; −1 where there is none."""
 
     def top(self, feature: int) -> list[tuple[float, int, int]]:
         """(activation, sequence, position) of the feature's top activations, largest first, firing ones only."""
         rows = zip(
-            self.top_values[:, feature].tolist(),
-            self.top_sequence[:, feature].tolist(),
-            self.top_position[:, feature].tolist(),
+            self.top_values[feature].tolist(),
+            self.top_sequence[feature].tolist(),
+            self.top_position[feature].tolist(),
             strict=True,
         )
         return [(value, seq, pos) for value, seq, pos in rows if value > 0]
@@ -70,37 +73,37 @@ class FeatureStats:
         self.decoder, self.k = decoder, k
         self.weighted_projection = torch.zeros(d_sae, dtype=torch.float64)
         self.squared_activation = torch.zeros(d_sae, dtype=torch.float64)
-        self.fired = torch.zeros(d_sae, dtype=torch.long)
-        self.top_values = torch.zeros(k, d_sae)
-        self.top_sequence = torch.full((k, d_sae), -1, dtype=torch.long)
-        self.top_position = torch.full((k, d_sae), -1, dtype=torch.long)
+        self.top_values = torch.zeros(d_sae, k)
+        self.top_sequence = torch.full((d_sae, k), -1, dtype=torch.long)
+        self.top_position = torch.full((d_sae, k), -1, dtype=torch.long)
 
     def update(self, sae_in: Tensor, feature_acts: Tensor, where: Tensor) -> None:
         """sae_in (n, d_model), feature_acts (n, d_sae), where (n, 2): each row's (sequence, position) in the case's
         token set."""
         if feature_acts.shape[0] == 0:
             return
-        f = feature_acts.float()
-        projection = sae_in.float() @ self.decoder.float().T  # ⟨x_t, d_j⟩, (n, d_sae)
-        self.weighted_projection += (f * projection).sum(0, dtype=torch.float64).cpu()
-        self.squared_activation += (f * f).sum(0, dtype=torch.float64).cpu()
-        self.fired += (f > 0).sum(0).cpu()
-        values, rows = f.topk(min(self.k, f.shape[0]), dim=0)  # (k', d_sae)
+        by_feature = feature_acts.float().T.contiguous()  # (d_sae, n): every reduction below runs along rows
+        # Σ_t f_j(t)·⟨x_t, d_j⟩ = Σ_k (fᵀx)_jk·d_jk: one (d_sae, d_model) product, no (tokens, d_sae) temporary
+        summed = (by_feature @ sae_in.float()).double()
+        self.weighted_projection += (summed * self.decoder.detach().double()).sum(-1).cpu()
+        self.squared_activation += torch.linalg.vector_norm(by_feature, dim=1).double().pow(2).cpu()
+        values, rows = by_feature.topk(min(self.k, by_feature.shape[1]), dim=1)  # (d_sae, k')
         where = where.to(rows.device)
-        merged = torch.cat([self.top_values, values.cpu()])
-        sequence = torch.cat([self.top_sequence, where[rows, 0].cpu()])
-        position = torch.cat([self.top_position, where[rows, 1].cpu()])
-        self.top_values, order = merged.topk(self.k, dim=0)
-        self.top_sequence, self.top_position = sequence.gather(0, order), position.gather(0, order)
+        merged = torch.cat([self.top_values, values.cpu()], dim=1)
+        sequence = torch.cat([self.top_sequence, where[rows, 0].cpu()], dim=1)
+        position = torch.cat([self.top_position, where[rows, 1].cpu()], dim=1)
+        self.top_values, order = merged.topk(self.k, dim=1)
+        self.top_sequence, self.top_position = sequence.gather(1, order), position.gather(1, order)
         empty = self.top_values <= 0
         self.top_sequence[empty], self.top_position[empty] = -1, -1
 
-    def compute(self) -> FeatureSummary:
-        """The summary, with β's denominator taken from the decoder rows' squared norms (float64)."""
+    def compute(self, fired: Tensor) -> FeatureSummary:
+        """The summary, with β's denominator taken from the decoder rows' squared norms (float64); fired: (d_sae,)
+        the positions where each feature fired, as the evaluation's density counted them."""
         norms = self.decoder.detach().double().pow(2).sum(-1).cpu()
         denominator = norms * self.squared_activation
         beta = torch.where(denominator > 0, self.weighted_projection / denominator, math.nan)
-        return FeatureSummary(beta, self.fired, self.top_values, self.top_sequence, self.top_position)
+        return FeatureSummary(beta, fired.long(), self.top_values, self.top_sequence, self.top_position)
 
 
 @dataclass(frozen=True)

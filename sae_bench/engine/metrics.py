@@ -310,12 +310,15 @@ class ReconstructionStats:
     raw_sum_of_squares: float = 0.0
     """Σ‖x‖², the scale the rounding rule compares the variance with."""
 
-    def update(self, x: Tensor, x_hat: Tensor, feature_acts: Tensor) -> None:
+    def update(self, x: Tensor, x_hat: Tensor, feature_acts: Tensor | None = None, *, active: Tensor | None = None):
+        """x, x_hat (n, d); the features either as activations (n, d_sae) or already counted: `active` (n,), the
+        features > 0 of each token (a caller splitting one batch's tokens counts them once)."""
         n = x.shape[0]
         if n == 0:
             return
         x64 = _f64(x)
-        self.sum_l0 += float((feature_acts > 0).sum(dtype=torch.float64))
+        active = (feature_acts > 0).sum(-1) if active is None else active
+        self.sum_l0 += float(active.sum(dtype=torch.float64))
         self.sum_squared_error += float((x64 - _f64(x_hat)).pow(2).sum())
         self.raw_sum_of_squares += float(x64.pow(2).sum())
         batch_mean = x64.mean(dim=0)

@@ -83,8 +83,9 @@ class TokenClassStats:
 
     def add_reconstruction(self, classes: Tensor, x: Tensor, x_hat: Tensor, feature_acts: Tensor) -> None:
         """classes: (n,) of the reconstructed positions; x, x_hat: (n, d) in the SAE's input space."""
+        active = (feature_acts > 0).sum(-1)  # counted once, not copied per class
         for index, rows in _rows_by_class(classes):
-            self.reconstruction[TOKEN_CLASSES[index]].update(x[rows], x_hat[rows], feature_acts[rows])
+            self.reconstruction[TOKEN_CLASSES[index]].update(x[rows], x_hat[rows], active=active[rows])
 
     def add_scores(self, classes: Tensor, nll_clean: Tensor, nll_spliced: Tensor, kl_spliced: Tensor) -> None:
         """classes: (n,) of the counted predictions, in the order of their scores."""

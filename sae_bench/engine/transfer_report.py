@@ -297,7 +297,7 @@ def finalize_transfer_report(
         settings=_settings(config, d_sae),
         undefined=undefined,
         token_classes=None if acc.token_classes is None else acc.token_classes.compute(),
-        features=None if acc.features is None else acc.features.compute(),
+        features=None if acc.features is None else acc.features.compute(acc.density.fire_counts),
     )
 
 

@@ -54,14 +54,14 @@ def test_streamed_stats_match_a_plain_loop_however_the_tokens_are_batched(n, cut
     bounds = [0, *sorted(c for c in cuts if c < n), n]
     for start, stop in zip(bounds, bounds[1:], strict=False):
         stats.update(x[start:stop], f[start:stop], where[start:stop])
-    summary = stats.compute()
+    summary = stats.compute((f > 0).sum(0))
     assert_beta(summary.beta, plain_beta(x, f, decoder))
     assert math.isnan(summary.beta[0])
     for j in range(d_sae):
         firing = sorted(((float(f[t, j]), t) for t in range(n) if f[t, j] > 0), reverse=True)[:k]
         expected = [(value, int(where[t, 0]), int(where[t, 1])) for value, t in firing]
         assert summary.top(j) == [(pytest.approx(v), s, p) for v, s, p in expected]
-        assert (summary.top_sequence[len(firing) :, j] == -1).all()
+        assert (summary.top_sequence[j, len(firing) :] == -1).all()
 
 
 def test_a_feature_whose_direction_is_the_activation_scaled_has_that_scale():
@@ -73,7 +73,8 @@ def test_a_feature_whose_direction_is_the_activation_scaled_has_that_scale():
     where = torch.zeros(20, 2, dtype=torch.long)
     own.update(3 * f[:, :1] * decoder[0], f, where)
     other.update(1.5 * f[:, :1] * decoder[0], f, where)
-    shift = FeatureShift(own.compute(), other.compute())
+    fired = torch.full((2,), 20)
+    shift = FeatureShift(own.compute(fired), other.compute(fired))
     assert float(shift.own.beta[0]) == pytest.approx(3.0) and float(shift.ratio[0]) == pytest.approx(0.5)
 
 
