@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from sae_bench.cases.registry import Case
 from sae_bench.engine.definitions import BY_CLASS, EXPLANATIONS, current_version
 from sae_bench.engine.feature_breaks import RANKINGS, FeatureBreaks, feature_table
-from sae_bench.execution.executor import CaseExecutor
+from sae_bench.engine.feature_stats import FeatureSide
 from sae_bench.results_store.database import FEATURES, Explanation
 
 GROUP = "token-classes"
@@ -46,15 +46,18 @@ def own_case(case: Case, candidates: Iterable[Case], model_name: str) -> Case | 
     return None
 
 
-def feature_explanation(executor: CaseExecutor, case: Case, own: Case) -> Explanation | None:
+def feature_explanation(
+    case: Case, own: Case, own_side: FeatureSide | None, side: FeatureSide | None
+) -> Explanation | None:
     """The table of `case`'s SAE's features that broke from `own` (counts, and the top features by each ranking
     with their windows on both models); None when either evaluation streamed no features."""
-    sides = executor.feature_side(own), executor.feature_side(case)
-    if None in sides:
+    if own_side is None or side is None:
         return None
     body = {
-        "counts": FeatureBreaks(sides[0].density, sides[1].density).counts(),
-        "tables": {by: feature_table(*sides, by, TOP_FEATURES, CONTEXTS).to_dict(orient="records") for by in RANKINGS},
+        "counts": FeatureBreaks(own_side.density, side.density).counts(),
+        "tables": {
+            by: feature_table(own_side, side, by, TOP_FEATURES, CONTEXTS).to_dict(orient="records") for by in RANKINGS
+        },
     }
     versions = {name: current_version(name) for name in EXPLANATIONS if name.startswith("latent_scaling")}
     return Explanation(case.id, FEATURES, own.id, case.dtype, versions, body)

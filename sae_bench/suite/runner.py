@@ -23,6 +23,7 @@ import torch
 from sae_bench.cases.claims import judge
 from sae_bench.cases.registry import SHIPPED_CASES, Case, Registry, cases_selected_by, load_registries
 from sae_bench.engine.backends import DEFAULT_BACKEND
+from sae_bench.engine.feature_stats import FeatureSide
 from sae_bench.errors import BadInput
 from sae_bench.execution.executor import RUN_LOCAL_VECTORS, CaseExecutor
 from sae_bench.execution.ray_units import RayUnits, units_of
@@ -206,6 +207,9 @@ class Suite:
         self.first_run_cases: set[str] = set()
         self.pending: Counter[str] = Counter()
         self.results, self.run_id, self.vectors_recorded = None, None, set()
+        self.feature_sides: dict[str, FeatureSide | None] = {}
+        """--explain: each recorded transfer case's features with its rows and tokenizer, kept for the feature table
+        of a later case of its SAE (its model may be released by then)."""
         self.selection_args = selection_args
         self.remote = None
         self.remote_cases: list[Case] = []
@@ -506,10 +510,16 @@ class Suite:
         values = explanations.class_values(measured)
         measurement = self._measurement(case, explanations.GROUP, values, undefined, pd.DataFrame(), measured)
         self.results.record(self.run_id, measurement)
+        self.feature_sides[case.id] = self.executor.feature_side(case)  # while its model is loaded
         model_name = getattr(self.executor.sae(case.sae).cfg.metadata, "model_name", None) or ""
         planned = [self.as_run(self.registry.get(cid)) for cid in self.pending]
         own = explanations.own_case(case, planned, model_name)
-        if own is not None and (found := explanations.feature_explanation(self.executor, case, own)):
+        if own is None:
+            return
+        if own.id not in self.feature_sides:  # measured now, while its model is needed anyway
+            self.feature_sides[own.id] = self.executor.feature_side(own)
+        found = explanations.feature_explanation(case, own, self.feature_sides[own.id], self.feature_sides[case.id])
+        if found is not None:
             self.results.record_explanation(self.run_id, found)
 
     # -- output -------------------------------------------------------------------------------------------------
