@@ -3,9 +3,11 @@
 A claim reads `METRIC(CASE) OP EXPRESSION`, for example
 `ce_loss_recovered(base-sae@instruct) >= ce_loss_recovered(instruct-sae@instruct) - 0.02`: each term names a metric
 and a case of the family (its id without the `FAMILY/` prefix); the two sides are sums, differences and products
-of terms and numbers; OP is one of `>= <= > <`. Each claim names its `source` (a paper's sentence, table or
-figure) and the `margin` basis. `reproduced = false` (with `why`) marks a seed claim the family is known not to
-reproduce: its test then expects the claim to fail, and fails the day it holds, so the case file stays true.
+of terms and numbers; OP is one of `>= <= > <`. A term may read a transfer case's metric over one token class,
+`mse_by_class[first](base-sae@it)`: the suite then evaluates that case with its token classes. Each claim names
+its `source` (a paper's sentence, table or figure) and the `margin` basis. `reproduced = false` (with `why`) marks
+a seed claim the family is known not to reproduce: its test then expects the claim to fail, and fails the day it
+holds, so the case file stays true.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from sae_bench.engine.definitions import CLASS_METRIC, UnknownDefinition, definition
 from sae_bench.errors import CaseFileError
 
 
@@ -30,7 +33,8 @@ class CaseLookup(Protocol):
     def __iter__(self) -> Iterator[Any]: ...
 
 
-_TERM = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\(\s*([^()\s]+)\s*\)")
+_TERM = re.compile(r"([A-Za-z_][A-Za-z0-9_]*(?:\[[a-z-]+\])?)\(\s*([^()\s]+)\s*\)")
+"""METRIC(CASE); a metric over one token class is M_by_class[CLASS] (`engine.definitions.CLASS_METRIC`)."""
 _COMPARISONS = {ast.GtE: (">=", operator.ge), ast.LtE: ("<=", operator.le), ast.Gt: (">", operator.gt)}
 _COMPARISONS |= {ast.Lt: ("<", operator.lt)}
 _ARITHMETIC = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
@@ -85,6 +89,11 @@ class Claim:
     @property
     def case_ids(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(term.case_id for term in self.terms))
+
+    @property
+    def classed_case_ids(self) -> tuple[str, ...]:
+        """The cases a term reads a token class of: they are evaluated with their token classes."""
+        return tuple(dict.fromkeys(term.case_id for term in self.terms if CLASS_METRIC.fullmatch(term.metric)))
 
     def evaluate(self, values: Mapping[Term, float]) -> ClaimOutcome:
         """Both sides from the terms' values (every term must have a number)."""
@@ -161,7 +170,14 @@ def parse_claim(entry: Mapping[str, Any], family: str, registry: CaseLookup, pat
             raise CaseFileError(path, where, f"no case {rest!r} in family {family}", hint)
         case = registry.cases[case_id]
         measured = [m for group in case.groups for m in case.metrics(group)]
-        if metric not in measured:
+        if CLASS_METRIC.fullmatch(metric) and not case.paired:  # measured with token classes for the claim
+            try:
+                definition(metric)
+            except UnknownDefinition as err:
+                raise CaseFileError(
+                    path, where, err.args[0], "e.g. mse_by_class[first] (`sae-bench metrics`)"
+                ) from None
+        elif metric not in measured:
             close = difflib.get_close_matches(metric, measured, n=3)
             hint = f"did you mean {', '.join(close)}?" if close else f"its metrics: {', '.join(measured)}"
             raise CaseFileError(path, where, f"{rest} does not measure {metric!r} (groups {list(case.groups)})", hint)

@@ -147,6 +147,8 @@ class Case:
     """What a batch whose scores overflowed (inf or NaN) does to its metrics (`precision.OVERFLOW_RULES`)."""
     overflow_source: str = ""
     """The code whose rule `overflow` follows, when it is not the default."""
+    token_classes: bool = False
+    """Also measure every metric per token class (`M_by_class[CLASS]`): set when a claim of its family reads one."""
 
     @property
     def model_key(self) -> ModelKey:
@@ -734,6 +736,9 @@ def load_registry(directory: Path) -> Registry:
     registry = Registry(cases, {}, sweeps)
     for path in paths:
         registry.claims.update((claim.id, claim) for claim in read_claims(path, _parse_toml(path), registry))
+    for claim in registry.claims.values():  # a claim that reads a token class has its case measure the classes
+        for case_id in claim.classed_case_ids:
+            cases[case_id] = replace(cases[case_id], token_classes=True)
     return registry
 
 

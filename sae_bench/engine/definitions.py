@@ -193,7 +193,10 @@ same rows. It is defined by M's definition, so it carries M's version."""
 
 BY_CLASS = "_by_class"
 """The per-token-class form of a metric, `M_by_class`, recorded once per class as `M_by_class[CLASS]`."""
-_CLASS_METRIC = re.compile(r"(?P<metric>\w+_by_class)\[(?P<token_class>[a-z-]+)\]")
+TOKEN_CLASSES = ("outlier", "first", "special", "newline", "user", "assistant", "content")
+"""The classes a position can belong to, in the order they are tried (`engine.token_classes` says what each is)."""
+CLASS_METRIC = re.compile(r"(?P<metric>\w+_by_class)\[(?P<token_class>[a-z-]+)\]")
+"""A recorded class value's name: M_by_class[CLASS]."""
 
 
 def class_metric(metric: str, token_class: str) -> str:
@@ -204,8 +207,10 @@ def class_metric(metric: str, token_class: str) -> str:
 def definition(name: str) -> Definition:
     """The current definition of `name` (a paired difference's: its metric's version, a formula saying so; a
     class's value `M_by_class[CLASS]`: M_by_class's)."""
-    if (match := _CLASS_METRIC.fullmatch(name)) and match["metric"] in DEFINITIONS:
-        return DEFINITIONS[match["metric"]]
+    if (match := CLASS_METRIC.fullmatch(name)) and match["metric"] in DEFINITIONS:
+        if match["token_class"] in TOKEN_CLASSES:
+            return DEFINITIONS[match["metric"]]
+        raise UnknownDefinition(f"no token class {match['token_class']!r} in {name!r}; the classes: {TOKEN_CLASSES}")
     if name.endswith(PAIRED_DIFFERENCE) and name.removesuffix(PAIRED_DIFFERENCE) in DEFINITIONS:
         metric = DEFINITIONS[name.removesuffix(PAIRED_DIFFERENCE)]
         formula = f"mean over units of {metric.name}(new) − {metric.name}(old) on the same rows (paired release gate)"

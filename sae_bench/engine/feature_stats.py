@@ -15,9 +15,9 @@ tell a crosscoder's shared latents from model-specific ones; one SAE spliced int
 nothing to tell apart, so only β against x is computed.
 
 The top-k keeps, per feature, the k largest activations over the pass and where they were (sequence, position);
-merged batch by batch, so memory is k·d_sae whatever the number of tokens. Ties keep torch.topk's order. Per batch
-the activations are transposed once, (d_sae, tokens), so the sums and the top-k run along contiguous rows (3× faster
-than along the token dimension here).
+merged batch by batch, so memory is k·d_sae whatever the number of tokens: only activations above a feature's
+current k-th value are gathered (a few per batch once the first batches have filled it), so no (tokens, d_sae) sort
+runs. Ties keep the earlier position.
 """
 
 from __future__ import annotations
@@ -82,18 +82,40 @@ class FeatureStats:
         token set."""
         if feature_acts.shape[0] == 0:
             return
-        by_feature = feature_acts.float().T.contiguous()  # (d_sae, n): every reduction below runs along rows
+        f = feature_acts.float()
         # Σ_t f_j(t)·⟨x_t, d_j⟩ = Σ_k (fᵀx)_jk·d_jk: one (d_sae, d_model) product, no (tokens, d_sae) temporary
-        summed = (by_feature @ sae_in.float()).double()
+        summed = (f.T @ sae_in.float()).double()
         self.weighted_projection += (summed * self.decoder.detach().double()).sum(-1).cpu()
-        self.squared_activation += torch.linalg.vector_norm(by_feature, dim=1).double().pow(2).cpu()
-        values, rows = by_feature.topk(min(self.k, by_feature.shape[1]), dim=1)  # (d_sae, k')
-        where = where.to(rows.device)
-        merged = torch.cat([self.top_values, values.cpu()], dim=1)
-        sequence = torch.cat([self.top_sequence, where[rows, 0].cpu()], dim=1)
-        position = torch.cat([self.top_position, where[rows, 1].cpu()], dim=1)
-        self.top_values, order = merged.topk(self.k, dim=1)
-        self.top_sequence, self.top_position = sequence.gather(1, order), position.gather(1, order)
+        self.squared_activation += (f * f).sum(0, dtype=torch.float64).cpu()
+        self._merge_top(f, where)
+
+    def _merge_top(self, f: Tensor, where: Tensor) -> None:
+        """Merge the batch's activations into each feature's top k: only those above the feature's current k-th
+        value can enter (after the first batches, a few per batch), merged with the kept ones by a stable sort."""
+        d_sae, k = self.top_values.shape
+        t, j = (f > self.top_values[:, -1].to(f.device)).nonzero(as_tuple=True)
+        if t.numel() == 0:
+            return
+        where = where.to(f.device)
+        features = torch.cat([torch.arange(d_sae).repeat_interleave(k), j.cpu()])
+        values = torch.cat([self.top_values.flatten(), f[t, j].cpu()])
+        sequence = torch.cat([self.top_sequence.flatten(), where[t, 0].cpu()])
+        position = torch.cat([self.top_position.flatten(), where[t, 1].cpu()])
+        order = values.argsort(descending=True, stable=True)  # largest first; kept entries before equal new ones
+        order = order[features[order].argsort(stable=True)]  # then by feature, keeping that order within each
+        by_feature = features[order]
+        rank = torch.arange(len(order)) - torch.searchsorted(by_feature, torch.arange(d_sae))[by_feature]
+        kept, rows = order[rank < k], (by_feature[rank < k], rank[rank < k])
+        self.top_values, self.top_sequence, self.top_position = (
+            torch.zeros(d_sae, k),
+            torch.full((d_sae, k), -1),
+            torch.full((d_sae, k), -1),
+        )
+        self.top_values[rows], self.top_sequence[rows], self.top_position[rows] = (
+            values[kept],
+            sequence[kept],
+            position[kept],
+        )
         empty = self.top_values <= 0
         self.top_sequence[empty], self.top_position[empty] = -1, -1
 

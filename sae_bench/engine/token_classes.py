@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from sae_bench.engine import metrics
+from sae_bench.engine.definitions import TOKEN_CLASSES
 
-TOKEN_CLASSES = ("outlier", "first", "special", "newline", "user", "assistant", "content")
 ROLES = {"user": 1, "assistant": 2}
 """A chat row's role of each position ((rows, pos) int8, 0 elsewhere: the template, padding, a row without roles)."""
 CLASS_METRICS = ("tokens", "l0", "mse", "explained_variance", "predictions", "ce_delta", "kl_spliced")

@@ -268,7 +268,8 @@ class CaseExecutor:
         return FeatureSide(vectors["feature_density"], summary, self.tokens(case).tokens, decode)
 
     def _config(self, case: Case, policy: OutlierPolicy | None, *, explain: bool = True) -> EvalConfig:
-        """The case's evaluation settings; with `explain` (and --explain), its token classes and features too."""
+        """The case's evaluation settings; with `explain`, its token classes too where the case or --explain asks,
+        and its features under --explain."""
         return EvalConfig(
             hook=case.hook,
             batch_size=case.batch_size,
@@ -280,7 +281,7 @@ class CaseExecutor:
             pooled_per_token_ev="reconstruction-pooled" in case.groups,
             dtype=torch_dtype(case.dtype),
             overflow=case.overflow,
-            token_classes=explain and self.explaining,
+            token_classes=explain and (self.explaining or case.token_classes),
             feature_stats=explain and self.explaining,
         )
 

@@ -5,20 +5,17 @@ database only (`sae_bench.suite.explanations` recorded them)."""
 from __future__ import annotations
 
 import html
-import re
 
 import pandas as pd
 
 from sae_bench.cases.registry import Case
-from sae_bench.engine.definitions import BY_CLASS
+from sae_bench.engine.definitions import BY_CLASS, CLASS_METRIC, TOKEN_CLASSES
 from sae_bench.engine.feature_breaks import RANKINGS, SHIFT
 from sae_bench.engine.feature_stats import MIN_FIRINGS
-from sae_bench.engine.token_classes import TOKEN_CLASSES
 from sae_bench.results_store.database import Explanation
 
 PAGE_BYTES = 200_000
 """A feature page's size cap: beyond it, each feature keeps its first window only, then the lowest rows go."""
-_CLASS_VALUE = re.compile(rf"(?P<metric>\w+){BY_CLASS}\[(?P<token_class>[a-z-]+)\]")
 
 
 def class_contributions(frame: pd.DataFrame, cases: list[Case]) -> pd.DataFrame | None:
@@ -33,8 +30,8 @@ def class_contributions(frame: pd.DataFrame, cases: list[Case]) -> pd.DataFrame 
             continue
         table: dict[str, dict[str, float]] = {}
         for metric, value in zip(rows.metric, rows.value, strict=True):
-            match = _CLASS_VALUE.fullmatch(metric)
-            table.setdefault(match["token_class"], {})[match["metric"]] = value
+            match = CLASS_METRIC.fullmatch(metric)
+            table.setdefault(match["token_class"], {})[match["metric"].removesuffix(BY_CLASS)] = value
         total = sum(row.get("predictions") or 0 for row in table.values())
         panel = case.model_name if case.mask == "all" else f"{case.model_name} ({case.mask})"
         for token_class in TOKEN_CLASSES:

@@ -34,6 +34,9 @@ def claim(text: str, **extra):
         ("ce_loss_recovered(base-sae@instruct) >= x", "unexpected 'x'"),
         ("1 >= 0", "names no METRIC(CASE) term"),
         ("ce_loss_recovered(base-sae@instruct) >=", "cannot parse"),
+        ("mse_by_class[firts](base-sae@instruct) >= 1", "no token class 'firts'"),
+        ("mse_by_clas[first](base-sae@instruct) >= 1", "does not measure"),
+        ("mse_by_class[first](base-sae@base-vs-instruct) >= 1", "does not measure"),
     ],
 )
 def test_a_malformed_claim_names_the_file_the_claim_and_the_problem(text, problem):
@@ -41,6 +44,16 @@ def test_a_malformed_claim_names_the_file_the_claim_and_the_problem(text, proble
         claim(text)
     message = str(error.value)
     assert message.startswith("cases/tiny-mistral.toml: claim 'a-claim'") and problem in message, message
+
+
+def test_a_claim_reading_a_token_class_has_its_cases_measure_the_classes():
+    parsed = claim("mse_by_class[first](base-sae@instruct) >= 10 * mse_by_class[first](instruct-sae@instruct)")
+    assert parsed.terms[0] == Term("mse_by_class[first]", "tiny-mistral/base-sae@instruct")
+    assert parsed.classed_case_ids == ("tiny-mistral/base-sae@instruct", "tiny-mistral/instruct-sae@instruct")
+    assert claim("l0(base-sae@base) >= 0").classed_case_ids == ()
+    classed = {case.id for case in REGISTRY if case.token_classes}
+    read = {cid for c in REGISTRY.claims.values() for cid in c.classed_case_ids}
+    assert classed == read  # exactly the cases a shipped claim reads a class of
 
 
 def test_claim_entries_need_their_source_margin_and_a_reason_when_not_reproduced():
