@@ -12,7 +12,7 @@ from sae_bench.cases.registry import SHIPPED_CASES, load_registries
 from sae_bench.commands.cases import write_table
 from sae_bench.engine.backends import backend_of
 from sae_bench.engine.feature_breaks import RANKINGS, SHIFT, FeatureBreaks, feature_table
-from sae_bench.engine.feature_stats import FeatureSide
+from sae_bench.engine.feature_stats import MIN_FIRINGS, FeatureShift, FeatureSide
 from sae_bench.engine.token_classes import CLASS_METRICS
 from sae_bench.errors import EXIT_OK, BadInput
 from sae_bench.execution.executor import CaseExecutor
@@ -63,6 +63,12 @@ def explain(args: argparse.Namespace) -> int:
         print(
             f"\nfeatures of {case.sae} from {own.id} (own) to {case.id} (other): {counts} (shifted: {SHIFT:g}x or more)"
         )
+        supported, median = FeatureShift(sides["own"].summary, sides["other"].summary).median()
+        if median is not None:
+            print(
+                f"latent scaling: median ν {median:.3g} over the {supported} features firing on {MIN_FIRINGS}+ "
+                "positions of each model"
+            )
         for by, ranking in RANKINGS.items():
             print(f"\nthe {args.top} features that moved most by {ranking}:")
             write_table(feature_table(sides["own"], sides["other"], by, args.top), args.format)

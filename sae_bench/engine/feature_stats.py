@@ -141,14 +141,24 @@ class FeatureShift:
         own, other = self.own.beta, self.other.beta
         return torch.where(own != 0, other / own, math.nan)
 
+    @property
+    def supported(self) -> Tensor:
+        """(d_sae,) bool: ν is ranked here, the feature firing on `MIN_FIRINGS` positions or more of each model."""
+        return (self.own.fired >= MIN_FIRINGS) & (self.other.fired >= MIN_FIRINGS) & torch.isfinite(self.ratio)
+
+    def median(self) -> tuple[int, float | None]:
+        """(how many features are supported, the median ν over them, the lower middle value for an even count
+        (torch.median); None when none is)."""
+        nu = self.ratio[self.supported]
+        return int(nu.numel()), float(nu.median()) if nu.numel() else None
+
     def top(self, k: int = 10) -> list[dict[str, float | int]]:
         """The k features whose scaling moved most, by |log10 |ν||, largest first (ties by index), among those that
         fired on `MIN_FIRINGS` positions or more on each model; a sign change (ν < 0) ranks by its magnitude and
         shows as a negative ν."""
         ratio = self.ratio
         moved = ratio.abs().log10().abs()
-        supported = (self.own.fired >= MIN_FIRINGS) & (self.other.fired >= MIN_FIRINGS)
-        defined = torch.isfinite(moved) & supported
+        defined = torch.isfinite(moved) & self.supported
         order = torch.where(defined, moved, -1.0).sort(descending=True, stable=True).indices
         picked = [i for i in order[:k].tolist() if bool(defined[i])]
         return [

@@ -60,6 +60,13 @@ def _page(explanation: Explanation, run: int, windows: int | None, rows: int | N
     body = explanation.body
     counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in body["counts"].items())
     definitions = ", ".join(f"{name} v{version}" for name, version in sorted(explanation.definitions.items()))
+    scaling = body.get("scaling") or {}
+    median = (
+        f" Latent scaling: median ν {scaling['median_nu']:.3g} over the {scaling['supported']} features firing on "
+        f"{MIN_FIRINGS}+ positions of each model."
+        if scaling.get("median_nu") is not None
+        else ""
+    )
     parts = [
         "<!doctype html><meta charset='utf-8'>",
         f"<title>{html.escape(explanation.case_id)}: features</title>",
@@ -69,9 +76,9 @@ def _page(explanation: Explanation, run: int, windows: int | None, rows: int | N
         f"<h1>{html.escape(explanation.case_id)}: the features that broke</h1>",
         f"<p>Run {run}, {html.escape(explanation.dtype)}. The SAE's features on this case's model (other) against "
         f"{html.escape(explanation.against)}, the same SAE on the model it was trained on (own): {counts} "
-        f"(shifted: density changed {SHIFT:g}× or more). Definitions: {html.escape(definitions)}; ν = β other / β "
-        f"own, ranked among features firing on {MIN_FIRINGS}+ positions of each model. ⟦ ⟧ marks the activating "
-        "token, ⏎ a newline.</p>",
+        f"(shifted: density changed {SHIFT:g}× or more).{html.escape(median)} Definitions: "
+        f"{html.escape(definitions)}; ν = β other / β own, ranked among features firing on {MIN_FIRINGS}+ positions "
+        "of each model. ⟦ ⟧ marks the activating token, ⏎ a newline.</p>",
     ]
     if windows or rows:
         parts.append(f"<p><b>Capped at {PAGE_BYTES // 1000} kB:</b> one window per feature"

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from sae_bench.cases.registry import Case
 from sae_bench.engine.definitions import BY_CLASS, EXPLANATIONS, current_version
 from sae_bench.engine.feature_breaks import RANKINGS, FeatureBreaks, feature_table
-from sae_bench.engine.feature_stats import FeatureSide
+from sae_bench.engine.feature_stats import FeatureShift, FeatureSide
 from sae_bench.results_store.database import FEATURES, Explanation
 
 GROUP = "token-classes"
@@ -53,8 +53,10 @@ def feature_explanation(
     with their windows on both models); None when either evaluation streamed no features."""
     if own_side is None or side is None:
         return None
+    supported, median = FeatureShift(own_side.summary, side.summary).median()
     body = {
         "counts": FeatureBreaks(own_side.density, side.density).counts(),
+        "scaling": {"supported": supported, "median_nu": median},
         "tables": {
             by: feature_table(own_side, side, by, TOP_FEATURES, CONTEXTS).to_dict(orient="records") for by in RANKINGS
         },

@@ -90,6 +90,7 @@ def test_the_features_whose_scaling_moved_most_come_first_and_undefined_ones_nev
     ranked = [row["feature"] for row in shift.top(10)]
     # |log10 |ν||: 2, 1.48, 0.70, 0.04; left out: 3 (β own undefined), 4 (β own 0), 6 (too few firings)
     assert ranked == [1, 2, 5, 0]
+    assert shift.median() == (4, pytest.approx(0.01))  # of ν = 1.1, 0.01, −30, 5: the lower middle (torch.median)
     assert shift.top(10)[1]["nu"] == pytest.approx(-30.0)
 
 
