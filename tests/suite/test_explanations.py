@@ -73,7 +73,8 @@ def test_a_feature_table_is_recorded_against_the_saes_own_case(recorded):
         "float32",
     )
     assert found.definitions == {"latent_scaling_beta": 1, "latent_scaling_ratio": 1}
-    counts = found.body["counts"]
+    counts, scaling = found.body["counts"], found.body["scaling"]
+    assert 0 < scaling["supported"] <= 1024 and 0 < scaling["median_nu"] < 10
     assert counts["born"] + counts["died"] + counts["dead_on_both"] <= counts["features"] == 1024
     for by in ("density", "scaling"):
         table = found.body["tables"][by]
