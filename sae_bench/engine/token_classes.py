@@ -83,7 +83,7 @@ class TokenClassStats:
 
     def add_reconstruction(self, classes: Tensor, x: Tensor, x_hat: Tensor, feature_acts: Tensor) -> None:
         """classes: (n,) of the reconstructed positions; x, x_hat: (n, d) in the SAE's input space."""
-        active = (feature_acts > 0).sum(-1)  # counted once, not copied per class
+        active = metrics.count_active(feature_acts)  # counted once, not copied per class
         for index, rows in _rows_by_class(classes):
             self.reconstruction[TOKEN_CLASSES[index]].update(x[rows], x_hat[rows], active=active[rows])
 
