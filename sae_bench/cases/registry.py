@@ -595,7 +595,14 @@ class _Reader:
             if not (isinstance(value, int | float) and value > 0):
                 raise bad(f"expected a positive number, got {value!r}", "scaling_factor = 7.93")
             return float(value)
-        if key in ("exclude_special_tokens", "gpu", "slow", "drop_first_token", "bands_from_full_rows"):
+        if key in (
+            "exclude_special_tokens",
+            "gpu",
+            "slow",
+            "drop_first_token",
+            "bands_from_full_rows",
+            "token_classes",
+        ):
             if not isinstance(value, bool):
                 raise bad(f"expected true or false, got {value!r}", f"{key} = true")
             return value

@@ -73,6 +73,8 @@ class CaseExecutor:
         self.explaining = explaining
         """Every whole-row transfer evaluation also streams its token classes and feature statistics (the suite's
         --explain): in the same passes, recorded beside the values (`_transfer_values`)."""
+        self.feature_cases: set[str] | None = None
+        """Under `explaining`, the cases whose features are streamed (None: every case)."""
         self.backend = backend
         """How models run (`sae_bench.engine.backends`): HookedTransformer, or TransformerBridge over the HF model."""
         self.device_memory = device_memory if device_memory is not None else device_memory_bytes(device)
@@ -282,7 +284,7 @@ class CaseExecutor:
             dtype=torch_dtype(case.dtype),
             overflow=case.overflow,
             token_classes=explain and (self.explaining or case.token_classes),
-            feature_stats=explain and self.explaining,
+            feature_stats=explain and self.explaining and (self.feature_cases is None or case.id in self.feature_cases),
         )
 
     def absorb(self, results) -> None:

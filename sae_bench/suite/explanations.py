@@ -46,6 +46,20 @@ def own_case(case: Case, candidates: Iterable[Case], model_name: str) -> Case | 
     return None
 
 
+def paired_with_another_model(cases: Iterable[Case]) -> set[str]:
+    """The transfer cases that share their SAE, rows and settings (`SAME_ROWS`) with a case on another model: only
+    these can be a feature table's case or its own case, so only these stream their features."""
+    groups: dict[tuple, set[str]] = {}
+    for case in cases:
+        if not case.paired:
+            groups.setdefault(tuple(getattr(case, field) for field in SAME_ROWS), set()).add(case.model)
+    return {
+        case.id
+        for case in cases
+        if not case.paired and len(groups[tuple(getattr(case, field) for field in SAME_ROWS)]) > 1
+    }
+
+
 def feature_explanation(
     case: Case, own: Case, own_side: FeatureSide | None, side: FeatureSide | None
 ) -> Explanation | None:

@@ -281,6 +281,8 @@ class Suite:
         for case in cases.values():
             family_order.setdefault(case.family, len(family_order))
         self.pending = Counter(case_ids)
+        if self.options.explain:  # features only where a feature table can use them
+            self.executor.feature_cases = explanations.paired_with_another_model(list(cases.values()))
         self.executor.plan(list(cases.values()))
         if self.options.ray is not None:
             self.remote_cases = [c for c in cases.values() if missing_for(c, self.options.device) is None]

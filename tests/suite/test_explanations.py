@@ -125,3 +125,12 @@ def test_explain_on_a_ray_cluster_is_refused_with_why():
     pytest.importorskip("ray")
     with pytest.raises(BadInput, match="--explain runs here"):
         Suite(SuiteOptions(explain=True, ray="local"))
+
+
+def test_only_cases_with_a_partner_on_another_model_stream_their_features():
+    family = [case for case in SHIPPED if case.family == "tiny-gemma"]
+    streamed = explanations.paired_with_another_model(family)
+    assert {"tiny-gemma/base-sae@it", "tiny-gemma/base-sae@base", "tiny-gemma/it-sae@base/filtered"} <= streamed
+    assert "tiny-gemma/base-sae@it/rollout" not in streamed  # rollouts run on the it model only
+    assert not any(SHIPPED.get(cid).paired for cid in streamed)
+    assert explanations.paired_with_another_model([SHIPPED.get("tiny-gemma/base-sae@it")]) == set()
