@@ -186,32 +186,45 @@ def forest(table: pd.DataFrame, title: str) -> plt.Figure:
     return figure
 
 
+TOKEN_CLASS_PANELS_PER_ROW = 4
+
+
 def token_classes(contributions: pd.DataFrame, family: str, run: int) -> plt.Figure:
     """Where the spliced loss goes: per panel (a model, and its mask), each SAE's ΔCE contribution by token class
     (nats per prediction of the case; a case's bars add up to its ΔCE) above the class's own mean ΔCE per
-    prediction, the SAE trained on that model beside the transferred ones."""
+    prediction, the SAE trained on that model beside the transferred ones; `TOKEN_CLASS_PANELS_PER_ROW` panels a
+    row."""
     panels = list(dict.fromkeys(contributions.panel))
     classes = list(dict.fromkeys(contributions["class"]))
-    figure, axes = plt.subplots(2, len(panels), figsize=(4.4 * len(panels), 6.4), sharey="row", squeeze=False)
+    columns = min(len(panels), TOKEN_CLASS_PANELS_PER_ROW)
+    blocks = -(-len(panels) // columns)
+    figure, axes = plt.subplots(
+        2 * blocks, columns, figsize=(4.4 * columns, 3.2 * 2 * blocks), sharey="row", squeeze=False
+    )
     rows = (
         ("contribution", "ΔCE contribution\n(nats per prediction of the case)"),
         ("per_prediction", "ΔCE of the class\n(nats per prediction of the class)"),
     )
-    for column, panel in enumerate(panels):
+    for empty in range(len(panels), blocks * columns):  # the last row of panels may not be full
+        block, column = divmod(empty, columns)
+        axes[2 * block, column].set_visible(False)
+        axes[2 * block + 1, column].set_visible(False)
+    for index, panel in enumerate(panels):
+        block, column = divmod(index, columns)
         part = contributions[contributions.panel == panel]
         saes = list(dict.fromkeys(part.SAE))
         width = 0.8 / len(saes)
         for row, (value, label) in enumerate(rows):
-            ax = axes[row, column]
+            ax = axes[2 * block + row, column]
             for i, sae in enumerate(saes):
                 values = part[part.SAE == sae].set_index("class")[value].reindex(classes)
                 ax.bar(np.arange(len(classes)) + (i - (len(saes) - 1) / 2) * width, values.fillna(0), width, label=sae)
             ax.axhline(0, color="black", lw=0.6)
-            ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
+            ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right", fontsize=8)
             if column == 0:
-                ax.set_ylabel(label)
-        axes[0, column].set_title(f"on {panel}", fontsize=9)
-        axes[0, column].legend(fontsize=7, title="SAE", title_fontsize=7)
-        axes[1, column].set_xlabel("token class (of the position spliced)")
+                ax.set_ylabel(label, fontsize=8)
+        axes[2 * block, column].set_title(f"on {panel}", fontsize=9)
+        axes[2 * block, column].legend(fontsize=6, title="SAE", title_fontsize=6)
+        axes[2 * block + 1, column].set_xlabel("token class (of the position spliced)", fontsize=8)
     figure.suptitle(f"{family}: where the spliced loss goes, by token class (run {run})", fontsize=10)
     return figure

@@ -60,3 +60,15 @@ def test_a_feature_page_too_large_keeps_one_window_then_fewer_rows():
     page = explanations.feature_page(_explanation(long, 20), run=1)
     assert len(page.encode()) <= explanations.PAGE_BYTES and "Capped at 200 kB" in page
     assert page.count(long) == 2 * 10 and "the first 10 features per ranking" in page
+
+
+def test_the_token_class_figure_wraps_its_panels_and_names_its_axes():
+    from sae_bench.reports import figures
+
+    rows = [{"panel": f"m{p}", "SAE": s, "class": c, "contribution": 0.1, "per_prediction": -0.2}
+            for p in range(5) for s in ("own", "other") for c in TOKEN_CLASSES]  # fmt: skip
+    figure = figures.token_classes(pd.DataFrame(rows), "fam", 7)
+    visible = [ax for ax in figure.axes if ax.get_visible()]
+    assert len(figure.axes) == 2 * 2 * 4 and len(visible) == 2 * 5  # two rows a panel, four panels a row
+    assert "run 7" in figure._suptitle.get_text() and visible[0].get_ylabel().startswith("ΔCE contribution")
+    assert [t.get_text() for t in visible[-1].get_xticklabels()] == list(TOKEN_CLASSES)
