@@ -70,7 +70,7 @@ def test_grid_expands_every_sae_and_model(tmp_path):
         ('[[case]]\nsae = "base-sae"\nmodel = "base"\nmask = "prompt"\n', r"case\[0\]\.mask", "choose from"),
         ('[[case]]\nsae = "base-sae"\nmodel = "base"\ngroup = ["ce"]\n', r"case\[0\]", "group → groups"),
         ('[[case]]\nsae = "base-sae"\nmodel = "base"\ngroups = ["universality"]\n', r"case\[0\]\.groups", "choose"),
-        ('[[case]]\nsae = "base-sae"\nmodel = "base"\ntoken_classes = "yes"\n', r"token_classes", "token_classes = true"),
+        ('[[case]]\nsae = "base-sae"\nmodel = "base"\ntoken_classes = "yes"\n', "token_classes", "= true"),
         (
             '[[case]]\nsae = "base-sae"\nmodel = "base"\noutliers = { threshold = 5 }\n',
             "scaled norms",
