@@ -77,6 +77,7 @@ class FeatureStats:
         self.top_values = torch.zeros(d_sae, k)
         self.top_sequence = torch.full((d_sae, k), -1, dtype=torch.long)
         self.top_position = torch.full((d_sae, k), -1, dtype=torch.long)
+        self.merged = False
 
     def update(self, sae_in: Tensor, feature_acts: Tensor, where: Tensor) -> None:
         """sae_in (n, d_model), feature_acts (n, d_sae), where (n, 2): each row's (sequence, position) in the case's
@@ -94,7 +95,15 @@ class FeatureStats:
         """Merge the batch's activations into each feature's top k: only those above the feature's current k-th
         value can enter (after the first batches, a few per batch), merged with the kept ones by a stable sort."""
         d_sae, k = self.top_values.shape
-        t, j = (f > self.top_values[:, -1].to(f.device)).nonzero(as_tuple=True)
+        if not self.merged:  # the first batch: every firing activation would be a candidate, so its own top k
+            top = f.T.contiguous().topk(min(k, f.shape[0]), dim=1)  # along rows: 1.5× faster than along tokens
+            t = top.indices.flatten()
+            j = torch.arange(d_sae, device=f.device)[:, None].expand_as(top.indices).flatten()
+            firing = top.values.flatten() > 0
+            t, j = t[firing], j[firing]
+        else:
+            t, j = (f > self.top_values[:, -1].to(f.device)).nonzero(as_tuple=True)
+        self.merged = True
         if t.numel() == 0:
             return
         where = where.to(f.device)

@@ -16,7 +16,7 @@ from sae_bench.cases.registry import SHIPPED_CASES, load_registry
 from sae_bench.cli import main
 from sae_bench.reports import figures as report_figures
 from sae_bench.reports.seed_report import build_report, seed_grid
-from sae_bench.results_store.database import ResultsDB, ResultsSchemaError
+from sae_bench.results_store.database import FEATURES, SCHEMA_VERSION, ResultsDB, ResultsSchemaError
 
 REPO = Path(__file__).resolve().parents[2]
 CASES = [
@@ -125,7 +125,8 @@ def test_a_database_of_another_schema_version_is_refused_with_what_to_do(tmp_pat
     ResultsDB(path).close()
     with sqlite3.connect(path) as connection:
         connection.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
-    with pytest.raises(ResultsSchemaError, match="schema version 0.*writes version 4.*Move the file away"):
+    expected = f"schema version 0.*writes version {SCHEMA_VERSION}.*Move the file away"
+    with pytest.raises(ResultsSchemaError, match=expected):
         ResultsDB(path)
 
 
@@ -150,4 +151,5 @@ def test_a_version_1_database_is_migrated_in_place_and_keeps_its_runs(tmp_path):
     db = ResultsDB(path)
     rows = db.measurements(1)
     assert rows.value.tolist() == [2.0] and rows.registry.tolist() == [""] and rows.definition.tolist() == [1]
-    assert db.connection.execute("SELECT value FROM meta").fetchone()[0] == "4"
+    assert db.connection.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
+    assert db.explanations(1, FEATURES) == []  # schema 5's table, created empty
