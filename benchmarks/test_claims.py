@@ -2,4 +2,4 @@
 
 
 def test_claim(claim_id: str, suite, run_item, record_property) -> None:
-    run_item(lambda: suite.check_claim(claim_id), record_property)
+    run_item(lambda: suite.check_claim(claim_id, record_property), record_property)

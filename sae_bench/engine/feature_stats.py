@@ -8,17 +8,16 @@ at its activation f_j(t), onto the activation x_t, least squares over the recons
 x is the SAE's input (the activation times the case's scaling factor, as the SAE sees it), d_j the decoder row;
 Σ_t f_j(t)·x_t is a float32 matrix product over the batch's tokens (the SAE's own precision) and Σ_t f_j(t)² a
 float32 batch sum of positive terms (a float64 reduction took 12× as long); the dot with d_j and the sums over
-batches are float64. On the model the SAE
-was trained on, β is the share of the feature's claimed magnitude that the activations carry along its direction;
-ν < 1 says the feature fires on the other model where its direction is weaker, ν > 1 stronger, ν < 0 against it.
-Minder et al. also fit β against the reconstruction without the latent and against the reconstruction error, to
-tell a crosscoder's shared latents from model-specific ones; one SAE spliced into two models has one decoder and
-nothing to tell apart, so only β against x is computed.
+batches are float64. On the model the SAE was trained on, β is the share of the feature's claimed magnitude that
+the activations carry along its direction; ν < 1 says the feature fires on the other model where its direction is
+weaker, ν > 1 stronger, ν < 0 against it. Minder et al. also fit β against the reconstruction without the latent
+and against the reconstruction error, to tell a crosscoder's shared latents from model-specific ones; one SAE
+spliced into two models has one decoder and nothing to tell apart, so only β against x is computed.
 
 The top-k keeps, per feature, the k largest activations over the pass and where they were (sequence, position);
 merged batch by batch, so memory is k·d_sae whatever the number of tokens: only activations above a feature's
-current k-th value are gathered (a few per batch once the first batches have filled it), so no (tokens, d_sae) sort
-runs. Ties keep the earlier position.
+current k-th value are gathered (a few per batch once the first batch has filled it; the first batch gives each
+feature's own top k), so no (tokens, d_sae) sort runs. A tie with a kept activation keeps the kept one.
 """
 
 from __future__ import annotations

@@ -412,8 +412,9 @@ class Suite:
             self.updates.append(UpdatedValue(path, row.metric, row.old, row.new, verdict))
 
     # -- claims -------------------------------------------------------------------------------------------------
-    def check_claim(self, claim_id: str) -> None:
-        """Evaluate one claim over its cases' measurements (shared with the case items); print both sides."""
+    def check_claim(self, claim_id: str, record_property: Callable[[str, str], None] | None = None) -> None:
+        """Evaluate one claim over its cases' measurements (shared with the case items); print both sides. Like a
+        case item, it names on its JUnit entry each SAE its numbers are about."""
         claim = self.registry.claim(claim_id)
         self._measure_remote()
         cases = [self.as_run(self.registry.get(case_id)) for case_id in claim.case_ids]
@@ -437,6 +438,10 @@ class Suite:
                 why = self.executor.details(case)[0].get(term.metric, "undefined")
                 undefined.append(f"{term} is undefined ({why})")
             values[term] = value
+        if record_property is not None:
+            for spec in dict.fromkeys(case.sae for case in cases):
+                record_property("sae", spec)
+                record_property("sae_sha256", self.executor.sae_fingerprint(spec))
         if undefined:
             raise ItemFailed(f"claim {claim.id} cannot be decided: {'; '.join(undefined)}")
         outcome = claim.evaluate(values)

@@ -19,15 +19,16 @@ HOOK = "blocks.2.hook_resid_pre"
 
 def plain_beta(x: torch.Tensor, f: torch.Tensor, decoder: torch.Tensor) -> list[tuple[float, float]]:
     """β_j = Σ_t f_j(t)·⟨x_t, d_j⟩ / (‖d_j‖²·Σ_t f_j(t)²), one feature and one token at a time, float64; with the
-    error the engine's float32 products may make: 1e-6 of Σ_t |f_j(t)·⟨x_t, d_j⟩| over the same denominator
-    (a sum of terms of both signs cancels)."""
+    error the engine's float32 batch sums may make: 1e-6 of Σ_t |f_j(t)·⟨x_t, d_j⟩| over the same denominator (a
+    sum of terms of both signs cancels) and 1e-6 of β for the float32 Σ_t f_j(t)² under it."""
     betas = []
     for j in range(f.shape[1]):
         d = decoder[j].double()
         terms = [float(f[t, j]) * float(x[t].double() @ d) for t in range(f.shape[0])]
         denominator = float(d @ d) * math.fsum(float(f[t, j]) ** 2 for t in range(f.shape[0]))
         if denominator > 0:
-            betas.append((math.fsum(terms) / denominator, 1e-6 * math.fsum(map(abs, terms)) / denominator))
+            beta = math.fsum(terms) / denominator
+            betas.append((beta, 1e-6 * (math.fsum(map(abs, terms)) / denominator + abs(beta))))
         else:
             betas.append((math.nan, 0.0))
     return betas
