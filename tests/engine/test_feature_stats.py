@@ -17,18 +17,26 @@ from tests.conftest import D_MODEL, standard_sae, tiny_model
 HOOK = "blocks.2.hook_resid_pre"
 
 
+FLOAT32_UNIT = 2.0**-24
+"""float32's unit roundoff: a float32 sum of m products errs by at most m·u times the sum of their magnitudes."""
+
+
 def plain_beta(x: torch.Tensor, f: torch.Tensor, decoder: torch.Tensor) -> list[tuple[float, float]]:
     """β_j = Σ_t f_j(t)·⟨x_t, d_j⟩ / (‖d_j‖²·Σ_t f_j(t)²), one feature and one token at a time, float64; with the
-    error the engine's float32 batch sums may make: 1e-6 of Σ_t |f_j(t)·⟨x_t, d_j⟩| over the same denominator (a
-    sum of terms of both signs cancels) and 1e-6 of β for the float32 Σ_t f_j(t)² under it."""
+    most the engine's float32 sums may err by (Higham's bound): Σ_t f_j(t)·x_t is a float32 product over the n tokens,
+    so (n + d)·u of Σ_t Σ_k |f_j(t)·x_tk·d_jk| over the denominator, and Σ_t f_j(t)² a float32 sum of n positive
+    terms, so n·u of β."""
+    n, d_model = x.shape
     betas = []
     for j in range(f.shape[1]):
         d = decoder[j].double()
-        terms = [float(f[t, j]) * float(x[t].double() @ d) for t in range(f.shape[0])]
-        denominator = float(d @ d) * math.fsum(float(f[t, j]) ** 2 for t in range(f.shape[0]))
+        terms = [float(f[t, j]) * float(x[t].double() @ d) for t in range(n)]
+        magnitude = math.fsum(abs(float(f[t, j])) * float(x[t].double().abs() @ d.abs()) for t in range(n))
+        denominator = float(d @ d) * math.fsum(float(f[t, j]) ** 2 for t in range(n))
         if denominator > 0:
             beta = math.fsum(terms) / denominator
-            betas.append((beta, 1e-6 * (math.fsum(map(abs, terms)) / denominator + abs(beta))))
+            error = FLOAT32_UNIT * ((n + d_model) * magnitude / denominator + (n + 1) * abs(beta))
+            betas.append((beta, error))
         else:
             betas.append((math.nan, 0.0))
     return betas
