@@ -10,7 +10,6 @@ import pandas as pd
 
 from sae_bench.cases.registry import SHIPPED_CASES, load_registries
 from sae_bench.commands.cases import write_table
-from sae_bench.engine.backends import backend_of
 from sae_bench.engine.feature_breaks import RANKINGS, SHIFT, FeatureBreaks, feature_table
 from sae_bench.engine.feature_stats import MIN_FIRINGS, FeatureShift, FeatureSide
 from sae_bench.engine.token_classes import CLASS_METRICS
@@ -78,6 +77,4 @@ def explain(args: argparse.Namespace) -> int:
 def _side(executor: CaseExecutor, case, report) -> FeatureSide:
     """The case's features (its explained pass: `report`, or one run now) with its rows and its tokenizer."""
     report = report or executor.explain(case)
-    tokenizer = backend_of(executor.model(case.model_key)).tokenizer
-    decode = None if tokenizer is None else tokenizer.decode
-    return FeatureSide(report.feature_density, report.features, executor.tokens(case).tokens, decode)
+    return executor.side(case, report.feature_density, report.features)

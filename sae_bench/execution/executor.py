@@ -265,9 +265,13 @@ class CaseExecutor:
         if "latent_scaling_beta" not in vectors:
             return None
         summary = FeatureSummary(*(vectors[name] for name in FEATURE_VECTORS))
+        return self.side(case, vectors["feature_density"], summary)
+
+    def side(self, case: Case, density: Tensor, summary: FeatureSummary) -> FeatureSide:
+        """The case's features (`density`, `summary`) with the rows they point into and its model's tokenizer."""
         tokenizer = backend_of(self.model(case.model_key)).tokenizer
         decode = None if tokenizer is None else tokenizer.decode
-        return FeatureSide(vectors["feature_density"], summary, self.tokens(case).tokens, decode)
+        return FeatureSide(density, summary, self.tokens(case).tokens, decode)
 
     def _config(self, case: Case, policy: OutlierPolicy | None, *, explain: bool = True) -> EvalConfig:
         """The case's evaluation settings; with `explain`, its token classes too where the case or --explain asks,

@@ -1,7 +1,7 @@
 """The suite's --explain: what it records, per transfer case, about why the case fails. Its metrics per token class
 (measurement rows of group `token-classes`, `M_by_class[CLASS]`, never judged), its features' latent scaling
 (a vector), and the table of its SAE's features that broke from the case of the same SAE on the model it was
-trained on (`sae_bench.reports.feature_table`, an `Explanation` of kind "features")."""
+trained on (`sae_bench.engine.feature_breaks.feature_table`, an `Explanation` of kind "features")."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def own_case(case: Case, candidates: Iterable[Case], model_name: str) -> Case | 
         return None
     for other in candidates:
         if not other.paired and other.id != case.id and trained_on(model_name, other):
-            if all(getattr(other, field) == getattr(case, field) for field in SAME_ROWS):
+            if _same_rows(other) == _same_rows(case):
                 return other
     return None
 
@@ -49,15 +49,16 @@ def own_case(case: Case, candidates: Iterable[Case], model_name: str) -> Case | 
 def paired_with_another_model(cases: Iterable[Case]) -> set[str]:
     """The transfer cases that share their SAE, rows and settings (`SAME_ROWS`) with a case on another model: only
     these can be a feature table's case or its own case, so only these stream their features."""
-    groups: dict[tuple, set[str]] = {}
-    for case in cases:
-        if not case.paired:
-            groups.setdefault(tuple(getattr(case, field) for field in SAME_ROWS), set()).add(case.model)
-    return {
-        case.id
-        for case in cases
-        if not case.paired and len(groups[tuple(getattr(case, field) for field in SAME_ROWS)]) > 1
-    }
+    transfers = [case for case in cases if not case.paired]
+    models: dict[tuple, set[str]] = {}
+    for case in transfers:
+        models.setdefault(_same_rows(case), set()).add(case.model)
+    return {case.id for case in transfers if len(models[_same_rows(case)]) > 1}
+
+
+def _same_rows(case: Case) -> tuple:
+    """What `SAME_ROWS` names of a case: equal for two cases whose features compare."""
+    return tuple(getattr(case, field) for field in SAME_ROWS)
 
 
 def feature_explanation(
